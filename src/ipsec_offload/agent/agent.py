@@ -1,0 +1,591 @@
+"""The inline IPsec Agent (spec sections 3-5 and 7).
+
+Theory of operation: the agent sits between the NIC's MAC (the host side) and the wire. It has
+no control plane of its own. From the host side it takes
+
+- untagged config frames addressed to its own MAC: requests, answered on the host side;
+- frames with a Tx metadata tag: OFFLOAD=0 is stripped and passed (bypass), OFFLOAD=1 is
+  encrypted with the outbound SA the ESP header names, in the frame's domain (source MAC and
+  VLANs), with sequence number and IV from the SA's IVDB;
+- anything else, passed unchanged.
+
+From the wire it takes data frames, looks ESP up in the inbound SAD (destination MAC and VLANs
+as the domain), checks the replay window, decrypts in place, and hands every frame to the host
+side with an Rx metadata tag that says what happened. A frame leaving the Tx path toward an
+address registered with ADD_LOCAL_ADDR is turned around (hairpin) and goes through the Rx path
+instead of the wire.
+
+Everything is sans-IO: frames in, frames out (`AgentOutput`), `now` in simulated seconds.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from ipsec_offload.agent.counters import AgentCounters, DropReason, Path
+from ipsec_offload.agent.replay import ReplayWindow
+from ipsec_offload.agent.sad import (
+    Domain,
+    SadFull,
+    SecurityAssociation,
+    SecurityAssociationDatabase,
+)
+from ipsec_offload.crypto.esp import esp_open, esp_seal
+from ipsec_offload.crypto.keywrap import unwrap_key
+from ipsec_offload.errors import AuthenticationError, KeyUnwrapError, ParseError, UsageError
+from ipsec_offload.wire.addr import ip_to_str, mac_to_str
+from ipsec_offload.wire.config import (
+    AddSaRequest,
+    Algorithm,
+    Caps,
+    ConfigMessage,
+    ConfigStatus,
+    Direction,
+    Opcode,
+    SaStats,
+    Tlv,
+    build_config,
+    decode_add_sa,
+    decode_local_addr,
+    decode_sa_index,
+    encode_caps,
+    encode_count,
+    encode_sa_index,
+    encode_sa_stats,
+    parse_config,
+    parse_config_header,
+)
+from ipsec_offload.wire.esp import ESP_HEADER_LEN, ESP_IV_LEN, ICV_LEN
+from ipsec_offload.wire.ethernet import (
+    EthernetHeader,
+    EtherType,
+    VlanKey,
+    build_ethernet,
+    parse_ethernet,
+    vlan_key,
+)
+from ipsec_offload.wire.ip import (
+    IpProto,
+    IPv4Header,
+    IPv6Header,
+    build_ipv4,
+    build_ipv6,
+    ipv6_upper_layer,
+    parse_ipv4,
+    parse_ipv6,
+)
+from ipsec_offload.wire.metadata import (
+    RxMetadata,
+    RxStatus,
+    build_rx_metadata,
+    parse_tx_metadata,
+)
+
+DEFAULT_AGENT_MAC = bytes.fromhex("020000000001")
+_NO_META = -1
+_ESP = struct.Struct(">II")
+_IV = struct.Struct(">Q")
+_META_TAG = struct.Struct(">HI")
+_SEQ_LIMIT = {False: (1 << 32) - 1, True: (1 << 64) - 1}
+_NOT_ESP_WORD = build_rx_metadata(RxMetadata(ipsec=False))
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Build-time parameters of the agent (the hardware's fixed sizes among them)."""
+
+    mac: bytes = DEFAULT_AGENT_MAC
+    sad_size: int = 4096
+    max_replay_window: int = 4096
+    default_replay_window: int = 64
+    ports: int = 1
+    hairpin_size: int = 256
+    txn_memory: int = 256
+    meta_ethertype: int = EtherType.META
+    config_ethertype: int = EtherType.CONFIG
+    keks: Mapping[int, bytes] = field(default_factory=dict)
+    ivdb: bool = True
+    """False models the naive design: the IV and sequence number the stack wrote are used."""
+
+    def __post_init__(self) -> None:
+        if len(self.mac) != 6:
+            raise UsageError("AgentConfig.mac must be 6 bytes")
+        if not 1 <= self.sad_size < 1 << 24:
+            raise UsageError("AgentConfig.sad_size must be 1 .. 2^24-1 (SA_INDEX is 24 bits)")
+        if not 0 <= self.default_replay_window <= self.max_replay_window:
+            raise UsageError("AgentConfig.default_replay_window must be <= max_replay_window")
+
+
+@dataclass(slots=True)
+class AgentOutput:
+    """Frames the agent emits, in order, toward each side."""
+
+    to_host: list[bytes] = field(default_factory=list)
+    to_wire: list[bytes] = field(default_factory=list)
+
+
+_Handler = Callable[["IpsecAgent", ConfigMessage], tuple[ConfigStatus, tuple[Tlv, ...]]]
+
+
+class IpsecAgent:
+    """The bump-in-the-wire ESP engine; see the module docstring."""
+
+    def __init__(self, config: AgentConfig | None = None) -> None:
+        self.config = config or AgentConfig()
+        self.sad = SecurityAssociationDatabase(self.config.sad_size)
+        self.counters = AgentCounters()
+        self.local_addrs: set[Domain] = set()
+        self._replies: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+        self._meta = self.config.meta_ethertype
+
+    # -- entry points ---------------------------------------------------------------------
+
+    def from_host(self, frames: Iterable[bytes], now: float = 0.0) -> AgentOutput:
+        """Process a burst of frames arriving from the NIC (the host side)."""
+        out = AgentOutput()
+        for frame in frames:
+            self._host_frame(frame, out)
+        return out
+
+    def from_wire(self, frames: Iterable[bytes], now: float = 0.0) -> AgentOutput:
+        """Process a burst of frames arriving from the wire."""
+        out = AgentOutput()
+        for frame in frames:
+            rx = self._ingress(frame)
+            if rx is not None:
+                out.to_host.append(rx)
+        return out
+
+    # -- Tx path --------------------------------------------------------------------------
+
+    def _host_frame(self, frame: bytes, out: AgentOutput) -> None:
+        try:
+            eth = parse_ethernet(frame, self._meta)
+        except ParseError:
+            self.counters.drops[DropReason.MALFORMED_FRAME] += 1
+            return
+        if eth.metadata is None:
+            if (
+                eth.ethertype == self.config.config_ethertype
+                and not eth.vlans
+                and eth.dst == self.config.mac
+            ):
+                self._config_frame(frame, eth, out)
+                return
+            self.counters.paths[Path.TX_UNTAGGED] += 1
+            self._forward(frame, eth, out)
+            return
+        try:
+            meta = parse_tx_metadata(eth.metadata)
+        except ParseError:
+            self.counters.drops[DropReason.METADATA_RESERVED] += 1
+            return
+        inner = frame[:12] + frame[18:]
+        if not meta.offload:
+            self.counters.paths[Path.TX_BYPASS] += 1
+            self._forward(inner, eth, out)
+            return
+        encrypted = self._encrypt(inner, eth, meta.l3_offset, meta.esp_offset * 4, meta.next_header)
+        if encrypted is not None:
+            self.counters.paths[Path.TX_ENCRYPTED] += 1
+            self._forward(encrypted, eth, out)
+
+    def _forward(self, frame: bytes, eth: EthernetHeader, out: AgentOutput) -> None:
+        """Send a processed host frame to the wire, or turn it around to a local address."""
+        local = self.local_addrs
+        if local:
+            multicast = bool(eth.dst[0] & 1)
+            if multicast or Domain(eth.dst, vlan_key(eth.vlans)) in local:
+                self.counters.paths[Path.HAIRPIN] += 1
+                rx = self._ingress(frame)
+                if rx is not None:
+                    out.to_host.append(rx)
+                if not multicast:
+                    return
+        out.to_wire.append(frame)
+
+    def _encrypt(
+        self, inner: bytes, eth: EthernetHeader, l3: int, esp_off: int, next_header: int
+    ) -> bytes | None:
+        drops = self.counters.drops
+        located = _locate_esp(inner, l3, esp_off)
+        if located is None:
+            drops[DropReason.BAD_OFFSETS] += 1
+            return None
+        ip, esp_start, ip_end = located
+        mv = memoryview(inner)
+        spi, _stack_seq = _ESP.unpack_from(mv, esp_start)
+        sa = self.sad.lookup(Direction.OUTBOUND, spi, ip.dst, eth.src, vlan_key(eth.vlans))
+        if sa is None or (sa.src is not None and sa.src != ip.src):
+            drops[DropReason.NO_OUTBOUND_SA] += 1
+            return None
+        if sa.expired():
+            drops[DropReason.SA_EXPIRED] += 1
+            sa.errors[RxStatus.SA_EXPIRED - 1] += 1
+            return None
+        (seq,) = _IV.unpack_from(mv, esp_start + ESP_HEADER_LEN)
+        if self.config.ivdb:
+            # spec 7: the IVDB rule
+            if sa.ivdb <= seq:
+                sa.ivdb = seq + 1
+            else:
+                seq = sa.ivdb
+                sa.ivdb += 1
+        if seq == 0 or seq > _SEQ_LIMIT[sa.esn]:
+            drops[DropReason.SEQ_EXHAUSTED] += 1
+            return None
+        payload = mv[esp_start + ESP_HEADER_LEN + ESP_IV_LEN : ip_end]
+        sealed = esp_seal(sa.aead, spi, seq, sa.esn, payload, next_header)
+        ip_header = _resize_ip(ip, mv[l3:esp_start], esp_start - l3 + len(sealed))
+        if ip_header is None:
+            drops[DropReason.TOO_LARGE] += 1
+            return None
+        sa.packets += 1
+        sa.bytes += len(payload)
+        return b"".join((inner[:l3], ip_header, sealed))
+
+    # -- Rx path --------------------------------------------------------------------------
+
+    def _ingress(self, frame: bytes) -> bytes | None:
+        """Rx processing of one frame; returns it with its Rx metadata tag, or None (dropped)."""
+        counters = self.counters
+        try:
+            eth = parse_ethernet(frame, _NO_META)
+        except ParseError:
+            counters.drops[DropReason.MALFORMED_FRAME] += 1
+            return None
+        if eth.ethertype == self.config.config_ethertype:
+            counters.drops[DropReason.CONFIG_FROM_WIRE] += 1
+            return None
+        l3 = eth.header_len
+        located = _locate_esp(frame, l3, None)
+        if located is None:
+            counters.paths[Path.RX_NOT_ESP] += 1
+            return self._tag(frame, _NOT_ESP_WORD)
+        counters.paths[Path.RX_ESP] += 1
+        ip, esp_start, ip_end = located
+        mv = memoryview(frame)
+        if esp_start + ESP_HEADER_LEN > ip_end:
+            return self._rx_status(frame, RxStatus.MALFORMED, None)
+        spi, seq_lo = _ESP.unpack_from(mv, esp_start)
+        sa = self.sad.lookup(Direction.INBOUND, spi, ip.dst, eth.dst, vlan_key(eth.vlans))
+        if sa is None or (sa.src is not None and sa.src != ip.src):
+            return self._rx_status(frame, RxStatus.NO_SA, None)
+        if sa.expired():
+            return self._rx_status(frame, RxStatus.SA_EXPIRED, sa)
+        ct_start = esp_start + ESP_HEADER_LEN + ESP_IV_LEN
+        body = ip_end - ct_start - ICV_LEN
+        if body < 4 or body % 4:
+            return self._rx_status(frame, RxStatus.MALFORMED, sa)
+        assert sa.replay is not None
+        full_seq = sa.replay.check(seq_lo)
+        if full_seq is None:
+            return self._rx_status(frame, RxStatus.REPLAY, sa)
+        try:
+            plaintext, payload_len, _next_header = esp_open(
+                sa.aead,
+                spi,
+                full_seq,
+                sa.esn,
+                bytes(mv[ct_start - ESP_IV_LEN : ct_start]),
+                bytes(mv[ct_start:ip_end]),
+            )
+        except AuthenticationError:
+            return self._rx_status(frame, RxStatus.AUTH_FAILED, sa)
+        except ParseError:
+            sa.replay.accept(full_seq)
+            return self._rx_status(frame, RxStatus.MALFORMED, sa)
+        sa.replay.accept(full_seq)
+        sa.packets += 1
+        sa.bytes += payload_len
+        ip_header = _resize_ip(ip, mv[l3:esp_start], ip_end - l3 - ICV_LEN)
+        assert ip_header is not None  # shorter than what arrived
+        counters.rx_status[RxStatus.OK] += 1
+        decrypted = b"".join((frame[:l3], ip_header, mv[esp_start:ct_start], plaintext))
+        return self._tag(decrypted, build_rx_metadata(RxMetadata(True, RxStatus.OK, sa.index)))
+
+    def _rx_status(self, frame: bytes, status: RxStatus, sa: SecurityAssociation | None) -> bytes:
+        """Pass an ESP frame unchanged with a non-OK status (spec 3: the host drops it)."""
+        self.counters.rx_status[status] += 1
+        if sa is not None:
+            sa.errors[status - 1] += 1
+        word = build_rx_metadata(RxMetadata(True, status, sa.index if sa else 0))
+        return self._tag(frame, word)
+
+    def _tag(self, frame: bytes, word: int) -> bytes:
+        return frame[:12] + _META_TAG.pack(self._meta, word) + frame[12:]
+
+    # -- config channel (spec 4) ----------------------------------------------------------
+
+    def _config_frame(self, frame: bytes, eth: EthernetHeader, out: AgentOutput) -> None:
+        body = memoryview(frame)[eth.header_len :]
+        try:
+            header = parse_config_header(body)
+        except ParseError:
+            self.counters.drops[DropReason.CONFIG_MALFORMED] += 1
+            return
+        if header.is_reply:
+            self.counters.drops[DropReason.CONFIG_NOT_REQUEST] += 1
+            return
+        cache_key = (eth.src, header.txn_id)
+        cached = self._replies.get(cache_key)
+        if cached is not None:
+            self.counters.paths[Path.CONFIG_RETRANSMIT] += 1
+            out.to_host.append(cached)
+            return
+        self.counters.paths[Path.CONFIG_REQUEST] += 1
+        status, tlvs = self._execute(body, header)
+        reply = ConfigMessage(
+            opcode=header.opcode | Opcode.REPLY,
+            txn_id=header.txn_id,
+            tlvs=tlvs,
+            status=status,
+            port=header.port,
+        )
+        reply_frame = self._tag(
+            build_ethernet(
+                EthernetHeader(
+                    dst=eth.src, src=self.config.mac, ethertype=self.config.config_ethertype
+                )
+            )
+            + build_config(reply),
+            _NOT_ESP_WORD,
+        )
+        self._replies[cache_key] = reply_frame
+        if len(self._replies) > self.config.txn_memory:
+            self._replies.popitem(last=False)
+        out.to_host.append(reply_frame)
+
+    def _execute(
+        self, body: memoryview, header: ConfigMessage
+    ) -> tuple[ConfigStatus, tuple[Tlv, ...]]:
+        if header.version != 1:
+            return ConfigStatus.BAD_VERSION, ()
+        try:
+            request = parse_config(body)
+        except ParseError:
+            return ConfigStatus.BAD_REQUEST, ()
+        handler = _HANDLERS.get(request.opcode)
+        if handler is None:
+            return ConfigStatus.UNSUPPORTED, ()
+        if request.port >= self.config.ports:
+            return ConfigStatus.BAD_REQUEST, ()
+        try:
+            return handler(self, request)
+        except ParseError:
+            return ConfigStatus.BAD_REQUEST, ()
+
+    def _add_sa(self, msg: ConfigMessage) -> tuple[ConfigStatus, tuple[Tlv, ...]]:
+        req = decode_add_sa(msg.tlvs)
+        if req.local_mac is None and req.vlans:
+            return ConfigStatus.BAD_REQUEST, ()
+        window = (
+            self.config.default_replay_window if req.replay_window is None else req.replay_window
+        )
+        if window > self.config.max_replay_window:
+            return ConfigStatus.UNSUPPORTED, ()
+        key_material = self._key_material(req)
+        if key_material is None:
+            return ConfigStatus.KEY_UNWRAP_FAILED, ()
+        domain = None if req.local_mac is None else Domain(req.local_mac, vlan_key(req.vlans))
+        if self.sad.contains_key((req.direction, req.spi, req.dst, domain)):
+            return ConfigStatus.EXISTS, ()
+        try:
+            index = self.sad.allocate_index()
+        except SadFull:
+            return ConfigStatus.NO_SPACE, ()
+        outbound = req.direction == Direction.OUTBOUND
+        self.sad.insert(
+            SecurityAssociation(
+                index=index,
+                port=msg.port,
+                direction=req.direction,
+                spi=req.spi,
+                dst=req.dst,
+                src=req.src,
+                algorithm=req.alg,
+                key_material=key_material,
+                domain=domain,
+                esn=req.esn,
+                ivdb=(1 if req.seq is None else req.seq) if outbound else 0,
+                replay=None
+                if outbound
+                else ReplayWindow(window, req.esn, 0 if req.seq is None else req.seq),
+                lifetime_packets=req.lifetime_packets or 0,
+                lifetime_bytes=req.lifetime_bytes or 0,
+            )
+        )
+        return ConfigStatus.OK, encode_sa_index(index)
+
+    def _key_material(self, req: AddSaRequest) -> bytes | None:
+        """The SA's key || salt, unwrapped when it came wrapped; None if unwrapping failed."""
+        if req.key is not None:
+            return req.key
+        assert req.wrapped_key is not None and req.kek_id is not None
+        kek = self.config.keks.get(req.kek_id)
+        if kek is None:
+            return None
+        try:
+            material = unwrap_key(kek, req.wrapped_key)
+        except KeyUnwrapError:
+            return None
+        return material if len(material) == _key_material_len(req.alg) else None
+
+    def _remove_sa(self, msg: ConfigMessage) -> tuple[ConfigStatus, tuple[Tlv, ...]]:
+        sa = self.sad.get(decode_sa_index(msg.tlvs))
+        if sa is None or sa.port != msg.port:
+            return ConfigStatus.NOT_FOUND, ()
+        self.sad.remove(sa.index)
+        return ConfigStatus.OK, ()
+
+    def _remove_all_sas(self, msg: ConfigMessage) -> tuple[ConfigStatus, tuple[Tlv, ...]]:
+        if msg.tlvs:
+            return ConfigStatus.BAD_REQUEST, ()
+        doomed = [sa.index for sa in self.sad if sa.port == msg.port]
+        for index in doomed:
+            self.sad.remove(index)
+        return ConfigStatus.OK, encode_count(len(doomed))
+
+    def _add_local_addr(self, msg: ConfigMessage) -> tuple[ConfigStatus, tuple[Tlv, ...]]:
+        addr = decode_local_addr(msg.tlvs)
+        domain = Domain(addr.mac, vlan_key(addr.vlans))
+        if domain in self.local_addrs:
+            return ConfigStatus.EXISTS, ()
+        if len(self.local_addrs) >= self.config.hairpin_size:
+            return ConfigStatus.NO_SPACE, ()
+        self.local_addrs.add(domain)
+        return ConfigStatus.OK, ()
+
+    def _remove_local_addr(self, msg: ConfigMessage) -> tuple[ConfigStatus, tuple[Tlv, ...]]:
+        addr = decode_local_addr(msg.tlvs)
+        domain = Domain(addr.mac, vlan_key(addr.vlans))
+        if domain not in self.local_addrs:
+            return ConfigStatus.NOT_FOUND, ()
+        self.local_addrs.discard(domain)
+        return ConfigStatus.OK, ()
+
+    def _get_sa_stats(self, msg: ConfigMessage) -> tuple[ConfigStatus, tuple[Tlv, ...]]:
+        sa = self.sad.get(decode_sa_index(msg.tlvs))
+        if sa is None or sa.port != msg.port:
+            return ConfigStatus.NOT_FOUND, ()
+        stats = SaStats(sa.packets, sa.bytes, (*sa.errors,))  # type: ignore[arg-type]
+        return ConfigStatus.OK, encode_sa_stats(stats)
+
+    def _get_caps(self, msg: ConfigMessage) -> tuple[ConfigStatus, tuple[Tlv, ...]]:
+        if msg.tlvs:
+            return ConfigStatus.BAD_REQUEST, ()
+        caps = Caps(tuple(Algorithm), self.config.sad_size, self.config.max_replay_window)
+        return ConfigStatus.OK, encode_caps(caps)
+
+    # -- state dump -----------------------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        """The agent's state as plain data (no key material): SAD, hairpin table, counters."""
+        return {
+            "sad_size": self.config.sad_size,
+            "sad_used": len(self.sad),
+            "sas": [_dump_sa(sa) for sa in self.sad],
+            "local_addrs": sorted(_dump_domain(d) for d in self.local_addrs),
+            "counters": self.counters.snapshot(),
+        }
+
+
+_HANDLERS: dict[int, _Handler] = {
+    Opcode.ADD_SA: IpsecAgent._add_sa,
+    Opcode.REMOVE_SA: IpsecAgent._remove_sa,
+    Opcode.REMOVE_ALL_SAS: IpsecAgent._remove_all_sas,
+    Opcode.ADD_LOCAL_ADDR: IpsecAgent._add_local_addr,
+    Opcode.REMOVE_LOCAL_ADDR: IpsecAgent._remove_local_addr,
+    Opcode.GET_SA_STATS: IpsecAgent._get_sa_stats,
+    Opcode.GET_CAPS: IpsecAgent._get_caps,
+}
+
+
+def _key_material_len(alg: Algorithm) -> int:
+    return alg.key_length + 4
+
+
+_LocatedIp = tuple[IPv4Header | IPv6Header, int, int]
+
+
+def _locate_esp(frame: bytes, l3: int, esp_off: int | None) -> _LocatedIp | None:
+    """Find the IP header at `l3` and the ESP header it carries.
+
+    Returns (IP header, ESP start, IP end) as offsets in `frame`, or None when the bytes are not
+    an ESP packet there. With `esp_off` (Tx metadata, spec 3) the ESP header must be exactly
+    there; the agent never trusts the offsets.
+    """
+    if l3 < 14 or l3 >= len(frame):
+        return None
+    mv = memoryview(frame)[l3:]
+    version = mv[0] >> 4
+    ip: IPv4Header | IPv6Header
+    try:
+        if version == 4:
+            ip = parse_ipv4(mv)
+            if ip.protocol != IpProto.ESP or ip.flags_fragment & 0x3FFF:
+                return None
+            offset, ip_len = ip.header_len, ip.total_length
+        elif version == 6:
+            ip = parse_ipv6(mv)
+            protocol, offset = ipv6_upper_layer(mv)
+            if protocol != IpProto.ESP:
+                return None
+            ip_len = 40 + ip.payload_length
+        else:
+            return None
+    except ParseError:
+        return None
+    if esp_off is not None and esp_off != offset:
+        return None
+    if ip_len > len(mv) or offset + ESP_HEADER_LEN + ESP_IV_LEN > ip_len:
+        return None
+    return ip, l3 + offset, l3 + ip_len
+
+
+def _resize_ip(ip: IPv4Header | IPv6Header, old: memoryview, new_len: int) -> bytes | None:
+    """The IP header bytes (with IPv6 extension headers) for a packet of `new_len` bytes."""
+    if isinstance(ip, IPv4Header):
+        if new_len > 0xFFFF:
+            return None
+        return build_ipv4(replace(ip, total_length=new_len))
+    if new_len - 40 > 0xFFFF:
+        return None
+    return build_ipv6(replace(ip, payload_length=new_len - 40)) + bytes(old[40:])
+
+
+def _dump_domain(domain: Domain) -> str:
+    tags = "".join(f".{tpid:04x}:{vid}" for tpid, vid in domain.vlans)
+    return mac_to_str(domain.mac) + tags
+
+
+def _dump_sa(sa: SecurityAssociation) -> dict[str, Any]:
+    return {
+        "index": sa.index,
+        "port": sa.port,
+        "direction": sa.direction.name,
+        "spi": f"0x{sa.spi:08x}",
+        "dst": ip_to_str(sa.dst),
+        "src": None if sa.src is None else ip_to_str(sa.src),
+        "domain": None if sa.domain is None else _dump_domain(sa.domain),
+        "algorithm": sa.algorithm.name,
+        "esn": sa.esn,
+        "next_seq": sa.ivdb if sa.direction == Direction.OUTBOUND else None,
+        "highest_seq": None if sa.replay is None else sa.replay.highest,
+        "packets": sa.packets,
+        "bytes": sa.bytes,
+        "errors": dict(zip([s.name for s in list(RxStatus)[1:]], sa.errors, strict=True)),
+    }
+
+
+__all__ = [
+    "DEFAULT_AGENT_MAC",
+    "AgentConfig",
+    "AgentOutput",
+    "IpsecAgent",
+    "VlanKey",
+]

@@ -1,0 +1,135 @@
+"""The agent's Security Association Database (spec section 5).
+
+Theory of operation: the SAD is a fixed table of `capacity` entries addressed by an SA index
+(1..capacity; 0 means "no SA" in the Rx metadata). Two hash indexes give O(1) lookup at any
+size: the extended key (direction, SPI, destination, local MAC, VLAN stack) for SAs added with
+domain fields, and the naive key (direction, SPI, destination) for SAs added without them,
+which match any MAC and VLAN. A lookup tries the extended key first. Free indexes are handed
+out lowest first, so runs are deterministic.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ipsec_offload.agent.replay import ReplayWindow
+from ipsec_offload.crypto.gcm import EspAead
+from ipsec_offload.wire.config import Algorithm, Direction
+from ipsec_offload.wire.ethernet import VlanKey
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    """A SAD domain: the VSI's MAC address and VLAN stack (spec section 5)."""
+
+    mac: bytes
+    vlans: VlanKey
+
+
+SaKey = tuple[Direction, int, bytes, Domain | None]
+
+
+@dataclass(slots=True)
+class SecurityAssociation:
+    """One SAD entry with its live state (sequence/IV database, replay window, counters)."""
+
+    index: int
+    port: int
+    direction: Direction
+    spi: int
+    dst: bytes
+    src: bytes | None
+    algorithm: Algorithm
+    key_material: bytes = field(repr=False)
+    domain: Domain | None
+    esn: bool
+    ivdb: int
+    replay: ReplayWindow | None
+    lifetime_packets: int
+    lifetime_bytes: int
+    packets: int = 0
+    bytes: int = 0
+    errors: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0])
+    _aead: EspAead | None = field(default=None, repr=False)
+
+    @property
+    def key(self) -> SaKey:
+        return (self.direction, self.spi, self.dst, self.domain)
+
+    @property
+    def aead(self) -> EspAead:
+        """The cipher context, created when the SA first carries traffic."""
+        if self._aead is None:
+            self._aead = EspAead(self.algorithm, self.key_material)
+        return self._aead
+
+    def expired(self) -> bool:
+        """True once a hard lifetime (packets or bytes; 0 means none) has been reached."""
+        return bool(
+            (self.lifetime_packets and self.packets >= self.lifetime_packets)
+            or (self.lifetime_bytes and self.bytes >= self.lifetime_bytes)
+        )
+
+
+class SadFull(Exception):
+    """Internal signal: no free index (the agent answers NO_SPACE)."""
+
+
+class SecurityAssociationDatabase:
+    """Fixed-size SAD with O(1) lookup by extended or naive key."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: dict[int, SecurityAssociation] = {}
+        self._by_key: dict[SaKey, SecurityAssociation] = {}
+        self._free: list[int] = []
+        self._next_unused = 1
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[SecurityAssociation]:
+        return iter(sorted(self._entries.values(), key=lambda sa: sa.index))
+
+    def get(self, index: int) -> SecurityAssociation | None:
+        return self._entries.get(index)
+
+    def contains_key(self, key: SaKey) -> bool:
+        return key in self._by_key
+
+    def allocate_index(self) -> int:
+        """The lowest free index; raises SadFull when every entry is in use."""
+        if self._free:
+            return self._free[0]
+        if self._next_unused > self.capacity:
+            raise SadFull
+        return self._next_unused
+
+    def insert(self, sa: SecurityAssociation) -> None:
+        if self._free and self._free[0] == sa.index:
+            heapq.heappop(self._free)
+        elif sa.index == self._next_unused:
+            self._next_unused += 1
+        else:
+            raise ValueError(f"SA index {sa.index} was not allocated")
+        self._entries[sa.index] = sa
+        self._by_key[sa.key] = sa
+
+    def remove(self, index: int) -> SecurityAssociation | None:
+        sa = self._entries.pop(index, None)
+        if sa is not None:
+            del self._by_key[sa.key]
+            heapq.heappush(self._free, index)
+        return sa
+
+    def lookup(
+        self, direction: Direction, spi: int, dst: bytes, mac: bytes, vlans: VlanKey
+    ) -> SecurityAssociation | None:
+        """Find the SA for a packet: extended key first, then the naive key."""
+        by_key = self._by_key
+        sa = by_key.get((direction, spi, dst, Domain(mac, vlans)))
+        if sa is None:
+            sa = by_key.get((direction, spi, dst, None))
+        return sa

@@ -1,0 +1,45 @@
+"""ESP payload protection with AES-GCM (RFC 4303 with RFC 4106), shared by the agent's
+hardware path and the host stack's software path so both produce the same bytes."""
+
+from __future__ import annotations
+
+import struct
+
+from ipsec_offload.crypto.gcm import EspAead
+from ipsec_offload.wire.esp import build_esp_trailer, parse_esp_trailer
+
+_ESP_HEADER = struct.Struct(">II")
+_IV = struct.Struct(">Q")
+
+
+def explicit_iv(seq: int) -> bytes:
+    """The 8-byte explicit IV for a packet: the SA's 64-bit packet counter (spec section 2)."""
+    return _IV.pack(seq)
+
+
+def esp_seal(
+    aead: EspAead, spi: int, seq: int, esn: bool, payload: bytes | memoryview, next_header: int
+) -> bytes:
+    """ESP header || IV || ciphertext || ICV protecting `payload` with sequence number `seq`.
+
+    The trailer pads payload || pad || pad length || next header to 4 bytes (RFC 4303 2.4);
+    the ESP header carries the low 32 bits of `seq` and the IV all 64 (spec section 2).
+    """
+    iv = _IV.pack(seq)
+    plaintext = bytes(payload) + build_esp_trailer(len(payload), next_header)
+    return b"".join(
+        (_ESP_HEADER.pack(spi, seq & 0xFFFFFFFF), iv, aead.seal(spi, seq, esn, iv, plaintext))
+    )
+
+
+def esp_open(
+    aead: EspAead, spi: int, seq: int, esn: bool, iv: bytes, sealed: bytes
+) -> tuple[bytes, int, int]:
+    """Decrypt ciphertext || ICV: (plaintext with its trailer, payload length, next header).
+
+    Raises AuthenticationError for an ICV that does not verify and ParseError for a trailer
+    whose padding is wrong (RFC 4303 2.4).
+    """
+    plaintext = aead.open(spi, seq, esn, iv, sealed)
+    trailer, payload_len = parse_esp_trailer(plaintext)
+    return plaintext, payload_len, trailer.next_header

@@ -1,0 +1,54 @@
+"""A plain NIC driver without ESP offload: what the remote peer (software ESP) runs on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ipsec_offload.driver.pf import DriverEvent, OffloadState, PacketReceived, TxOffload
+from ipsec_offload.errors import UsageError
+
+
+class PlainDriver:
+    """Frames in and out as they are; the xdo_dev_* calls are refused (no NETIF_F_HW_ESP)."""
+
+    hw_esp_offload = False
+
+    def __init__(self, mac: bytes) -> None:
+        self.mac = mac
+        self._tx: list[bytes] = []
+        self._events: list[DriverEvent] = []
+
+    def xmit(self, frame: bytes, offload: TxOffload | None = None) -> None:
+        if offload is not None:
+            raise UsageError("this device has no ESP offload; send without TxOffload")
+        self._tx.append(frame)
+
+    def receive(self, frames: Iterable[bytes], now: float) -> None:
+        """Frames from the wire: keep those for this MAC, broadcast and multicast."""
+        for frame in frames:
+            if frame[:6] == self.mac or frame[0] & 1:
+                self._events.append(PacketReceived(frame, None))
+
+    def take_frames(self) -> list[bytes]:
+        """Take the frames queued for the wire."""
+        tx, self._tx = self._tx, []
+        return tx
+
+    def events(self) -> list[DriverEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def xdo_dev_state_add(self, state: OffloadState, now: float) -> None:
+        raise UsageError("this device has no ESP offload (hw_esp_offload is False)")
+
+    def xdo_dev_state_delete(self, handle: int, now: float) -> None:
+        raise UsageError("this device has no ESP offload (hw_esp_offload is False)")
+
+    def xdo_dev_state_free(self, handle: int) -> None:
+        raise UsageError("this device has no ESP offload (hw_esp_offload is False)")
+
+    def xdo_dev_offload_ok(self, handle: int) -> bool:
+        return False
+
+    def xdo_dev_state_update_stats(self, handle: int, now: float) -> None:
+        raise UsageError("this device has no ESP offload (hw_esp_offload is False)")

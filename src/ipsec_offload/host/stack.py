@@ -1,0 +1,590 @@
+"""The xfrm-like host network stack: IP, UDP, ICMP echo, ESP in software or offloaded.
+
+Theory of operation: the stack owns one interface (MAC, VLAN stack, IPv4 and/or IPv6 address)
+bound to a network device (the PF or VF driver, or a plain NIC driver). States and policies
+work as Linux's xfrm does:
+
+- `add_state(..., offload=True)` calls the device's xdo_dev_state_add. Until the reply
+  arrives the state is PENDING and traffic uses software. On 0 the state is offloaded; on
+  -EOPNOTSUPP it stays in software (Linux's fallback) and traffic still flows; any other
+  error removes the state, and the stack reports the error.
+- Sending: an outbound policy that selects the packet names the state that protects it. The
+  stack assigns the sequence number (the IV is the same 64-bit counter). An offloaded state's
+  packet goes down as L2 | IP | ESP | IV | plaintext with a TxOffload; the agent adds trailer
+  and ICV. A software state's packet is sealed here.
+- Receiving: Rx status OK means the agent decrypted in place; the stack strips ESP. A frame
+  without a status (NO_SA, or not looked at) is decrypted here if the stack holds the state.
+  Inbound policies then check the packet came through the state they name.
+
+Sans-IO: the stack calls its device and reads the device's events in `poll(now)`; what it
+delivers to applications and the outcome of state operations are its own `events()`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ipsec_offload.crypto.esp import esp_open, esp_seal, explicit_iv
+from ipsec_offload.driver.control import Errno
+from ipsec_offload.driver.pf import (
+    DriverEvent,
+    OffloadState,
+    PacketReceived,
+    StateAddDone,
+    StateDeleteDone,
+    StatsDone,
+    TxOffload,
+)
+from ipsec_offload.errors import AuthenticationError, ParseError, UsageError
+from ipsec_offload.host.xfrm import Mode, Offload, XfrmPolicy, XfrmState
+from ipsec_offload.wire.addr import ip_to_str
+from ipsec_offload.wire.config import Algorithm, Direction, SaStats
+from ipsec_offload.wire.esp import (
+    ESP_HEADER_LEN,
+    ESP_IV_LEN,
+    EspHeader,
+    build_esp,
+    parse_esp,
+    parse_esp_trailer,
+)
+from ipsec_offload.wire.ethernet import (
+    EthernetHeader,
+    EtherType,
+    VlanTag,
+    build_ethernet,
+    parse_ethernet,
+)
+from ipsec_offload.wire.ip import (
+    IpProto,
+    IPv4Header,
+    IPv6Header,
+    build_ipv4,
+    build_ipv6,
+    ipv6_upper_layer,
+    parse_ipv4,
+    parse_ipv6,
+)
+from ipsec_offload.wire.metadata import RxMetadata, RxStatus
+from ipsec_offload.wire.transport import (
+    IcmpEcho,
+    IcmpType,
+    Icmpv6Type,
+    UdpHeader,
+    build_icmp_echo,
+    build_udp,
+    parse_icmp_echo,
+    parse_udp,
+    transport_checksum,
+)
+
+_SEQ_LIMIT = {False: (1 << 32) - 1, True: (1 << 64) - 1}
+_ECHO_REQUEST = {4: IcmpType.ECHO_REQUEST, 16: Icmpv6Type.ECHO_REQUEST}
+_ECHO_REPLY = {4: IcmpType.ECHO_REPLY, 16: Icmpv6Type.ECHO_REPLY}
+_ICMP = {4: IpProto.ICMP, 16: IpProto.ICMPV6}
+_IN_TUNNEL = {4: IpProto.IPIP, 16: IpProto.IPV6}
+
+
+class NetDevice(Protocol):
+    """What the stack needs of its device: Linux's xfrmdev_ops plus transmit."""
+
+    hw_esp_offload: bool
+
+    def xmit(self, frame: bytes, offload: TxOffload | None = None) -> None: ...
+    def events(self) -> list[DriverEvent]: ...
+    def xdo_dev_state_add(self, state: OffloadState, now: float) -> None: ...
+    def xdo_dev_state_delete(self, handle: int, now: float) -> None: ...
+    def xdo_dev_state_free(self, handle: int) -> None: ...
+    def xdo_dev_offload_ok(self, handle: int) -> bool: ...
+    def xdo_dev_state_update_stats(self, handle: int, now: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A packet the stack delivered to an application (UDP datagram or ICMP echo)."""
+
+    time: float
+    protocol: int
+    src: bytes
+    dst: bytes
+    src_port: int
+    dst_port: int
+    payload: bytes
+    state: int | None
+    """The handle of the state it arrived through, None if it came in clear."""
+    offloaded: bool
+    """True when the agent decrypted it (Rx status OK)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateResult:
+    """The outcome of add_state or delete_state: the xdo_dev_* return value and where the
+    state's ESP work now happens (None: the state is gone)."""
+
+    time: float
+    handle: int
+    operation: str
+    rc: int
+    offload: Offload | None
+
+
+StackEvent = Delivered | StateResult
+
+
+@dataclass(slots=True)
+class StackCounters:
+    tx_plain: int = 0
+    tx_esp_software: int = 0
+    tx_esp_offloaded: int = 0
+    rx_delivered: int = 0
+    rx_esp_offloaded: int = 0
+    rx_esp_software: int = 0
+    offload_fallbacks: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+
+class HostStack:
+    """One host's network stack on one interface."""
+
+    def __init__(
+        self,
+        name: str,
+        device: NetDevice,
+        mac: bytes,
+        *,
+        ipv4: str | None = None,
+        ipv6: str | None = None,
+        vlans: tuple[VlanTag, ...] = (),
+    ) -> None:
+        if ipv4 is None and ipv6 is None:
+            raise UsageError(f"host {name}: give it an IPv4 or an IPv6 address (or both)")
+        self.name = name
+        self.device = device
+        self.mac = mac
+        self.vlans = vlans
+        self.addresses: dict[int, bytes] = {}
+        for text in (ipv4, ipv6):
+            if text is not None:
+                packed = ipaddress.ip_address(text).packed
+                self.addresses[len(packed)] = packed
+        self.neighbors: dict[bytes, bytes] = {}
+        """IP address -> MAC address (a static neighbour table)."""
+        self.states: dict[int, XfrmState] = {}
+        self.policies: list[XfrmPolicy] = []
+        self.counters = StackCounters()
+        self._inbound: dict[tuple[int, bytes], XfrmState] = {}
+        self._events: list[StackEvent] = []
+        self._ip_id = 0
+        self.hw_stats: dict[int, SaStats | None] = {}
+        """The agent's counters of offloaded states, as update_stats last fetched them."""
+
+    # -- configuration --------------------------------------------------------------------
+
+    def add_state(self, state: XfrmState, now: float, *, offload: bool = False) -> None:
+        """Install a state; with `offload`, ask the device (outcome: a StateResult event)."""
+        if state.handle in self.states:
+            raise UsageError(f"host {self.name}: state handle {state.handle} is in use")
+        if state.direction == Direction.INBOUND:
+            key = (state.spi, state.dst)
+            if key in self._inbound:
+                raise UsageError(
+                    f"host {self.name}: an inbound state for SPI {state.spi:#x} "
+                    f"to {ip_to_str(state.dst)} exists"
+                )
+            self._inbound[key] = state
+        self.states[state.handle] = state
+        if offload and self.device.hw_esp_offload:
+            state.offload = Offload.PENDING
+            self.device.xdo_dev_state_add(_offload_state(state), now)
+        else:
+            self._events.append(StateResult(now, state.handle, "add", 0, Offload.SOFTWARE))
+
+    def delete_state(self, handle: int, now: float) -> None:
+        """Remove a state; an offloaded one is removed from the device first."""
+        state = self._state(handle)
+        if state.offload == Offload.DEVICE:
+            self.device.xdo_dev_state_delete(handle, now)
+            return
+        self._forget(state)
+        self._events.append(StateResult(now, handle, "delete", 0, None))
+
+    def update_stats(self, handle: int, now: float) -> None:
+        """Ask the device for an offloaded state's counters (xdo_dev_state_update_stats)."""
+        if self._state(handle).offload != Offload.DEVICE:
+            raise UsageError(f"host {self.name}: state {handle} is not offloaded")
+        self.device.xdo_dev_state_update_stats(handle, now)
+
+    def add_policy(self, policy: XfrmPolicy) -> None:
+        if policy.state not in self.states:
+            raise UsageError(f"host {self.name}: policy names unknown state {policy.state}")
+        self.policies.append(policy)
+
+    def _state(self, handle: int) -> XfrmState:
+        try:
+            return self.states[handle]
+        except KeyError:
+            raise UsageError(f"host {self.name}: no state with handle {handle}") from None
+
+    def _forget(self, state: XfrmState) -> None:
+        self.states.pop(state.handle, None)
+        if state.direction == Direction.INBOUND:
+            self._inbound.pop((state.spi, state.dst), None)
+        self.policies = [p for p in self.policies if p.state != state.handle]
+
+    # -- sending --------------------------------------------------------------------------
+
+    def send_udp(
+        self, dst: str | bytes, src_port: int, dst_port: int, payload: bytes, now: float
+    ) -> None:
+        """Send one UDP datagram."""
+        dst_b = _addr(dst)
+        src_b = self._source(dst_b)
+        segment = build_udp(UdpHeader(src_port, dst_port), payload, src_b, dst_b)
+        self.send_ip(dst_b, IpProto.UDP, segment, now)
+
+    def send_echo(self, dst: str | bytes, ident: int, seq: int, payload: bytes, now: float) -> None:
+        """Send an ICMP (or ICMPv6) echo request."""
+        dst_b = _addr(dst)
+        self._send_icmp(dst_b, _ECHO_REQUEST[len(dst_b)], ident, seq, payload, now)
+
+    def _send_icmp(
+        self, dst: bytes, kind: int, ident: int, seq: int, payload: bytes, now: float
+    ) -> None:
+        src = self._source(dst)
+        segment = build_icmp_echo(IcmpEcho(kind, 0, ident, seq), payload, src, dst)
+        self.send_ip(dst, _ICMP[len(dst)], segment, now)
+
+    def send_ip(self, dst: bytes, protocol: int, segment: bytes, now: float) -> None:
+        """Send an upper-layer segment to `dst`, through IPsec if a policy selects it."""
+        src = self._source(dst)
+        policy = self._policy(Direction.OUTBOUND, src, dst, protocol)
+        if policy is None:
+            self._xmit_ip(src, dst, protocol, segment, None)
+            self.counters.tx_plain += 1
+            return
+        state = self.states[policy.state]
+        if state.mode == Mode.TUNNEL:
+            inner = self._ip_header(src, dst, protocol, len(segment)) + segment
+            self._xmit_esp(state, _IN_TUNNEL[len(dst)], inner)
+        else:
+            self._xmit_esp(state, protocol, segment)
+
+    def _xmit_esp(self, state: XfrmState, next_header: int, payload: bytes) -> None:
+        if state.lifetime_packets and state.packets >= state.lifetime_packets:
+            self.counters.drop("out_state_expired")
+            return
+        seq = state.oseq + 1
+        if seq > _SEQ_LIMIT[state.esn]:
+            self.counters.drop("out_seq_exhausted")
+            return
+        state.oseq = seq
+        state.packets += 1
+        state.bytes += len(payload)
+        if state.offload == Offload.DEVICE and self.device.xdo_dev_offload_ok(state.handle):
+            esp = build_esp(EspHeader(state.spi, seq & 0xFFFFFFFF)) + explicit_iv(seq)
+            self._xmit_ip(state.src, state.dst, IpProto.ESP, esp + payload, (state, next_header))
+            self.counters.tx_esp_offloaded += 1
+            return
+        sealed = esp_seal(state.aead, state.spi, seq, state.esn, payload, next_header)
+        self._xmit_ip(state.src, state.dst, IpProto.ESP, sealed, None)
+        self.counters.tx_esp_software += 1
+
+    def _xmit_ip(
+        self,
+        src: bytes,
+        dst: bytes,
+        protocol: int,
+        body: bytes,
+        offload: tuple[XfrmState, int] | None,
+    ) -> None:
+        mac = self.neighbors.get(dst)
+        if mac is None:
+            self.counters.drop("no_neighbor")
+            return
+        l2 = build_ethernet(
+            EthernetHeader(
+                mac, self.mac, EtherType.IPV4 if len(dst) == 4 else EtherType.IPV6, self.vlans
+            )
+        )
+        ip = self._ip_header(src, dst, protocol, len(body))
+        frame = l2 + ip + body
+        if offload is None:
+            self.device.xmit(frame)
+            return
+        state, next_header = offload
+        self.device.xmit(frame, TxOffload(state.handle, next_header, len(l2), len(ip)))
+
+    def _ip_header(self, src: bytes, dst: bytes, protocol: int, length: int) -> bytes:
+        if len(dst) == 16:
+            return build_ipv6(IPv6Header(src, dst, protocol, length))
+        self._ip_id = (self._ip_id + 1) & 0xFFFF
+        return build_ipv4(IPv4Header(src, dst, protocol, 20 + length, self._ip_id))
+
+    def _source(self, dst: bytes) -> bytes:
+        try:
+            return self.addresses[len(dst)]
+        except KeyError:
+            family = "IPv4" if len(dst) == 4 else "IPv6"
+            raise UsageError(f"host {self.name} has no {family} address") from None
+
+    def _policy(
+        self, direction: Direction, src: bytes, dst: bytes, protocol: int
+    ) -> XfrmPolicy | None:
+        for policy in self.policies:
+            if policy.direction == direction and policy.selects(src, dst, protocol):
+                return policy
+        return None
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def poll(self, now: float) -> None:
+        """Handle what the device reported: state operations done, packets received."""
+        for event in self.device.events():
+            if isinstance(event, PacketReceived):
+                self._input(event.frame, event.rx, now)
+            elif isinstance(event, StateAddDone):
+                self._added(event, now)
+            elif isinstance(event, StateDeleteDone):
+                self._deleted(event, now)
+            elif isinstance(event, StatsDone):
+                self._stats(event)
+
+    def _added(self, event: StateAddDone, now: float) -> None:
+        state = self.states.get(event.handle)
+        if state is None:
+            return
+        state.add_rc = event.rc
+        if event.rc == 0:
+            state.offload = Offload.DEVICE
+        elif event.rc == -Errno.EOPNOTSUPP:
+            state.offload = Offload.SOFTWARE
+            self.counters.offload_fallbacks += 1
+        else:
+            self._forget(state)
+            self._events.append(StateResult(now, event.handle, "add", event.rc, None))
+            return
+        self._events.append(StateResult(now, event.handle, "add", event.rc, state.offload))
+
+    def _deleted(self, event: StateDeleteDone, now: float) -> None:
+        state = self.states.get(event.handle)
+        if state is not None:
+            self.device.xdo_dev_state_free(event.handle)
+            self._forget(state)
+        self._events.append(StateResult(now, event.handle, "delete", event.rc, None))
+
+    def _stats(self, event: StatsDone) -> None:
+        self.hw_stats[event.handle] = event.stats
+
+    def _input(self, frame: bytes, rx: RxMetadata | None, now: float) -> None:
+        try:
+            eth = parse_ethernet(frame, -1)
+            l3 = eth.header_len
+            mv = memoryview(frame)[l3:]
+            if eth.ethertype == EtherType.IPV4:
+                ip4 = parse_ipv4(mv)
+                src, dst, protocol = ip4.src, ip4.dst, ip4.protocol
+                upper, end = ip4.header_len, ip4.total_length
+            elif eth.ethertype == EtherType.IPV6:
+                ip6 = parse_ipv6(mv)
+                src, dst = ip6.src, ip6.dst
+                protocol, upper = ipv6_upper_layer(mv)
+                end = 40 + ip6.payload_length
+            else:
+                self.counters.drop("not_ip")
+                return
+        except ParseError:
+            self.counters.drop("malformed")
+            return
+        if dst not in self.addresses.values() or end > len(mv):
+            self.counters.drop("not_for_us" if end <= len(mv) else "truncated")
+            return
+        body = mv[upper:end]
+        if protocol != IpProto.ESP:
+            self._deliver(src, dst, protocol, body, None, False, now)
+            return
+        self._input_esp(src, dst, body, rx, now)
+
+    def _input_esp(
+        self, src: bytes, dst: bytes, body: memoryview, rx: RxMetadata | None, now: float
+    ) -> None:
+        try:
+            esp = parse_esp(body)
+        except ParseError:
+            self.counters.drop("esp_malformed")
+            return
+        state = self._inbound.get((esp.spi, dst))
+        if state is None:
+            self.counters.drop("in_no_state")
+            return
+        offloaded = rx is not None and rx.ipsec and rx.status == RxStatus.OK
+        protected = body[ESP_HEADER_LEN + ESP_IV_LEN :]
+        try:
+            if offloaded:
+                trailer, payload_len = parse_esp_trailer(protected)
+                next_header = trailer.next_header
+                plaintext = bytes(protected)
+                self.counters.rx_esp_offloaded += 1
+            else:
+                plaintext, payload_len, next_header = self._decrypt(state, esp, body)
+                self.counters.rx_esp_software += 1
+        except AuthenticationError:
+            self.counters.drop("in_auth_failed")
+            return
+        except ParseError:
+            self.counters.drop("in_malformed")
+            return
+        except _Replay:
+            self.counters.drop("in_replay")
+            return
+        state.packets += 1
+        state.bytes += payload_len
+        payload = memoryview(plaintext)[:payload_len]
+        if state.mode == Mode.TRANSPORT:
+            self._deliver(src, dst, next_header, payload, state, offloaded, now)
+            return
+        self._input_tunnel(next_header, payload, state, offloaded, now)
+
+    @staticmethod
+    def _decrypt(state: XfrmState, esp: EspHeader, body: memoryview) -> tuple[bytes, int, int]:
+        assert state.replay is not None
+        full = state.replay.check(esp.seq)
+        if full is None:
+            raise _Replay
+        iv = bytes(body[ESP_HEADER_LEN : ESP_HEADER_LEN + ESP_IV_LEN])
+        sealed = bytes(body[ESP_HEADER_LEN + ESP_IV_LEN :])
+        try:
+            result = esp_open(state.aead, state.spi, full, state.esn, iv, sealed)
+        except ParseError:
+            state.replay.accept(full)
+            raise
+        state.replay.accept(full)
+        return result
+
+    def _input_tunnel(
+        self, next_header: int, inner: memoryview, state: XfrmState, offloaded: bool, now: float
+    ) -> None:
+        try:
+            if next_header == IpProto.IPIP:
+                ip4 = parse_ipv4(inner)
+                src, dst, protocol = ip4.src, ip4.dst, ip4.protocol
+                upper, end = ip4.header_len, ip4.total_length
+            elif next_header == IpProto.IPV6:
+                ip6 = parse_ipv6(inner)
+                src, dst = ip6.src, ip6.dst
+                protocol, upper = ipv6_upper_layer(inner)
+                end = 40 + ip6.payload_length
+            else:
+                self.counters.drop("in_tunnel_not_ip")
+                return
+        except ParseError:
+            self.counters.drop("in_tunnel_malformed")
+            return
+        if dst not in self.addresses.values() or end > len(inner):
+            self.counters.drop("in_tunnel_not_for_us")
+            return
+        self._deliver(src, dst, protocol, inner[upper:end], state, offloaded, now)
+
+    def _deliver(
+        self,
+        src: bytes,
+        dst: bytes,
+        protocol: int,
+        segment: memoryview,
+        state: XfrmState | None,
+        offloaded: bool,
+        now: float,
+    ) -> None:
+        policy = self._policy(Direction.INBOUND, src, dst, protocol)
+        if policy is not None and (state is None or policy.state != state.handle):
+            self.counters.drop("in_policy_violation")
+            return
+        if transport_checksum(src, dst, protocol, segment) != 0:
+            self.counters.drop("bad_checksum")
+            return
+        handle = None if state is None else state.handle
+        try:
+            if protocol == IpProto.UDP:
+                udp = parse_udp(segment)
+                ports = (udp.src_port, udp.dst_port)
+                payload = bytes(segment[8 : udp.length])
+            elif protocol in (IpProto.ICMP, IpProto.ICMPV6):
+                echo = parse_icmp_echo(segment)
+                ports = (echo.ident, echo.seq)
+                payload = bytes(segment[8:])
+                if echo.type == _ECHO_REQUEST[len(src)]:
+                    self._send_icmp(src, _ECHO_REPLY[len(src)], echo.ident, echo.seq, payload, now)
+            else:
+                self.counters.drop("unknown_protocol")
+                return
+        except ParseError:
+            self.counters.drop("malformed")
+            return
+        self.counters.rx_delivered += 1
+        self._events.append(
+            Delivered(now, protocol, src, dst, ports[0], ports[1], payload, handle, offloaded)
+        )
+
+    # -- sans-IO plumbing -----------------------------------------------------------------
+
+    def events(self) -> list[StackEvent]:
+        """Take what the stack delivered and reported since the last call."""
+        events, self._events = self._events, []
+        return events
+
+    def dump(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "states": [
+                {
+                    "handle": s.handle,
+                    "direction": s.direction.name,
+                    "spi": f"0x{s.spi:08x}",
+                    "src": ip_to_str(s.src),
+                    "dst": ip_to_str(s.dst),
+                    "mode": s.mode.name,
+                    "offload": s.offload.name,
+                    "add_rc": s.add_rc,
+                    "packets": s.packets,
+                    "bytes": s.bytes,
+                }
+                for s in self.states.values()
+            ],
+            "counters": {
+                "tx_plain": self.counters.tx_plain,
+                "tx_esp_software": self.counters.tx_esp_software,
+                "tx_esp_offloaded": self.counters.tx_esp_offloaded,
+                "rx_delivered": self.counters.rx_delivered,
+                "rx_esp_offloaded": self.counters.rx_esp_offloaded,
+                "rx_esp_software": self.counters.rx_esp_software,
+                "offload_fallbacks": self.counters.offload_fallbacks,
+                "drops": dict(sorted(self.counters.drops.items())),
+            },
+        }
+
+
+class _Replay(Exception):
+    """Internal: the software replay window refused a packet."""
+
+
+def _addr(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else ipaddress.ip_address(value).packed
+
+
+def _offload_state(state: XfrmState) -> OffloadState:
+    return OffloadState(
+        handle=state.handle,
+        direction=state.direction,
+        spi=state.spi,
+        dst=state.dst,
+        src=state.src,
+        algorithm=Algorithm(state.algorithm),
+        key_material=state.key_material,
+        esn=state.esn,
+        replay_window=state.replay_window,
+        lifetime_packets=state.lifetime_packets,
+        lifetime_bytes=state.lifetime_bytes,
+    )

@@ -1,0 +1,103 @@
+"""The xfrm-like stack's objects: states (SAs) and selector policies."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from ipsec_offload.agent.replay import ReplayWindow
+from ipsec_offload.crypto.gcm import EspAead, key_material_length
+from ipsec_offload.errors import UsageError
+from ipsec_offload.wire.config import Algorithm, Direction
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Mode(IntEnum):
+    """IPsec mode of a state (RFC 4301 4.1)."""
+
+    TRANSPORT = 0
+    TUNNEL = 1
+
+
+class Offload(IntEnum):
+    """Where a state's ESP work happens."""
+
+    SOFTWARE = 0
+    """In the stack (never offloaded, or refused with -EOPNOTSUPP)."""
+    PENDING = 1
+    """xdo_dev_state_add sent, reply not yet in; traffic meanwhile uses software."""
+    DEVICE = 2
+    """Offloaded to the agent."""
+
+
+@dataclass(slots=True)
+class XfrmState:
+    """One SA as the stack holds it (`ip xfrm state`), with its live software state."""
+
+    handle: int
+    direction: Direction
+    spi: int
+    src: bytes
+    dst: bytes
+    algorithm: Algorithm
+    key_material: bytes = field(repr=False)
+    mode: Mode = Mode.TRANSPORT
+    replay_window: int = 64
+    esn: bool = False
+    lifetime_packets: int = 0
+    lifetime_bytes: int = 0
+    offload: Offload = Offload.SOFTWARE
+    add_rc: int = 0
+    """The return value of xdo_dev_state_add (0 when never asked)."""
+    oseq: int = 0
+    """Outbound: the last sequence number used."""
+    packets: int = 0
+    bytes: int = 0
+    replay: ReplayWindow | None = None
+    _aead: EspAead | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.spi <= 0xFFFFFFFF:
+            raise UsageError(f"SPI {self.spi} is out of range: use 1 .. 2^32-1")
+        if len(self.src) != len(self.dst) or len(self.src) not in (4, 16):
+            raise UsageError("a state's src and dst must both be IPv4 (4 bytes) or IPv6 (16)")
+        if len(self.key_material) != key_material_length(self.algorithm):
+            raise UsageError(
+                f"{Algorithm(self.algorithm).name} needs "
+                f"{key_material_length(self.algorithm)} bytes of key || salt"
+            )
+        if self.direction == Direction.INBOUND and self.replay is None:
+            self.replay = ReplayWindow(self.replay_window, self.esn)
+
+    @property
+    def aead(self) -> EspAead:
+        if self._aead is None:
+            self._aead = EspAead(self.algorithm, self.key_material)
+        return self._aead
+
+
+@dataclass(frozen=True, slots=True)
+class XfrmPolicy:
+    """A selector policy (`ip xfrm policy`): traffic it selects must use the named state.
+
+    The policy names its state directly, as a template with a unique reqid does in Linux.
+    Outbound, a selected packet is protected with the state; inbound, a selected packet is
+    accepted only if it arrived through the state.
+    """
+
+    direction: Direction
+    src: IpNetwork
+    dst: IpNetwork
+    state: int
+    protocol: int | None = None
+
+    def selects(self, src: bytes, dst: bytes, protocol: int) -> bool:
+        if len(src) * 8 != self.src.max_prefixlen:
+            return False
+        return (
+            ipaddress.ip_address(src) in self.src
+            and ipaddress.ip_address(dst) in self.dst
+            and (self.protocol is None or self.protocol == protocol)
+        )

@@ -1,0 +1,245 @@
+"""The FVL NIC model: VSIs, the embedded switch, metadata insert/extract (spec sections 1, 3, 6).
+
+Theory of operation: each PF or VF owns a VSI (a MAC, a VLAN stack, Tx/Rx rings). A Tx
+descriptor's frame is checked against its VSI's MAC (anti-spoof); the NIC then inserts the
+metadata tag, taking the word from the VSI's port tag if one is set (the VF cannot change it)
+or else from the descriptor's L2TAG fields. The embedded switch decides where it goes:
+
+- VEB: a frame to another VSI's address is switched inside the NIC (it never reaches the
+  agent, so no offload happens: the deck's east-west problem); everything else goes to the
+  agent. Broadcast and multicast go to every other VSI and to the agent.
+- VEPA: every frame goes to the agent, which turns local traffic around (hairpin).
+
+Frames from the agent carry the Rx metadata tag: the NIC strips it into the Rx descriptor and
+delivers the frame to the VSI that owns its destination MAC and VLANs (multicast to every VSI
+but the sender). The NIC is sans-IO: descriptors and frames in, frames and descriptors out.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from ipsec_offload.errors import ParseError, UsageError
+from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
+from ipsec_offload.wire.addr import mac_to_str
+from ipsec_offload.wire.ethernet import EtherType, VlanTag, parse_ethernet, vlan_key
+
+_META_TAG = struct.Struct(">HI")
+
+
+class SwitchMode(IntEnum):
+    """The embedded switch's mode."""
+
+    VEB = 0
+    VEPA = 1
+
+
+class VsiKind(IntEnum):
+    PF = 0
+    VF = 1
+
+
+@dataclass(slots=True)
+class VsiCounters:
+    """Per-VSI counters."""
+
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    tx_switched: int = 0
+    tx_spoofed: int = 0
+    tx_malformed: int = 0
+    tx_port_tagged: int = 0
+    rx_packets: int = 0
+    rx_bytes: int = 0
+
+
+@dataclass(slots=True)
+class Vsi:
+    """A virtual station interface: one PF's or VF's view of the port."""
+
+    vsi_id: int
+    kind: VsiKind
+    mac: bytes
+    vlans: tuple[VlanTag, ...] = ()
+    port_tag: int | None = None
+    """Metadata word forced onto every frame this VSI sends (untrusted VFs)."""
+    anti_spoof: bool = True
+    counters: VsiCounters = field(default_factory=VsiCounters)
+
+
+@dataclass(slots=True)
+class NicOutput:
+    """What one call produced: frames toward the agent and descriptors for the VSIs' Rx rings."""
+
+    to_agent: list[bytes] = field(default_factory=list)
+    rx: list[tuple[int, RxDescriptor]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class NicCounters:
+    rx_malformed: int = 0
+    rx_no_vsi: int = 0
+
+
+_VsiAddr = tuple[bytes, tuple[tuple[int, int], ...]]
+
+
+class Nic:
+    """One physical port of the FVL with its VSIs and embedded switch."""
+
+    def __init__(
+        self,
+        *,
+        mode: SwitchMode = SwitchMode.VEB,
+        max_vsis: int = 129,
+        meta_ethertype: int = EtherType.META,
+    ) -> None:
+        self.mode = mode
+        self.max_vsis = max_vsis
+        self.counters = NicCounters()
+        self._meta = meta_ethertype
+        self._vsis: dict[int, Vsi] = {}
+        self._by_addr: dict[_VsiAddr, Vsi] = {}
+
+    # -- configuration (the PF driver's admin queue) ------------------------------------
+
+    def add_vsi(
+        self, kind: VsiKind, mac: bytes, vlans: tuple[VlanTag, ...] = (), *, anti_spoof: bool = True
+    ) -> Vsi:
+        """Create a VSI with the lowest free id; UsageError if the table is full or the
+        address (MAC and VLANs) is already another VSI's."""
+        if len(mac) != 6:
+            raise UsageError("a VSI's MAC address must be 6 bytes")
+        addr = (mac, vlan_key(vlans))
+        if addr in self._by_addr:
+            raise UsageError(f"MAC {mac_to_str(mac)} with these VLANs already belongs to a VSI")
+        free = next((i for i in range(self.max_vsis) if i not in self._vsis), None)
+        if free is None:
+            raise UsageError(f"all {self.max_vsis} VSIs are in use")
+        vsi = Vsi(free, kind, mac, vlans, anti_spoof=anti_spoof)
+        self._vsis[free] = vsi
+        self._by_addr[addr] = vsi
+        return vsi
+
+    def remove_vsi(self, vsi_id: int) -> None:
+        vsi = self.vsi(vsi_id)
+        del self._vsis[vsi_id]
+        del self._by_addr[(vsi.mac, vlan_key(vsi.vlans))]
+
+    def vsi(self, vsi_id: int) -> Vsi:
+        try:
+            return self._vsis[vsi_id]
+        except KeyError:
+            raise UsageError(f"no VSI {vsi_id} on this NIC") from None
+
+    @property
+    def vsis(self) -> list[Vsi]:
+        return [self._vsis[i] for i in sorted(self._vsis)]
+
+    def set_port_tag(self, vsi_id: int, word: int | None) -> None:
+        """Force (or, with None, stop forcing) a metadata word on every frame the VSI sends."""
+        if word is not None and not 0 <= word <= 0xFFFFFFFF:
+            raise UsageError("a port tag is a 32-bit metadata word")
+        self.vsi(vsi_id).port_tag = word
+
+    # -- Tx: host to agent ----------------------------------------------------------------
+
+    def transmit(
+        self, vsi_id: int, descriptors: Iterable[TxDescriptor], now: float = 0.0
+    ) -> NicOutput:
+        """Process a burst of Tx descriptors posted on a VSI's ring."""
+        vsi = self.vsi(vsi_id)
+        out = NicOutput()
+        for desc in descriptors:
+            self._transmit_one(vsi, desc, out)
+        return out
+
+    def _transmit_one(self, vsi: Vsi, desc: TxDescriptor, out: NicOutput) -> None:
+        counters = vsi.counters
+        frame = desc.frame
+        try:
+            eth = parse_ethernet(frame, -1)
+        except ParseError:
+            counters.tx_malformed += 1
+            return
+        if vsi.anti_spoof and eth.src != vsi.mac:
+            counters.tx_spoofed += 1
+            return
+        counters.tx_packets += 1
+        counters.tx_bytes += len(frame)
+        multicast = bool(eth.dst[0] & 1)
+        if self.mode == SwitchMode.VEB:
+            if multicast:
+                self._flood(frame, None, eth.src, out, exclude=vsi)
+            else:
+                target = self._by_addr.get((eth.dst, vlan_key(eth.vlans)))
+                if target is not None and target is not vsi:
+                    counters.tx_switched += 1
+                    self._deliver(target, frame, None, out)
+                    return
+        word = desc.l2tag
+        if vsi.port_tag is not None:
+            counters.tx_port_tagged += 1
+            word = vsi.port_tag
+        if word is not None:
+            frame = frame[:12] + _META_TAG.pack(self._meta, word) + frame[12:]
+        out.to_agent.append(frame)
+
+    # -- Rx: agent to host ----------------------------------------------------------------
+
+    def from_agent(self, frames: Iterable[bytes], now: float = 0.0) -> NicOutput:
+        """Frames the agent emitted toward the host: extract the metadata, demultiplex."""
+        out = NicOutput()
+        for frame in frames:
+            try:
+                eth = parse_ethernet(frame, self._meta)
+            except ParseError:
+                self.counters.rx_malformed += 1
+                continue
+            if eth.metadata is not None:
+                frame = frame[:12] + frame[18:]
+            if eth.dst[0] & 1:
+                self._flood(frame, eth.metadata, eth.src, out, exclude=None)
+                continue
+            target = self._by_addr.get((eth.dst, vlan_key(eth.vlans)))
+            if target is None:
+                self.counters.rx_no_vsi += 1
+                continue
+            self._deliver(target, frame, eth.metadata, out)
+        return out
+
+    def _flood(
+        self, frame: bytes, l2tag: int | None, src: bytes, out: NicOutput, exclude: Vsi | None
+    ) -> None:
+        for vsi in self.vsis:
+            if vsi is not exclude and vsi.mac != src:
+                self._deliver(vsi, frame, l2tag, out)
+
+    @staticmethod
+    def _deliver(vsi: Vsi, frame: bytes, l2tag: int | None, out: NicOutput) -> None:
+        vsi.counters.rx_packets += 1
+        vsi.counters.rx_bytes += len(frame)
+        out.rx.append((vsi.vsi_id, RxDescriptor(frame, l2tag)))
+
+    def dump(self) -> dict[str, Any]:
+        """The NIC's state as plain data."""
+        return {
+            "mode": self.mode.name,
+            "vsis": [
+                {
+                    "id": v.vsi_id,
+                    "kind": v.kind.name,
+                    "mac": mac_to_str(v.mac),
+                    "vlans": [f"{t.tpid:04x}:{t.vid}" for t in v.vlans],
+                    "port_tag": None if v.port_tag is None else f"0x{v.port_tag:08x}",
+                    "counters": asdict(v.counters),
+                }
+                for v in self.vsis
+            ],
+            "rx_malformed": self.counters.rx_malformed,
+            "rx_no_vsi": self.counters.rx_no_vsi,
+        }

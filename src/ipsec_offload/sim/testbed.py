@@ -1,0 +1,383 @@
+"""The simulator: one port (NIC + agent) between host stacks and a wire with remote peers.
+
+Theory of operation: a deterministic discrete-event loop in simulated seconds. Every hop over
+a link takes `link_delay`; events at the same time run in a fixed order (frames reaching the
+agent from the host side before those from the wire, then first scheduled first), so a run
+is the same every time. The testbed is the only place where the sans-IO cores meet: it moves
+descriptors from drivers to the NIC, frames from the NIC to the agent and on to the wire, and
+back; it fires the drivers' retransmission timers; it records every frame on the NIC-agent
+link and the agent-wire link for pcap files; and it can lose chosen frames on a link.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ipsec_offload.agent.agent import AgentConfig, IpsecAgent
+from ipsec_offload.driver.pf import PfDriver
+from ipsec_offload.driver.plain import PlainDriver
+from ipsec_offload.errors import IpsecOffloadError, UsageError
+from ipsec_offload.host.stack import Delivered, HostStack, StackEvent, StateResult
+from ipsec_offload.host.xfrm import Mode, XfrmPolicy, XfrmState
+from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
+from ipsec_offload.nic.nic import Nic, SwitchMode, VsiKind
+from ipsec_offload.sim.espsa import EspSaEntry
+from ipsec_offload.sim.pcap import PcapSink
+from ipsec_offload.wire.config import Algorithm, Direction
+
+LINKS = ("nic-to-agent", "agent-to-nic", "wire-to-agent", "agent-to-wire")
+"""The link directions the testbed records and can inject loss on."""
+
+_HOST_FIRST, _WIRE_SECOND, _OTHER = 0, 1, 2
+
+
+@dataclass(slots=True)
+class Fault:
+    """Lose the next `count` frames on `link` for which `match` is true."""
+
+    link: str
+    count: int
+    match: Callable[[bytes], bool]
+
+
+@dataclass(slots=True)
+class Endpoint:
+    """A host stack with its driver, and its VSI when it sits behind the NIC."""
+
+    stack: HostStack
+    driver: PfDriver | PlainDriver
+    vsi: int | None
+    log: list[StackEvent] = field(default_factory=list)
+    timer_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SaBundle:
+    """The four states protecting traffic between two hosts (out and in on each side)."""
+
+    a_out: XfrmState
+    a_in: XfrmState
+    b_out: XfrmState
+    b_in: XfrmState
+
+
+class SimulationError(IpsecOffloadError):
+    """The simulation did not settle (a loop that never ends is a model bug)."""
+
+
+class Testbed:
+    """One FVL port with its agent, host stacks behind it and remote peers on the wire."""
+
+    def __init__(
+        self,
+        *,
+        agent: AgentConfig | None = None,
+        mode: SwitchMode = SwitchMode.VEB,
+        link_delay: float = 1e-6,
+        seed: int = 1,
+        max_events: int = 10_000_000,
+    ) -> None:
+        self.agent = IpsecAgent(agent)
+        self.nic = Nic(mode=mode, meta_ethertype=self.agent.config.meta_ethertype)
+        self.now = 0.0
+        self.link_delay = link_delay
+        self.rng = random.Random(seed)
+        self.max_events = max_events
+        self.captures: dict[str, PcapSink] = {link: PcapSink() for link in LINKS}
+        self.link_drops: dict[str, int] = dict.fromkeys(LINKS, 0)
+        self.faults: list[Fault] = []
+        self.endpoints: dict[str, Endpoint] = {}
+        self._queue: list[tuple[float, int, int, Callable[[], None]]] = []
+        self._seq = 0
+        self._next_spi = 0x1000
+        self._next_handle = 1
+
+    # -- building the topology ------------------------------------------------------------
+
+    def add_pf_host(
+        self,
+        name: str,
+        mac: str,
+        *,
+        ipv4: str | None = None,
+        ipv6: str | None = None,
+        extended_key: bool = True,
+        timeout: float = 0.001,
+        retries: int = 3,
+    ) -> HostStack:
+        """The host stack on the PF, with its PF driver (which probes the agent's caps)."""
+        mac_b = _mac(mac)
+        vsi = self.nic.add_vsi(VsiKind.PF, mac_b)
+        driver = PfDriver(
+            mac_b,
+            agent_mac=self.agent.config.mac,
+            timeout=timeout,
+            retries=retries,
+            extended_key=extended_key,
+            config_ethertype=self.agent.config.config_ethertype,
+        )
+        stack = self._add(HostStack(name, driver, mac_b, ipv4=ipv4, ipv6=ipv6), driver, vsi.vsi_id)
+        driver.probe(self.now)
+        self.settle(stack)
+        return stack
+
+    def add_peer(
+        self, name: str, mac: str, *, ipv4: str | None = None, ipv6: str | None = None
+    ) -> HostStack:
+        """A remote host on the wire doing ESP in software."""
+        mac_b = _mac(mac)
+        driver = PlainDriver(mac_b)
+        return self._add(HostStack(name, driver, mac_b, ipv4=ipv4, ipv6=ipv6), driver, None)
+
+    def _add(self, stack: HostStack, driver: PfDriver | PlainDriver, vsi: int | None) -> HostStack:
+        if stack.name in self.endpoints:
+            raise UsageError(f"a host named {stack.name!r} exists")
+        for other in self.endpoints.values():
+            for addr in other.stack.addresses.values():
+                stack.neighbors[addr] = other.stack.mac
+            for addr in stack.addresses.values():
+                other.stack.neighbors[addr] = stack.mac
+        self.endpoints[stack.name] = Endpoint(stack, driver, vsi)
+        return stack
+
+    def endpoint(self, stack: HostStack | str) -> Endpoint:
+        name = stack if isinstance(stack, str) else stack.name
+        try:
+            return self.endpoints[name]
+        except KeyError:
+            raise UsageError(f"no host named {name!r} on this testbed") from None
+
+    # -- security associations ------------------------------------------------------------
+
+    def secure(
+        self,
+        a: HostStack,
+        b: HostStack,
+        *,
+        family: int = 4,
+        mode: Mode = Mode.TRANSPORT,
+        algorithm: Algorithm = Algorithm.AES_GCM_128,
+        esn: bool = False,
+        replay_window: int = 64,
+        offload_a: bool = True,
+        offload_b: bool = False,
+        protocol: int | None = None,
+    ) -> SaBundle:
+        """Create, install and wait for a pair of SAs (a->b and b->a) with policies between
+        a's and b's addresses of `family` (4 or 6). Keys and SPIs come from the seeded
+        generator; offload is asked where the host's device has it."""
+        size = 4 if family == 4 else 16
+        a_addr, b_addr = a.addresses.get(size), b.addresses.get(size)
+        if a_addr is None or b_addr is None:
+            raise UsageError(f"{a.name} and {b.name} both need an IPv{family} address")
+        key_len = 16 if algorithm == Algorithm.AES_GCM_128 else 32
+        ab_key = self.rng.randbytes(key_len + 4)
+        ba_key = self.rng.randbytes(key_len + 4)
+        common: dict[str, Any] = {
+            "algorithm": algorithm,
+            "mode": mode,
+            "esn": esn,
+            "replay_window": replay_window,
+        }
+        ab_spi, ba_spi = self._spi(), self._spi()
+        bundle = SaBundle(
+            a_out=self._state(Direction.OUTBOUND, ab_spi, a_addr, b_addr, ab_key, common),
+            a_in=self._state(Direction.INBOUND, ba_spi, b_addr, a_addr, ba_key, common),
+            b_out=self._state(Direction.OUTBOUND, ba_spi, b_addr, a_addr, ba_key, common),
+            b_in=self._state(Direction.INBOUND, ab_spi, a_addr, b_addr, ab_key, common),
+        )
+        for stack, out, inn, offload, peer in (
+            (a, bundle.a_out, bundle.a_in, offload_a, b_addr),
+            (b, bundle.b_out, bundle.b_in, offload_b, a_addr),
+        ):
+            stack.add_state(out, self.now, offload=offload)
+            stack.add_state(inn, self.now, offload=offload)
+            own = stack.addresses[size]
+            stack.add_policy(
+                XfrmPolicy(Direction.OUTBOUND, _net(own), _net(peer), out.handle, protocol)
+            )
+            stack.add_policy(
+                XfrmPolicy(Direction.INBOUND, _net(peer), _net(own), inn.handle, protocol)
+            )
+            self.settle(stack)
+        return bundle
+
+    def _spi(self) -> int:
+        self._next_spi += 1
+        return self._next_spi
+
+    def _state(
+        self,
+        direction: Direction,
+        spi: int,
+        src: bytes,
+        dst: bytes,
+        key: bytes,
+        common: dict[str, Any],
+    ) -> XfrmState:
+        handle = self._next_handle
+        self._next_handle += 1
+        return XfrmState(handle, direction, spi, src, dst, key_material=key, **common)
+
+    def esp_sa_entries(self) -> list[EspSaEntry]:
+        """Every SA of every host, once each, for Wireshark's esp_sa file."""
+        seen: dict[tuple[bytes, bytes, int], EspSaEntry] = {}
+        for ep in self.endpoints.values():
+            for s in ep.stack.states.values():
+                seen.setdefault(
+                    (s.src, s.dst, s.spi),
+                    EspSaEntry(s.src, s.dst, s.spi, s.key_material, int(s.algorithm), s.esn),
+                )
+        return list(seen.values())
+
+    # -- running --------------------------------------------------------------------------
+
+    def settle(self, *stacks: HostStack) -> None:
+        """Let the given hosts act on what their API calls queued, then run until idle."""
+        for stack in stacks:
+            self._flush(self.endpoint(stack))
+        self.run()
+
+    def run(self, until: float | None = None) -> None:
+        """Process events until none is left (or until simulated time `until`)."""
+        processed = 0
+        queue = self._queue
+        while queue and (until is None or queue[0][0] <= until):
+            at, _prio, _seq, action = heapq.heappop(queue)
+            self.now = max(self.now, at)
+            action()
+            processed += 1
+            if processed > self.max_events:
+                raise SimulationError(f"no quiet after {self.max_events} events")
+        if until is not None:
+            self.now = max(self.now, until)
+
+    def delivered(self, stack: HostStack) -> list[Delivered]:
+        """Everything the host's applications received so far."""
+        return [e for e in self.endpoint(stack).log if isinstance(e, Delivered)]
+
+    def results(self, stack: HostStack) -> list[StateResult]:
+        """The outcome of every state operation the host made so far."""
+        return [e for e in self.endpoint(stack).log if isinstance(e, StateResult)]
+
+    def lose(self, link: str, count: int = 1, match: Callable[[bytes], bool] | None = None) -> None:
+        """Lose the next `count` frames on a link (those `match` selects, default all)."""
+        if link not in LINKS:
+            raise UsageError(f"unknown link {link!r}: use one of {', '.join(LINKS)}")
+        self.faults.append(Fault(link, count, match or (lambda _frame: True)))
+
+    # -- the plumbing ---------------------------------------------------------------------
+
+    def _schedule(self, delay: float, prio: int, action: Callable[[], None]) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (self.now + delay, prio, self._seq, action))
+
+    def _carry(self, link: str, frames: Iterable[bytes]) -> list[bytes]:
+        """Frames that survive the link's faults."""
+        kept = []
+        for frame in frames:
+            fault = next((f for f in self.faults if f.link == link and f.match(frame)), None)
+            if fault is None:
+                kept.append(frame)
+                continue
+            fault.count -= 1
+            if fault.count <= 0:
+                self.faults.remove(fault)
+            self.link_drops[link] += 1
+        return kept
+
+    def _record(self, link: str, frames: Iterable[bytes]) -> None:
+        sink = self.captures[link]
+        for frame in frames:
+            sink.add(self.now, frame)
+
+    def _flush(self, ep: Endpoint) -> None:
+        """After a host acted: collect its events, send what its driver queued, arm timers."""
+        ep.stack.poll(self.now)
+        ep.log.extend(ep.stack.events())
+        driver = ep.driver
+        if isinstance(driver, PfDriver):
+            descs = driver.tx_descriptors()
+            if descs:
+                assert ep.vsi is not None
+                vsi = ep.vsi
+                self._schedule(0.0, _OTHER, lambda: self._nic_tx(vsi, descs))
+            deadline = driver.next_timer()
+            if deadline is not None and (ep.timer_at is None or deadline < ep.timer_at):
+                ep.timer_at = deadline
+                self._schedule(deadline - self.now, _OTHER, lambda: self._timer(ep))
+        else:
+            frames = driver.take_frames()
+            if frames:
+                self._schedule(self.link_delay, _WIRE_SECOND, lambda: self._agent_wire(frames))
+
+    def _timer(self, ep: Endpoint) -> None:
+        ep.timer_at = None
+        assert isinstance(ep.driver, PfDriver)
+        ep.driver.handle_timer(self.now)
+        self._flush(ep)
+
+    def _nic_tx(self, vsi: int, descs: list[TxDescriptor]) -> None:
+        out = self.nic.transmit(vsi, descs, self.now)
+        self._nic_rx(out.rx)
+        if out.to_agent:
+            frames = out.to_agent
+            self._schedule(self.link_delay, _HOST_FIRST, lambda: self._agent_host(frames))
+
+    def _agent_host(self, frames: list[bytes]) -> None:
+        frames = self._carry("nic-to-agent", frames)
+        self._record("nic-to-agent", frames)
+        self._agent_out(self.agent.from_host(frames, self.now))
+
+    def _agent_wire(self, frames: list[bytes]) -> None:
+        frames = self._carry("wire-to-agent", frames)
+        self._record("wire-to-agent", frames)
+        self._agent_out(self.agent.from_wire(frames, self.now))
+
+    def _agent_out(self, out: Any) -> None:
+        self._record("agent-to-nic", out.to_host)
+        self._record("agent-to-wire", out.to_wire)
+        to_host = self._carry("agent-to-nic", out.to_host)
+        to_wire = self._carry("agent-to-wire", out.to_wire)
+        if to_host:
+            self._schedule(self.link_delay, _OTHER, lambda: self._from_agent(to_host))
+        if to_wire:
+            self._schedule(self.link_delay, _OTHER, lambda: self._peers_rx(to_wire))
+
+    def _from_agent(self, frames: list[bytes]) -> None:
+        self._nic_rx(self.nic.from_agent(frames, self.now).rx)
+
+    def _nic_rx(self, rx: list[tuple[int, RxDescriptor]]) -> None:
+        by_vsi: dict[int, list[RxDescriptor]] = {}
+        for vsi, desc in rx:
+            by_vsi.setdefault(vsi, []).append(desc)
+        for ep in self.endpoints.values():
+            descs = by_vsi.get(ep.vsi) if ep.vsi is not None else None
+            if descs and isinstance(ep.driver, PfDriver):
+                ep.driver.receive(descs, self.now)
+                self._flush(ep)
+
+    def _peers_rx(self, frames: list[bytes]) -> None:
+        for ep in self.endpoints.values():
+            if isinstance(ep.driver, PlainDriver):
+                ep.driver.receive(frames, self.now)
+                self._flush(ep)
+
+
+def _mac(text: str) -> bytes:
+    try:
+        value = bytes.fromhex(text.replace(":", ""))
+    except ValueError:
+        value = b""
+    if len(value) != 6:
+        raise UsageError(f"{text!r} is not a MAC address (write it as 02:00:00:00:00:10)")
+    return value
+
+
+def _net(addr: bytes) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(ipaddress.ip_address(addr))

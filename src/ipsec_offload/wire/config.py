@@ -1,0 +1,611 @@
+"""Config frames: the 12-byte header, TLVs and the typed message bodies (spec section 4)."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from enum import IntEnum
+
+from ipsec_offload.errors import ParseError, UsageError
+from ipsec_offload.wire.ethernet import MAX_VLANS, EtherType, VlanTag
+
+__all__ = [
+    "CONFIG_HEADER_LEN",
+    "CONFIG_VERSION",
+    "RX_ERROR_STATUSES",
+    "SALT_LEN",
+    "TLV_HEADER_LEN",
+    "AddSaRequest",
+    "Algorithm",
+    "Caps",
+    "ConfigMessage",
+    "ConfigStatus",
+    "Direction",
+    "LocalAddr",
+    "Opcode",
+    "SaStats",
+    "Tlv",
+    "TlvType",
+    "build_config",
+    "decode_add_sa",
+    "decode_caps",
+    "decode_count",
+    "decode_empty",
+    "decode_local_addr",
+    "decode_sa_index",
+    "decode_sa_stats",
+    "encode_add_sa",
+    "encode_caps",
+    "encode_count",
+    "encode_local_addr",
+    "encode_sa_index",
+    "encode_sa_stats",
+    "parse_config",
+    "parse_config_header",
+]
+
+_LAYER = "config"
+CONFIG_VERSION = 1
+CONFIG_HEADER_LEN = 12
+TLV_HEADER_LEN = 4
+SALT_LEN = 4
+RX_ERROR_STATUSES = 5
+"""STATS carries one error counter per Rx STATUS value 1..5."""
+
+_HEADER = struct.Struct("!BBBBBBIH")
+_TLV = struct.Struct("!HH")
+_VLAN = struct.Struct("!HH")
+_STATS = struct.Struct(f"!{2 + RX_ERROR_STATUSES}Q")
+_CAPS_TAIL = struct.Struct("!II")
+_MAC_LEN = 6
+_ADDR_LENS = (4, 16)
+_VLAN_TPIDS = frozenset((EtherType.VLAN, EtherType.QINQ))
+_REPLY_BIT = 0x80
+
+
+class Opcode(IntEnum):
+    """Request opcodes; a reply carries `opcode | Opcode.REPLY`."""
+
+    ADD_SA = 0x01
+    REMOVE_SA = 0x02
+    REMOVE_ALL_SAS = 0x03
+    ADD_LOCAL_ADDR = 0x04
+    REMOVE_LOCAL_ADDR = 0x05
+    GET_SA_STATS = 0x06
+    GET_CAPS = 0x07
+    REPLY = _REPLY_BIT
+
+
+class ConfigStatus(IntEnum):
+    """Reply status."""
+
+    OK = 0
+    BAD_REQUEST = 1
+    UNSUPPORTED = 2
+    NO_SPACE = 3
+    EXISTS = 4
+    NOT_FOUND = 5
+    KEY_UNWRAP_FAILED = 6
+    BAD_VERSION = 7
+
+
+class TlvType(IntEnum):
+    """TLV types."""
+
+    SA_INDEX = 0x0001
+    DIR = 0x0002
+    SPI = 0x0003
+    DST_ADDR = 0x0004
+    SRC_ADDR = 0x0005
+    ALG = 0x0006
+    KEY = 0x0007
+    WRAPPED_KEY = 0x0008
+    LOCAL_MAC = 0x0009
+    VLAN = 0x000A
+    ESN = 0x000B
+    REPLAY_WINDOW = 0x000C
+    LIFETIME_PACKETS = 0x000D
+    LIFETIME_BYTES = 0x000E
+    COUNT = 0x000F
+    STATS = 0x0010
+    CAPS = 0x0011
+    KEK_ID = 0x0012
+    SEQ = 0x0013
+
+
+class Direction(IntEnum):
+    """SA direction: inbound SAs decrypt, outbound SAs encrypt."""
+
+    INBOUND = 0
+    OUTBOUND = 1
+
+
+class Algorithm(IntEnum):
+    """ESP AEAD algorithms (RFC 4106), both with a 16-byte ICV."""
+
+    AES_GCM_128 = 1
+    AES_GCM_256 = 2
+
+    @property
+    def key_length(self) -> int:
+        """AES key bytes: 16 or 32."""
+        return 16 if self is Algorithm.AES_GCM_128 else 32
+
+    @property
+    def key_material_length(self) -> int:
+        """KEY TLV bytes: the AES key and the 4-byte salt."""
+        return self.key_length + SALT_LEN
+
+    @property
+    def wrapped_key_length(self) -> int:
+        """WRAPPED_KEY TLV bytes: RFC 5649 pads the key material to 8 bytes and adds 8."""
+        return -(-self.key_material_length // 8) * 8 + 8
+
+
+_TLV_TYPES = frozenset(TlvType)
+_DIRECTIONS = frozenset(Direction)
+_ALGORITHMS = frozenset(Algorithm)
+
+
+@dataclass(frozen=True, slots=True)
+class Tlv:
+    """One TLV; `type` may be a value this model does not know."""
+
+    type: int
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigMessage:
+    """A config request or reply: the header fields and the TLVs, in frame order."""
+
+    opcode: int
+    txn_id: int
+    tlvs: tuple[Tlv, ...]
+    status: int = ConfigStatus.OK
+    flags: int = 0
+    port: int = 0
+    version: int = CONFIG_VERSION
+
+    @property
+    def is_reply(self) -> bool:
+        """True when the REPLY bit of the opcode is set."""
+        return bool(self.opcode & _REPLY_BIT)
+
+    @property
+    def base_opcode(self) -> int:
+        """The opcode without the REPLY bit (compare with `Opcode` members)."""
+        return self.opcode & ~_REPLY_BIT & 0xFF
+
+
+def parse_config_header(buf: bytes | memoryview) -> ConfigMessage:
+    """Parse only the 12-byte header of a config message (`tlvs` is empty).
+
+    Enough to answer any request, a BAD_VERSION or BAD_REQUEST reply included.
+    """
+    mv = memoryview(buf)
+    size = len(mv)
+    if size < CONFIG_HEADER_LEN:
+        # spec 4: header is 12 bytes
+        raise ParseError(_LAYER, f"{size} bytes is shorter than the 12-byte header", size)
+    version, opcode, status, flags, port, _, txn_id, _ = _HEADER.unpack_from(mv)
+    return ConfigMessage(opcode, txn_id, (), status, flags, port, version)
+
+
+def parse_config(buf: bytes | memoryview) -> ConfigMessage:
+    """Parse a config message: the bytes after the CONFIG EtherType.
+
+    A version other than 1 yields the header only (no TLVs) so that the agent can answer
+    BAD_VERSION. Bytes after the `tlv_length` TLV bytes are Ethernet padding and ignored.
+    """
+    mv = memoryview(buf)
+    header = parse_config_header(mv)
+    if header.version != CONFIG_VERSION:
+        # spec 4: only version 1 defines the body; the reply is BAD_VERSION
+        return header
+    _, _, _, _, _, reserved, _, tlv_length = _HEADER.unpack_from(mv)
+    if reserved:
+        # spec 4: reserved u8 is 0
+        raise ParseError(_LAYER, f"reserved header byte is {reserved:#04x}, not 0", 5)
+    size = len(mv)
+    end = CONFIG_HEADER_LEN + tlv_length
+    if end > size:
+        # spec 4: tlv_length counts the TLV bytes after the header
+        raise ParseError(
+            _LAYER, f"tlv_length {tlv_length} exceeds the {size - CONFIG_HEADER_LEN} bytes", 10
+        )
+    tlvs: list[Tlv] = []
+    offset = CONFIG_HEADER_LEN
+    while offset < end:
+        if offset + TLV_HEADER_LEN > end:
+            # spec 4: TLV is type u16 | length u16 | value
+            raise ParseError(_LAYER, "truncated TLV header", offset)
+        tlv_type, length = _TLV.unpack_from(mv, offset)
+        start = offset + TLV_HEADER_LEN
+        if start + length > end:
+            # spec 4: the value fits inside tlv_length
+            raise ParseError(
+                _LAYER, f"TLV {_tlv_name(tlv_type)} value of {length} bytes is truncated", offset
+            )
+        tlvs.append(Tlv(tlv_type, bytes(mv[start : start + length])))
+        offset = start + length
+    return replace(header, tlvs=tuple(tlvs))
+
+
+def build_config(msg: ConfigMessage) -> bytes:
+    """Encode a config message (header and TLVs), the bytes after the CONFIG EtherType."""
+    for name, value in (
+        ("version", msg.version),
+        ("opcode", msg.opcode),
+        ("status", msg.status),
+        ("flags", msg.flags),
+        ("port", msg.port),
+    ):
+        _check_uint(f"config {name}", value, 1)
+    _check_uint("config txn_id", msg.txn_id, 4)
+    parts = []
+    for tlv in msg.tlvs:
+        _check_uint("TLV type", tlv.type, 2)
+        if len(tlv.value) > 0xFFFF:
+            raise UsageError(f"TLV {_tlv_name(tlv.type)} value of {len(tlv.value)} bytes > 65535")
+        parts.append(_TLV.pack(tlv.type, len(tlv.value)))
+        parts.append(bytes(tlv.value))
+    body = b"".join(parts)
+    if len(body) > 0xFFFF:
+        raise UsageError(f"TLVs of {len(body)} bytes; tlv_length allows at most 65535")
+    header = _HEADER.pack(
+        msg.version, msg.opcode, msg.status, msg.flags, msg.port, 0, msg.txn_id, len(body)
+    )
+    return header + body
+
+
+def _tlv_name(tlv_type: int) -> str:
+    return TlvType(tlv_type).name if tlv_type in _TLV_TYPES else f"{tlv_type:#06x}"
+
+
+def _check_uint(name: str, value: int, size: int) -> None:
+    if not 0 <= value < 1 << 8 * size:
+        raise UsageError(f"{name} {value} does not fit {8 * size} bits")
+
+
+def _uint_tlv(tlv_type: TlvType, value: int, size: int) -> Tlv:
+    _check_uint(tlv_type.name, value, size)
+    return Tlv(tlv_type, value.to_bytes(size, "big"))
+
+
+class _Reader:
+    """The TLVs of one message body, checked against the types that body allows.
+
+    Offsets in errors are byte offsets in the config message, assuming the TLVs are in frame
+    order right after the header (as `parse_config` returns them).
+    """
+
+    def __init__(
+        self,
+        tlvs: Iterable[Tlv],
+        allowed: frozenset[TlvType],
+        repeatable: frozenset[TlvType] = frozenset(),
+    ) -> None:
+        self._found: dict[int, list[tuple[int, bytes]]] = {}
+        offset = CONFIG_HEADER_LEN
+        for tlv in tlvs:
+            if tlv.type not in _TLV_TYPES:
+                # spec 4: unknown TLV types in a request are BAD_REQUEST
+                raise ParseError(_LAYER, f"unknown TLV type {tlv.type:#06x}", offset)
+            if tlv.type not in allowed:
+                # spec 4: each opcode's table row lists its TLVs
+                raise ParseError(_LAYER, f"TLV {_tlv_name(tlv.type)} does not belong here", offset)
+            seen = self._found.setdefault(tlv.type, [])
+            if seen and tlv.type not in repeatable:
+                # spec 4: only VLAN repeats
+                raise ParseError(_LAYER, f"duplicate TLV {_tlv_name(tlv.type)}", offset)
+            seen.append((offset, tlv.value))
+            offset += TLV_HEADER_LEN + len(tlv.value)
+        self.end = offset
+
+    def every(self, tlv_type: TlvType, sizes: tuple[int, ...] | None) -> list[tuple[int, bytes]]:
+        """Every (offset, value) of that type; `sizes` lists the allowed lengths, None any."""
+        found = self._found.get(tlv_type, [])
+        for offset, value in found:
+            if sizes is not None and len(value) not in sizes:
+                # spec 4: TLV type table, value column
+                want = " or ".join(str(s) for s in sizes)
+                raise ParseError(
+                    _LAYER,
+                    f"TLV {tlv_type.name} value has {len(value)} bytes, not {want}",
+                    offset + 2,
+                )
+        return found
+
+    def get(self, tlv_type: TlvType, sizes: tuple[int, ...] | None) -> tuple[int, bytes] | None:
+        found = self.every(tlv_type, sizes)
+        return found[0] if found else None
+
+    def need(self, tlv_type: TlvType, sizes: tuple[int, ...] | None) -> tuple[int, bytes]:
+        found = self.get(tlv_type, sizes)
+        if found is None:
+            # spec 4: opcode table, required TLVs
+            raise ParseError(_LAYER, f"missing TLV {tlv_type.name}", self.end)
+        return found
+
+    def uint(self, tlv_type: TlvType, size: int) -> int | None:
+        found = self.get(tlv_type, (size,))
+        return None if found is None else int.from_bytes(found[1], "big")
+
+    def need_uint(self, tlv_type: TlvType, size: int) -> tuple[int, int]:
+        offset, value = self.need(tlv_type, (size,))
+        return offset, int.from_bytes(value, "big")
+
+
+@dataclass(frozen=True, slots=True)
+class AddSaRequest:
+    """The body of ADD_SA. Exactly one of `key` / `wrapped_key` (which needs `kek_id`)."""
+
+    direction: Direction
+    spi: int
+    dst: bytes
+    alg: Algorithm
+    key: bytes | None = None
+    wrapped_key: bytes | None = None
+    kek_id: int | None = None
+    src: bytes | None = None
+    local_mac: bytes | None = None
+    vlans: tuple[VlanTag, ...] = ()
+    esn: bool = False
+    seq: int | None = None
+    replay_window: int | None = None
+    lifetime_packets: int | None = None
+    lifetime_bytes: int | None = None
+
+
+_ADD_SA_TLVS = frozenset(
+    (
+        TlvType.DIR,
+        TlvType.SPI,
+        TlvType.DST_ADDR,
+        TlvType.SRC_ADDR,
+        TlvType.ALG,
+        TlvType.KEY,
+        TlvType.WRAPPED_KEY,
+        TlvType.KEK_ID,
+        TlvType.LOCAL_MAC,
+        TlvType.VLAN,
+        TlvType.ESN,
+        TlvType.SEQ,
+        TlvType.REPLAY_WINDOW,
+        TlvType.LIFETIME_PACKETS,
+        TlvType.LIFETIME_BYTES,
+    )
+)
+_VLAN_ONLY = frozenset((TlvType.VLAN,))
+
+
+def _vlan_tlvs(vlans: tuple[VlanTag, ...]) -> list[Tlv]:
+    tlvs = []
+    for tag in vlans:
+        _check_uint("VLAN TPID", tag.tpid, 2)
+        _check_uint("VLAN TCI", tag.tci, 2)
+        tlvs.append(Tlv(TlvType.VLAN, _VLAN.pack(tag.tpid, tag.tci)))
+    return tlvs
+
+
+def _read_vlans(reader: _Reader) -> tuple[VlanTag, ...]:
+    found = reader.every(TlvType.VLAN, (_VLAN.size,))
+    if len(found) > MAX_VLANS:
+        # spec 4: VLAN repeated, at most 2
+        raise ParseError(_LAYER, f"{len(found)} VLAN TLVs, at most {MAX_VLANS}", found[2][0])
+    vlans = []
+    for offset, value in found:
+        tpid, tci = _VLAN.unpack(value)
+        if tpid not in _VLAN_TPIDS:
+            # spec 3/4: TPID 0x8100 or 0x88A8
+            raise ParseError(_LAYER, f"VLAN TPID {tpid:#06x} is not 0x8100 or 0x88a8", offset + 4)
+        vlans.append(VlanTag(tpid, tci))
+    return tuple(vlans)
+
+
+def encode_add_sa(req: AddSaRequest) -> tuple[Tlv, ...]:
+    """TLVs of an ADD_SA request, in the spec table's order; rejects what decode would."""
+    tlvs = [
+        _uint_tlv(TlvType.DIR, req.direction, 1),
+        _uint_tlv(TlvType.SPI, req.spi, 4),
+        Tlv(TlvType.DST_ADDR, bytes(req.dst)),
+    ]
+    if req.src is not None:
+        tlvs.append(Tlv(TlvType.SRC_ADDR, bytes(req.src)))
+    tlvs.append(_uint_tlv(TlvType.ALG, req.alg, 1))
+    if req.key is not None:
+        tlvs.append(Tlv(TlvType.KEY, bytes(req.key)))
+    if req.wrapped_key is not None:
+        tlvs.append(Tlv(TlvType.WRAPPED_KEY, bytes(req.wrapped_key)))
+    if req.kek_id is not None:
+        tlvs.append(_uint_tlv(TlvType.KEK_ID, req.kek_id, 4))
+    if req.local_mac is not None:
+        tlvs.append(Tlv(TlvType.LOCAL_MAC, bytes(req.local_mac)))
+    tlvs.extend(_vlan_tlvs(req.vlans))
+    if req.esn:
+        tlvs.append(Tlv(TlvType.ESN, b""))
+    for tlv_type, value, size in (
+        (TlvType.SEQ, req.seq, 8),
+        (TlvType.REPLAY_WINDOW, req.replay_window, 4),
+        (TlvType.LIFETIME_PACKETS, req.lifetime_packets, 8),
+        (TlvType.LIFETIME_BYTES, req.lifetime_bytes, 8),
+    ):
+        if value is not None:
+            tlvs.append(_uint_tlv(tlv_type, value, size))
+    result = tuple(tlvs)
+    try:
+        decode_add_sa(result)
+    except ParseError as exc:
+        raise UsageError(f"invalid AddSaRequest: {exc.what}") from exc
+    return result
+
+
+def decode_add_sa(tlvs: Iterable[Tlv]) -> AddSaRequest:
+    """Validate and decode the TLVs of an ADD_SA request (ParseError means BAD_REQUEST)."""
+    reader = _Reader(tlvs, _ADD_SA_TLVS, _VLAN_ONLY)
+    offset, direction = reader.need_uint(TlvType.DIR, 1)
+    if direction not in _DIRECTIONS:
+        # spec 4: DIR u8, 0 inbound or 1 outbound
+        raise ParseError(_LAYER, f"DIR {direction} is neither 0 nor 1", offset + 4)
+    offset, spi = reader.need_uint(TlvType.SPI, 4)
+    if spi == 0:
+        # spec 4: SPI u32, not 0 (RFC 4303 2.1)
+        raise ParseError(_LAYER, "SPI 0 is reserved", offset + 4)
+    _, dst = reader.need(TlvType.DST_ADDR, _ADDR_LENS)
+    src_found = reader.get(TlvType.SRC_ADDR, _ADDR_LENS)
+    src = None
+    if src_found is not None:
+        offset, src = src_found
+        if len(src) != len(dst):
+            # spec 4: SRC_ADDR and DST_ADDR of one family
+            raise ParseError(_LAYER, "SRC_ADDR and DST_ADDR are of different families", offset)
+    offset, alg_id = reader.need_uint(TlvType.ALG, 1)
+    if alg_id not in _ALGORITHMS:
+        # spec 4: ALG 1 AES-GCM-128 or 2 AES-GCM-256
+        raise ParseError(_LAYER, f"unknown ALG {alg_id}", offset + 4)
+    alg = Algorithm(alg_id)
+    key_found = reader.get(TlvType.KEY, (alg.key_material_length,))
+    wrapped_found = reader.get(TlvType.WRAPPED_KEY, (alg.wrapped_key_length,))
+    kek_id = reader.uint(TlvType.KEK_ID, 4)
+    if (key_found is None) == (wrapped_found is None):
+        # spec 4: KEY or WRAPPED_KEY, exactly one
+        raise ParseError(_LAYER, "need exactly one of KEY and WRAPPED_KEY", reader.end)
+    if (wrapped_found is None) != (kek_id is None):
+        # spec 4: KEK_ID names the key-encryption key of WRAPPED_KEY, and only that
+        raise ParseError(_LAYER, "KEK_ID goes with WRAPPED_KEY, one needs the other", reader.end)
+    mac = reader.get(TlvType.LOCAL_MAC, (_MAC_LEN,))
+    esn = reader.get(TlvType.ESN, (0,))
+    return AddSaRequest(
+        direction=Direction(direction),
+        spi=spi,
+        dst=dst,
+        alg=alg,
+        key=None if key_found is None else key_found[1],
+        wrapped_key=None if wrapped_found is None else wrapped_found[1],
+        kek_id=kek_id,
+        src=src,
+        local_mac=None if mac is None else mac[1],
+        vlans=_read_vlans(reader),
+        esn=esn is not None,
+        seq=reader.uint(TlvType.SEQ, 8),
+        replay_window=reader.uint(TlvType.REPLAY_WINDOW, 4),
+        lifetime_packets=reader.uint(TlvType.LIFETIME_PACKETS, 8),
+        lifetime_bytes=reader.uint(TlvType.LIFETIME_BYTES, 8),
+    )
+
+
+def decode_empty(tlvs: Iterable[Tlv]) -> None:
+    """Check that a body has no TLVs (GET_CAPS and REMOVE_ALL_SAS requests, empty replies)."""
+    _Reader(tlvs, frozenset())
+
+
+def encode_sa_index(index: int) -> tuple[Tlv, ...]:
+    """The SA_INDEX TLV (REMOVE_SA and GET_SA_STATS requests, ADD_SA reply)."""
+    return (_uint_tlv(TlvType.SA_INDEX, index, 4),)
+
+
+def decode_sa_index(tlvs: Iterable[Tlv]) -> int:
+    """The SA index of a body holding exactly one SA_INDEX TLV."""
+    return _Reader(tlvs, frozenset((TlvType.SA_INDEX,))).need_uint(TlvType.SA_INDEX, 4)[1]
+
+
+def encode_count(count: int) -> tuple[Tlv, ...]:
+    """The COUNT TLV of a REMOVE_ALL_SAS reply."""
+    return (_uint_tlv(TlvType.COUNT, count, 4),)
+
+
+def decode_count(tlvs: Iterable[Tlv]) -> int:
+    """The count of a body holding exactly one COUNT TLV."""
+    return _Reader(tlvs, frozenset((TlvType.COUNT,))).need_uint(TlvType.COUNT, 4)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAddr:
+    """The body of ADD_LOCAL_ADDR / REMOVE_LOCAL_ADDR: a VSI's MAC and VLAN stack."""
+
+    mac: bytes
+    vlans: tuple[VlanTag, ...] = ()
+
+
+def encode_local_addr(addr: LocalAddr) -> tuple[Tlv, ...]:
+    """LOCAL_MAC then the VLAN TLVs, outermost first."""
+    tlvs = (Tlv(TlvType.LOCAL_MAC, bytes(addr.mac)), *_vlan_tlvs(addr.vlans))
+    try:
+        decode_local_addr(tlvs)
+    except ParseError as exc:
+        raise UsageError(f"invalid LocalAddr: {exc.what}") from exc
+    return tlvs
+
+
+def decode_local_addr(tlvs: Iterable[Tlv]) -> LocalAddr:
+    """Validate and decode LOCAL_MAC and up to two VLAN TLVs."""
+    reader = _Reader(tlvs, frozenset((TlvType.LOCAL_MAC, TlvType.VLAN)), _VLAN_ONLY)
+    _, mac = reader.need(TlvType.LOCAL_MAC, (_MAC_LEN,))
+    return LocalAddr(mac, _read_vlans(reader))
+
+
+@dataclass(frozen=True, slots=True)
+class SaStats:
+    """The GET_SA_STATS reply: packets, bytes and errors per Rx status NO_SA..SA_EXPIRED."""
+
+    packets: int
+    bytes: int
+    errors: tuple[int, int, int, int, int]
+
+
+def encode_sa_stats(stats: SaStats) -> tuple[Tlv, ...]:
+    """The STATS TLV: seven u64."""
+    if len(stats.errors) != RX_ERROR_STATUSES:
+        raise UsageError(f"{len(stats.errors)} error counters; give one per Rx status 1..5")
+    values = (stats.packets, stats.bytes, *stats.errors)
+    for value in values:
+        _check_uint("STATS counter", value, 8)
+    return (Tlv(TlvType.STATS, _STATS.pack(*values)),)
+
+
+def decode_sa_stats(tlvs: Iterable[Tlv]) -> SaStats:
+    """Decode a body holding exactly one STATS TLV."""
+    reader = _Reader(tlvs, frozenset((TlvType.STATS,)))
+    _, value = reader.need(TlvType.STATS, (_STATS.size,))
+    packets, octets, e1, e2, e3, e4, e5 = _STATS.unpack(value)
+    return SaStats(packets, octets, (e1, e2, e3, e4, e5))
+
+
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """The GET_CAPS reply."""
+
+    algorithms: tuple[Algorithm, ...]
+    sad_size: int
+    max_replay_window: int
+
+
+def encode_caps(caps: Caps) -> tuple[Tlv, ...]:
+    """The CAPS TLV: u8 count, one u8 per algorithm, u32 SAD size, u32 max replay window."""
+    if len(caps.algorithms) > 0xFF:
+        raise UsageError(f"{len(caps.algorithms)} algorithms; the count is a u8")
+    for alg in caps.algorithms:
+        if alg not in _ALGORITHMS:
+            raise UsageError(f"algorithm {alg!r}; use Algorithm members")
+    _check_uint("SAD size", caps.sad_size, 4)
+    _check_uint("max replay window", caps.max_replay_window, 4)
+    value = bytes((len(caps.algorithms), *caps.algorithms)) + _CAPS_TAIL.pack(
+        caps.sad_size, caps.max_replay_window
+    )
+    return (Tlv(TlvType.CAPS, value),)
+
+
+def decode_caps(tlvs: Iterable[Tlv]) -> Caps:
+    """Decode a body holding exactly one CAPS TLV; algorithm ids this model lacks are skipped."""
+    offset, value = _Reader(tlvs, frozenset((TlvType.CAPS,))).need(TlvType.CAPS, None)
+    count = value[0] if value else 0
+    if len(value) != 1 + count + _CAPS_TAIL.size:
+        # spec 4: CAPS is u8 count + ids, u32, u32
+        raise ParseError(
+            _LAYER, f"CAPS of {len(value)} bytes does not match {count} algorithms", offset + 2
+        )
+    algorithms = tuple(Algorithm(a) for a in value[1 : 1 + count] if a in _ALGORITHMS)
+    sad_size, max_window = _CAPS_TAIL.unpack_from(value, 1 + count)
+    return Caps(algorithms, sad_size, max_window)

@@ -1,0 +1,263 @@
+"""IPv4 and IPv6 headers, IPv6 extension-header walking and the Internet checksum."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+
+from ipsec_offload.errors import ParseError, UsageError
+
+__all__ = [
+    "IPV4_MIN_HEADER_LEN",
+    "IPV6_HEADER_LEN",
+    "IPv4Header",
+    "IPv6Header",
+    "IpProto",
+    "Ipv4Flags",
+    "build_ipv4",
+    "build_ipv6",
+    "internet_checksum",
+    "ipv4_checksum",
+    "ipv6_upper_layer",
+    "parse_ipv4",
+    "parse_ipv6",
+]
+
+IPV4_MIN_HEADER_LEN = 20
+IPV6_HEADER_LEN = 40
+_IPV4_MAX_HEADER_LEN = 60
+_IPV4 = struct.Struct("!BBHHHBBH4s4s")
+_IPV6 = struct.Struct("!IHBB16s16s")
+_EXT = struct.Struct("!BB")
+_FRAGMENT_OFFSET_MASK = 0x1FFF
+
+
+class IpProto(IntEnum):
+    """IP protocol / IPv6 next-header numbers the model knows."""
+
+    HOPOPT = 0
+    ICMP = 1
+    IPIP = 4
+    TCP = 6
+    UDP = 17
+    IPV6 = 41
+    ROUTING = 43
+    FRAGMENT = 44
+    ESP = 50
+    ICMPV6 = 58
+    NONE = 59
+    DSTOPTS = 60
+
+
+class Ipv4Flags(IntFlag):
+    """The flag bits of the IPv4 flags/fragment-offset word (RFC 791)."""
+
+    RESERVED = 0x8000
+    DF = 0x4000
+    MF = 0x2000
+
+
+_EXTENSION_HEADERS = frozenset((IpProto.HOPOPT, IpProto.ROUTING, IpProto.DSTOPTS))
+
+
+def internet_checksum(data: bytes | bytearray | memoryview) -> int:
+    """RFC 1071 checksum: the ones' complement of the ones' complement sum of 16-bit words.
+
+    An odd length is padded with one zero byte. Over data that already holds a correct
+    checksum the result is 0.
+    """
+    value = int.from_bytes(data, "big")
+    if len(data) % 2:
+        value <<= 8
+    # 2**16 == 1 (mod 0xffff): the folded ones' complement sum is the value modulo 0xffff,
+    # except that a non-zero sum is written 0xffff rather than 0.
+    total = value % 0xFFFF
+    if total == 0 and value:
+        total = 0xFFFF
+    return ~total & 0xFFFF
+
+
+def ipv4_checksum(header: bytes | bytearray | memoryview) -> int:
+    """RFC 1071 checksum of an IPv4 header; 0 when the header's checksum field is correct."""
+    return internet_checksum(header)
+
+
+@dataclass(frozen=True, slots=True)
+class IPv4Header:
+    """An IPv4 header (RFC 791); `checksum` is as read, `build_ipv4` computes its own."""
+
+    src: bytes
+    dst: bytes
+    protocol: int
+    total_length: int
+    identification: int = 0
+    ttl: int = 64
+    tos: int = 0
+    flags_fragment: int = 0x4000
+    options: bytes = b""
+    checksum: int = 0
+
+    @property
+    def header_len(self) -> int:
+        """20 bytes plus the options."""
+        return IPV4_MIN_HEADER_LEN + len(self.options)
+
+    @property
+    def is_fragment(self) -> bool:
+        """True for any fragment: MF set or a non-zero fragment offset."""
+        return bool(self.flags_fragment & (Ipv4Flags.MF | _FRAGMENT_OFFSET_MASK))
+
+
+def parse_ipv4(buf: bytes | memoryview, verify_checksum: bool = True) -> IPv4Header:
+    """Parse the IPv4 header at the start of `buf`, which must hold the whole packet."""
+    mv = memoryview(buf)
+    size = len(mv)
+    if size < IPV4_MIN_HEADER_LEN:
+        # RFC 791: the fixed header is 20 bytes
+        raise ParseError("ipv4", f"{size} bytes is shorter than the 20-byte header", size)
+    (ver_ihl, tos, total_length, ident, flags_fragment, ttl, proto, checksum, src, dst) = (
+        _IPV4.unpack_from(mv)
+    )
+    if ver_ihl >> 4 != 4:
+        # RFC 791: version 4
+        raise ParseError("ipv4", f"version is {ver_ihl >> 4}, not 4", 0)
+    header_len = (ver_ihl & 0x0F) * 4
+    if header_len < IPV4_MIN_HEADER_LEN:
+        # RFC 791: IHL is at least 5 words
+        raise ParseError("ipv4", f"IHL {header_len // 4} is below 5", 0)
+    if header_len > size:
+        # RFC 791: options fill IHL words
+        raise ParseError("ipv4", f"header of {header_len} bytes is truncated", size)
+    if not header_len <= total_length <= size:
+        # RFC 791: total length covers header and data
+        raise ParseError(
+            "ipv4", f"total length {total_length} outside {header_len}..{size} bytes", 2
+        )
+    if verify_checksum and ipv4_checksum(mv[:header_len]) != 0:
+        # RFC 791 / RFC 1071: header checksum
+        raise ParseError("ipv4", f"bad header checksum {checksum:#06x}", 10)
+    return IPv4Header(
+        src=src,
+        dst=dst,
+        protocol=proto,
+        total_length=total_length,
+        identification=ident,
+        ttl=ttl,
+        tos=tos,
+        flags_fragment=flags_fragment,
+        options=bytes(mv[IPV4_MIN_HEADER_LEN:header_len]),
+        checksum=checksum,
+    )
+
+
+def _check_range(name: str, value: int, bits: int) -> None:
+    if not 0 <= value < 1 << bits:
+        raise UsageError(f"{name} {value} does not fit {bits} bits; use 0..{(1 << bits) - 1}")
+
+
+def build_ipv4(h: IPv4Header) -> bytes:
+    """Encode the header (options included) with a freshly computed checksum."""
+    for name, addr in (("src", h.src), ("dst", h.dst)):
+        if len(addr) != 4:
+            raise UsageError(f"IPv4 {name} address has {len(addr)} bytes; give exactly 4")
+    if len(h.options) % 4 or h.header_len > _IPV4_MAX_HEADER_LEN:
+        raise UsageError(
+            f"IPv4 options of {len(h.options)} bytes; pad them to a multiple of 4, at most 40"
+        )
+    _check_range("IPv4 protocol", h.protocol, 8)
+    _check_range("IPv4 TTL", h.ttl, 8)
+    _check_range("IPv4 TOS", h.tos, 8)
+    _check_range("IPv4 identification", h.identification, 16)
+    _check_range("IPv4 flags/fragment", h.flags_fragment, 16)
+    if not h.header_len <= h.total_length <= 0xFFFF:
+        raise UsageError(
+            f"IPv4 total length {h.total_length}; use {h.header_len}..65535 (header included)"
+        )
+    ver_ihl = 0x40 | h.header_len // 4
+    fields = (ver_ihl, h.tos, h.total_length, h.identification, h.flags_fragment, h.ttl)
+    header = bytearray(_IPV4.pack(*fields, h.protocol, 0, h.src, h.dst) + h.options)
+    struct.pack_into("!H", header, 10, ipv4_checksum(header))
+    return bytes(header)
+
+
+@dataclass(frozen=True, slots=True)
+class IPv6Header:
+    """The fixed 40-byte IPv6 header (RFC 8200 section 3)."""
+
+    src: bytes
+    dst: bytes
+    next_header: int
+    payload_length: int
+    hop_limit: int = 64
+    traffic_class: int = 0
+    flow_label: int = 0
+
+
+def parse_ipv6(buf: bytes | memoryview) -> IPv6Header:
+    """Parse the IPv6 fixed header at the start of `buf`, which must hold the whole packet."""
+    mv = memoryview(buf)
+    size = len(mv)
+    if size < IPV6_HEADER_LEN:
+        # RFC 8200 3: the fixed header is 40 bytes
+        raise ParseError("ipv6", f"{size} bytes is shorter than the 40-byte header", size)
+    word, payload_length, next_header, hop_limit, src, dst = _IPV6.unpack_from(mv)
+    if word >> 28 != 6:
+        # RFC 8200 3: version 6
+        raise ParseError("ipv6", f"version is {word >> 28}, not 6", 0)
+    if payload_length > size - IPV6_HEADER_LEN:
+        # RFC 8200 3: payload length counts the bytes after the fixed header
+        raise ParseError(
+            "ipv6", f"payload length {payload_length} exceeds the {size - 40} bytes present", 4
+        )
+    return IPv6Header(
+        src=src,
+        dst=dst,
+        next_header=next_header,
+        payload_length=payload_length,
+        hop_limit=hop_limit,
+        traffic_class=(word >> 20) & 0xFF,
+        flow_label=word & 0xFFFFF,
+    )
+
+
+def build_ipv6(h: IPv6Header) -> bytes:
+    """Encode the fixed 40-byte header."""
+    for name, addr in (("src", h.src), ("dst", h.dst)):
+        if len(addr) != 16:
+            raise UsageError(f"IPv6 {name} address has {len(addr)} bytes; give exactly 16")
+    _check_range("IPv6 next header", h.next_header, 8)
+    _check_range("IPv6 payload length", h.payload_length, 16)
+    _check_range("IPv6 hop limit", h.hop_limit, 8)
+    _check_range("IPv6 traffic class", h.traffic_class, 8)
+    _check_range("IPv6 flow label", h.flow_label, 20)
+    word = 6 << 28 | h.traffic_class << 20 | h.flow_label
+    return _IPV6.pack(word, h.payload_length, h.next_header, h.hop_limit, h.src, h.dst)
+
+
+def ipv6_upper_layer(buf: bytes | memoryview) -> tuple[int, int]:
+    """Walk hop-by-hop, routing and destination-options headers of the IPv6 packet in `buf`.
+
+    Returns (protocol, offset from the start of the IPv6 header) of the first header that is
+    none of those three; a fragment header (44) is returned as it is.
+    """
+    mv = memoryview(buf)
+    header = parse_ipv6(mv)
+    end = IPV6_HEADER_LEN + header.payload_length
+    proto = header.next_header
+    offset = IPV6_HEADER_LEN
+    while proto in _EXTENSION_HEADERS:
+        if proto == IpProto.HOPOPT and offset != IPV6_HEADER_LEN:
+            # RFC 8200 4.1: hop-by-hop options only right after the fixed header
+            raise ParseError("ipv6", "hop-by-hop options header not first", offset)
+        if offset + _EXT.size > end:
+            # RFC 8200 4.3-4.6: next header u8, length u8
+            raise ParseError("ipv6", f"truncated extension header {proto}", offset)
+        next_proto, units = _EXT.unpack_from(mv, offset)
+        length = (units + 1) * 8
+        if offset + length > end:
+            # RFC 8200 4.3-4.6: length in 8-octet units, not counting the first 8
+            raise ParseError("ipv6", f"extension header {proto} of {length} bytes", offset)
+        proto = next_proto
+        offset += length
+    return proto, offset

@@ -1,0 +1,222 @@
+"""sim.pcap: exact round trips and a UsageError naming the file for every bad file."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipsec_offload.errors import UsageError
+from ipsec_offload.sim.pcap import PcapRecord, PcapSink, read_pcap, write_pcap
+
+FRAME_A = bytes.fromhex("020000000002020000000001080045000014000100004011f7b2c0000201c0000202")
+FRAME_B = bytes(range(256)) * 4
+GLOBAL_HEADER_LE = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)
+
+
+def _record_bytes(sec: int, frac: int, frame: bytes, endian: str = "<") -> bytes:
+    return struct.pack(endian + "IIII", sec, frac, len(frame), len(frame)) + frame
+
+
+def test_round_trip_keeps_bytes_and_timestamps(tmp_path: Path) -> None:
+    records = [
+        PcapRecord(time=0.0, frame=FRAME_A),
+        PcapRecord(time=1.000001, frame=FRAME_B),
+        PcapRecord(time=1.5, frame=b""),
+        PcapRecord(time=4294967295.999999, frame=FRAME_A[:14]),
+        PcapRecord(time=0.25, frame=FRAME_A),  # not sorted: order is kept
+    ]
+    path = tmp_path / "rt.pcap"
+    write_pcap(path, records)
+    assert read_pcap(path) == records
+    assert read_pcap(str(path)) == records
+
+
+def test_written_bytes_are_exact(tmp_path: Path) -> None:
+    path = tmp_path / "exact.pcap"
+    write_pcap(path, [PcapRecord(time=12.000034, frame=FRAME_A)])
+    assert path.read_bytes() == GLOBAL_HEADER_LE + _record_bytes(12, 34, FRAME_A)
+
+
+def test_time_is_rounded_to_the_microsecond(tmp_path: Path) -> None:
+    path = tmp_path / "round.pcap"
+    write_pcap(path, [PcapRecord(1.0000004, b"a"), PcapRecord(1.9999996, b"b")])
+    assert [r.time for r in read_pcap(path)] == [1.0, 2.0]
+
+
+def test_empty_capture(tmp_path: Path) -> None:
+    path = tmp_path / "empty.pcap"
+    write_pcap(path, [])
+    assert path.read_bytes() == GLOBAL_HEADER_LE
+    assert read_pcap(path) == []
+
+
+def test_large_frame_is_not_truncated(tmp_path: Path) -> None:
+    frame = bytes(range(256)) * 300  # 76800 bytes: a TSO super-frame, above 65535
+    path = tmp_path / "big.pcap"
+    write_pcap(path, [PcapRecord(3.0, frame)])
+    assert read_pcap(path) == [PcapRecord(3.0, frame)]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2**32 * 10**6 - 1), st.binary(max_size=200)),
+        max_size=8,
+    )
+)
+def test_round_trip_property(tmp_path_factory: pytest.TempPathFactory, items: list) -> None:
+    records = [PcapRecord(time=us / 1_000_000, frame=frame) for us, frame in items]
+    path = tmp_path_factory.mktemp("prop") / "p.pcap"
+    write_pcap(path, records)
+    assert read_pcap(path) == records
+
+
+def test_reads_big_endian_nanosecond_and_gzip(tmp_path: Path) -> None:
+    big_nano = tmp_path / "be_ns.pcap"
+    big_nano.write_bytes(
+        struct.pack(">IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 65535, 1)
+        + _record_bytes(7, 500_000_000, FRAME_A, ">")
+    )
+    assert read_pcap(big_nano) == [PcapRecord(7.5, FRAME_A)]
+    plain = tmp_path / "plain.pcap"
+    write_pcap(plain, [PcapRecord(2.0, FRAME_B)])
+    zipped = tmp_path / "plain.pcap.gz"
+    zipped.write_bytes(gzip.compress(plain.read_bytes()))
+    assert read_pcap(zipped) == [PcapRecord(2.0, FRAME_B)]
+
+
+def test_sink_collects_and_writes(tmp_path: Path) -> None:
+    sink = PcapSink()
+    sink.add(0.5, FRAME_A)
+    sink.add(0.75, FRAME_B)
+    assert len(sink) == 2
+    assert sink.records == (PcapRecord(0.5, FRAME_A), PcapRecord(0.75, FRAME_B))
+    assert list(sink) == list(sink.records)
+    path = tmp_path / "sink.pcap"
+    sink.write(path)
+    assert read_pcap(path) == list(sink.records)
+    sink.clear()
+    assert len(sink) == 0
+
+
+@pytest.mark.parametrize(
+    ("time", "frame"),
+    [(-1.0, b""), (float("nan"), b""), (float("inf"), b""), (2.0**32, b""), (0.0, "text")],
+)
+def test_bad_record_is_a_usage_error(time: float, frame: object) -> None:
+    with pytest.raises(UsageError, match="PcapRecord"):
+        PcapRecord(time=time, frame=frame)  # type: ignore[arg-type]
+
+
+def test_time_rounding_up_to_2_pow_32_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "late.pcap"
+    with pytest.raises(UsageError, match="2\\*\\*32"):
+        write_pcap(path, [PcapRecord(4294967295.9999999, b"")])
+
+
+def _bad_file_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    cases: dict[str, tuple[Path, str]] = {}
+
+    def case(name: str, content: bytes | None, what: str) -> None:
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        cases[name] = (path, what)
+
+    case("missing.pcap", None, "cannot read")
+    case("empty.pcap", b"", "empty")
+    case("garbage.pcap", b"this is not a capture file at all\n", "not a pcap file")
+    case("short-header.pcap", GLOBAL_HEADER_LE[:10], "not a pcap file")
+    case("linktype.pcap", GLOBAL_HEADER_LE[:-4] + struct.pack("<I", 101), "link type 101")
+    case(
+        "cut-record.pcap",
+        GLOBAL_HEADER_LE + _record_bytes(1, 0, FRAME_A)[:-5],
+        "record 1 is truncated",
+    )
+    case(
+        "cut-header.pcap",
+        GLOBAL_HEADER_LE + _record_bytes(1, 0, FRAME_A) + b"\x01\x00\x00",
+        "3 bytes after record 1",
+    )
+    case(
+        "bad-usec.pcap",
+        GLOBAL_HEADER_LE + _record_bytes(1, 1_000_000, FRAME_A),
+        "invalid timestamp",
+    )
+    # A minimal pcapng section header block
+    shb = struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("<I", 28)
+    case("capture.pcapng", shb, "pcapng files are not supported")
+    return cases
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "missing.pcap",
+        "empty.pcap",
+        "garbage.pcap",
+        "short-header.pcap",
+        "linktype.pcap",
+        "cut-record.pcap",
+        "cut-header.pcap",
+        "bad-usec.pcap",
+        "capture.pcapng",
+    ],
+)
+def test_bad_file_is_a_usage_error_naming_it(tmp_path: Path, name: str) -> None:
+    path, what = _bad_file_cases(tmp_path)[name]
+    with pytest.raises(UsageError) as info:
+        read_pcap(path)
+    message = str(info.value)
+    assert message.startswith(str(path) + ": ")
+    assert what in message
+
+
+def test_directory_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="directory"):
+        read_pcap(tmp_path)
+    with pytest.raises(UsageError, match="cannot write"):
+        write_pcap(tmp_path, [])
+
+
+def test_unwritable_path_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "no-such-dir" / "out.pcap"
+    with pytest.raises(UsageError) as info:
+        write_pcap(path, [PcapRecord(0.0, FRAME_A)])
+    assert str(info.value).startswith(f"{path}: cannot write pcap file")
+
+
+def test_non_record_item_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="PcapRecord"):
+        write_pcap(tmp_path / "x.pcap", [(0.0, FRAME_A)])  # type: ignore[list-item]
+
+
+@pytest.mark.interop
+def test_tshark_reads_what_we_write(tmp_path: Path, tshark: str) -> None:
+    path = tmp_path / "ts.pcap"
+    write_pcap(path, [PcapRecord(1.000001, FRAME_A), PcapRecord(2.5, FRAME_B)])
+    out = subprocess.run(
+        [
+            tshark,
+            "-n",
+            "-r",
+            str(path),
+            "-T",
+            "fields",
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "frame.len",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    rows = [line.split("\t") for line in out if line]
+    assert [(float(t), int(n)) for t, n in rows] == [(1.000001, len(FRAME_A)), (2.5, len(FRAME_B))]
