@@ -72,10 +72,13 @@ def test_check_alone_does_not_move_the_window() -> None:
 
 def test_bitmap_tracks_received_numbers() -> None:
     window = ReplayWindow(8, esn=False)
-    for seq in (1, 2, 4):
+    assert window.bitmap == 0xFF  # a new window counts 0 (and below) as received
+    for seq in (2, 4):
         receive(window, seq)
     assert window.highest == 4
-    assert window.bitmap == 0b11101  # bit i is 4 - i: 4, 2, 1 and the initial 0
+    # Bit i stands for 4 - i: 4, 2 and 0 received, 3 and 1 not (bits 5-7: below 0).
+    assert window.bitmap == 0b1111_0101
+    assert (window.check(3), window.check(1)) == (3, 1)
     receive(window, 20)
     assert window.bitmap == 1
 
@@ -141,12 +144,16 @@ def test_size_zero_disables_the_check() -> None:
     assert window.bitmap == 0
 
 
-def test_initial_highest_counts_as_received() -> None:
+def test_initial_highest_and_window_below_count_as_received() -> None:
+    """Re-installed mid-stream: nothing says which numbers below T arrived, so none passes."""
     window = ReplayWindow(64, esn=False, highest=500)
+    assert window.bitmap == 2**64 - 1
+    for seq in (500, 499, 437, 436, 1):
+        assert window.check(seq) is None
+    assert receive(window, 510) == 510
+    assert window.check(505) == 505
     assert window.check(500) is None
-    assert window.check(499) == 499
-    assert window.check(436) is None
-    assert window.check(501) == 501
+    assert window.check(447) is None
     # 0 inside the window of a window built at T = 5: still never a valid number.
     assert ReplayWindow(64, esn=False, highest=5).check(0) is None
 
@@ -162,9 +169,9 @@ def test_esn_across_the_2_32_boundary() -> None:
     assert receive(window, 2) == 2**32 + 2  # case B (Tl < W - 1), Seql < Bl: Th
     # Case B, Seql >= Bl: the part of the window below the boundary, high half Th - 1.
     assert window.check(0xFFFF_FFFE) is None
+    assert window.check(0xFFFF_FFFF) == 0xFFFF_FFFF  # not received yet
     assert window.check(0xFFFF_FFFD) is None  # the initial highest
-    assert window.check(0xFFFF_FFF0) == 0xFFFF_FFF0
-    assert window.check(2**32 - 61) == 2**32 - 61  # bottom of the window: T - W + 1
+    assert window.check(2**32 - 61) is None  # T - W + 1, below the initial highest
     assert window.check(2**32 - 62) == 2**33 - 62  # below Bl: taken as ahead, Seqh = Th
     assert window.check(0) == 2**32  # 0 is a valid low half once the high half is 1
     assert receive(window, 0) == 2**32
@@ -173,7 +180,8 @@ def test_esn_across_the_2_32_boundary() -> None:
 
 def test_esn_case_a_ahead_and_behind() -> None:
     high = 7 << 32
-    window = ReplayWindow(64, esn=True, highest=high | 1_000)
+    window = ReplayWindow(64, esn=True, highest=high | 900)
+    assert receive(window, 1_000) == high | 1_000
     assert window.check(1_000 - 63) == high | (1_000 - 63)  # Bl: same subspace, in window
     assert window.check(1_001) == high | 1_001
     assert window.check(MASK32) == high | MASK32
@@ -228,7 +236,8 @@ def test_esn_size_one() -> None:
 
 
 def test_esn_4096_spanning_boundary() -> None:
-    window = ReplayWindow(4096, esn=True, highest=(1 << 32) | 100)
+    window = ReplayWindow(4096, esn=True, highest=(1 << 32) - 5_000)
+    assert receive(window, 100) == (1 << 32) | 100
     for back in range(3, 4096, 3):
         full = ((1 << 32) | 100) - back
         assert receive(window, full & MASK32) == full
@@ -283,7 +292,8 @@ class ModelWindow:
     def __init__(self, size: int, highest: int = 0) -> None:
         self.size = size
         self.highest = highest
-        self.received = {highest}
+        self.installed = highest  # it and everything below count as received
+        self.received: set[int] = set()
 
     def check(self, seq: int) -> int | None:
         if self.size == 0:
@@ -292,7 +302,7 @@ class ModelWindow:
             return None
         if seq > self.highest:
             return seq
-        if self.highest - seq >= self.size or seq in self.received:
+        if self.highest - seq >= self.size or seq <= self.installed or seq in self.received:
             return None
         return seq
 

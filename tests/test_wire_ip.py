@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.wire.ip import (
+    IpProto,
     IPv4Header,
     IPv6Header,
-    IpProto,
     build_ipv4,
     build_ipv6,
     internet_checksum,

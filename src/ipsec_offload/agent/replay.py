@@ -2,8 +2,8 @@
 
 Theory of operation: the window remembers T, the highest sequence number whose ICV has
 verified, and a bitmap of the W numbers T, T-1, ..., T-W+1: bit i is set when T-i has been
-received and authenticated. It is a Python int, so shifting it and testing a bit cost a few
-machine words even at W = 4096.
+received and authenticated. It is a Python int: testing a bit is one shift, and sliding the
+window one shift and mask over W/64 machine words (64 of them at W = 4096).
 
 Receiving a packet is two steps, split around decryption:
 
@@ -22,9 +22,12 @@ Receiving a packet is two steps, split around decryption:
    or slides the window up when the number is above T (Appendix A2.1). A forged packet
    therefore never moves the window.
 
-The receive counter starts at T = 0, and sequence number 0 is never valid (the sender's first
-packet carries 1): bit 0 of a fresh window is set, as if 0 had been received. A window built
-with another ``highest`` counts that number, and only it, as received.
+A window starts with every bit set: T and everything below it count as received. For a new SA
+(T = 0) that rejects sequence number 0, which is never valid (the sender's first packet carries
+1). For an SA re-installed mid-stream with the highest number already received (the SEQ TLV),
+the numbers just below T may have been received before the hand-over and nothing records which,
+so none of them is accepted again: late packets from before the hand-over are dropped rather
+than risk a replay.
 
 Window size 0 turns the replay check off (RFC 4303 3.4.3: then no inbound checks are made on
 the sequence number), but T is still tracked so that ESN high bits can be inferred, by the same
@@ -49,8 +52,9 @@ _MASK64: Final = 0xFFFF_FFFF_FFFF_FFFF
 class ReplayWindow:
     """An RFC 4303 anti-replay window of ``size`` packets for one inbound SA.
 
-    ``esn`` selects 64-bit extended sequence numbers (Appendix A); ``highest`` is the initial
-    right edge T (0 for a new SA), counted as already received.
+    ``esn`` selects 64-bit extended sequence numbers (Appendix A); ``highest`` is the highest
+    sequence number already received (0 for a new SA): it and the window below it count as
+    received.
     """
 
     __slots__ = ("_bitmap", "_esn", "_highest", "_mask", "_size")
@@ -70,7 +74,7 @@ class ReplayWindow:
         self._esn = bool(esn)
         self._highest = highest
         self._mask = (1 << size) - 1
-        self._bitmap = 1 & self._mask
+        self._bitmap = self._mask
 
     @property
     def size(self) -> int:

@@ -73,6 +73,8 @@ class SimulationError(IpsecOffloadError):
 class Testbed:
     """One FVL port with its agent, host stacks behind it and remote peers on the wire."""
 
+    __test__ = False  # not a pytest test class, whatever its name
+
     def __init__(
         self,
         *,
@@ -109,6 +111,7 @@ class Testbed:
         extended_key: bool = True,
         timeout: float = 0.001,
         retries: int = 3,
+        port: int = 0,
     ) -> HostStack:
         """The host stack on the PF, with its PF driver (which probes the agent's caps)."""
         mac_b = _mac(mac)
@@ -116,6 +119,7 @@ class Testbed:
         driver = PfDriver(
             mac_b,
             agent_mac=self.agent.config.mac,
+            port=port,
             timeout=timeout,
             retries=retries,
             extended_key=extended_key,

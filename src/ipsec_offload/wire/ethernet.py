@@ -118,10 +118,11 @@ def parse_ethernet(buf: bytes | memoryview, meta_ethertype: int = EtherType.META
         (ethertype,) = _U16.unpack_from(mv, offset)
     vlans: list[VlanTag] = []
     while ethertype in _VLAN_TPIDS:
-        # IEEE 802.1Q / 802.1ad: TPID || TCI, outermost first
         if len(vlans) == MAX_VLANS:
+            # spec 3: at most two VLAN tags (802.1ad Q-in-Q)
             raise ParseError(_LAYER, f"more than {MAX_VLANS} VLAN tags", offset)
         if size < offset + _TAG.size + _U16.size:
+            # IEEE 802.1Q / 802.1ad: TPID || TCI, then the next EtherType
             raise ParseError(_LAYER, "truncated VLAN tag", offset)
         tpid, tci = _TAG.unpack_from(mv, offset)
         vlans.append(VlanTag(tpid, tci))

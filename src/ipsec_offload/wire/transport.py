@@ -62,6 +62,7 @@ class Icmpv6Type(IntEnum):
 
 _ECHO_TYPES_V4 = frozenset(IcmpType)
 _ECHO_TYPES_V6 = frozenset(Icmpv6Type)
+_ECHO_TYPES = _ECHO_TYPES_V4 | _ECHO_TYPES_V6
 
 
 class TcpFlags(IntFlag):
@@ -220,7 +221,7 @@ def parse_icmp_echo(buf: bytes | memoryview) -> IcmpEcho:
         # RFC 792 / RFC 4443 4.1: echo header is 8 bytes
         raise ParseError("icmp", f"{size} bytes is shorter than the 8-byte echo header", size)
     icmp_type, code, checksum, ident, seq = _ICMP.unpack_from(mv)
-    if icmp_type not in _ECHO_TYPES_V4 | _ECHO_TYPES_V6:
+    if icmp_type not in _ECHO_TYPES:
         # RFC 792 / RFC 4443 4.1: echo types 0, 8, 128, 129
         raise ParseError("icmp", f"type {icmp_type} is not an echo request or reply", 0)
     return IcmpEcho(icmp_type, code, ident, seq, checksum)
