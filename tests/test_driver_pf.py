@@ -7,7 +7,8 @@ import pytest
 from ipsec_offload.agent.agent import AgentConfig
 from ipsec_offload.agent.counters import Path
 from ipsec_offload.driver.control import ConfigChannel, Errno
-from ipsec_offload.driver.pf import OffloadState, PfDriver, StateAddDone, TxOffload
+from ipsec_offload.driver.pf import PfDriver
+from ipsec_offload.driver.ring import OffloadState, StateAddDone, TxOffload
 from ipsec_offload.errors import UsageError
 from ipsec_offload.host.stack import HostStack
 from ipsec_offload.host.xfrm import Offload, XfrmState
@@ -49,9 +50,7 @@ def bed_with(agent: AgentConfig | None = None, **host: object) -> tuple[Testbed,
 
 def add(bed: Testbed, stack: HostStack, handle: int, spi: int, **kw: object) -> int:
     """Offload one outbound state and return the rc its StateResult reports."""
-    state = XfrmState(
-        handle, Direction.OUTBOUND, spi, HOST, PEER, Algorithm.AES_GCM_128, KEY, **kw
-    )  # type: ignore[arg-type]
+    state = XfrmState(handle, Direction.OUTBOUND, spi, HOST, PEER, Algorithm.AES_GCM_128, KEY, **kw)  # type: ignore[arg-type]
     stack.add_state(state, bed.now, offload=True)
     bed.settle(stack)
     return [r.rc for r in bed.results(stack) if r.handle == handle][-1]
@@ -94,8 +93,9 @@ def test_add_einval_for_a_bad_request() -> None:
 def test_add_eopnotsupp_from_the_agent_without_caps() -> None:
     bed, stack = bed_with()
     driver_of(bed).caps = None  # as if GET_CAPS was never asked: the agent refuses
-    state = XfrmState(1, Direction.INBOUND, 0x100, PEER, HOST, Algorithm.AES_GCM_128, KEY,
-                      replay_window=8192)
+    state = XfrmState(
+        1, Direction.INBOUND, 0x100, PEER, HOST, Algorithm.AES_GCM_128, KEY, replay_window=8192
+    )
     stack.add_state(state, bed.now, offload=True)
     bed.settle(stack)
     assert [r.rc for r in bed.results(stack)] == [-Errno.EOPNOTSUPP]
@@ -180,9 +180,12 @@ def test_driver_ignores_stray_and_mismatched_replies() -> None:
     driver.probe(0.0)
     (desc,) = driver.tx_descriptors()
     txn_id = int.from_bytes(desc.frame[20:24])
-    driver.receive([reply_frame(driver, ConfigMessage(Opcode.GET_CAPS | Opcode.REPLY, 999, ()))], 0)
-    driver.receive([reply_frame(driver, ConfigMessage(Opcode.ADD_SA | Opcode.REPLY, txn_id, ()))], 0)
-    driver.receive([reply_frame(driver, ConfigMessage(Opcode.GET_CAPS, txn_id, ()))], 0)
+    for message in (
+        ConfigMessage(Opcode.GET_CAPS | Opcode.REPLY, 999, ()),  # nobody waits for 999
+        ConfigMessage(Opcode.ADD_SA | Opcode.REPLY, txn_id, ()),  # wrong opcode
+        ConfigMessage(Opcode.GET_CAPS, txn_id, ()),  # not a reply
+    ):
+        driver.receive([reply_frame(driver, message)], 0)
     assert driver.events() == []
     assert driver.channel.counters.stray_replies == 3
     assert driver.channel.pending == 1
@@ -236,8 +239,12 @@ def test_transaction_table(state: str, event: str, expected: tuple[str, object])
         ch.on_timer(1.0)
         ch.on_timer(2.0)
     if state == "done":
-        assert ch.on_reply(body(ConfigMessage(Opcode.ADD_SA | Opcode.REPLY, txn_id, (),
-                                              status=REPLY_STATUS))) is not None
+        assert (
+            ch.on_reply(
+                body(ConfigMessage(Opcode.ADD_SA | Opcode.REPLY, txn_id, (), status=REPLY_STATUS))
+            )
+            is not None
+        )
     outcome: object = None
     if event == "reply":
         done = ch.on_reply(

@@ -92,7 +92,7 @@ def test_wire_frames_are_encrypted_and_numbered_from_one() -> None:
     bed, host, peer = make_bed()
     sas = bed.secure(host, peer)
     secret = b"the plaintext must never be on the wire"
-    for i in range(3):
+    for _ in range(3):
         host.send_udp(peer.addresses[4], 9, 9, secret, bed.now)
         bed.settle(host)
     frames = bed.captures["agent-to-wire"].records

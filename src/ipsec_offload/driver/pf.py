@@ -5,29 +5,31 @@ does. Each call becomes a config frame on the Tx ring; the reply arrives on the 
 becomes an event carrying the call's return value (0 or a negative errno). The driver is
 sans-IO: it queues Tx descriptors (`tx_descriptors`) and events (`events`), and wants
 `handle_timer` called at `next_timer` so lost frames are retried.
-
-On the data path the stack hands frames with a `TxOffload` (the skb's offload fields); the
-driver writes the metadata word into the descriptor's L2TAG fields. On receive the driver reads
-the Rx metadata from the descriptor: OK and NO_SA frames (and frames the agent did not look at)
-go up to the stack; AUTH_FAILED, REPLAY, MALFORMED and SA_EXPIRED are dropped and counted.
+The data rings are those of every driver (`ring.RingDriver`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 from ipsec_offload.driver.control import Completion, ConfigChannel, Errno
+from ipsec_offload.driver.ring import (
+    CapsDone,
+    DriverEvent,
+    OffloadState,
+    RingDriver,
+    StateAddDone,
+    StateDeleteDone,
+    StatsDone,
+)
 from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
 from ipsec_offload.wire.config import (
     AddSaRequest,
-    Algorithm,
     Caps,
     Direction,
     Opcode,
-    SaStats,
     Tlv,
     decode_caps,
     decode_sa_index,
@@ -35,103 +37,13 @@ from ipsec_offload.wire.config import (
     encode_add_sa,
     encode_sa_index,
 )
-from ipsec_offload.wire.ethernet import EtherType, VlanTag, parse_ethernet
-from ipsec_offload.wire.metadata import (
-    RxMetadata,
-    RxStatus,
-    TxMetadata,
-    build_tx_metadata,
-    parse_rx_metadata,
-)
+from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, VlanTag
 
 DEFAULT_AGENT_MAC = bytes.fromhex("020000000001")
 
 
-@dataclass(frozen=True, slots=True)
-class OffloadState:
-    """What the stack hands to xdo_dev_state_add: one xfrm state, by the stack's handle."""
-
-    handle: int
-    direction: Direction
-    spi: int
-    dst: bytes
-    src: bytes
-    algorithm: Algorithm
-    key_material: bytes = field(repr=False)
-    esn: bool = False
-    replay_window: int = 64
-    seq: int | None = None
-    lifetime_packets: int = 0
-    lifetime_bytes: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class TxOffload:
-    """The skb's offload fields for one send on an offloaded SA."""
-
-    handle: int
-    next_header: int
-    l3_offset: int
-    esp_offset: int
-    """Bytes from the IP header to the ESP header (a multiple of 4)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StateAddDone:
-    handle: int
-    rc: int
-    sa_index: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class StateDeleteDone:
-    handle: int
-    rc: int
-
-
-@dataclass(frozen=True, slots=True)
-class StatsDone:
-    handle: int
-    rc: int
-    stats: SaStats | None
-
-
-@dataclass(frozen=True, slots=True)
-class CapsDone:
-    rc: int
-    caps: Caps | None
-
-
-@dataclass(frozen=True, slots=True)
-class PacketReceived:
-    """A frame for the stack, with what the agent did to it (None: no Rx metadata)."""
-
-    frame: bytes
-    rx: RxMetadata | None
-
-
-DriverEvent = StateAddDone | StateDeleteDone | StatsDone | CapsDone | PacketReceived
-
-
-_PASSED = frozenset((RxStatus.OK, RxStatus.NO_SA))
-"""Rx statuses the driver hands up to the stack; the others it drops and counts."""
-
-
-@dataclass(slots=True)
-class DriverCounters:
-    tx_offloaded: int = 0
-    tx_plain: int = 0
-    rx_delivered: int = 0
-    rx_bad_metadata: int = 0
-    rx_dropped: dict[str, int] = field(
-        default_factory=lambda: {s.name: 0 for s in RxStatus if s not in _PASSED}
-    )
-
-
-class PfDriver:
+class PfDriver(RingDriver):
     """The PF driver of one port: the only party that talks to the agent's config channel."""
-
-    hw_esp_offload = True
 
     def __init__(
         self,
@@ -145,21 +57,15 @@ class PfDriver:
         extended_key: bool = True,
         config_ethertype: int = EtherType.CONFIG,
     ) -> None:
-        self.mac = mac
-        self.vlans = vlans
+        super().__init__(mac, vlans)
         self.agent_mac = agent_mac
         self.extended_key = extended_key
         """False models the naive SA key: SAs are added without the domain fields."""
         self.channel = ConfigChannel(
             mac, agent_mac, port, timeout, retries, config_ethertype=config_ethertype
         )
-        self.counters = DriverCounters()
         self.caps: Caps | None = None
-        self.sa_index: dict[int, int] = {}
-        """The stack's handle of each offloaded state -> its index in the agent SAD."""
         self._txn: dict[int, int] = {}
-        self._tx: list[TxDescriptor] = []
-        self._events: list[DriverEvent] = []
         self._config_ethertype = config_ethertype
 
     # -- the xdo_dev_* operations -----------------------------------------------------------
@@ -216,10 +122,6 @@ class PfDriver:
         """Forget a state after its delete completed (Linux frees driver memory here)."""
         self.sa_index.pop(handle, None)
 
-    def xdo_dev_offload_ok(self, handle: int) -> bool:
-        """May a packet of this state be handed down for offload?"""
-        return handle in self.sa_index
-
     def xdo_dev_state_update_stats(self, handle: int, now: float) -> None:
         """Fetch the agent's counters of a state; completes with StatsDone."""
         index = self.sa_index.get(handle)
@@ -260,64 +162,17 @@ class PfDriver:
             self.caps = decode_caps(tlvs)
         return CapsDone(rc, None if tlvs is None else self.caps)
 
-    # -- data path --------------------------------------------------------------------------
+    # -- the config channel's replies ------------------------------------------------------
 
-    def xmit(self, frame: bytes, offload: TxOffload | None = None) -> None:
-        """Queue a frame on the Tx ring, with the metadata word when it is offloaded."""
-        if offload is None:
-            self.counters.tx_plain += 1
-            self._tx.append(TxDescriptor(frame))
-            return
-        if offload.handle not in self.sa_index:
-            raise UsageError(f"xfrm state {offload.handle} is not offloaded on this device")
-        if offload.esp_offset % 4:
-            raise UsageError("TxOffload.esp_offset must be a multiple of 4 bytes")
-        word = build_tx_metadata(
-            TxMetadata(True, offload.next_header, offload.l3_offset, offload.esp_offset // 4)
-        )
-        self.counters.tx_offloaded += 1
-        self._tx.append(TxDescriptor(frame, word))
-
-    def receive(self, descriptors: Iterable[RxDescriptor], now: float) -> None:
-        """Process descriptors from the Rx ring."""
-        for desc in descriptors:
-            self._receive_one(desc)
-
-    def _receive_one(self, desc: RxDescriptor) -> None:
-        try:
-            eth = parse_ethernet(desc.frame, -1)
-        except ParseError:
-            self.counters.rx_bad_metadata += 1
-            return
-        if eth.ethertype == self._config_ethertype and eth.src == self.agent_mac:
-            done = self.channel.on_reply(memoryview(desc.frame)[eth.header_len :])
-            if done is not None and done.txn_id in self._txn:
-                self._complete(done)
-            return
-        rx: RxMetadata | None = None
-        if desc.l2tag is not None:
-            try:
-                rx = parse_rx_metadata(desc.l2tag)
-            except ParseError:
-                self.counters.rx_bad_metadata += 1
-                return
-            if rx.ipsec and rx.status not in _PASSED:
-                self.counters.rx_dropped[rx.status.name] += 1
-                return
-        self.counters.rx_delivered += 1
-        self._events.append(PacketReceived(desc.frame, rx))
+    def _control_frame(self, desc: RxDescriptor, eth: EthernetHeader, now: float) -> bool:
+        if eth.ethertype != self._config_ethertype or eth.src != self.agent_mac:
+            return False
+        done = self.channel.on_reply(memoryview(desc.frame)[eth.header_len :])
+        if done is not None and done.txn_id in self._txn:
+            self._complete(done)
+        return True
 
     # -- sans-IO plumbing -------------------------------------------------------------------
-
-    def tx_descriptors(self) -> list[TxDescriptor]:
-        """Take the descriptors queued for the NIC's Tx ring."""
-        tx, self._tx = self._tx, []
-        return tx
-
-    def events(self) -> list[DriverEvent]:
-        """Take the events queued for the stack."""
-        events, self._events = self._events, []
-        return events
 
     def next_timer(self) -> float | None:
         return self.channel.next_deadline()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ipsec_offload.driver.pf import DriverEvent, OffloadState, PacketReceived, TxOffload
+from ipsec_offload.driver.ring import DriverEvent, OffloadState, PacketReceived, TxOffload
 from ipsec_offload.errors import UsageError
 
 

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from ipsec_offload.crypto.esp import esp_open, esp_seal, explicit_iv
 from ipsec_offload.driver.control import Errno
-from ipsec_offload.driver.pf import (
+from ipsec_offload.driver.ring import (
     DriverEvent,
     OffloadState,
     PacketReceived,

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 class TxDescriptor:
     """One send: the frame as the driver built it (no metadata tag) and its offload fields.
 
-    `l2tag` set makes the NIC insert the metadata tag with that word.
+    `l2tag` set makes the NIC insert the metadata tag with that word; `mss` non-zero asks for
+    TSO: the NIC cuts the payload into segments of `mss` bytes (spec section 7).
     """
 
     frame: bytes
     l2tag: int | None = None
+    mss: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,184 @@
+"""What the PF and VF drivers share: the xdo_dev_* types and events, and the data rings.
+
+On the data path the stack hands frames with a `TxOffload` (the skb's offload fields); the
+driver writes the metadata word into the descriptor's L2TAG fields, and `mss` for a TSO send.
+On receive the driver reads the Rx metadata from the descriptor: OK and NO_SA frames (and
+frames the agent did not look at) go up to the stack; AUTH_FAILED, REPLAY, MALFORMED and
+SA_EXPIRED are dropped and counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ipsec_offload.errors import ParseError, UsageError
+from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
+from ipsec_offload.wire.config import Algorithm, Caps, Direction, SaStats
+from ipsec_offload.wire.ethernet import EthernetHeader, VlanTag, parse_ethernet
+from ipsec_offload.wire.metadata import (
+    RxMetadata,
+    RxStatus,
+    TxMetadata,
+    build_tx_metadata,
+    parse_rx_metadata,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OffloadState:
+    """What the stack hands to xdo_dev_state_add: one xfrm state, by the stack's handle."""
+
+    handle: int
+    direction: Direction
+    spi: int
+    dst: bytes
+    src: bytes
+    algorithm: Algorithm
+    key_material: bytes = field(repr=False)
+    esn: bool = False
+    replay_window: int = 64
+    seq: int | None = None
+    lifetime_packets: int = 0
+    lifetime_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TxOffload:
+    """The skb's offload fields for one send on an offloaded SA."""
+
+    handle: int
+    next_header: int
+    l3_offset: int
+    esp_offset: int
+    """Bytes from the IP header to the ESP header (a multiple of 4)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StateAddDone:
+    handle: int
+    rc: int
+    sa_index: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StateDeleteDone:
+    handle: int
+    rc: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatsDone:
+    handle: int
+    rc: int
+    stats: SaStats | None
+
+
+@dataclass(frozen=True, slots=True)
+class CapsDone:
+    rc: int
+    caps: Caps | None
+
+
+@dataclass(frozen=True, slots=True)
+class PacketReceived:
+    """A frame for the stack, with what the agent did to it (None: no Rx metadata)."""
+
+    frame: bytes
+    rx: RxMetadata | None
+
+
+DriverEvent = StateAddDone | StateDeleteDone | StatsDone | CapsDone | PacketReceived
+
+
+_PASSED = frozenset((RxStatus.OK, RxStatus.NO_SA))
+"""Rx statuses the driver hands up to the stack; the others it drops and counts."""
+
+
+@dataclass(slots=True)
+class DriverCounters:
+    tx_offloaded: int = 0
+    tx_plain: int = 0
+    rx_delivered: int = 0
+    rx_malformed: int = 0
+    rx_bad_metadata: int = 0
+    rx_dropped: dict[str, int] = field(
+        default_factory=lambda: {s.name: 0 for s in RxStatus if s not in _PASSED}
+    )
+
+
+class RingDriver:
+    """The data path of a PF or VF driver: Tx and Rx rings, and the queue of events."""
+
+    hw_esp_offload = True
+
+    def __init__(self, mac: bytes, vlans: tuple[VlanTag, ...] = ()) -> None:
+        self.mac = mac
+        self.vlans = vlans
+        self.counters = DriverCounters()
+        self.sa_index: dict[int, int] = {}
+        """The stack's handle of each offloaded state -> its index in the agent SAD."""
+        self._tx: list[TxDescriptor] = []
+        self._events: list[DriverEvent] = []
+
+    def xdo_dev_offload_ok(self, handle: int) -> bool:
+        """May a packet of this state be handed down for offload?"""
+        return handle in self.sa_index
+
+    def xmit(self, frame: bytes, offload: TxOffload | None = None, mss: int = 0) -> None:
+        """Queue a frame on the Tx ring, with the metadata word when it is offloaded and the
+        MSS when it is one large send for the NIC to segment (TSO)."""
+        if mss < 0:
+            raise UsageError("mss must be 0 (no TSO) or a positive segment size")
+        if offload is None:
+            self.counters.tx_plain += 1
+            self._tx.append(TxDescriptor(frame, None, mss))
+            return
+        if offload.handle not in self.sa_index:
+            raise UsageError(f"xfrm state {offload.handle} is not offloaded on this device")
+        if offload.esp_offset % 4:
+            raise UsageError("TxOffload.esp_offset must be a multiple of 4 bytes")
+        word = build_tx_metadata(
+            TxMetadata(True, offload.next_header, offload.l3_offset, offload.esp_offset // 4)
+        )
+        self.counters.tx_offloaded += 1
+        self._tx.append(TxDescriptor(frame, word, mss))
+
+    def receive(self, descriptors: Iterable[RxDescriptor], now: float) -> None:
+        """Process descriptors from the Rx ring."""
+        for desc in descriptors:
+            try:
+                eth = parse_ethernet(desc.frame, -1)
+            except ParseError:
+                self.counters.rx_malformed += 1
+                continue
+            if not self._control_frame(desc, eth, now):
+                self._data_frame(desc)
+
+    def _control_frame(self, desc: RxDescriptor, eth: EthernetHeader, now: float) -> bool:
+        """A subclass consumes the frames of its control channel here (True: consumed)."""
+        return False
+
+    def _data_frame(self, desc: RxDescriptor) -> None:
+        rx: RxMetadata | None = None
+        if desc.l2tag is not None:
+            try:
+                rx = parse_rx_metadata(desc.l2tag)
+            except ParseError:
+                self.counters.rx_bad_metadata += 1
+                return
+            if rx.ipsec and rx.status not in _PASSED:
+                self.counters.rx_dropped[rx.status.name] += 1
+                return
+        self.counters.rx_delivered += 1
+        self._events.append(PacketReceived(desc.frame, rx))
+
+    def tx_descriptors(self) -> list[TxDescriptor]:
+        """Take the descriptors queued for the NIC's Tx ring."""
+        tx, self._tx = self._tx, []
+        return tx
+
+    def events(self) -> list[DriverEvent]:
+        """Take the events queued for the stack."""
+        events, self._events = self._events, []
+        return events
