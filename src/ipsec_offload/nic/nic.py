@@ -26,7 +26,7 @@ from typing import Any
 from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
 from ipsec_offload.wire.addr import mac_to_str
-from ipsec_offload.wire.ethernet import EtherType, VlanTag, parse_ethernet, vlan_key
+from ipsec_offload.wire.ethernet import EtherType, VlanKey, VlanTag, parse_ethernet, vlan_key
 
 _META_TAG = struct.Struct(">HI")
 
@@ -68,7 +68,12 @@ class Vsi:
     port_tag: int | None = None
     """Metadata word forced onto every frame this VSI sends (untrusted VFs)."""
     anti_spoof: bool = True
+    """Drop frames whose source MAC or VLAN stack is not the VSI's."""
     counters: VsiCounters = field(default_factory=VsiCounters)
+
+    @property
+    def vlan_key(self) -> VlanKey:
+        return vlan_key(self.vlans)
 
 
 @dataclass(slots=True)
@@ -128,7 +133,7 @@ class Nic:
     def remove_vsi(self, vsi_id: int) -> None:
         vsi = self.vsi(vsi_id)
         del self._vsis[vsi_id]
-        del self._by_addr[(vsi.mac, vlan_key(vsi.vlans))]
+        del self._by_addr[(vsi.mac, vsi.vlan_key)]
 
     def vsi(self, vsi_id: int) -> Vsi:
         try:
@@ -166,7 +171,7 @@ class Nic:
         except ParseError:
             counters.tx_malformed += 1
             return
-        if vsi.anti_spoof and eth.src != vsi.mac:
+        if vsi.anti_spoof and (eth.src != vsi.mac or vlan_key(eth.vlans) != vsi.vlan_key):
             counters.tx_spoofed += 1
             return
         counters.tx_packets += 1
