@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -32,7 +31,6 @@ def run(out: Path) -> None:
         report = run_demo(out)
     except IpsecOffloadError as exc:
         raise click.ClickException(str(exc)) from exc
-    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     click.echo(format_summary(report, out))
 
 

@@ -34,11 +34,13 @@ from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, build_etherne
 class Errno(IntEnum):
     """The Linux errno values the xdo_dev_* calls return (negated)."""
 
+    EPERM = 1
     ENOENT = 2
     EBUSY = 16
     EEXIST = 17
     EINVAL = 22
     ENOSPC = 28
+    EMSGSIZE = 90
     EOPNOTSUPP = 95
     ETIMEDOUT = 110
 
@@ -149,6 +151,11 @@ class ConfigChannel:
                 self.counters.timeouts += 1
                 done.append(Completion(txn_id, pending.opcode, -Errno.ETIMEDOUT, None))
         return resend, done
+
+    def abandon(self) -> None:
+        """Forget every pending transaction (a driver reload); txn ids keep counting, so a
+        new request never collides with a reply the agent still remembers."""
+        self._pending.clear()
 
     @property
     def pending(self) -> int:

@@ -81,6 +81,15 @@ class CapsDone:
 
 
 @dataclass(frozen=True, slots=True)
+class OffloadLost:
+    """An offloaded state is no longer in the agent (after a PF or VF reset) and could not
+    be re-added: the stack carries it in software from now on."""
+
+    handle: int
+    rc: int
+
+
+@dataclass(frozen=True, slots=True)
 class PacketReceived:
     """A frame for the stack, with what the agent did to it (None: no Rx metadata)."""
 
@@ -88,7 +97,7 @@ class PacketReceived:
     rx: RxMetadata | None
 
 
-DriverEvent = StateAddDone | StateDeleteDone | StatsDone | CapsDone | PacketReceived
+DriverEvent = StateAddDone | StateDeleteDone | StatsDone | CapsDone | OffloadLost | PacketReceived
 
 
 _PASSED = frozenset((RxStatus.OK, RxStatus.NO_SA))

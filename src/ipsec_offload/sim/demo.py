@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ipsec_offload.driver.pf import PfDriver
+from ipsec_offload.errors import UsageError
 from ipsec_offload.host.stack import HostStack
 from ipsec_offload.host.xfrm import Mode
 from ipsec_offload.sim.espsa import write_esp_sa
@@ -90,22 +92,38 @@ def run_demo(out: Path | None) -> dict[str, Any]:
     send_flows(bed)
     report = report_of(bed, bundles)
     if out is not None:
-        write_outputs(bed, out)
-        report["outputs"] = sorted(p.name for p in out.iterdir())
+        write_outputs(bed, out, report)
     return report
 
 
-def write_outputs(bed: Testbed, out: Path) -> None:
-    """Link captures (each link both ways, and each direction alone) and the keys file."""
-    out.mkdir(parents=True, exist_ok=True)
+LINK_FILES = {
+    "host-link": ("nic-to-agent", "agent-to-nic"),
+    "wire-link": ("wire-to-agent", "agent-to-wire"),
+}
+"""The pcaps of whole links: (first direction, second direction)."""
+
+
+def write_outputs(bed: Testbed, out: Path, report: dict[str, Any]) -> None:
+    """Link captures (each link both ways, and each direction alone), the keys file and
+    report.json, whose "outputs" lists every file written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    written = []
     for link, sink in bed.captures.items():
         sink.write(out / f"{link}.pcap")
-    for name, (inbound, outbound) in {
-        "host-link": ("nic-to-agent", "agent-to-nic"),
-        "wire-link": ("wire-to-agent", "agent-to-wire"),
-    }.items():
-        write_pcap(out / f"{name}.pcap", merged(bed, inbound, outbound))
+        written.append(f"{link}.pcap")
+    for name, (first, second) in LINK_FILES.items():
+        write_pcap(out / f"{name}.pcap", merged(bed, first, second))
+        written.append(f"{name}.pcap")
     write_esp_sa(out / "esp_sa", bed.esp_sa_entries())
+    written += ["esp_sa", "report.json"]
+    report["outputs"] = sorted(written)
+    try:
+        (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:
+        raise UsageError(f"{out / 'report.json'}: cannot write ({exc.strerror})") from None
 
 
 def merged(bed: Testbed, first: str, second: str) -> list[PcapRecord]:

@@ -16,11 +16,14 @@ import ipaddress
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ipsec_offload.agent.agent import AgentConfig, IpsecAgent
-from ipsec_offload.driver.pf import PfDriver
+from ipsec_offload.driver.pf import PfDriver, VfState
 from ipsec_offload.driver.plain import PlainDriver
+from ipsec_offload.driver.ring import RingDriver
+from ipsec_offload.driver.vf import Kek, VfDriver
 from ipsec_offload.errors import IpsecOffloadError, UsageError
 from ipsec_offload.host.stack import Delivered, HostStack, StackEvent, StateResult
 from ipsec_offload.host.xfrm import Mode, XfrmPolicy, XfrmState
@@ -29,6 +32,7 @@ from ipsec_offload.nic.nic import Nic, SwitchMode, VsiKind
 from ipsec_offload.sim.espsa import EspSaEntry
 from ipsec_offload.sim.pcap import PcapSink
 from ipsec_offload.wire.config import Algorithm, Direction
+from ipsec_offload.wire.ethernet import VlanTag, vlan_key
 
 LINKS = ("nic-to-agent", "agent-to-nic", "wire-to-agent", "agent-to-wire")
 """The link directions the testbed records and can inject loss on."""
@@ -50,10 +54,21 @@ class Endpoint:
     """A host stack with its driver, and its VSI when it sits behind the NIC."""
 
     stack: HostStack
-    driver: PfDriver | PlainDriver
+    driver: PfDriver | VfDriver | PlainDriver
     vsi: int | None
+    vf: int | None = None
     log: list[StackEvent] = field(default_factory=list)
     timer_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxRecord:
+    """One mailbox message as it was delivered."""
+
+    time: float
+    vf: int
+    to_pf: bool
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +96,7 @@ class Testbed:
         agent: AgentConfig | None = None,
         mode: SwitchMode = SwitchMode.VEB,
         link_delay: float = 1e-6,
+        mailbox_delay: float = 1e-5,
         seed: int = 1,
         max_events: int = 10_000_000,
     ) -> None:
@@ -88,6 +104,9 @@ class Testbed:
         self.nic = Nic(mode=mode, meta_ethertype=self.agent.config.meta_ethertype)
         self.now = 0.0
         self.link_delay = link_delay
+        self.mailbox_delay = mailbox_delay
+        self.pf: PfDriver | None = None
+        self.mailbox_log: list[MailboxRecord] = []
         self.rng = random.Random(seed)
         self.max_events = max_events
         self.captures: dict[str, PcapSink] = {link: PcapSink() for link in LINKS}
@@ -108,46 +127,171 @@ class Testbed:
         *,
         ipv4: str | None = None,
         ipv6: str | None = None,
+        vlans: tuple[VlanTag, ...] = (),
         extended_key: bool = True,
+        ownership_db: bool = True,
+        port_tagging: bool = True,
+        hairpin: bool = True,
         timeout: float = 0.001,
         retries: int = 3,
         port: int = 0,
     ) -> HostStack:
-        """The host stack on the PF, with its PF driver (which probes the agent's caps)."""
+        """The host stack on the PF, with its PF driver (which probes the agent's caps and,
+        in VEPA mode with `hairpin`, registers local addresses for the hairpin)."""
+        if self.pf is not None:
+            raise UsageError("this port has a PF host already")
         mac_b = _mac(mac)
-        vsi = self.nic.add_vsi(VsiKind.PF, mac_b)
+        vsi = self.nic.add_vsi(VsiKind.PF, mac_b, vlans)
         driver = PfDriver(
             mac_b,
+            vsi_id=vsi.vsi_id,
+            vlans=vlans,
             agent_mac=self.agent.config.mac,
             port=port,
             timeout=timeout,
             retries=retries,
             extended_key=extended_key,
+            ownership_db=ownership_db,
+            port_tagging=port_tagging,
+            hairpin=hairpin and self.nic.mode == SwitchMode.VEPA,
             config_ethertype=self.agent.config.config_ethertype,
         )
-        stack = self._add(HostStack(name, driver, mac_b, ipv4=ipv4, ipv6=ipv6), driver, vsi.vsi_id)
+        self.pf = driver
+        stack = HostStack(name, driver, mac_b, ipv4=ipv4, ipv6=ipv6, vlans=vlans)
+        self._add(Endpoint(stack, driver, vsi.vsi_id))
         driver.probe(self.now)
+        driver.register_own_address(self.now)
         self.settle(stack)
         return stack
 
-    def add_peer(
-        self, name: str, mac: str, *, ipv4: str | None = None, ipv6: str | None = None
+    def add_vm(
+        self,
+        name: str,
+        vf: int,
+        mac: str,
+        *,
+        ipv4: str | None = None,
+        ipv6: str | None = None,
+        vlans: tuple[VlanTag, ...] = (),
+        trusted: bool = True,
+        kek: Kek | None = None,
+        quota: int = 128,
     ) -> HostStack:
-        """A remote host on the wire doing ESP in software."""
+        """A VM on VF `vf`: the VF is enabled (its VSI created) on first use; a VF whose
+        previous VM was destroyed is reused. The VF driver asks the PF for resources."""
+        pf = self._pf()
+        mac_b = _mac(mac)
+        info = pf.vfs.get(vf)
+        if any(ep.vf == vf for ep in self.endpoints.values()):
+            raise UsageError(f"VF {vf} has a VM already; destroy it first")
+        if info is None or info.state == VfState.DISABLED:
+            vsi = self.nic.add_vsi(VsiKind.VF, mac_b, vlans)
+            pf.enable_vf(vf, vsi.vsi_id, mac_b, vlans, trusted=trusted, quota=quota, now=self.now)
+            vsi_id = vsi.vsi_id
+        elif (info.mac, vlan_key(info.vlans)) != (mac_b, vlan_key(vlans)):
+            raise UsageError(f"VF {vf} has MAC and VLANs set by the PF; use them for its VM")
+        else:
+            vsi_id = info.vsi_id
+        driver = VfDriver(vf, mac_b, vlans, kek=kek)
+        stack = HostStack(name, driver, mac_b, ipv4=ipv4, ipv6=ipv6, vlans=vlans)
+        self._add(Endpoint(stack, driver, vsi_id, vf))
+        driver.start(self.now)
+        self.settle(stack, self.endpoints[self.pf_name()].stack)
+        return stack
+
+    def destroy_vm(self, vm: HostStack | str) -> None:
+        """`virsh destroy`: the VM vanishes without a word; the hypervisor resets its VF."""
+        ep = self.endpoint(vm)
+        if ep.vf is None:
+            raise UsageError(f"{ep.stack.name} is not a VM")
+        self._remove(ep)
+        self._pf().vf_flr(ep.vf, self.now)
+        self.settle(self.endpoints[self.pf_name()].stack)
+
+    def reset_vf(self, vm: HostStack | str) -> None:
+        """The VF driver inside the VM reloads: RESET, REQUEST_RESOURCES, re-add its SAs."""
+        ep = self.endpoint(vm)
+        if not isinstance(ep.driver, VfDriver):
+            raise UsageError(f"{ep.stack.name} is not a VM")
+        ep.driver.reset(self.now)
+        self.settle(ep.stack)
+
+    def remove_vf(self, vf: int) -> None:
+        """Remove a VF (destroying its VM first, if any) and, once clean, its VSI."""
+        for ep in list(self.endpoints.values()):
+            if ep.vf == vf:
+                self._remove(ep)
+        pf = self._pf()
+        pf.remove_vf(vf, self.now)
+        self.settle(self.endpoints[self.pf_name()].stack)
+        info = pf.vfs[vf]
+        if info.state == VfState.DISABLED:
+            self.nic.remove_vsi(info.vsi_id)
+
+    def reset_pf(self) -> None:
+        """The PF driver reloads: it flushes the port and the VFs re-add their SAs."""
+        self._pf().reset(self.now)
+        self.settle(*[ep.stack for ep in self.endpoints.values()])
+
+    def inject(self, host: HostStack | str, frame: bytes, l2tag: int | None = None) -> None:
+        """A raw frame on a host's Tx ring, as a (possibly malicious) driver would post it."""
+        ep = self.endpoint(host)
+        if ep.vsi is None:
+            raise UsageError(f"{ep.stack.name} is not behind the NIC")
+        vsi = ep.vsi
+        descs = [TxDescriptor(frame, l2tag)]
+        self._schedule(0.0, _OTHER, lambda: self._nic_tx(vsi, descs))
+        self.run()
+
+    def mailbox_inject(self, vf: int, data: bytes) -> list[bytes]:
+        """Raw bytes into the PF from VF `vf`'s mailbox (a hostile VF); returns the replies."""
+        pf = self._pf()
+        pf.mailbox_receive(vf, data, self.now)
+        replies = [msg for target, msg in pf.mailbox_messages() if target == vf]
+        self.settle(self.endpoints[self.pf_name()].stack)
+        return replies
+
+    def _pf(self) -> PfDriver:
+        if self.pf is None:
+            raise UsageError("add the PF host first (add_pf_host)")
+        return self.pf
+
+    def pf_name(self) -> str:
+        return next(name for name, ep in self.endpoints.items() if ep.driver is self.pf)
+
+    def add_peer(
+        self,
+        name: str,
+        mac: str,
+        *,
+        ipv4: str | None = None,
+        ipv6: str | None = None,
+        vlans: tuple[VlanTag, ...] = (),
+    ) -> HostStack:
+        """A remote host on the wire doing ESP in software (on a VLAN if `vlans`)."""
         mac_b = _mac(mac)
         driver = PlainDriver(mac_b)
-        return self._add(HostStack(name, driver, mac_b, ipv4=ipv4, ipv6=ipv6), driver, None)
+        stack = HostStack(name, driver, mac_b, ipv4=ipv4, ipv6=ipv6, vlans=vlans)
+        self._add(Endpoint(stack, driver, None))
+        return stack
 
-    def _add(self, stack: HostStack, driver: PfDriver | PlainDriver, vsi: int | None) -> HostStack:
+    def _add(self, ep: Endpoint) -> None:
+        """Join a host to the L2 domain of its VLAN stack: hosts there learn each other."""
+        stack = ep.stack
         if stack.name in self.endpoints:
             raise UsageError(f"a host named {stack.name!r} exists")
+        domain = vlan_key(stack.vlans)
         for other in self.endpoints.values():
+            if vlan_key(other.stack.vlans) != domain:
+                continue
             for addr in other.stack.addresses.values():
                 stack.neighbors[addr] = other.stack.mac
             for addr in stack.addresses.values():
                 other.stack.neighbors[addr] = stack.mac
-        self.endpoints[stack.name] = Endpoint(stack, driver, vsi)
-        return stack
+        self.endpoints[stack.name] = ep
+
+    def _remove(self, ep: Endpoint) -> None:
+        del self.endpoints[ep.stack.name]
 
     def endpoint(self, stack: HostStack | str) -> Endpoint:
         name = stack if isinstance(stack, str) else stack.name
@@ -171,10 +315,12 @@ class Testbed:
         offload_a: bool = True,
         offload_b: bool = False,
         protocol: int | None = None,
+        spis: tuple[int, int] | None = None,
     ) -> SaBundle:
         """Create, install and wait for a pair of SAs (a->b and b->a) with policies between
-        a's and b's addresses of `family` (4 or 6). Keys and SPIs come from the seeded
-        generator; offload is asked where the host's device has it."""
+        a's and b's addresses of `family` (4 or 6). Keys come from the seeded generator, SPIs
+        too unless `spis` (a->b, b->a) names them; offload is asked where the host's device
+        has it."""
         size = 4 if family == 4 else 16
         a_addr, b_addr = a.addresses.get(size), b.addresses.get(size)
         if a_addr is None or b_addr is None:
@@ -188,7 +334,7 @@ class Testbed:
             "esn": esn,
             "replay_window": replay_window,
         }
-        ab_spi, ba_spi = self._spi(), self._spi()
+        ab_spi, ba_spi = spis if spis is not None else (self._spi(), self._spi())
         bundle = SaBundle(
             a_out=self._state(Direction.OUTBOUND, ab_spi, a_addr, b_addr, ab_key, common),
             a_in=self._state(Direction.INBOUND, ba_spi, b_addr, a_addr, ba_key, common),
@@ -302,23 +448,46 @@ class Testbed:
 
     def _flush(self, ep: Endpoint) -> None:
         """After a host acted: collect its events, send what its driver queued, arm timers."""
+        if self.endpoints.get(ep.stack.name) is not ep:
+            return  # the VM was destroyed meanwhile
         ep.stack.poll(self.now)
         ep.log.extend(ep.stack.events())
         driver = ep.driver
-        if isinstance(driver, PfDriver):
-            descs = driver.tx_descriptors()
-            if descs:
-                assert ep.vsi is not None
-                vsi = ep.vsi
-                self._schedule(0.0, _OTHER, lambda: self._nic_tx(vsi, descs))
-            deadline = driver.next_timer()
-            if deadline is not None and (ep.timer_at is None or deadline < ep.timer_at):
-                ep.timer_at = deadline
-                self._schedule(deadline - self.now, _OTHER, lambda: self._timer(ep))
-        else:
+        if isinstance(driver, PlainDriver):
             frames = driver.take_frames()
             if frames:
                 self._schedule(self.link_delay, _WIRE_SECOND, lambda: self._agent_wire(frames))
+            return
+        descs = driver.tx_descriptors()
+        if descs:
+            assert ep.vsi is not None
+            vsi = ep.vsi
+            self._schedule(0.0, _OTHER, lambda: self._nic_tx(vsi, descs))
+        if isinstance(driver, VfDriver):
+            for data in driver.mailbox_messages():
+                self._schedule(self.mailbox_delay, _OTHER, partial(self._to_pf, driver.vf_id, data))
+            return
+        for command in driver.admin_commands():
+            self.nic.set_port_tag(command.vsi_id, command.word)
+        for vf, data in driver.mailbox_messages():
+            self._schedule(self.mailbox_delay, _OTHER, partial(self._to_vf, vf, data))
+        deadline = driver.next_timer()
+        if deadline is not None and (ep.timer_at is None or deadline < ep.timer_at):
+            ep.timer_at = deadline
+            self._schedule(deadline - self.now, _OTHER, lambda: self._timer(ep))
+
+    def _to_pf(self, vf: int, data: bytes) -> None:
+        self.mailbox_log.append(MailboxRecord(self.now, vf, True, data))
+        pf = self._pf()
+        pf.mailbox_receive(vf, data, self.now)
+        self._flush(self.endpoints[self.pf_name()])
+
+    def _to_vf(self, vf: int, data: bytes) -> None:
+        self.mailbox_log.append(MailboxRecord(self.now, vf, False, data))
+        for ep in self.endpoints.values():
+            if ep.vf == vf and isinstance(ep.driver, VfDriver):
+                ep.driver.mailbox_receive(data, self.now)
+                self._flush(ep)
 
     def _timer(self, ep: Endpoint) -> None:
         ep.timer_at = None
@@ -360,14 +529,14 @@ class Testbed:
         by_vsi: dict[int, list[RxDescriptor]] = {}
         for vsi, desc in rx:
             by_vsi.setdefault(vsi, []).append(desc)
-        for ep in self.endpoints.values():
+        for ep in list(self.endpoints.values()):
             descs = by_vsi.get(ep.vsi) if ep.vsi is not None else None
-            if descs and isinstance(ep.driver, PfDriver):
+            if descs and isinstance(ep.driver, RingDriver):
                 ep.driver.receive(descs, self.now)
                 self._flush(ep)
 
     def _peers_rx(self, frames: list[bytes]) -> None:
-        for ep in self.endpoints.values():
+        for ep in list(self.endpoints.values()):
             if isinstance(ep.driver, PlainDriver):
                 ep.driver.receive(frames, self.now)
                 self._flush(ep)

@@ -28,6 +28,7 @@ __all__ = [
     "Tlv",
     "TlvType",
     "build_config",
+    "build_tlvs",
     "decode_add_sa",
     "decode_caps",
     "decode_count",
@@ -43,6 +44,7 @@ __all__ = [
     "encode_sa_stats",
     "parse_config",
     "parse_config_header",
+    "parse_tlvs",
 ]
 
 _LAYER = "config"
@@ -215,22 +217,8 @@ def parse_config(buf: bytes | memoryview) -> ConfigMessage:
         raise ParseError(
             _LAYER, f"tlv_length {tlv_length} exceeds the {size - CONFIG_HEADER_LEN} bytes", 10
         )
-    tlvs: list[Tlv] = []
-    offset = CONFIG_HEADER_LEN
-    while offset < end:
-        if offset + TLV_HEADER_LEN > end:
-            # spec 4: TLV is type u16 | length u16 | value
-            raise ParseError(_LAYER, "truncated TLV header", offset)
-        tlv_type, length = _TLV.unpack_from(mv, offset)
-        start = offset + TLV_HEADER_LEN
-        if start + length > end:
-            # spec 4: the value fits inside tlv_length
-            raise ParseError(
-                _LAYER, f"TLV {_tlv_name(tlv_type)} value of {length} bytes is truncated", offset
-            )
-        tlvs.append(Tlv(tlv_type, bytes(mv[start : start + length])))
-        offset = start + length
-    return replace(header, tlvs=tuple(tlvs))
+    tlvs = parse_tlvs(mv[:end], CONFIG_HEADER_LEN)
+    return replace(header, tlvs=tlvs)
 
 
 def build_config(msg: ConfigMessage) -> bytes:
@@ -244,8 +232,38 @@ def build_config(msg: ConfigMessage) -> bytes:
     ):
         _check_uint(f"config {name}", value, 1)
     _check_uint("config txn_id", msg.txn_id, 4)
+    body = build_tlvs(msg.tlvs)
+    header = _HEADER.pack(
+        msg.version, msg.opcode, msg.status, msg.flags, msg.port, 0, msg.txn_id, len(body)
+    )
+    return header + body
+
+
+def parse_tlvs(buf: bytes | memoryview, offset: int = 0) -> tuple[Tlv, ...]:
+    """The TLVs filling `buf` from `offset` to its end (`type u16 | length u16 | value`)."""
+    mv = memoryview(buf)
+    end = len(mv)
+    tlvs: list[Tlv] = []
+    while offset < end:
+        if offset + TLV_HEADER_LEN > end:
+            # spec 4: TLV is type u16 | length u16 | value
+            raise ParseError(_LAYER, "truncated TLV header", offset)
+        tlv_type, length = _TLV.unpack_from(mv, offset)
+        start = offset + TLV_HEADER_LEN
+        if start + length > end:
+            # spec 4: the value fits inside tlv_length
+            raise ParseError(
+                _LAYER, f"TLV {_tlv_name(tlv_type)} value of {length} bytes is truncated", offset
+            )
+        tlvs.append(Tlv(tlv_type, bytes(mv[start : start + length])))
+        offset = start + length
+    return tuple(tlvs)
+
+
+def build_tlvs(tlvs: Iterable[Tlv]) -> bytes:
+    """Encode TLVs back to back; at most 65535 bytes in all."""
     parts = []
-    for tlv in msg.tlvs:
+    for tlv in tlvs:
         _check_uint("TLV type", tlv.type, 2)
         if len(tlv.value) > 0xFFFF:
             raise UsageError(f"TLV {_tlv_name(tlv.type)} value of {len(tlv.value)} bytes > 65535")
@@ -254,10 +272,7 @@ def build_config(msg: ConfigMessage) -> bytes:
     body = b"".join(parts)
     if len(body) > 0xFFFF:
         raise UsageError(f"TLVs of {len(body)} bytes; tlv_length allows at most 65535")
-    header = _HEADER.pack(
-        msg.version, msg.opcode, msg.status, msg.flags, msg.port, 0, msg.txn_id, len(body)
-    )
-    return header + body
+    return body
 
 
 def _tlv_name(tlv_type: int) -> str:
