@@ -145,12 +145,15 @@ def test_abandoned_sas_removed_before_resources_are_granted() -> None:
     assert isinstance(new_driver, VfDriver) and new_driver.state == VfDriverState.READY
     # The REQUEST_RESOURCES reply left the PF only after the agent confirmed the last removal.
     removals = [
-        r.time for r in bed.captures["agent-to-nic"].records if r.frame[18:20] == b"\x88\xb6"
-        and r.frame[21] == 0x82
+        r.time
+        for r in bed.captures["agent-to-nic"].records
+        if r.frame[18:20] == b"\x88\xb6" and r.frame[21] == 0x82
     ]
     grant = [
-        r.time for r in bed.mailbox_log
-        if not r.to_pf and r.vf == 0
+        r.time
+        for r in bed.mailbox_log
+        if not r.to_pf
+        and r.vf == 0
         and parse_mailbox(r.data).opcode == MbxOpcode.REQUEST_RESOURCES | MbxOpcode.REPLY
     ][-1]
     assert len(removals) == 4 and grant > max(removals)
