@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ipsec_offload.agent.counters import AgentCounters, DropReason, Path
-from ipsec_offload.agent.replay import ReplayWindow
+from ipsec_offload.agent.replay import MAX_WINDOW_SIZE, ReplayWindow
 from ipsec_offload.agent.sad import (
     Domain,
     SadFull,
@@ -116,16 +116,24 @@ class AgentConfig:
             raise UsageError("AgentConfig.mac must be 6 bytes")
         if not 1 <= self.sad_size < 1 << 24:
             raise UsageError("AgentConfig.sad_size must be 1 .. 2^24-1 (SA_INDEX is 24 bits)")
-        if not 0 <= self.default_replay_window <= self.max_replay_window:
-            raise UsageError("AgentConfig.default_replay_window must be <= max_replay_window")
+        if not 0 <= self.default_replay_window <= self.max_replay_window <= MAX_WINDOW_SIZE:
+            raise UsageError(
+                "AgentConfig needs 0 <= default_replay_window <= max_replay_window <= 2^31"
+            )
+        if not 1 <= self.ports <= 256:
+            raise UsageError("AgentConfig.ports must be 1 .. 256 (the header's port is a u8)")
+        if self.hairpin_size < 0 or self.txn_memory < 0:
+            raise UsageError("AgentConfig.hairpin_size and txn_memory must be >= 0")
 
 
 @dataclass(slots=True)
 class AgentOutput:
-    """Frames the agent emits, in order, toward each side."""
+    """Frames the agent emits, in order, toward each side; `hairpin` is a tap of the frames
+    it turned around, as they were between its egress and ingress processing."""
 
     to_host: list[bytes] = field(default_factory=list)
     to_wire: list[bytes] = field(default_factory=list)
+    hairpin: list[bytes] = field(default_factory=list)
 
 
 _Handler = Callable[["IpsecAgent", ConfigMessage], tuple[ConfigStatus, tuple[Tlv, ...]]]
@@ -201,6 +209,7 @@ class IpsecAgent:
             multicast = bool(eth.dst[0] & 1)
             if multicast or Domain(eth.dst, vlan_key(eth.vlans)) in local:
                 self.counters.paths[Path.HAIRPIN] += 1
+                out.hairpin.append(frame)
                 rx = self._ingress(frame)
                 if rx is not None:
                     out.to_host.append(rx)
@@ -212,7 +221,11 @@ class IpsecAgent:
         self, inner: bytes, eth: EthernetHeader, l3: int, esp_off: int, next_header: int
     ) -> bytes | None:
         drops = self.counters.drops
-        located = _locate_esp(inner, l3, esp_off)
+        if l3 != eth.header_len - _META_TAG.size:
+            # spec 3: L3_OFFSET must point right after the L2 header of the frame
+            drops[DropReason.BAD_OFFSETS] += 1
+            return None
+        located = _locate_esp(inner, l3, eth.ethertype, esp_off)
         if located is None:
             drops[DropReason.BAD_OFFSETS] += 1
             return None
@@ -262,7 +275,7 @@ class IpsecAgent:
             counters.drops[DropReason.CONFIG_FROM_WIRE] += 1
             return None
         l3 = eth.header_len
-        located = _locate_esp(frame, l3, None)
+        located = _locate_esp(frame, l3, eth.ethertype, None)
         if located is None:
             counters.paths[Path.RX_NOT_ESP] += 1
             return self._tag(frame, _NOT_ESP_WORD)
@@ -270,6 +283,7 @@ class IpsecAgent:
         ip, esp_start, ip_end = located
         mv = memoryview(frame)
         if esp_start + ESP_HEADER_LEN > ip_end:
+            # ESP too short to name its SA
             return self._rx_status(frame, RxStatus.MALFORMED, None)
         spi, seq_lo = _ESP.unpack_from(mv, esp_start)
         sa = self.sad.lookup(Direction.INBOUND, spi, ip.dst, eth.dst, vlan_key(eth.vlans))
@@ -388,6 +402,11 @@ class IpsecAgent:
         )
         if window > self.config.max_replay_window:
             return ConfigStatus.UNSUPPORTED, ()
+        outbound = req.direction == Direction.OUTBOUND
+        limit = _SEQ_LIMIT[req.esn]
+        if req.seq is not None and not (1 if outbound else 0) <= req.seq <= limit:
+            # spec 4 SEQ: outbound the next counter (1 ..), inbound the highest received (0 ..)
+            return ConfigStatus.BAD_REQUEST, ()
         key_material = self._key_material(req)
         if key_material is None:
             return ConfigStatus.KEY_UNWRAP_FAILED, ()
@@ -398,7 +417,6 @@ class IpsecAgent:
             index = self.sad.allocate_index()
         except SadFull:
             return ConfigStatus.NO_SPACE, ()
-        outbound = req.direction == Direction.OUTBOUND
         self.sad.insert(
             SecurityAssociation(
                 index=index,
@@ -512,17 +530,24 @@ def _key_material_len(alg: Algorithm) -> int:
 _LocatedIp = tuple[IPv4Header | IPv6Header, int, int]
 
 
-def _locate_esp(frame: bytes, l3: int, esp_off: int | None) -> _LocatedIp | None:
-    """Find the IP header at `l3` and the ESP header it carries.
+_IP_VERSIONS: dict[int, int] = {EtherType.IPV4: 4, EtherType.IPV6: 6}
+
+
+def _locate_esp(frame: bytes, l3: int, ethertype: int, esp_off: int | None) -> _LocatedIp | None:
+    """Find the IP header at `l3` (after an L2 header of EtherType `ethertype`) and its ESP.
 
     Returns (IP header, ESP start, IP end) as offsets in `frame`, or None when the bytes are not
-    an ESP packet there. With `esp_off` (Tx metadata, spec 3) the ESP header must be exactly
-    there; the agent never trusts the offsets.
+    an ESP packet there. The IP version must agree with the EtherType. With `esp_off` (Tx
+    metadata, spec 3) the ESP header must be exactly there and hold the ESP header and IV; the
+    agent never trusts the offsets. Without it (Rx) the ESP header only has to start inside
+    the IP packet: the caller judges a short one MALFORMED.
     """
     if l3 < 14 or l3 >= len(frame):
         return None
     mv = memoryview(frame)[l3:]
     version = mv[0] >> 4
+    if _IP_VERSIONS.get(ethertype) != version:
+        return None
     ip: IPv4Header | IPv6Header
     try:
         if version == 4:
@@ -542,7 +567,8 @@ def _locate_esp(frame: bytes, l3: int, esp_off: int | None) -> _LocatedIp | None
         return None
     if esp_off is not None and esp_off != offset:
         return None
-    if ip_len > len(mv) or offset + ESP_HEADER_LEN + ESP_IV_LEN > ip_len:
+    needed = 0 if esp_off is None else ESP_HEADER_LEN + ESP_IV_LEN
+    if ip_len > len(mv) or offset + needed > ip_len:
         return None
     return ip, l3 + offset, l3 + ip_len
 

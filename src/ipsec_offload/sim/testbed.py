@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from ipsec_offload.agent.agent import AgentConfig, IpsecAgent
+from ipsec_offload.agent.agent import AgentConfig, AgentOutput, IpsecAgent
 from ipsec_offload.driver.pf import PfDriver, VfState
 from ipsec_offload.driver.plain import PlainDriver
 from ipsec_offload.driver.ring import RingDriver
@@ -36,6 +36,8 @@ from ipsec_offload.wire.ethernet import VlanTag, vlan_key
 
 LINKS = ("nic-to-agent", "agent-to-nic", "wire-to-agent", "agent-to-wire")
 """The link directions the testbed records and can inject loss on."""
+TAPS = ("agent-hairpin",)
+"""What the testbed records besides the links: frames the agent turned around (encrypted)."""
 
 _HOST_FIRST, _WIRE_SECOND, _OTHER = 0, 1, 2
 
@@ -109,7 +111,7 @@ class Testbed:
         self.mailbox_log: list[MailboxRecord] = []
         self.rng = random.Random(seed)
         self.max_events = max_events
-        self.captures: dict[str, PcapSink] = {link: PcapSink() for link in LINKS}
+        self.captures: dict[str, PcapSink] = {name: PcapSink() for name in LINKS + TAPS}
         self.link_drops: dict[str, int] = dict.fromkeys(LINKS, 0)
         self.faults: list[Fault] = []
         self.endpoints: dict[str, Endpoint] = {}
@@ -512,9 +514,10 @@ class Testbed:
         self._record("wire-to-agent", frames)
         self._agent_out(self.agent.from_wire(frames, self.now))
 
-    def _agent_out(self, out: Any) -> None:
+    def _agent_out(self, out: AgentOutput) -> None:
         self._record("agent-to-nic", out.to_host)
         self._record("agent-to-wire", out.to_wire)
+        self._record("agent-hairpin", out.hairpin)
         to_host = self._carry("agent-to-nic", out.to_host)
         to_wire = self._carry("agent-to-wire", out.to_wire)
         if to_host:

@@ -1,0 +1,150 @@
+"""The SAD (spec section 5): index allocation, capacity, extended and naive keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent_frames import KEY128, LOCAL4, PEER4, VF_MAC, add_sa, request, sa_index_tlv
+from ipsec_offload.agent.agent import AgentConfig, IpsecAgent
+from ipsec_offload.agent.replay import ReplayWindow
+from ipsec_offload.agent.sad import (
+    Domain,
+    SadFull,
+    SecurityAssociation,
+    SecurityAssociationDatabase,
+)
+from ipsec_offload.wire.config import Algorithm, ConfigStatus, Direction, Opcode
+
+IN = Direction.INBOUND
+OUT = Direction.OUTBOUND
+DOMAIN = Domain(VF_MAC, ((0x8100, 100),))
+
+
+def _sa(
+    index: int,
+    spi: int,
+    domain: Domain | None = None,
+    direction: Direction = IN,
+    dst: bytes = LOCAL4,
+    **kw: int,
+) -> SecurityAssociation:
+    return SecurityAssociation(
+        index=index,
+        port=0,
+        direction=direction,
+        spi=spi,
+        dst=dst,
+        src=None,
+        algorithm=Algorithm.AES_GCM_128,
+        key_material=KEY128,
+        domain=domain,
+        esn=False,
+        ivdb=1,
+        replay=ReplayWindow(64, False) if direction == IN else None,
+        lifetime_packets=kw.get("lifetime_packets", 0),
+        lifetime_bytes=kw.get("lifetime_bytes", 0),
+    )
+
+
+def _add(sad: SecurityAssociationDatabase, spi: int, domain: Domain | None = None) -> int:
+    index = sad.allocate_index()
+    sad.insert(_sa(index, spi, domain))
+    return index
+
+
+def test_indexes_lowest_first_and_reused() -> None:
+    sad = SecurityAssociationDatabase(10)
+    assert [_add(sad, spi) for spi in range(1, 9)] == list(range(1, 9))
+    for index in (5, 2, 8):
+        removed = sad.remove(index)
+        assert removed is not None and removed.index == index
+    assert sad.remove(5) is None
+    assert [_add(sad, spi) for spi in (20, 21, 22, 23)] == [2, 5, 8, 9]
+    assert [sa.index for sa in sad] == list(range(1, 10))
+    assert len(sad) == 9
+
+
+def test_capacity() -> None:
+    sad = SecurityAssociationDatabase(3)
+    for spi in (1, 2, 3):
+        _add(sad, spi)
+    with pytest.raises(SadFull):
+        sad.allocate_index()
+    sad.remove(2)
+    assert sad.allocate_index() == 2
+    # allocate does not reserve: asking twice gives the same index
+    assert sad.allocate_index() == 2
+    _add(sad, 4)
+    with pytest.raises(SadFull):
+        sad.allocate_index()
+
+
+def test_insert_needs_an_allocated_index() -> None:
+    sad = SecurityAssociationDatabase(4)
+    with pytest.raises(ValueError):
+        sad.insert(_sa(3, 1))
+    assert len(sad) == 0
+
+
+def test_lookup_extended_then_naive() -> None:
+    sad = SecurityAssociationDatabase(8)
+    naive = _add(sad, 0x10)
+    extended = _add(sad, 0x10, DOMAIN)
+    only_ext = _add(sad, 0x20, DOMAIN)
+
+    def find(spi: int, mac: bytes, vlans: tuple[tuple[int, int], ...]) -> int | None:
+        sa = sad.lookup(IN, spi, LOCAL4, mac, vlans)
+        return None if sa is None else sa.index
+
+    assert find(0x10, VF_MAC, ((0x8100, 100),)) == extended
+    assert find(0x10, VF_MAC, ()) == naive
+    assert find(0x10, bytes(6), ((0x8100, 100),)) == naive
+    assert find(0x20, VF_MAC, ((0x8100, 100),)) == only_ext
+    assert find(0x20, VF_MAC, ((0x88A8, 100),)) is None
+    assert find(0x20, VF_MAC, ((0x8100, 100), (0x8100, 1))) is None
+    assert sad.lookup(OUT, 0x10, LOCAL4, VF_MAC, ()) is None
+    assert sad.lookup(IN, 0x10, PEER4, VF_MAC, ()) is None
+    assert sad.contains_key((IN, 0x10, LOCAL4, DOMAIN))
+    sad.remove(extended)
+    assert find(0x10, VF_MAC, ((0x8100, 100),)) == naive
+    assert not sad.contains_key((IN, 0x10, LOCAL4, DOMAIN))
+
+
+def test_many_sas_all_found() -> None:
+    sad = SecurityAssociationDatabase(5000)
+    for spi in range(1, 5001):
+        domain = Domain(spi.to_bytes(6, "big"), ((0x8100, spi % 4096),)) if spi % 2 else None
+        _add(sad, spi, domain)
+    with pytest.raises(SadFull):
+        sad.allocate_index()
+    for spi in range(1, 5001):
+        mac = spi.to_bytes(6, "big") if spi % 2 else b"\xff" * 6
+        sa = sad.lookup(IN, spi, LOCAL4, mac, ((0x8100, spi % 4096),))
+        assert sa is not None and sa.spi == spi and sa.index == spi
+
+
+def test_expired() -> None:
+    sa = _sa(1, 1, lifetime_packets=2, lifetime_bytes=100)
+    assert not sa.expired()
+    sa.packets = 2
+    assert sa.expired()
+    sa.packets, sa.bytes = 0, 100
+    assert sa.expired()
+    unlimited = _sa(1, 1)
+    unlimited.packets = unlimited.bytes = 1 << 62
+    assert not unlimited.expired()
+
+
+def test_aead_is_created_once() -> None:
+    sa = _sa(1, 1)
+    assert sa.aead is sa.aead
+
+
+def test_agent_sad_capacity_and_reuse_through_config() -> None:
+    agent = IpsecAgent(AgentConfig(sad_size=3))
+    assert [add_sa(agent, IN, spi, LOCAL4) for spi in (1, 2, 3)] == [1, 2, 3]
+    assert request(agent, Opcode.REMOVE_SA, sa_index_tlv(2)).status == ConfigStatus.OK
+    assert add_sa(agent, OUT, 9, PEER4) == 2
+    assert agent.dump()["sad_used"] == 3
+    full = request(agent, Opcode.REMOVE_SA, sa_index_tlv(4))
+    assert full.status == ConfigStatus.NOT_FOUND
