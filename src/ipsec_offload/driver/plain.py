@@ -12,15 +12,16 @@ class PlainDriver:
     """Frames in and out as they are; the xdo_dev_* calls are refused (no NETIF_F_HW_ESP)."""
 
     hw_esp_offload = False
+    hw_tso = False
 
     def __init__(self, mac: bytes) -> None:
         self.mac = mac
         self._tx: list[bytes] = []
         self._events: list[DriverEvent] = []
 
-    def xmit(self, frame: bytes, offload: TxOffload | None = None) -> None:
-        if offload is not None:
-            raise UsageError("this device has no ESP offload; send without TxOffload")
+    def xmit(self, frame: bytes, offload: TxOffload | None = None, mss: int = 0) -> None:
+        if offload is not None or mss:
+            raise UsageError("this device has no ESP offload nor TSO; send without them")
         self._tx.append(frame)
 
     def receive(self, frames: Iterable[bytes], now: float) -> None:

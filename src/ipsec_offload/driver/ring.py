@@ -120,6 +120,7 @@ class RingDriver:
     """The data path of a PF or VF driver: Tx and Rx rings, and the queue of events."""
 
     hw_esp_offload = True
+    hw_tso = True
 
     def __init__(self, mac: bytes, vlans: tuple[VlanTag, ...] = ()) -> None:
         self.mac = mac

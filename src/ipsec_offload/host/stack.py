@@ -12,6 +12,11 @@ work as Linux's xfrm does:
   stack assigns the sequence number (the IV is the same 64-bit counter). An offloaded state's
   packet goes down as L2 | IP | ESP | IV | plaintext with a TxOffload; the agent adds trailer
   and ICV. A software state's packet is sealed here.
+- Large sends (`send_tcp`, `send_udp` with an MSS): on a transport-mode state offloaded to a
+  device with TSO, each large send (up to what the IP length field allows) goes down as one
+  frame with its MSS; the NIC segments it and the agent numbers every segment (spec section
+  7). Otherwise (software ESP, tunnel mode, no IPsec) the stack cuts the segments itself, with
+  the same rules as the NIC (`nic.tso.segment_l4`), and sends each as a packet of its own.
 - Receiving: Rx status OK means the agent decrypted in place; the stack strips ESP. A frame
   without a status (NO_SA, or not looked at) is decrypted here if the stack holds the state.
   Inbound policies then check the packet came through the state they name.
@@ -30,6 +35,7 @@ from ipsec_offload.crypto.esp import esp_open, esp_seal, explicit_iv
 from ipsec_offload.driver.control import Errno
 from ipsec_offload.driver.ring import (
     DriverEvent,
+    OffloadLost,
     OffloadState,
     PacketReceived,
     StateAddDone,
@@ -39,6 +45,7 @@ from ipsec_offload.driver.ring import (
 )
 from ipsec_offload.errors import AuthenticationError, ParseError, UsageError
 from ipsec_offload.host.xfrm import Mode, Offload, XfrmPolicy, XfrmState
+from ipsec_offload.nic.tso import L4Header, segment_l4
 from ipsec_offload.wire.addr import ip_to_str
 from ipsec_offload.wire.config import Algorithm, Direction, SaStats
 from ipsec_offload.wire.esp import (
@@ -68,30 +75,43 @@ from ipsec_offload.wire.ip import (
 )
 from ipsec_offload.wire.metadata import RxMetadata, RxStatus
 from ipsec_offload.wire.transport import (
+    UDP_HEADER_LEN,
     IcmpEcho,
     IcmpType,
     Icmpv6Type,
+    TcpFlags,
+    TcpHeader,
     UdpHeader,
     build_icmp_echo,
-    build_udp,
     parse_icmp_echo,
+    parse_tcp,
     parse_udp,
     transport_checksum,
 )
+
+DEFAULT_MSS = 1400
+"""TCP payload bytes per segment unless told otherwise: a segment with ESP (header, IV, up to
+5 bytes of trailer, ICV) and its IPv4 or IPv6 and TCP headers fits a 1500-byte MTU."""
 
 _SEQ_LIMIT = {False: (1 << 32) - 1, True: (1 << 64) - 1}
 _ECHO_REQUEST = {4: IcmpType.ECHO_REQUEST, 16: Icmpv6Type.ECHO_REQUEST}
 _ECHO_REPLY = {4: IcmpType.ECHO_REPLY, 16: Icmpv6Type.ECHO_REPLY}
 _ICMP = {4: IpProto.ICMP, 16: IpProto.ICMPV6}
 _IN_TUNNEL = {4: IpProto.IPIP, 16: IpProto.IPV6}
+_IP_PACKET_MAX = 0xFFFF
+_SEQ_MASK = 0xFFFF_FFFF
+_OFFLOAD_PREFIX = {4: 20 + ESP_HEADER_LEN + ESP_IV_LEN, 16: ESP_HEADER_LEN + ESP_IV_LEN}
+"""Bytes of an offloaded large send before its L4 header that count against the IP length
+field: IPv4 header, ESP header and IV; IPv6 (whose payload length excludes its header): ESP."""
 
 
 class NetDevice(Protocol):
     """What the stack needs of its device: Linux's xfrmdev_ops plus transmit."""
 
     hw_esp_offload: bool
+    hw_tso: bool
 
-    def xmit(self, frame: bytes, offload: TxOffload | None = None) -> None: ...
+    def xmit(self, frame: bytes, offload: TxOffload | None = None, mss: int = 0) -> None: ...
     def events(self) -> list[DriverEvent]: ...
     def xdo_dev_state_add(self, state: OffloadState, now: float) -> None: ...
     def xdo_dev_state_delete(self, handle: int, now: float) -> None: ...
@@ -102,7 +122,8 @@ class NetDevice(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Delivered:
-    """A packet the stack delivered to an application (UDP datagram or ICMP echo)."""
+    """A packet the stack delivered to an application (UDP datagram, TCP segment or ICMP
+    echo; for an echo the ports are its identifier and sequence number)."""
 
     time: float
     protocol: int
@@ -115,6 +136,10 @@ class Delivered:
     """The handle of the state it arrived through, None if it came in clear."""
     offloaded: bool
     """True when the agent decrypted it (Rx status OK)."""
+    tcp_seq: int | None = None
+    """A TCP segment's sequence number (None for other protocols)."""
+    tcp_flags: TcpFlags | None = None
+    """A TCP segment's flags (None for other protocols)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,15 +157,28 @@ class StateResult:
 StackEvent = Delivered | StateResult
 
 
+@dataclass(frozen=True, slots=True)
+class _Tso:
+    """A large send for the device to segment: its MSS and the segments it will give."""
+
+    mss: int
+    segments: int
+
+
 @dataclass(slots=True)
 class StackCounters:
     tx_plain: int = 0
     tx_esp_software: int = 0
     tx_esp_offloaded: int = 0
+    tx_tso_sends: int = 0
+    """Large sends handed down to the device's TSO (also counted in tx_esp_offloaded)."""
+    tx_sw_segmented: int = 0
+    """Large sends the stack cut into segments itself."""
     rx_delivered: int = 0
     rx_esp_offloaded: int = 0
     rx_esp_software: int = 0
     offload_fallbacks: int = 0
+    offload_lost: int = 0
     drops: dict[str, int] = field(default_factory=dict)
 
     def drop(self, reason: str) -> None:
@@ -238,13 +276,76 @@ class HostStack:
     # -- sending --------------------------------------------------------------------------
 
     def send_udp(
-        self, dst: str | bytes, src_port: int, dst_port: int, payload: bytes, now: float
+        self,
+        dst: str | bytes,
+        src_port: int,
+        dst_port: int,
+        payload: bytes,
+        now: float,
+        *,
+        mss: int = 0,
     ) -> None:
-        """Send one UDP datagram."""
-        dst_b = _addr(dst)
-        src_b = self._source(dst_b)
-        segment = build_udp(UdpHeader(src_port, dst_port), payload, src_b, dst_b)
-        self.send_ip(dst_b, IpProto.UDP, segment, now)
+        """Send one UDP datagram; with `mss`, a large send cut into datagrams of `mss` payload
+        bytes each (Linux's UDP_SEGMENT), by the NIC when the state allows TSO."""
+        self._send_l4(_addr(dst), IpProto.UDP, UdpHeader(src_port, dst_port), payload, mss, now)
+
+    def send_tcp(
+        self,
+        dst: str | bytes,
+        src_port: int,
+        dst_port: int,
+        data: bytes,
+        now: float,
+        *,
+        seq: int = 0,
+        ack: int = 0,
+        flags: TcpFlags = TcpFlags.ACK | TcpFlags.PSH,
+        window: int = 0xFFFF,
+        mss: int = DEFAULT_MSS,
+    ) -> int:
+        """Send `data` as TCP segments of at most `mss` payload bytes (0: one segment), the
+        first numbered `seq`; returns the sequence number that follows (SYN and FIN count
+        one each).
+
+        The segments carry `ack`, `window` and `flags` (FIN and PSH only on the last, CWR only
+        on the first). There is no connection state: no handshake, acknowledgment or
+        retransmission. An offloaded transport-mode state hands the data down as TSO sends.
+        """
+        header = TcpHeader(src_port, dst_port, seq, ack, flags, window)
+        self._send_l4(_addr(dst), IpProto.TCP, header, data, mss, now)
+        consumed = len(data) + bool(flags & TcpFlags.SYN) + bool(flags & TcpFlags.FIN)
+        return (seq + consumed) & _SEQ_MASK
+
+    def _send_l4(
+        self,
+        dst: bytes,
+        protocol: IpProto,
+        header: L4Header,
+        payload: bytes,
+        mss: int,
+        now: float,
+    ) -> None:
+        """Send `payload` behind `header`, cut into `mss`-byte segments (0: one segment)."""
+        if mss < 0:
+            raise UsageError(f"MSS {mss}: give 0 (no segmentation) or the bytes per segment")
+        src = self._source(dst)
+        device = self.device
+        large = 0 < mss < len(payload)
+        state = self._tso_state(src, dst, protocol) if large else None
+        if state is None or not device.hw_tso:
+            if large:
+                self.counters.tx_sw_segmented += 1
+            for segment in segment_l4(header, payload, mss or max(1, len(payload)), src, dst):
+                self.send_ip(dst, protocol, segment, now)
+            return
+        l4_len = header.header_len if isinstance(header, TcpHeader) else UDP_HEADER_LEN
+        room = _IP_PACKET_MAX - _OFFLOAD_PREFIX[len(dst)] - l4_len
+        per_send = room // mss * mss
+        if not per_send:
+            raise UsageError(f"MSS {mss}: a segment must fit an IP packet; use at most {room}")
+        for index, send in enumerate(segment_l4(header, payload, per_send, src, dst)):
+            chunk = min(per_send, len(payload) - index * per_send)
+            self._xmit_esp(state, protocol, send, _Tso(mss, -(-chunk // mss)))
 
     def send_echo(self, dst: str | bytes, ident: int, seq: int, payload: bytes, now: float) -> None:
         """Send an ICMP (or ICMPv6) echo request."""
@@ -273,7 +374,23 @@ class HostStack:
         else:
             self._xmit_esp(state, protocol, segment)
 
-    def _xmit_esp(self, state: XfrmState, next_header: int, payload: bytes) -> None:
+    def _tso_state(self, src: bytes, dst: bytes, protocol: int) -> XfrmState | None:
+        """The state whose packets to `dst` may go down as TSO sends: a transport-mode state
+        the device holds (tunnel-mode sends are segmented by the stack)."""
+        policy = self._policy(Direction.OUTBOUND, src, dst, protocol)
+        if policy is None:
+            return None
+        state = self.states[policy.state]
+        return state if state.mode == Mode.TRANSPORT and self._offloaded(state) else None
+
+    def _offloaded(self, state: XfrmState) -> bool:
+        return state.offload == Offload.DEVICE and self.device.xdo_dev_offload_ok(state.handle)
+
+    def _xmit_esp(
+        self, state: XfrmState, next_header: int, payload: bytes, tso: _Tso | None = None
+    ) -> None:
+        """Protect `payload` with `state`; `tso` (only for an offloaded state) makes it one
+        large send for the device to segment, numbered once here and per segment by the agent."""
         if state.lifetime_packets and state.packets >= state.lifetime_packets:
             self.counters.drop("out_state_expired")
             return
@@ -282,11 +399,12 @@ class HostStack:
             self.counters.drop("out_seq_exhausted")
             return
         state.oseq = seq
-        state.packets += 1
+        state.packets += 1 if tso is None else tso.segments
         state.bytes += len(payload)
-        if state.offload == Offload.DEVICE and self.device.xdo_dev_offload_ok(state.handle):
+        if self._offloaded(state):
             esp = build_esp(EspHeader(state.spi, seq & 0xFFFFFFFF)) + explicit_iv(seq)
-            self._xmit_ip(state.src, state.dst, IpProto.ESP, esp + payload, (state, next_header))
+            offload = (state, next_header)
+            self._xmit_ip(state.src, state.dst, IpProto.ESP, esp + payload, offload, tso)
             self.counters.tx_esp_offloaded += 1
             return
         sealed = esp_seal(state.aead, state.spi, seq, state.esn, payload, next_header)
@@ -300,6 +418,7 @@ class HostStack:
         protocol: int,
         body: bytes,
         offload: tuple[XfrmState, int] | None,
+        tso: _Tso | None = None,
     ) -> None:
         mac = self.neighbors.get(dst)
         if mac is None:
@@ -310,19 +429,29 @@ class HostStack:
                 mac, self.mac, EtherType.IPV4 if len(dst) == 4 else EtherType.IPV6, self.vlans
             )
         )
-        ip = self._ip_header(src, dst, protocol, len(body))
+        ip = self._ip_header(src, dst, protocol, len(body), 1 if tso is None else tso.segments)
         frame = l2 + ip + body
         if offload is None:
             self.device.xmit(frame)
             return
         state, next_header = offload
-        self.device.xmit(frame, TxOffload(state.handle, next_header, len(l2), len(ip)))
+        tx = TxOffload(state.handle, next_header, len(l2), len(ip))
+        if tso is None:
+            self.device.xmit(frame, tx)
+        else:
+            self.device.xmit(frame, tx, tso.mss)
+            self.counters.tx_tso_sends += 1
 
-    def _ip_header(self, src: bytes, dst: bytes, protocol: int, length: int) -> bytes:
+    def _ip_header(
+        self, src: bytes, dst: bytes, protocol: int, length: int, packets: int = 1
+    ) -> bytes:
+        """An IP header; IPv4 takes the next identification, or `packets` of them for a TSO
+        send (the NIC numbers its segments on from the first)."""
         if len(dst) == 16:
             return build_ipv6(IPv6Header(src, dst, protocol, length))
-        self._ip_id = (self._ip_id + 1) & 0xFFFF
-        return build_ipv4(IPv4Header(src, dst, protocol, 20 + length, self._ip_id))
+        ident = (self._ip_id + 1) & 0xFFFF
+        self._ip_id = (self._ip_id + packets) & 0xFFFF
+        return build_ipv4(IPv4Header(src, dst, protocol, 20 + length, ident))
 
     def _source(self, dst: bytes) -> bytes:
         try:
@@ -352,6 +481,17 @@ class HostStack:
                 self._deleted(event, now)
             elif isinstance(event, StatsDone):
                 self._stats(event)
+            elif isinstance(event, OffloadLost):
+                self._lost(event, now)
+
+    def _lost(self, event: OffloadLost, now: float) -> None:
+        """A reset took the state out of the agent and it could not be re-added."""
+        state = self.states.get(event.handle)
+        if state is not None and state.offload == Offload.DEVICE:
+            state.offload = Offload.SOFTWARE
+            state.add_rc = event.rc
+            self.counters.offload_lost += 1
+            self._events.append(StateResult(now, event.handle, "lost", event.rc, state.offload))
 
     def _added(self, event: StateAddDone, now: float) -> None:
         state = self.states.get(event.handle)
@@ -506,11 +646,16 @@ class HostStack:
             self.counters.drop("bad_checksum")
             return
         handle = None if state is None else state.handle
+        tcp: TcpHeader | None = None
         try:
             if protocol == IpProto.UDP:
                 udp = parse_udp(segment)
                 ports = (udp.src_port, udp.dst_port)
-                payload = bytes(segment[8 : udp.length])
+                payload = bytes(segment[UDP_HEADER_LEN : udp.length])
+            elif protocol == IpProto.TCP:
+                tcp = parse_tcp(segment)
+                ports = (tcp.src_port, tcp.dst_port)
+                payload = bytes(segment[tcp.header_len :])
             elif protocol in (IpProto.ICMP, IpProto.ICMPV6):
                 echo = parse_icmp_echo(segment)
                 ports = (echo.ident, echo.seq)
@@ -525,7 +670,19 @@ class HostStack:
             return
         self.counters.rx_delivered += 1
         self._events.append(
-            Delivered(now, protocol, src, dst, ports[0], ports[1], payload, handle, offloaded)
+            Delivered(
+                now,
+                protocol,
+                src,
+                dst,
+                ports[0],
+                ports[1],
+                payload,
+                handle,
+                offloaded,
+                None if tcp is None else tcp.seq,
+                None if tcp is None else tcp.flags,
+            )
         )
 
     # -- sans-IO plumbing -----------------------------------------------------------------
@@ -557,10 +714,13 @@ class HostStack:
                 "tx_plain": self.counters.tx_plain,
                 "tx_esp_software": self.counters.tx_esp_software,
                 "tx_esp_offloaded": self.counters.tx_esp_offloaded,
+                "tx_tso_sends": self.counters.tx_tso_sends,
+                "tx_sw_segmented": self.counters.tx_sw_segmented,
                 "rx_delivered": self.counters.rx_delivered,
                 "rx_esp_offloaded": self.counters.rx_esp_offloaded,
                 "rx_esp_software": self.counters.rx_esp_software,
                 "offload_fallbacks": self.counters.offload_fallbacks,
+                "offload_lost": self.counters.offload_lost,
                 "drops": dict(sorted(self.counters.drops.items())),
             },
         }

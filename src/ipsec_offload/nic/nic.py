@@ -10,6 +10,10 @@ or else from the descriptor's L2TAG fields. The embedded switch decides where it
   agent. Broadcast and multicast go to every other VSI and to the agent.
 - VEPA: every frame goes to the agent, which turns local traffic around (hairpin).
 
+A descriptor with an MSS is one large send: the NIC cuts it into segments (TSO, see
+`nic.tso`) after the anti-spoof check, and each segment then goes through the switch and gets
+the tag as a frame of its own.
+
 Frames from the agent carry the Rx metadata tag: the NIC strips it into the Rx descriptor and
 delivers the frame to the VSI that owns its destination MAC and VLANs (multicast to every VSI
 but the sender). The NIC is sans-IO: descriptors and frames in, frames and descriptors out.
@@ -25,8 +29,16 @@ from typing import Any
 
 from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
+from ipsec_offload.nic.tso import TsoDrop, tso_segment
 from ipsec_offload.wire.addr import mac_to_str
-from ipsec_offload.wire.ethernet import EtherType, VlanKey, VlanTag, parse_ethernet, vlan_key
+from ipsec_offload.wire.ethernet import (
+    EthernetHeader,
+    EtherType,
+    VlanKey,
+    VlanTag,
+    parse_ethernet,
+    vlan_key,
+)
 
 _META_TAG = struct.Struct(">HI")
 
@@ -45,7 +57,7 @@ class VsiKind(IntEnum):
 
 @dataclass(slots=True)
 class VsiCounters:
-    """Per-VSI counters."""
+    """Per-VSI counters. Tx packets and bytes count frames after TSO (segments)."""
 
     tx_packets: int = 0
     tx_bytes: int = 0
@@ -53,6 +65,12 @@ class VsiCounters:
     tx_spoofed: int = 0
     tx_malformed: int = 0
     tx_port_tagged: int = 0
+    tso_sends: int = 0
+    """TSO descriptors segmented."""
+    tso_segments: int = 0
+    """Segments they gave."""
+    tso_drops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TsoDrop.__members__, 0))
+    """TSO descriptors refused, by `TsoDrop` name."""
     rx_packets: int = 0
     rx_bytes: int = 0
 
@@ -174,6 +192,25 @@ class Nic:
         if vsi.anti_spoof and (eth.src != vsi.mac or vlan_key(eth.vlans) != vsi.vlan_key):
             counters.tx_spoofed += 1
             return
+        word = desc.l2tag if vsi.port_tag is None else vsi.port_tag
+        frames = [frame]
+        if desc.mss:
+            segments = tso_segment(frame, word, desc.mss)
+            if isinstance(segments, TsoDrop):
+                counters.tso_drops[segments.name] += 1
+                return
+            counters.tso_sends += 1
+            counters.tso_segments += len(segments)
+            frames = segments
+        for each in frames:
+            self._switch(vsi, eth, each, word, out)
+
+    def _switch(
+        self, vsi: Vsi, eth: EthernetHeader, frame: bytes, word: int | None, out: NicOutput
+    ) -> None:
+        """One frame from `vsi` (headers `eth`) into the switch, tagged with `word` toward
+        the agent."""
+        counters = vsi.counters
         counters.tx_packets += 1
         counters.tx_bytes += len(frame)
         multicast = bool(eth.dst[0] & 1)
@@ -186,10 +223,8 @@ class Nic:
                     counters.tx_switched += 1
                     self._deliver(target, frame, None, out)
                     return
-        word = desc.l2tag
         if vsi.port_tag is not None:
             counters.tx_port_tagged += 1
-            word = vsi.port_tag
         if word is not None:
             frame = frame[:12] + _META_TAG.pack(self._meta, word) + frame[12:]
         out.to_agent.append(frame)
