@@ -382,3 +382,17 @@ def test_scale_64_vfs_with_64_sas_each() -> None:
     for vf in range(64):
         bed.destroy_vm(f"vm{vf}")
     assert len(bed.agent.sad) == 0 == len(pf_of(bed).db)
+
+
+def test_offload_lost_after_a_reset_falls_back_to_software() -> None:
+    bed = sriov_bed()
+    vm = vm_with_sas(bed, "vm1", 0, pairs=1)
+    pf_of(bed).set_vf_trust(0, False)  # re-adding will be refused
+    bed.reset_vf(vm)
+    assert [s.offload for s in vm.states.values()] == [Offload.SOFTWARE, Offload.SOFTWARE]
+    assert vm.counters.offload_lost == 2
+    assert [r.operation for r in bed.results(vm)][-2:] == ["lost", "lost"]
+    assert len(bed.agent.sad) == 0
+    vm.send_udp("10.0.1.1", 1, 1, b"software now", bed.now)
+    bed.settle(vm)
+    assert udp_payloads(bed, bed.endpoint("vm1-peer").stack) == [b"software now"]
