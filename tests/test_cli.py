@@ -33,32 +33,31 @@ def readme_outputs() -> list[str]:
     return names
 
 
-def summary_rows(output: str) -> dict[str, list[str]]:
-    """The 'Configured SAs' table of the summary: SA name -> its columns."""
+def host_rows(output: str) -> dict[tuple[str, str], list[str]]:
+    """The summary's 'SAs as the hosts hold them' rows of host `host`: (sa, dir) -> rest."""
     rows = {}
     for line in output.splitlines():
         fields = line.split()
-        if len(fields) == 7 and "/" in fields[0]:
-            rows[fields[0]] = fields[1:]
+        if len(fields) == 7 and fields[1] == "host" and fields[3].startswith("0x"):
+            rows[(fields[0], fields[2])] = fields[3:]
     return rows
 
 
-def test_run_writes_the_documented_outputs(tmp_path: Path) -> None:
+def test_run_basic_writes_the_documented_outputs(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = run("--out", str(out))
+    result = run("basic", "--out", str(out))
     assert result.exit_code == 0, result.output
     assert result.exception is None
 
     # the summary names each SA with where it runs and the xdo_dev_state_add result
-    rows = summary_rows(result.output)
-    assert rows == {
-        "ipv4-transport/out": ["0x00001001", "AES_GCM_128", "TRANSPORT", "DEVICE", "0", "25"],
-        "ipv4-transport/in": ["0x00001002", "AES_GCM_128", "TRANSPORT", "DEVICE", "0", "25"],
-        "ipv6-tunnel/out": ["0x00001003", "AES_GCM_256", "TUNNEL", "DEVICE", "0", "15"],
-        "ipv6-tunnel/in": ["0x00001004", "AES_GCM_256", "TUNNEL", "SOFTWARE", "-95", "15"],
+    assert host_rows(result.output) == {
+        ("ipv4-transport", "outbound"): ["0x00001001", "DEVICE", "0", "25"],
+        ("ipv4-transport", "inbound"): ["0x00001002", "DEVICE", "0", "25"],
+        ("ipv6-tunnel", "outbound"): ["0x00001003", "DEVICE", "0", "15"],
+        ("ipv6-tunnel", "inbound"): ["0x00001004", "SOFTWARE", "-95", "15"],
     }
-    assert "Agent SAD: 3 of 4096 entries" in result.output
-    assert "Agent drops by reason: none" in result.output
+    assert "Agent SAD at the end: 3 of 4096 entries" in result.output
+    assert "Agent drops: none" in result.output
     assert str(out) in result.output
 
     names = readme_outputs()
@@ -67,7 +66,7 @@ def test_run_writes_the_documented_outputs(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
     for name in names:
         if name.endswith(".pcap"):
-            # The default run's port is in VEB mode: nothing is turned around.
+            # This port is in VEB mode: nothing is turned around.
             assert bool(read_pcap(out / name)) == (name != "agent-hairpin.pcap"), name
     link = {
         name: len(read_pcap(out / f"{name}.pcap"))
@@ -77,6 +76,7 @@ def test_run_writes_the_documented_outputs(tmp_path: Path) -> None:
     assert len(read_pcap(out / "wire-link.pcap")) == link["wire-to-agent"] + link["agent-to-wire"]
 
     report = json.loads((out / "report.json").read_text())
+    assert report["outputs"] == sorted(names)
     counters = report["agent"]["counters"]
     # the host sends 20 + 5 (IPv4) and 10 + 5 (IPv6 echo replies) frames over offloaded SAs
     assert counters["paths"]["TX_ENCRYPTED"] == 40 == link["agent-to-wire"]
@@ -89,14 +89,57 @@ def test_run_writes_the_documented_outputs(tmp_path: Path) -> None:
     assert counters["paths"]["CONFIG_REQUEST"] == 4  # GET_CAPS and three ADD_SA
     assert report["agent"]["sad_used"] == 3
     assert [sa["packets"] for sa in report["agent"]["sas"]] == [25, 25, 15]
-    assert report["delivered"] == {"host": 40, "peer": 40}
-    assert report["delivered_offloaded"] == {"host": 25, "peer": 0}
-    assert [(sa["name"], sa["offload"], sa["add_rc"]) for sa in report["sas"]] == [
-        ("ipv4-transport/out", "DEVICE", 0),
-        ("ipv4-transport/in", "DEVICE", 0),
-        ("ipv6-tunnel/out", "DEVICE", 0),
-        ("ipv6-tunnel/in", "SOFTWARE", -95),
-    ]
+    assert all(flow["complete"] for flow in report["flows"].values())
+    assert sum(f["delivered"] for f in report["flows"].values()) == 70
+    assert [c["outcome"] for c in report["challenges"]] == ["not exercised"] * 5
+
+
+CHALLENGES = [
+    "False match across SAD domains",
+    "Abandoned SAs",
+    "Malicious VF",
+    "East-west VM traffic",
+    "TSO sequence numbers (IVDB)",
+]
+
+
+def test_default_run_tells_every_challenge_held(tmp_path: Path) -> None:
+    result = run("--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [c["challenge"] for c in report["challenges"]] == CHALLENGES
+    assert [c["outcome"] for c in report["challenges"]] == ["held"] * 5
+    for i, name in enumerate(CHALLENGES, 1):
+        assert f"{i}. {name}" in result.output
+    assert all(flow["complete"] for flow in report["flows"].values())
+    assert report["agent"]["counters"]["paths"]["HAIRPIN"] == 30
+    assert "Control-plane timeline" in result.output
+
+
+@pytest.mark.parametrize(
+    ("switch", "broken"),
+    [
+        ("sa-key", "False match across SAD domains"),
+        ("ownership-db", "Abandoned SAs"),
+        ("port-tag", "Malicious VF"),
+        ("hairpin", "East-west VM traffic"),
+        ("ivdb", "TSO sequence numbers (IVDB)"),
+    ],
+)
+def test_each_naive_switch_shows_its_failure(tmp_path: Path, switch: str, broken: str) -> None:
+    result = run("--naive", switch, "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["naive"] == [switch]
+    outcomes = {c["challenge"]: c["outcome"] for c in report["challenges"]}
+    assert outcomes[broken] == "FAILED", outcomes
+    assert f"(naive: {switch})" in result.output
+
+
+def test_unknown_naive_switch_is_refused() -> None:
+    result = run("--naive", "everything")
+    assert result.exit_code == 2
+    assert "Invalid value for '--naive'" in result.output
 
 
 def test_run_is_deterministic(tmp_path: Path) -> None:

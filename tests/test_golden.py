@@ -27,9 +27,11 @@ from scapy.packet import Raw
 from ipsec_offload.agent.agent import IpsecAgent
 from ipsec_offload.agent.counters import Path as AgentPath
 from ipsec_offload.cli.main import main
-from ipsec_offload.sim.demo import build, send_flows, write_outputs
 from ipsec_offload.sim.golden import replay
 from ipsec_offload.sim.pcap import PcapRecord, read_pcap, write_pcap
+from ipsec_offload.sim.report import write_outputs
+from ipsec_offload.sim.runner import prepare
+from ipsec_offload.sim.scenario import builtin_scenario
 from ipsec_offload.sim.testbed import Testbed
 from ipsec_offload.wire.config import (
     AddSaRequest,
@@ -53,9 +55,15 @@ def assert_replay_reproduces(bed: Testbed) -> None:
     assert result.wire_out == list(caps["agent-to-wire"].records)
 
 
+def basic_run() -> Testbed:
+    """The built-in basic scenario (a PF host and a remote peer), run to the end."""
+    run = prepare(*builtin_scenario("basic"))
+    run.run()
+    return run.bed
+
+
 def test_replay_reproduces_the_demo() -> None:
-    bed, _bundles = build()
-    send_flows(bed)
+    bed = basic_run()
     caps = bed.captures
     assert len(caps["agent-to-wire"]) == 40
     assert len(caps["agent-to-nic"]) > 40
@@ -93,8 +101,7 @@ def test_replay_reproduces_a_run_with_losses_and_retransmissions() -> None:
 def test_agent_command_reproduces_the_demo_pcaps(tmp_path: Path) -> None:
     """README: fed the demo's inputs, `ipsec-offload agent` writes agent-to-nic.pcap and
     agent-to-wire.pcap byte for byte, and the keys of the SAs the agent held."""
-    bed, _bundles = build()
-    send_flows(bed)
+    bed = basic_run()
     demo = tmp_path / "demo"
     write_outputs(bed, demo, {})
     ho, wo, keys = tmp_path / "HO.pcap", tmp_path / "WO.pcap", tmp_path / "keys"

@@ -1,8 +1,8 @@
-"""Interop with Wireshark: tshark decrypts the demo's wire with the demo's esp_sa file.
+"""Interop with Wireshark: tshark decrypts the basic scenario's wire with its esp_sa file.
 
-`run_demo` writes the link captures and the keys (spec section 8); tshark, configured with
+A run writes the link captures and the keys (spec section 8); tshark, configured with
 nothing but that esp_sa file, must decrypt every ESP frame of wire-link.pcap and find inside
-exactly the datagrams and pings the demo's flows sent. Wireshark 4.0 authenticates only the
+exactly the datagrams and pings the scenario's flows sent. Wireshark 4.0 authenticates only the
 8-byte AAD (SPI || seq), so the ICV check is asserted for the SAs without ESN only (see
 sim/espsa.py); the ESN SAs are checked by scapy in test_interop_scapy.py.
 """
@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
-from ipsec_offload.sim.demo import FLOWS, run_demo
 from ipsec_offload.sim.pcap import read_pcap
+from ipsec_offload.sim.report import build_report, write_outputs
+from ipsec_offload.sim.runner import payload_of, prepare
+from ipsec_offload.sim.scenario import Scenario, builtin_scenario
 from tools import tshark_decode
 
 pytestmark = pytest.mark.interop
@@ -55,25 +57,28 @@ PROTOCOL_CHAINS = {
 }
 
 
+SCENARIO, _SOURCE = builtin_scenario("basic")
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("demo")
-    return out, run_demo(out)
+    run = prepare(SCENARIO, _SOURCE)
+    run.run()
+    report = build_report(run)
+    write_outputs(run.bed, out, report)
+    return out, report
 
 
-def demo_payload(kind: str, src: str, dst: str, family: int, i: int) -> bytes:
-    """What the demo's applications send (sim/demo.py send_flows)."""
-    return f"{kind} {src}->{dst} v{family} #{i} ".encode() * (1 + i % 7)
-
-
-def expected_esp_frames() -> Counter[tuple[str, int, bytes]]:
+def expected_esp_frames(scenario: Scenario) -> Counter[tuple[str, int, bytes]]:
     """(kind, family, payload) of every ESP frame the flows put on the wire: one per
     datagram, two per ping (request and reply carry the same data)."""
     frames: Counter[tuple[str, int, bytes]] = Counter()
-    for flow in FLOWS:
-        for i in range(flow.count):
-            payload = demo_payload(flow.kind, flow.src, flow.dst, flow.family, i)
-            frames[(flow.kind, flow.family, payload)] += 1 if flow.kind == "udp" else 2
+    for i, flow in enumerate(scenario.flow):
+        kind = "udp" if flow.protocol == "udp" else "ping"
+        for n in range(flow.count):
+            payload = payload_of(i, n, flow.size)
+            frames[(kind, flow.family, payload)] += 1 if kind == "udp" else 2
     return frames
 
 
@@ -89,11 +94,12 @@ def test_tshark_decrypts_every_wire_frame(tshark: str, demo: tuple[Path, dict[st
     sent_esp = sum(
         h["counters"]["tx_esp_offloaded"] + h["counters"]["tx_esp_software"] for h in hosts.values()
     )
-    assert sum(expected_esp_frames().values()) == sent_esp == 80
+    assert sum(expected_esp_frames(SCENARIO).values()) == sent_esp == 80
     esp_rows = [r for r in rows if r["esp.spi"]]
     assert len(esp_rows) == len(rows) == sent_esp  # the demo puts only ESP on the wire
 
-    esn_by_spi = {int(sa["spi"], 16): sa["esn"] for sa in report["sas"]}
+    esn_of = {sa.name: sa.esn for sa in SCENARIO.sa}
+    esn_by_spi = {int(sa["spi"], 16): esn_of[sa["sa"]] for sa in report["sas"]}
     assert sorted(esn_by_spi.values()) == [False, False, True, True]
     addresses = {
         name: {ipaddress.ip_address(s["src"]) for s in h["states"] if s["direction"] == "OUTBOUND"}
@@ -124,17 +130,19 @@ def test_tshark_decrypts_every_wire_frame(tshark: str, demo: tuple[Path, dict[st
         payload = bytes.fromhex(row["data.data"])
         seen[(kind, family, payload)] += 1
         if kind == "udp":
-            sender = payload.split(b" ")[1].split(b"->")[0].decode()
-            assert outer_src in addresses[sender], where
-            assert int(row["udp.srcport"]) - 40000 == int(payload.split(b"#")[1].split()[0])
-            assert int(row["udp.dstport"]) == 5000 + family
+            index = int(payload.split(b" ")[1])  # "flow <index> packet <n> ..."
+            assert outer_src in addresses[SCENARIO.flow[index].source], where
+            assert int(row["udp.srcport"]) == 40000 + index, where
+            assert int(row["udp.dstport"]) == 5000 + index, where
 
-    assert seen == expected_esp_frames()
+    assert seen == expected_esp_frames(SCENARIO)
     # every SA numbers its packets 1, 2, 3, ... in wire order
     assert {spi: s == list(range(1, len(s) + 1)) for spi, s in seqs.items()} == dict.fromkeys(
         esn_by_spi, True
     )
-    packets = {int(sa["spi"], 16): sa["packets"] for sa in report["sas"]}
+    packets = {
+        int(sa["spi"], 16): sa["packets"] for sa in report["sas"] if sa["direction"] == "outbound"
+    }
     assert {spi: len(s) for spi, s in seqs.items()} == packets
 
 

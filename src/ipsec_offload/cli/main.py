@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ipsec_offload.errors import IpsecOffloadError
-from ipsec_offload.sim.demo import format_summary, run_demo
 from ipsec_offload.sim.golden import run_golden
+from ipsec_offload.sim.report import build_report, summary, write_outputs
+from ipsec_offload.sim.runner import prepare
+from ipsec_offload.sim.scenario import NAIVE_SWITCHES, resolve_scenario
 
 
 @click.group()
@@ -18,6 +23,7 @@ def main() -> None:
 
 
 @main.command()
+@click.argument("scenario", required=False)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -25,13 +31,56 @@ def main() -> None:
     show_default=True,
     help="Folder for the pcaps, the esp_sa keys file and report.json.",
 )
-def run(out: Path) -> None:
-    """Run the built-in default scenario and print its summary."""
+@click.option(
+    "--naive",
+    "naive",
+    multiple=True,
+    type=click.Choice(NAIVE_SWITCHES),
+    help="Switch off one of the deck's fixes to watch its failure (repeatable).",
+)
+@click.option("--timeline", default=30, show_default=True, help="Timeline lines to print.")
+def run(scenario: str | None, out: Path, naive: tuple[str, ...], timeline: int) -> None:
+    """Run SCENARIO (a TOML file, or a built-in: default, basic) and print its summary.
+
+    Without SCENARIO, the built-in default tells the deck's whole story on one port.
+    """
     try:
-        report = run_demo(out)
+        spec, source = resolve_scenario(scenario)
+        prepared = prepare(spec, source, naive)
+        with _Progress() as progress:
+            prepared.run(progress.update)
+        report = build_report(prepared)
+        write_outputs(prepared.bed, out, report)
     except IpsecOffloadError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(format_summary(report, out))
+    click.echo(summary(report, out, timeline))
+
+
+class _Progress:
+    """A progress bar on stderr, shown only once a run has taken more than a moment."""
+
+    DELAY = 0.5
+
+    def __init__(self) -> None:
+        self._start = time.monotonic()
+        self._bar: Any = None
+        self._shown = 0
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def update(self, fraction: float) -> None:
+        if self._bar is None and time.monotonic() - self._start > self.DELAY:
+            self._bar = click.progressbar(length=1000, label="simulating", file=sys.stderr)
+            self._bar.__enter__()
+        if self._bar is not None:
+            target = int(fraction * 1000)
+            self._bar.update(target - self._shown)
+            self._shown = target
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
 
 
 @main.command()

@@ -10,8 +10,8 @@ driver keeps the states it offloaded: after a reset, its own (`reset`) or the PF
 is reported as OffloadLost and the stack carries it in software.
 
     state      input                         next
-    STARTING   REQUEST_RESOURCES granted     READY (re-add kept states)
-    STARTING   xdo_dev_state_add             STARTING (-EBUSY)
+    STARTING   REQUEST_RESOURCES granted     READY (send parked adds, re-add kept states)
+    STARTING   xdo_dev_state_add             STARTING (parked until resources come)
     READY      xdo_dev_state_add/_delete     READY (mailbox request)
     any        reset / EVENT_PF_RESET        STARTING (RESET?, REQUEST_RESOURCES)
 """
@@ -88,6 +88,7 @@ class VfDriver(RingDriver):
         self.quota = 0
         self.vf_counters = VfCounters()
         self._states: dict[int, OffloadState] = {}
+        self._parked: set[int] = set()
         self._pending: dict[int, _Then] = {}
         self._next_msg_id = 1
         self._out: list[bytes] = []
@@ -144,8 +145,11 @@ class VfDriver(RingDriver):
             self.vf_counters.mailbox_bad += 1
             return
         self.state = VfDriverState.READY
+        parked, self._parked = self._parked, set()
         for state in list(self._states.values()):
-            if state.handle not in self.sa_index:
+            if state.handle in parked:
+                self._offload(state, readd=False)
+            elif state.handle not in self.sa_index:
                 self.vf_counters.readds += 1
                 self._offload(state, readd=True)
 
@@ -159,10 +163,10 @@ class VfDriver(RingDriver):
         """Ask the PF to offload a state; completes with StateAddDone."""
         if state.handle in self._states:
             raise UsageError(f"xfrm state {state.handle} is already offloaded")
-        if self.state != VfDriverState.READY:
-            self._events.append(StateAddDone(state.handle, -Errno.EBUSY, None))
-            return
         self._states[state.handle] = state
+        if self.state != VfDriverState.READY:
+            self._parked.add(state.handle)  # sent once the PF grants resources
+            return
         self._offload(state, readd=False)
 
     def _offload(self, state: OffloadState, *, readd: bool) -> None:

@@ -60,7 +60,22 @@ class Endpoint:
     vsi: int | None
     vf: int | None = None
     log: list[StackEvent] = field(default_factory=list)
-    timer_at: float | None = None
+    timer: _Timer | None = None
+
+
+class _Timer:
+    """A driver's retransmission timer in the event queue; a re-armed one cancels the old,
+    which then leaves the queue without moving simulated time."""
+
+    __slots__ = ("at", "cancelled", "fire")
+
+    def __init__(self, at: float, fire: Callable[[], None]) -> None:
+        self.at = at
+        self.fire = fire
+        self.cancelled = False
+
+    def __call__(self) -> None:
+        self.fire()
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +130,14 @@ class Testbed:
         self.link_drops: dict[str, int] = dict.fromkeys(LINKS, 0)
         self.faults: list[Fault] = []
         self.endpoints: dict[str, Endpoint] = {}
+        self.retired: dict[str, Endpoint] = {}
+        """Hosts that are gone (destroyed VMs), kept for what they received."""
         self._queue: list[tuple[float, int, int, Callable[[], None]]] = []
         self._seq = 0
         self._next_spi = 0x1000
+        self._used_spis: set[int] = set()
         self._next_handle = 1
+        self._running = False
 
     # -- building the topology ------------------------------------------------------------
 
@@ -243,7 +262,8 @@ class Testbed:
         vsi = ep.vsi
         descs = [TxDescriptor(frame, l2tag)]
         self._schedule(0.0, _OTHER, lambda: self._nic_tx(vsi, descs))
-        self.run()
+        if not self._running:
+            self.run()
 
     def mailbox_inject(self, vf: int, data: bytes) -> list[bytes]:
         """Raw bytes into the PF from VF `vf`'s mailbox (a hostile VF); returns the replies."""
@@ -294,6 +314,7 @@ class Testbed:
 
     def _remove(self, ep: Endpoint) -> None:
         del self.endpoints[ep.stack.name]
+        self.retired[ep.stack.name] = ep
 
     def endpoint(self, stack: HostStack | str) -> Endpoint:
         name = stack if isinstance(stack, str) else stack.name
@@ -337,6 +358,7 @@ class Testbed:
             "replay_window": replay_window,
         }
         ab_spi, ba_spi = spis if spis is not None else (self._spi(), self._spi())
+        self._used_spis.update((ab_spi, ba_spi))
         bundle = SaBundle(
             a_out=self._state(Direction.OUTBOUND, ab_spi, a_addr, b_addr, ab_key, common),
             a_in=self._state(Direction.INBOUND, ba_spi, b_addr, a_addr, ba_key, common),
@@ -360,7 +382,10 @@ class Testbed:
         return bundle
 
     def _spi(self) -> int:
+        """The next SPI not used by any SA of this testbed."""
         self._next_spi += 1
+        while self._next_spi in self._used_spis:
+            self._next_spi += 1
         return self._next_spi
 
     def _state(
@@ -390,32 +415,57 @@ class Testbed:
     # -- running --------------------------------------------------------------------------
 
     def settle(self, *stacks: HostStack) -> None:
-        """Let the given hosts act on what their API calls queued, then run until idle."""
+        """Let the given hosts act on what their API calls queued, then run until idle.
+
+        Called from an action already running in the loop (a scheduled scenario event), it
+        only queues: the loop that is running carries on in time order."""
         for stack in stacks:
             self._flush(self.endpoint(stack))
-        self.run()
+        if not self._running:
+            self.run()
+
+    def at(self, time: float, action: Callable[[], None]) -> None:
+        """Run `action` at simulated time `time` (not before now)."""
+        self._schedule(max(0.0, time - self.now), _OTHER, action)
 
     def run(self, until: float | None = None) -> None:
         """Process events until none is left (or until simulated time `until`)."""
+        if self._running:
+            raise UsageError("Testbed.run() is already running (call it from outside events)")
         processed = 0
         queue = self._queue
-        while queue and (until is None or queue[0][0] <= until):
-            at, _prio, _seq, action = heapq.heappop(queue)
-            self.now = max(self.now, at)
-            action()
-            processed += 1
-            if processed > self.max_events:
-                raise SimulationError(f"no quiet after {self.max_events} events")
+        self._running = True
+        try:
+            while queue and (until is None or queue[0][0] <= until):
+                at, _prio, _seq, action = heapq.heappop(queue)
+                if isinstance(action, _Timer) and action.cancelled:
+                    continue
+                self.now = max(self.now, at)
+                action()
+                processed += 1
+                if processed > self.max_events:
+                    raise SimulationError(f"no quiet after {self.max_events} events")
+        finally:
+            self._running = False
         if until is not None:
             self.now = max(self.now, until)
 
+    @property
+    def next_event_time(self) -> float | None:
+        """When the next queued event happens (None: nothing queued)."""
+        return self._queue[0][0] if self._queue else None
+
     def delivered(self, stack: HostStack) -> list[Delivered]:
-        """Everything the host's applications received so far."""
-        return [e for e in self.endpoint(stack).log if isinstance(e, Delivered)]
+        """Everything the host's applications received so far (also once it is gone)."""
+        return [e for e in self._log(stack) if isinstance(e, Delivered)]
 
     def results(self, stack: HostStack) -> list[StateResult]:
         """The outcome of every state operation the host made so far."""
-        return [e for e in self.endpoint(stack).log if isinstance(e, StateResult)]
+        return [e for e in self._log(stack) if isinstance(e, StateResult)]
+
+    def _log(self, stack: HostStack) -> list[StackEvent]:
+        gone = self.retired.get(stack.name)
+        return gone.log if gone is not None and gone.stack is stack else self.endpoint(stack).log
 
     def lose(self, link: str, count: int = 1, match: Callable[[bytes], bool] | None = None) -> None:
         """Lose the next `count` frames on a link (those `match` selects, default all)."""
@@ -474,9 +524,14 @@ class Testbed:
         for vf, data in driver.mailbox_messages():
             self._schedule(self.mailbox_delay, _OTHER, partial(self._to_vf, vf, data))
         deadline = driver.next_timer()
-        if deadline is not None and (ep.timer_at is None or deadline < ep.timer_at):
-            ep.timer_at = deadline
-            self._schedule(deadline - self.now, _OTHER, lambda: self._timer(ep))
+        if ep.timer is not None and ep.timer.at == deadline:
+            return
+        if ep.timer is not None:
+            ep.timer.cancelled = True
+            ep.timer = None
+        if deadline is not None:
+            ep.timer = _Timer(deadline, lambda: self._timer(ep))
+            self._schedule(deadline - self.now, _OTHER, ep.timer)
 
     def _to_pf(self, vf: int, data: bytes) -> None:
         self.mailbox_log.append(MailboxRecord(self.now, vf, True, data))
@@ -492,7 +547,7 @@ class Testbed:
                 self._flush(ep)
 
     def _timer(self, ep: Endpoint) -> None:
-        ep.timer_at = None
+        ep.timer = None
         assert isinstance(ep.driver, PfDriver)
         ep.driver.handle_timer(self.now)
         self._flush(ep)

@@ -1,0 +1,428 @@
+"""What a scenario run shows: the deck's five challenges with numbers, flows, SAs, VSIs,
+agent counters and a timeline of the control plane; as data (report.json) and as text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ipsec_offload.agent.counters import Path as AgentPath
+from ipsec_offload.errors import ParseError, UsageError
+from ipsec_offload.host.xfrm import Offload
+from ipsec_offload.sim.espsa import write_esp_sa
+from ipsec_offload.sim.pcap import PcapRecord, write_pcap
+from ipsec_offload.sim.runner import FORGED_PAYLOAD, ScenarioRun, TimelineEntry, results_of
+from ipsec_offload.sim.testbed import Testbed
+from ipsec_offload.wire.addr import ip_to_str, mac_to_str
+from ipsec_offload.wire.config import (
+    ConfigStatus,
+    Direction,
+    Opcode,
+    decode_count,
+    parse_config,
+)
+from ipsec_offload.wire.ethernet import EtherType, parse_ethernet
+from ipsec_offload.wire.mailbox import MbxOpcode, parse_mailbox
+from ipsec_offload.wire.metadata import RxStatus
+
+HELD, FAILED, ABSENT = "held", "FAILED", "not exercised"
+LINK_FILES = {
+    "host-link": ("nic-to-agent", "agent-to-nic"),
+    "wire-link": ("wire-to-agent", "agent-to-wire"),
+}
+"""The pcaps of whole links: (first direction, second direction)."""
+
+
+def build_report(run: ScenarioRun) -> dict[str, Any]:
+    """Everything the run shows, as plain data."""
+    bed = run.bed
+    flows = results_of(run)
+    return {
+        "scenario": run.source,
+        "description": run.scenario.description.strip(),
+        "naive": sorted(run.naive),
+        "simulated_seconds": round(bed.now, 9),
+        "challenges": challenges(run, flows),
+        "flows": flows,
+        "sas": _sas(run),
+        "agent": bed.agent.dump(),
+        "nic": bed.nic.dump(),
+        "pf": bed.pf.dump() if bed.pf is not None else {},
+        "hosts": {name: ep.stack.dump() for name, ep in {**bed.retired, **bed.endpoints}.items()},
+        "link_drops": dict(bed.link_drops),
+        "timeline": [
+            {"time": round(e.time, 9), "actor": e.actor, "what": e.what} for e in timeline(run)
+        ],
+    }
+
+
+# -- the deck's challenges ------------------------------------------------------------------
+
+
+def challenges(run: ScenarioRun, flows: dict[str, Any]) -> list[dict[str, str]]:
+    return [
+        _false_match(run, flows),
+        _abandoned(run),
+        _malicious(run),
+        _east_west(run, flows),
+        _tso(run, flows),
+    ]
+
+
+def _challenge(name: str, outcome: str, observed: str) -> dict[str, str]:
+    return {"challenge": name, "outcome": outcome, "observed": observed}
+
+
+def _behind_nic(run: ScenarioRun) -> set[str]:
+    return {run.scenario.pf.name} | {vm.name for vm in run.scenario.vm}
+
+
+def _flow_names(run: ScenarioRun, flows: dict[str, Any], to: set[str]) -> list[str]:
+    return [name for name, record in zip(flows, run.flows, strict=True) if record.spec.to in to]
+
+
+def _summed(flows: dict[str, Any], names: list[str]) -> tuple[int, int, int]:
+    sent = sum(flows[n]["sent"] for n in names)
+    got = sum(flows[n]["delivered"] for n in names)
+    by_agent = sum(flows[n]["decrypted_by_agent"] for n in names)
+    return sent, got, by_agent
+
+
+def _false_match(run: ScenarioRun, flows: dict[str, Any]) -> dict[str, str]:
+    name = "False match across SAD domains"
+    inside = _behind_nic(run)
+    groups: dict[tuple[int, bytes], set[str]] = {}
+    for spec in run.scenario.sa:
+        bundle = run.bundles.get(spec.name)
+        if bundle is None:
+            continue
+        for host, state in ((spec.between[0], bundle.a_in), (spec.between[1], bundle.b_in)):
+            if host in inside:
+                groups.setdefault((state.spi, state.dst), set()).add(host)
+    shared = {key: hosts for key, hosts in groups.items() if len(hosts) > 1}
+    if not shared:
+        return _challenge(name, ABSENT, "no two domains share an inbound SPI and address")
+    hosts = set().union(*shared.values())
+    names = _flow_names(run, flows, hosts)
+    sent, got, _ = _summed(flows, names)
+    rx = run.bed.agent.counters.rx_status
+    (spi, dst), first = next(iter(shared.items()))
+    observed = (
+        f"{' and '.join(sorted(first))} share SPI 0x{spi:x} and {ip_to_str(dst)} in different "
+        f"domains; into them: {got} of {sent} delivered; agent Rx: NO_SA {rx[RxStatus.NO_SA]}, "
+        f"AUTH_FAILED {rx[RxStatus.AUTH_FAILED]}, REPLAY {rx[RxStatus.REPLAY]}"
+    )
+    return _challenge(name, HELD if got == sent else FAILED, observed)
+
+
+def _live_sas(bed: Testbed) -> set[tuple[int, int, bytes]]:
+    return {
+        (state.spi, state.direction, ep.stack.mac)
+        for ep in bed.endpoints.values()
+        for state in ep.stack.states.values()
+        if state.offload == Offload.DEVICE
+    }
+
+
+def _abandoned(run: ScenarioRun) -> dict[str, str]:
+    name = "Abandoned SAs"
+    resets = [e for e in run.scenario.event if e.action in ("destroy_vm", "reset_vf", "remove_vf")]
+    if not resets:
+        return _challenge(name, ABSENT, "no VM destroyed, VF reset or removed")
+    bed = run.bed
+    live = _live_sas(bed)
+    orphans = [
+        sa
+        for sa in bed.agent.sad
+        if (sa.spi, sa.direction, sa.domain.mac if sa.domain else b"") not in live
+    ]
+    removed = bed.pf.pf_counters.cleanup_removed if bed.pf is not None else 0
+    observed = (
+        f"{len(resets)} VM/VF reset(s); SAs removed by the PF's clean-up: {removed}; "
+        f"orphans left in the agent SAD: {len(orphans)} (SAD holds {len(bed.agent.sad)}, "
+        f"live offloaded SAs: {len(live)})"
+    )
+    return _challenge(name, HELD if not orphans else FAILED, observed)
+
+
+def _malicious(run: ScenarioRun) -> dict[str, str]:
+    name = "Malicious VF"
+    if not run.injections:
+        return _challenge(name, ABSENT, "no VF crafted frames")
+    bed = run.bed
+    wire = [r.frame for r in bed.captures["agent-to-wire"].records]
+    obeyed = carried = dropped = removed = 0
+    for injection in run.injections:
+        vm_mac = injection.frame[6:12]
+        if injection.frame in wire:
+            carried += 1
+            continue
+        if injection.kind == "forged_offload":
+            hit = any(f[6:12] == vm_mac and FORGED_PAYLOAD not in f for f in wire)
+        else:
+            counts = _config_replies_to(bed, vm_mac)
+            hit = bool(counts)
+            removed += sum(counts)
+        obeyed += hit
+        dropped += not hit
+    observed = (
+        f"{len(run.injections)} crafted frame(s): obeyed by the agent {obeyed} "
+        f"(SAs removed: {removed}), carried to the wire as data {carried}, dropped {dropped}; "
+        f"frames port-tagged by the NIC: "
+        f"{sum(v.counters.tx_port_tagged for v in bed.nic.vsis)}"
+    )
+    return _challenge(name, HELD if not obeyed else FAILED, observed)
+
+
+def _config_replies_to(bed: Testbed, mac: bytes) -> list[int]:
+    """The COUNT (or 0) of each config reply the agent sent to `mac`."""
+    counts = []
+    for record in bed.captures["agent-to-nic"].records:
+        try:
+            eth = parse_ethernet(record.frame)
+            if eth.dst != mac or eth.ethertype != EtherType.CONFIG:
+                continue
+            reply = parse_config(memoryview(record.frame)[eth.header_len :])
+            ok = reply.status == ConfigStatus.OK
+            is_count = reply.base_opcode == Opcode.REMOVE_ALL_SAS
+            counts.append(decode_count(reply.tlvs) if ok and is_count else 0)
+        except ParseError:
+            continue
+    return counts
+
+
+def _east_west(run: ScenarioRun, flows: dict[str, Any]) -> dict[str, str]:
+    name = "East-west VM traffic"
+    inside = _behind_nic(run)
+    names = [
+        n
+        for n, r in zip(flows, run.flows, strict=True)
+        if r.spec.source in inside and r.spec.to in inside and r.spec.sa != "none"
+    ]
+    if not names:
+        return _challenge(name, ABSENT, "no flow between two functions of the port")
+    sent, got, by_agent = _summed(flows, names)
+    bed = run.bed
+    switched = sum(v.counters.tx_switched for v in bed.nic.vsis)
+    hairpin = bed.agent.counters.paths[AgentPath.HAIRPIN]
+    observed = (
+        f"{bed.nic.mode.name}: {got} of {sent} delivered, {by_agent} decrypted by the agent; "
+        f"switched inside the NIC (never offloaded): {switched}; hairpinned by the agent: "
+        f"{hairpin}"
+    )
+    return _challenge(name, HELD if got == sent == by_agent else FAILED, observed)
+
+
+def _tso(run: ScenarioRun, flows: dict[str, Any]) -> dict[str, str]:
+    name = "TSO sequence numbers (IVDB)"
+    names = [n for n, r in zip(flows, run.flows, strict=True) if r.spec.tso]
+    if not names:
+        return _challenge(name, ABSENT, "no TSO send")
+    pairs = []
+    for record in run.bed.captures["agent-to-wire"].records:
+        esp = _esp_of(record)
+        if esp is not None:
+            pairs.append(esp)
+    duplicates = len(pairs) - len(set(pairs))
+    complete = all(flows[n]["complete"] for n in names)
+    sent_bytes = sum(flows[n]["sent_bytes"] for n in names)
+    got_bytes = sum(flows[n]["delivered_bytes"] for n in names)
+    observed = (
+        f"{len(names)} TSO flow(s), {sent_bytes} bytes sent, {got_bytes} delivered; "
+        f"(SPI, sequence number) pairs on the wire: {len(pairs)}, reused: {duplicates}"
+    )
+    return _challenge(name, HELD if complete and not duplicates else FAILED, observed)
+
+
+def _esp_of(record: PcapRecord) -> tuple[bytes, int, int] | None:
+    """(IP source and destination, SPI, sequence number) of an ESP frame."""
+    try:
+        eth = parse_ethernet(record.frame)
+    except ParseError:
+        return None
+    frame = record.frame
+    start = eth.header_len
+    if eth.ethertype == EtherType.IPV4 and frame[start + 9] == 50:
+        esp, addresses = start + (frame[start] & 0xF) * 4, frame[start + 12 : start + 20]
+    elif eth.ethertype == EtherType.IPV6 and frame[start + 6] == 50:
+        esp, addresses = start + 40, frame[start + 8 : start + 40]
+    else:
+        return None
+    spi, seq = int.from_bytes(frame[esp : esp + 4]), int.from_bytes(frame[esp + 8 : esp + 16])
+    return addresses, spi, seq
+
+
+# -- tables -----------------------------------------------------------------------------------
+
+
+def _sas(run: ScenarioRun) -> list[dict[str, Any]]:
+    rows = []
+    for spec in run.scenario.sa:
+        bundle = run.bundles.get(spec.name)
+        if bundle is None:
+            continue
+        for host, state in (
+            (spec.between[0], bundle.a_out),
+            (spec.between[0], bundle.a_in),
+            (spec.between[1], bundle.b_out),
+            (spec.between[1], bundle.b_in),
+        ):
+            rows.append(
+                {
+                    "sa": spec.name,
+                    "host": host,
+                    "direction": Direction(state.direction).name.lower(),
+                    "spi": f"0x{state.spi:08x}",
+                    "offload": state.offload.name,
+                    "rc": state.add_rc,
+                    "packets": state.packets,
+                }
+            )
+    return rows
+
+
+def timeline(run: ScenarioRun) -> list[TimelineEntry]:
+    """Scenario events, state results, config transactions and mailbox messages in order."""
+    bed = run.bed
+    entries = list(run.events)
+    for name, ep in {**bed.retired, **bed.endpoints}.items():
+        for result in bed.results(ep.stack):
+            where = "gone" if result.offload is None else result.offload.name.lower()
+            entries.append(
+                TimelineEntry(
+                    result.time,
+                    name,
+                    f"{result.operation} state {result.handle}: rc {result.rc} ({where})",
+                )
+            )
+    for link, actor in (("nic-to-agent", "driver->agent"), ("agent-to-nic", "agent->driver")):
+        for record in bed.captures[link].records:
+            text = _config_text(record.frame)
+            if text is not None:
+                entries.append(TimelineEntry(record.time, actor, text))
+    for message in bed.mailbox_log:
+        actor = f"VF{message.vf}->PF" if message.to_pf else f"PF->VF{message.vf}"
+        try:
+            parsed = parse_mailbox(message.data)
+            opcode = MbxOpcode(parsed.base_opcode).name
+            suffix = f" reply, errno {parsed.status}" if parsed.is_reply else ""
+            entries.append(TimelineEntry(message.time, actor, f"{opcode}{suffix}"))
+        except (ParseError, ValueError):
+            entries.append(TimelineEntry(message.time, actor, "malformed message"))
+    return sorted(entries, key=lambda e: e.time)
+
+
+def _config_text(frame: bytes) -> str | None:
+    try:
+        eth = parse_ethernet(frame)
+        if eth.ethertype != EtherType.CONFIG:
+            return None
+        message = parse_config(memoryview(frame)[eth.header_len :])
+        opcode = Opcode(message.base_opcode).name
+    except (ParseError, ValueError):
+        return None
+    who = mac_to_str(eth.src if not message.is_reply else eth.dst)
+    if message.is_reply:
+        return f"{opcode} reply txn {message.txn_id}: {ConfigStatus(message.status).name}"
+    return f"{opcode} txn {message.txn_id} from {who}"
+
+
+# -- outputs ----------------------------------------------------------------------------------
+
+
+def write_outputs(bed: Testbed, out: Path, report: dict[str, Any]) -> None:
+    """Every capture (each link direction, the hairpin tap), each link both ways, the
+    esp_sa keys file and report.json, whose "outputs" lists every file written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    written = []
+    for link, sink in bed.captures.items():
+        sink.write(out / f"{link}.pcap")
+        written.append(f"{link}.pcap")
+    for name, (first, second) in LINK_FILES.items():
+        write_pcap(out / f"{name}.pcap", merged(bed, first, second))
+        written.append(f"{name}.pcap")
+    write_esp_sa(out / "esp_sa", bed.esp_sa_entries())
+    written += ["esp_sa", "report.json"]
+    report["outputs"] = sorted(written)
+    try:
+        (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:
+        raise UsageError(f"{out / 'report.json'}: cannot write ({exc.strerror})") from None
+
+
+def merged(bed: Testbed, first: str, second: str) -> list[PcapRecord]:
+    """Two directions of a link in time order (on a tie, `first` before `second`)."""
+    records = [*bed.captures[first].records, *bed.captures[second].records]
+    return sorted(records, key=lambda r: r.time)
+
+
+# -- text -------------------------------------------------------------------------------------
+
+
+def summary(report: dict[str, Any], out: Path | None, timeline_lines: int = 30) -> str:
+    """The report as a person reads it at a glance."""
+    lines = [
+        f"ipsec-offload run: {report['scenario']} (naive: {', '.join(report['naive']) or 'none'})"
+    ]
+    lines += [f"  {line}" for line in report["description"].splitlines()]
+    lines += ["", "The deck's challenges:"]
+    for i, c in enumerate(report["challenges"], 1):
+        lines.append(f"  {i}. {c['challenge']:<32} {c['outcome'].upper():<14} {c['observed']}")
+    lines += ["", "Flows:", f"  {'flow':<30}{'sent':>6}{'delivered':>11}{'by agent':>10}  complete"]
+    for name, f in report["flows"].items():
+        lines.append(
+            f"  {name:<30}{f['sent']:>6}{f['delivered']:>11}{f['decrypted_by_agent']:>10}"
+            f"  {'yes' if f['complete'] else 'NO'}"
+        )
+    lines += [
+        "",
+        "SAs as the hosts hold them:",
+        f"  {'sa':<16}{'host':<8}{'dir':<10}{'SPI':<12}{'where':<10}{'rc':>5}{'pkts':>6}",
+    ]
+    for row in report["sas"]:
+        lines.append(
+            f"  {row['sa']:<16}{row['host']:<8}{row['direction']:<10}{row['spi']:<12}"
+            f"{row['offload']:<10}{row['rc']:>5}{row['packets']:>6}"
+        )
+    agent = report["agent"]
+    lines += [
+        "",
+        f"Agent SAD at the end: {agent['sad_used']} of {agent['sad_size']} entries",
+        f"  {'idx':<5}{'dir':<10}{'SPI':<12}{'dst':<16}{'domain':<26}{'pkts':>6}  errors",
+    ]
+    for sa in agent["sas"]:
+        errors = ", ".join(f"{k}={v}" for k, v in sa["errors"].items() if v) or "-"
+        lines.append(
+            f"  {sa['index']:<5}{sa['direction']:<10}{sa['spi']:<12}{sa['dst']:<16}"
+            f"{sa['domain'] or 'any (naive key)':<26}{sa['packets']:>6}  {errors}"
+        )
+    counters = agent["counters"]
+    for title, key in (("Rx status", "rx_status"), ("paths", "paths"), ("drops", "drops")):
+        values = ", ".join(f"{k}={v}" for k, v in counters[key].items() if v) or "none"
+        lines.append(f"Agent {title}: {values}")
+    lines += [
+        "",
+        "VSIs:",
+        f"  {'id':<4}{'kind':<5}{'mac':<19}{'vlans':<14}{'port tag':<12}"
+        f"{'tx':>6}{'rx':>6}{'switched':>9}{'spoofed':>8}",
+    ]
+    for vsi in report["nic"]["vsis"]:
+        c = vsi["counters"]
+        lines.append(
+            f"  {vsi['id']:<4}{vsi['kind']:<5}{vsi['mac']:<19}{','.join(vsi['vlans']) or '-':<14}"
+            f"{vsi['port_tag'] or '-':<12}{c['tx_packets']:>6}{c['rx_packets']:>6}"
+            f"{c['tx_switched']:>9}{c['tx_spoofed']:>8}"
+        )
+    events = report["timeline"]
+    lines += ["", f"Control-plane timeline ({len(events)} entries):"]
+    for e in events[:timeline_lines]:
+        lines.append(f"  {e['time'] * 1000:9.3f} ms  {e['actor']:<14} {e['what']}")
+    if len(events) > timeline_lines:
+        lines.append(f"  ... {len(events) - timeline_lines} more in report.json")
+    if out is not None:
+        lines.append(f"\nWrote pcaps, the esp_sa keys file and report.json to {out}/")
+    return "\n".join(lines)

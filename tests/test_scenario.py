@@ -1,0 +1,132 @@
+"""Scenario files: the built-ins validate, and every malformed file gets one clear error
+naming the file, the place and what is wrong, and nothing runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ipsec_offload.cli.main import main
+from ipsec_offload.errors import ScenarioError
+from ipsec_offload.sim.runner import prepare
+from ipsec_offload.sim.scenario import BUILTIN, builtin_scenario, load_scenario, parse_scenario
+
+GOOD = """
+[pf]
+name = "host"
+mac = "02:00:00:00:00:10"
+ipv4 = "10.0.0.1"
+
+[[vm]]
+name = "vm1"
+vf = 0
+mac = "02:00:00:00:01:01"
+ipv4 = "10.0.0.11"
+vlans = [10]
+
+[[peer]]
+name = "peer"
+mac = "02:00:00:00:00:20"
+ipv4 = "10.0.0.2"
+
+[[sa]]
+name = "host-peer"
+between = ["host", "peer"]
+
+[[flow]]
+from = "host"
+to = "peer"
+count = 3
+"""
+
+
+def test_the_good_file_and_the_builtins_validate() -> None:
+    scenario = parse_scenario(GOOD, "good.toml")
+    assert scenario.vm[0].vlans[0].vid == 10 and scenario.vm[0].vlans[0].tpid == 0x8100
+    for name in BUILTIN:
+        spec, source = builtin_scenario(name)
+        run = prepare(spec, source)
+        run.run()
+        assert run.bed.now > 0
+
+
+BAD = [
+    # (what to change in GOOD, where the error must point, words of the message)
+    ("count = 3", 'count = "three"', "flow[0].count", "integer"),
+    ('ipv4 = "10.0.0.1"', 'ipv4 = "10.0.0.1"\ncolour = "blue"', "pf.colour", "unknown key"),
+    (
+        'name = "host-peer"\nbetween = ["host", "peer"]',
+        'name = "x"\nbetween = ["host", "vm1"]',
+        "flow[0]",
+        "no SA between host and peer",
+    ),
+    ("vlans = [10]", "vlans = [4095]", "vm[0].vlans[0].vid", "4094"),
+    ('mac = "02:00:00:00:00:20"', 'mac = "02:00:00:00:01:01"', "peer[0].mac", "vm1's MAC"),
+    ('ipv4 = "10.0.0.11"', 'ipv4 = "10.0.0.300"', "vm[0].ipv4", "not an IPv4 address"),
+    ('to = "peer"', 'to = "nobody"', "flow[0].to", "no host named 'nobody'"),
+    ("vf = 0", "vf = -1", "vm[0].vf", "greater than or equal to 0"),
+    ('mac = "02:00:00:00:00:10"', 'mac = "01:00:5e:00:00:01"', "pf.mac", "multicast"),
+    ("count = 3", 'count = 3\nprotocol = "sctp"', "flow[0].protocol", "'udp', 'tcp' or 'icmp'"),
+    ("vlans = [10]", "vlans = [10, 20, 30]", "vm[0].vlans", "at most 2"),
+    (
+        "[[sa]]",
+        '[[event]]\nat = 0.1\naction = "destroy_vm"\ntarget = "peer"\n\n[[sa]]',
+        "event[0].target",
+        "needs a VM",
+    ),
+    ('ipv4 = "10.0.0.2"', 'ipv6 = "2001:db8::2"', "sa[0].family", "peer has no IPv4"),
+    ("[pf]", "[pff]", "pff", "unknown key"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "where", "what"), BAD)
+def test_malformed_scenario_names_the_place(
+    tmp_path: Path, old: str, new: str, where: str, what: str
+) -> None:
+    assert old in GOOD
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD.replace(old, new, 1))
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(path)
+    assert caught.value.source == str(path)
+    assert caught.value.where == where
+    assert what in caught.value.what
+    result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    assert f"Error: {path}: {where}: " in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_not_toml_and_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("[pf\nname = 1")
+    with pytest.raises(ScenarioError, match="TOML"):
+        load_scenario(path)
+    with pytest.raises(ScenarioError, match="No such file"):
+        load_scenario(tmp_path / "absent.toml")
+    result = CliRunner().invoke(main, ["run", "nonexistent-scenario"])
+    assert result.exit_code == 1
+    assert "nor a built-in (default, basic)" in result.output
+
+
+def test_a_vm_booting_on_a_busy_vf_is_a_scenario_error() -> None:
+    text = (
+        GOOD
+        + """
+[[vm]]
+name = "vm1b"
+vf = 0
+mac = "02:00:00:00:01:01"
+ipv4 = "10.0.0.12"
+vlans = [10]
+start = 0.001
+"""
+    )
+    scenario = parse_scenario(text, "busy.toml")
+    run = prepare(scenario, "busy.toml")
+    with pytest.raises(ScenarioError, match=r"busy.toml: vm\[1\].start: VF 0 has a VM already"):
+        run.run()
