@@ -116,13 +116,14 @@ def _false_match(run: ScenarioRun, flows: dict[str, Any]) -> dict[str, str]:
     return _challenge(name, HELD if got == sent else FAILED, observed)
 
 
-def _live_sas(bed: Testbed) -> set[tuple[int, int, bytes]]:
-    return {
-        (state.spi, state.direction, ep.stack.mac)
-        for ep in bed.endpoints.values()
-        for state in ep.stack.states.values()
-        if state.offload == Offload.DEVICE
-    }
+def _live_sas(bed: Testbed) -> dict[tuple[int, int, bytes], set[bytes]]:
+    """(SPI, direction, destination) of every offloaded state of a live host -> its MACs."""
+    live: dict[tuple[int, int, bytes], set[bytes]] = {}
+    for ep in bed.endpoints.values():
+        for state in ep.stack.states.values():
+            if state.offload == Offload.DEVICE:
+                live.setdefault((state.spi, state.direction, state.dst), set()).add(ep.stack.mac)
+    return live
 
 
 def _abandoned(run: ScenarioRun) -> dict[str, str]:
@@ -132,16 +133,16 @@ def _abandoned(run: ScenarioRun) -> dict[str, str]:
         return _challenge(name, ABSENT, "no VM destroyed, VF reset or removed")
     bed = run.bed
     live = _live_sas(bed)
-    orphans = [
-        sa
-        for sa in bed.agent.sad
-        if (sa.spi, sa.direction, sa.domain.mac if sa.domain else b"") not in live
-    ]
+    orphans = []
+    for sa in bed.agent.sad:
+        owners = live.get((sa.spi, sa.direction, sa.dst), set())
+        if not owners or (sa.domain is not None and sa.domain.mac not in owners):
+            orphans.append(sa)
     removed = bed.pf.pf_counters.cleanup_removed if bed.pf is not None else 0
     observed = (
         f"{len(resets)} VM/VF reset(s); SAs removed by the PF's clean-up: {removed}; "
         f"orphans left in the agent SAD: {len(orphans)} (SAD holds {len(bed.agent.sad)}, "
-        f"live offloaded SAs: {len(live)})"
+        f"live offloaded SAs: {sum(len(macs) for macs in live.values())})"
     )
     return _challenge(name, HELD if not orphans else FAILED, observed)
 
