@@ -38,7 +38,7 @@ def main() -> None:
     type=click.Choice(NAIVE_SWITCHES),
     help="Switch off one of the deck's fixes to watch its failure (repeatable).",
 )
-@click.option("--timeline", default=30, show_default=True, help="Timeline lines to print.")
+@click.option("--timeline", default=40, show_default=True, help="Timeline lines to print.")
 def run(scenario: str | None, out: Path, naive: tuple[str, ...], timeline: int) -> None:
     """Run SCENARIO (a TOML file, or a built-in: default, basic) and print its summary.
 
