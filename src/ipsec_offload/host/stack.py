@@ -98,6 +98,8 @@ _ECHO_REQUEST = {4: IcmpType.ECHO_REQUEST, 16: Icmpv6Type.ECHO_REQUEST}
 _ECHO_REPLY = {4: IcmpType.ECHO_REPLY, 16: Icmpv6Type.ECHO_REPLY}
 _ICMP = {4: IpProto.ICMP, 16: IpProto.ICMPV6}
 _IN_TUNNEL = {4: IpProto.IPIP, 16: IpProto.IPV6}
+_INNER_VERSION: dict[int, int] = {IpProto.IPIP: 4, IpProto.IPV6: 6}
+_ETHERTYPE_VERSION: dict[int, int] = {EtherType.IPV4: 4, EtherType.IPV6: 6}
 _IP_PACKET_MAX = 0xFFFF
 _SEQ_MASK = 0xFFFF_FFFF
 _OFFLOAD_PREFIX = {4: 20 + ESP_HEADER_LEN + ESP_IV_LEN, 16: ESP_HEADER_LEN + ESP_IV_LEN}
@@ -522,31 +524,47 @@ class HostStack:
     def _input(self, frame: bytes, rx: RxMetadata | None, now: float) -> None:
         try:
             eth = parse_ethernet(frame, -1)
-            l3 = eth.header_len
-            mv = memoryview(frame)[l3:]
-            if eth.ethertype == EtherType.IPV4:
-                ip4 = parse_ipv4(mv)
-                src, dst, protocol = ip4.src, ip4.dst, ip4.protocol
-                upper, end = ip4.header_len, ip4.total_length
-            elif eth.ethertype == EtherType.IPV6:
-                ip6 = parse_ipv6(mv)
-                src, dst = ip6.src, ip6.dst
-                protocol, upper = ipv6_upper_layer(mv)
-                end = 40 + ip6.payload_length
-            else:
-                self.counters.drop("not_ip")
-                return
         except ParseError:
             self.counters.drop("malformed")
             return
-        if dst not in self.addresses.values() or end > len(mv):
-            self.counters.drop("not_for_us" if end <= len(mv) else "truncated")
+        version = _ETHERTYPE_VERSION.get(eth.ethertype)
+        if version is None:
+            self.counters.drop("not_ip")
             return
-        body = mv[upper:end]
+        packet = self._packet(memoryview(frame)[eth.header_len :], version, "")
+        if packet is None:
+            return
+        src, dst, protocol, body = packet
         if protocol != IpProto.ESP:
             self._deliver(src, dst, protocol, body, None, False, now)
             return
         self._input_esp(src, dst, body, rx, now)
+
+    def _packet(
+        self, buf: memoryview, version: int, reason: str
+    ) -> tuple[bytes, bytes, int, memoryview] | None:
+        """(source, destination, upper-layer protocol, upper-layer bytes) of an IP packet for
+        this host; None after counting a drop (`reason` prefixes its name)."""
+        try:
+            if version == 4:
+                ip4 = parse_ipv4(buf)
+                src, dst, protocol = ip4.src, ip4.dst, ip4.protocol
+                upper, end = ip4.header_len, ip4.total_length
+            else:
+                ip6 = parse_ipv6(buf)
+                src, dst = ip6.src, ip6.dst
+                protocol, upper = ipv6_upper_layer(buf)
+                end = 40 + ip6.payload_length
+        except ParseError:
+            self.counters.drop(reason + "malformed")
+            return None
+        if end > len(buf):
+            self.counters.drop(reason + "truncated")
+            return None
+        if dst not in self.addresses.values():
+            self.counters.drop(reason + "not_for_us")
+            return None
+        return src, dst, protocol, buf[upper:end]
 
     def _input_esp(
         self, src: bytes, dst: bytes, body: memoryview, rx: RxMetadata | None, now: float
@@ -607,26 +625,14 @@ class HostStack:
     def _input_tunnel(
         self, next_header: int, inner: memoryview, state: XfrmState, offloaded: bool, now: float
     ) -> None:
-        try:
-            if next_header == IpProto.IPIP:
-                ip4 = parse_ipv4(inner)
-                src, dst, protocol = ip4.src, ip4.dst, ip4.protocol
-                upper, end = ip4.header_len, ip4.total_length
-            elif next_header == IpProto.IPV6:
-                ip6 = parse_ipv6(inner)
-                src, dst = ip6.src, ip6.dst
-                protocol, upper = ipv6_upper_layer(inner)
-                end = 40 + ip6.payload_length
-            else:
-                self.counters.drop("in_tunnel_not_ip")
-                return
-        except ParseError:
-            self.counters.drop("in_tunnel_malformed")
+        version = _INNER_VERSION.get(next_header)
+        if version is None:
+            self.counters.drop("in_tunnel_not_ip")
             return
-        if dst not in self.addresses.values() or end > len(inner):
-            self.counters.drop("in_tunnel_not_for_us")
-            return
-        self._deliver(src, dst, protocol, inner[upper:end], state, offloaded, now)
+        packet = self._packet(inner, version, "in_tunnel_")
+        if packet is not None:
+            src, dst, protocol, body = packet
+            self._deliver(src, dst, protocol, body, state, offloaded, now)
 
     def _deliver(
         self,
