@@ -396,3 +396,41 @@ def test_offload_lost_after_a_reset_falls_back_to_software() -> None:
     vm.send_udp("10.0.1.1", 1, 1, b"software now", bed.now)
     bed.settle(vm)
     assert udp_payloads(bed, bed.endpoint("vm1-peer").stack) == [b"software now"]
+
+
+def forged_offload_frame(
+    attacker: HostStack, victim_spi: int, src: bytes, dst: bytes, dst_mac: bytes
+) -> bytes:
+    """ESP from the victim's address to `dst` behind a Tx metadata tag with OFFLOAD=1 that
+    the VF wrote itself (anti-spoof checks MAC and VLANs, not IP addresses)."""
+    from ipsec_offload.wire.ip import IpProto, IPv4Header, build_ipv4
+    from ipsec_offload.wire.metadata import TxMetadata, build_tx_metadata
+
+    esp = victim_spi.to_bytes(4) + (1).to_bytes(4) + (1).to_bytes(8) + b"forged payload"
+    ip = build_ipv4(IPv4Header(src, dst, IpProto.ESP, 20 + len(esp)))
+    word = build_tx_metadata(TxMetadata(True, IpProto.UDP, 14, 5))
+    header = EthernetHeader(dst_mac, attacker.mac, EtherType.IPV4, metadata=word)
+    return build_ethernet(header) + ip + esp
+
+
+@pytest.mark.parametrize("port_tagging", [False, True])
+def test_malicious_vf_forged_offload_tag(port_tagging: bool) -> None:
+    bed = sriov_bed(port_tagging=port_tagging, extended_key=False)
+    host = bed.endpoint("pf").stack
+    peer = bed.add_peer("wire0", "02:00:00:00:00:20", ipv4="10.0.0.2")
+    sas = bed.secure(host, peer)
+    attacker = bed.add_vm("attacker", 1, "02:00:00:00:01:02", ipv4="10.0.0.66", trusted=False)
+    frame = forged_offload_frame(attacker, sas.a_out.spi, sas.a_out.src, sas.a_out.dst, peer.mac)
+    (victim,) = [sa for sa in bed.agent.sad if sa.spi == sas.a_out.spi]
+    bed.inject(attacker, frame)
+    (on_wire,) = [r.frame for r in bed.captures["agent-to-wire"].records]
+    if not port_tagging:
+        # The agent obeys the forged tag: the frame leaves encrypted under the host's SA.
+        assert victim.packets == 1 and victim.ivdb == 2
+        assert b"forged payload" not in on_wire
+        assert bed.agent.counters.paths[Path.TX_ENCRYPTED] == 1
+    else:
+        assert victim.packets == 0 and victim.ivdb == 1
+        assert on_wire == frame  # carried as plain data, the forged tag inside
+        assert bed.agent.counters.paths[Path.TX_BYPASS] == 1
+        assert bed.nic.vsi(bed.endpoint(attacker).vsi or 0).counters.tx_port_tagged == 1

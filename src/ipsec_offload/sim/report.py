@@ -221,8 +221,9 @@ def _tso(run: ScenarioRun, flows: dict[str, Any]) -> dict[str, str]:
     if not names:
         return _challenge(name, ABSENT, "no TSO send")
     pairs = []
+    crafted = {injection.frame for injection in run.injections}  # carried as data, not sealed
     for record in run.bed.captures["agent-to-wire"].records:
-        esp = _esp_of(record)
+        esp = None if record.frame in crafted else _esp_of(record)
         if esp is not None:
             pairs.append(esp)
     duplicates = len(pairs) - len(set(pairs))

@@ -283,8 +283,8 @@ def _crafted(run: ScenarioRun, vm: HostStack, kind: str) -> bytes:
     # A forged Tx metadata tag with OFFLOAD=1 naming the PF host's first outbound SA.
     victim = run.hosts[run.scenario.pf.name]
     state = next((s for s in victim.states.values() if s.direction == 1 and len(s.dst) == 4), None)
-    spi, dst = (state.spi, state.dst) if state else (0x1, bytes(4))
-    src = vm.addresses.get(4, bytes(4))
+    # The VF writes the victim's addresses: anti-spoof checks MAC and VLANs, not IP.
+    spi, src, dst = (state.spi, state.src, state.dst) if state else (1, bytes(4), bytes(4))
     esp = _ESP.pack(spi, 1, 1) + FORGED_PAYLOAD
     ip = build_ipv4(IPv4Header(src, dst, IpProto.ESP, 20 + len(esp)))
     word = build_tx_metadata(TxMetadata(True, IpProto.UDP, 14, 5))
