@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= out
 
-.PHONY: demo test lint typecheck unit clean
+.PHONY: demo test lint typecheck unit bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ unit: $(VENV)/.installed-test
 
 test: lint typecheck unit
 
+bench: $(VENV)/.installed
+	$(BIN)/ipsec-offload bench
+
 
 clean:
-	rm -rf $(VENV) $(OUT) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OUT) bench.json .mypy_cache .pytest_cache .ruff_cache

@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from ipsec_offload.agent.counters import AgentCounters, DropReason, Path
@@ -34,7 +34,7 @@ from ipsec_offload.agent.sad import (
     SecurityAssociation,
     SecurityAssociationDatabase,
 )
-from ipsec_offload.crypto.esp import esp_open, esp_seal
+from ipsec_offload.crypto.esp import esp_open, esp_seal_parts
 from ipsec_offload.crypto.keywrap import unwrap_key
 from ipsec_offload.errors import AuthenticationError, KeyUnwrapError, ParseError, UsageError
 from ipsec_offload.wire.addr import ip_to_str, mac_to_str
@@ -64,34 +64,43 @@ from ipsec_offload.wire.ethernet import (
     EthernetHeader,
     EtherType,
     VlanKey,
+    VlanTag,
     build_ethernet,
-    parse_ethernet,
+    ethernet_fields,
     vlan_key,
 )
 from ipsec_offload.wire.ip import (
+    IPV6_HEADER_LEN,
     IpProto,
-    IPv4Header,
-    IPv6Header,
-    build_ipv4,
-    build_ipv6,
+    ipv4_fields,
+    ipv4_with_length,
+    ipv6_fields,
     ipv6_upper_layer,
-    parse_ipv4,
-    parse_ipv6,
+    ipv6_with_length,
 )
 from ipsec_offload.wire.metadata import (
     RxMetadata,
     RxStatus,
     build_rx_metadata,
-    parse_tx_metadata,
+    rx_metadata_word,
+    tx_metadata_fields,
 )
 
 DEFAULT_AGENT_MAC = bytes.fromhex("020000000001")
 _NO_META = -1
 _ESP = struct.Struct(">II")
-_IV = struct.Struct(">Q")
+_ESP_IV = struct.Struct(">IIQ")
+"""SPI, sequence number and the IV, as the stack writes them in a Tx offload frame."""
 _META_TAG = struct.Struct(">HI")
 _SEQ_LIMIT = {False: (1 << 32) - 1, True: (1 << 64) - 1}
 _NOT_ESP_WORD = build_rx_metadata(RxMetadata(ipsec=False))
+# Enum members the data path reads for every frame, bound once: reading a member off its class
+# costs a descriptor call in Python 3.11, as much as a dict lookup.
+_OUTBOUND, _INBOUND = Direction.OUTBOUND, Direction.INBOUND
+_TX_ENCRYPTED, _RX_ESP = Path.TX_ENCRYPTED, Path.RX_ESP
+_RX_OK = RxStatus.OK
+_IPV4 = EtherType.IPV4
+_PROTO_ESP = IpProto.ESP
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,42 +181,43 @@ class IpsecAgent:
 
     def _host_frame(self, frame: bytes, out: AgentOutput) -> None:
         try:
-            eth = parse_ethernet(frame, self._meta)
+            dst, src, ethertype, vlans, metadata, l2_len = ethernet_fields(frame, self._meta)
         except ParseError:
             self.counters.drops[DropReason.MALFORMED_FRAME] += 1
             return
-        if eth.metadata is None:
-            if (
-                eth.ethertype == self.config.config_ethertype
-                and not eth.vlans
-                and eth.dst == self.config.mac
-            ):
-                self._config_frame(frame, eth, out)
+        if metadata is None:
+            if ethertype == self.config.config_ethertype and not vlans and dst == self.config.mac:
+                self._config_frame(frame, src, l2_len, out)
                 return
             self.counters.paths[Path.TX_UNTAGGED] += 1
-            self._forward(frame, eth, out)
+            self._forward(frame, dst, vlans, out)
             return
         try:
-            meta = parse_tx_metadata(eth.metadata)
+            offload, next_header, l3, esp_words = tx_metadata_fields(metadata)
         except ParseError:
             self.counters.drops[DropReason.METADATA_RESERVED] += 1
             return
-        inner = frame[:12] + frame[18:]
-        if not meta.offload:
+        if not offload:
             self.counters.paths[Path.TX_BYPASS] += 1
-            self._forward(inner, eth, out)
+            self._forward(_untag(frame), dst, vlans, out)
             return
-        encrypted = self._encrypt(inner, eth, meta.l3_offset, meta.esp_offset * 4, meta.next_header)
+        if l3 != l2_len - _META_TAG.size:
+            # spec 3: L3_OFFSET must point right after the L2 header of the frame
+            self.counters.drops[DropReason.BAD_OFFSETS] += 1
+            return
+        encrypted = self._encrypt(frame, l2_len, src, ethertype, vlans, esp_words * 4, next_header)
         if encrypted is not None:
-            self.counters.paths[Path.TX_ENCRYPTED] += 1
-            self._forward(encrypted, eth, out)
+            self.counters.paths[_TX_ENCRYPTED] += 1
+            self._forward(encrypted, dst, vlans, out)
 
-    def _forward(self, frame: bytes, eth: EthernetHeader, out: AgentOutput) -> None:
+    def _forward(
+        self, frame: bytes, dst: bytes, vlans: tuple[VlanTag, ...], out: AgentOutput
+    ) -> None:
         """Send a processed host frame to the wire, or turn it around to a local address."""
         local = self.local_addrs
         if local:
-            multicast = bool(eth.dst[0] & 1)
-            if multicast or Domain(eth.dst, vlan_key(eth.vlans)) in local:
+            multicast = bool(dst[0] & 1)
+            if multicast or Domain(dst, vlan_key(vlans)) in local:
                 self.counters.paths[Path.HAIRPIN] += 1
                 out.hairpin.append(frame)
                 rx = self._ingress(frame)
@@ -218,31 +228,37 @@ class IpsecAgent:
         out.to_wire.append(frame)
 
     def _encrypt(
-        self, inner: bytes, eth: EthernetHeader, l3: int, esp_off: int, next_header: int
+        self,
+        frame: bytes,
+        l2_len: int,
+        src: bytes,
+        ethertype: int,
+        vlans: tuple[VlanTag, ...],
+        esp_off: int,
+        next_header: int,
     ) -> bytes | None:
+        """Encrypt a frame with an OFFLOAD=1 tag and return it without the tag (None: dropped).
+
+        `frame` still has the tag, its L2 header is `l2_len` bytes; offsets here are in the
+        tagged frame (the metadata's L3 offset, checked by the caller, is 6 bytes less).
+        """
         drops = self.counters.drops
-        if l3 != eth.header_len - _META_TAG.size:
-            # spec 3: L3_OFFSET must point right after the L2 header of the frame
-            drops[DropReason.BAD_OFFSETS] += 1
-            return None
-        located = _locate_esp(inner, l3, eth.ethertype, esp_off)
+        located = _locate_esp(frame, l2_len, ethertype, esp_off)
         if located is None:
             drops[DropReason.BAD_OFFSETS] += 1
             return None
-        ip, esp_start, ip_end = located
-        mv = memoryview(inner)
-        spi, _stack_seq = _ESP.unpack_from(mv, esp_start)
-        sa = self.sad.lookup(Direction.OUTBOUND, spi, ip.dst, eth.src, vlan_key(eth.vlans))
-        if sa is None or (sa.src is not None and sa.src != ip.src):
+        esp_start, ip_end, ip_src, ip_dst = located
+        spi, _stack_seq, seq = _ESP_IV.unpack_from(frame, esp_start)
+        sa = self.sad.lookup(_OUTBOUND, spi, ip_dst, src, vlan_key(vlans))
+        if sa is None or (sa.src is not None and sa.src != ip_src):
             drops[DropReason.NO_OUTBOUND_SA] += 1
             return None
         if sa.expired():
             drops[DropReason.SA_EXPIRED] += 1
             sa.errors[RxStatus.SA_EXPIRED - 1] += 1
             return None
-        (seq,) = _IV.unpack_from(mv, esp_start + ESP_HEADER_LEN)
         if self.config.ivdb:
-            # spec 7: the IVDB rule
+            # spec 7: the IVDB rule (`seq` is the IV the stack wrote)
             if sa.ivdb <= seq:
                 sa.ivdb = seq + 1
             else:
@@ -251,15 +267,18 @@ class IpsecAgent:
         if seq == 0 or seq > _SEQ_LIMIT[sa.esn]:
             drops[DropReason.SEQ_EXHAUSTED] += 1
             return None
-        payload = mv[esp_start + ESP_HEADER_LEN + ESP_IV_LEN : ip_end]
-        sealed = esp_seal(sa.aead, spi, seq, sa.esn, payload, next_header)
-        ip_header = _resize_ip(ip, mv[l3:esp_start], esp_start - l3 + len(sealed))
+        payload = memoryview(frame)[esp_start + ESP_HEADER_LEN + ESP_IV_LEN : ip_end]
+        esp_header, sealed = esp_seal_parts(sa.aead, spi, seq, sa.esn, payload, next_header)
+        esp_len = len(esp_header) + len(sealed)
+        ip_header = _resize_ip(frame, l2_len, esp_start, ethertype, esp_start - l2_len + esp_len)
         if ip_header is None:
             drops[DropReason.TOO_LARGE] += 1
             return None
         sa.packets += 1
         sa.bytes += len(payload)
-        return b"".join((inner[:l3], ip_header, sealed))
+        # the frame without its tag: the MAC addresses, the rest of the L2 header, the ESP packet
+        untagged_l2 = frame[12 + _META_TAG.size : l2_len]
+        return b"".join((frame[:12], untagged_l2, ip_header, esp_header, sealed))
 
     # -- Rx path --------------------------------------------------------------------------
 
@@ -267,27 +286,25 @@ class IpsecAgent:
         """Rx processing of one frame; returns it with its Rx metadata tag, or None (dropped)."""
         counters = self.counters
         try:
-            eth = parse_ethernet(frame, _NO_META)
+            dst, _, ethertype, vlans, _, l3 = ethernet_fields(frame, _NO_META)
         except ParseError:
             counters.drops[DropReason.MALFORMED_FRAME] += 1
             return None
-        if eth.ethertype == self.config.config_ethertype:
+        if ethertype == self.config.config_ethertype:
             counters.drops[DropReason.CONFIG_FROM_WIRE] += 1
             return None
-        l3 = eth.header_len
-        located = _locate_esp(frame, l3, eth.ethertype, None)
+        located = _locate_esp(frame, l3, ethertype, None)
         if located is None:
             counters.paths[Path.RX_NOT_ESP] += 1
             return self._tag(frame, _NOT_ESP_WORD)
-        counters.paths[Path.RX_ESP] += 1
-        ip, esp_start, ip_end = located
-        mv = memoryview(frame)
+        counters.paths[_RX_ESP] += 1
+        esp_start, ip_end, ip_src, ip_dst = located
         if esp_start + ESP_HEADER_LEN > ip_end:
             # ESP too short to name its SA
             return self._rx_status(frame, RxStatus.MALFORMED, None)
-        spi, seq_lo = _ESP.unpack_from(mv, esp_start)
-        sa = self.sad.lookup(Direction.INBOUND, spi, ip.dst, eth.dst, vlan_key(eth.vlans))
-        if sa is None or (sa.src is not None and sa.src != ip.src):
+        spi, seq_lo = _ESP.unpack_from(frame, esp_start)
+        sa = self.sad.lookup(_INBOUND, spi, ip_dst, dst, vlan_key(vlans))
+        if sa is None or (sa.src is not None and sa.src != ip_src):
             return self._rx_status(frame, RxStatus.NO_SA, None)
         if sa.expired():
             return self._rx_status(frame, RxStatus.SA_EXPIRED, sa)
@@ -305,8 +322,8 @@ class IpsecAgent:
                 spi,
                 full_seq,
                 sa.esn,
-                bytes(mv[ct_start - ESP_IV_LEN : ct_start]),
-                bytes(mv[ct_start:ip_end]),
+                frame[ct_start - ESP_IV_LEN : ct_start],
+                memoryview(frame)[ct_start:ip_end],
             )
         except AuthenticationError:
             return self._rx_status(frame, RxStatus.AUTH_FAILED, sa)
@@ -316,18 +333,21 @@ class IpsecAgent:
         sa.replay.accept(full_seq)
         sa.packets += 1
         sa.bytes += payload_len
-        ip_header = _resize_ip(ip, mv[l3:esp_start], ip_end - l3 - ICV_LEN)
+        ip_header = _resize_ip(frame, l3, esp_start, ethertype, ip_end - l3 - ICV_LEN)
         assert ip_header is not None  # shorter than what arrived
-        counters.rx_status[RxStatus.OK] += 1
-        decrypted = b"".join((frame[:l3], ip_header, mv[esp_start:ct_start], plaintext))
-        return self._tag(decrypted, build_rx_metadata(RxMetadata(True, RxStatus.OK, sa.index)))
+        counters.rx_status[_RX_OK] += 1
+        tag = _META_TAG.pack(self._meta, rx_metadata_word(True, _RX_OK, sa.index))
+        # decrypted in place and tagged: L2 | tag | ... | IP | ESP header | IV | plaintext
+        return b"".join(
+            (frame[:12], tag, frame[12:l3], ip_header, frame[esp_start:ct_start], plaintext)
+        )
 
     def _rx_status(self, frame: bytes, status: RxStatus, sa: SecurityAssociation | None) -> bytes:
         """Pass an ESP frame unchanged with a non-OK status (spec 3: the host drops it)."""
         self.counters.rx_status[status] += 1
         if sa is not None:
             sa.errors[status - 1] += 1
-        word = build_rx_metadata(RxMetadata(True, status, sa.index if sa else 0))
+        word = rx_metadata_word(True, status, sa.index if sa else 0)
         return self._tag(frame, word)
 
     def _tag(self, frame: bytes, word: int) -> bytes:
@@ -335,8 +355,8 @@ class IpsecAgent:
 
     # -- config channel (spec 4) ----------------------------------------------------------
 
-    def _config_frame(self, frame: bytes, eth: EthernetHeader, out: AgentOutput) -> None:
-        body = memoryview(frame)[eth.header_len :]
+    def _config_frame(self, frame: bytes, src: bytes, l2_len: int, out: AgentOutput) -> None:
+        body = memoryview(frame)[l2_len:]
         try:
             header = parse_config_header(body)
         except ParseError:
@@ -345,7 +365,7 @@ class IpsecAgent:
         if header.is_reply:
             self.counters.drops[DropReason.CONFIG_NOT_REQUEST] += 1
             return
-        cache_key = (eth.src, header.txn_id)
+        cache_key = (src, header.txn_id)
         cached = self._replies.get(cache_key)
         if cached is not None:
             self.counters.paths[Path.CONFIG_RETRANSMIT] += 1
@@ -362,9 +382,7 @@ class IpsecAgent:
         )
         reply_frame = self._tag(
             build_ethernet(
-                EthernetHeader(
-                    dst=eth.src, src=self.config.mac, ethertype=self.config.config_ethertype
-                )
+                EthernetHeader(dst=src, src=self.config.mac, ethertype=self.config.config_ethertype)
             )
             + build_config(reply),
             _NOT_ESP_WORD,
@@ -527,7 +545,7 @@ def _key_material_len(alg: Algorithm) -> int:
     return alg.key_length + 4
 
 
-_LocatedIp = tuple[IPv4Header | IPv6Header, int, int]
+_LocatedIp = tuple[int, int, bytes, bytes]
 
 
 _IP_VERSIONS: dict[int, int] = {EtherType.IPV4: 4, EtherType.IPV6: 6}
@@ -536,52 +554,51 @@ _IP_VERSIONS: dict[int, int] = {EtherType.IPV4: 4, EtherType.IPV6: 6}
 def _locate_esp(frame: bytes, l3: int, ethertype: int, esp_off: int | None) -> _LocatedIp | None:
     """Find the IP header at `l3` (after an L2 header of EtherType `ethertype`) and its ESP.
 
-    Returns (IP header, ESP start, IP end) as offsets in `frame`, or None when the bytes are not
-    an ESP packet there. The IP version must agree with the EtherType. With `esp_off` (Tx
-    metadata, spec 3) the ESP header must be exactly there and hold the ESP header and IV; the
-    agent never trusts the offsets. Without it (Rx) the ESP header only has to start inside
-    the IP packet: the caller judges a short one MALFORMED.
+    Returns (ESP start, IP end) as offsets in `frame` and the IP source and destination, or
+    None when the bytes are not an ESP packet there. The IP version must agree with the
+    EtherType. With `esp_off` (Tx metadata, spec 3) the ESP header must be exactly there and
+    hold the ESP header and IV; the agent never trusts the offsets. Without it (Rx) the ESP
+    header only has to start inside the IP packet: the caller judges a short one MALFORMED.
     """
     if l3 < 14 or l3 >= len(frame):
         return None
-    mv = memoryview(frame)[l3:]
-    version = mv[0] >> 4
+    version = frame[l3] >> 4
     if _IP_VERSIONS.get(ethertype) != version:
         return None
-    ip: IPv4Header | IPv6Header
     try:
         if version == 4:
-            ip = parse_ipv4(mv)
-            if ip.protocol != IpProto.ESP or ip.flags_fragment & 0x3FFF:
+            offset, _, ip_len, _, flags_fragment, _, protocol, _, src, dst = ipv4_fields(frame, l3)
+            if protocol != _PROTO_ESP or flags_fragment & 0x3FFF:
                 return None
-            offset, ip_len = ip.header_len, ip.total_length
-        elif version == 6:
-            ip = parse_ipv6(mv)
-            protocol, offset = ipv6_upper_layer(mv)
-            if protocol != IpProto.ESP:
+        else:  # 6, the only other version an EtherType names
+            _, payload_length, _, _, src, dst = ipv6_fields(frame, l3)
+            protocol, offset = ipv6_upper_layer(frame, l3)
+            if protocol != _PROTO_ESP:
                 return None
-            ip_len = 40 + ip.payload_length
-        else:
-            return None
+            ip_len = IPV6_HEADER_LEN + payload_length
     except ParseError:
         return None
     if esp_off is not None and esp_off != offset:
         return None
     needed = 0 if esp_off is None else ESP_HEADER_LEN + ESP_IV_LEN
-    if ip_len > len(mv) or offset + needed > ip_len:
+    if ip_len > len(frame) - l3 or offset + needed > ip_len:
         return None
-    return ip, l3 + offset, l3 + ip_len
+    return l3 + offset, l3 + ip_len, src, dst
 
 
-def _resize_ip(ip: IPv4Header | IPv6Header, old: memoryview, new_len: int) -> bytes | None:
-    """The IP header bytes (with IPv6 extension headers) for a packet of `new_len` bytes."""
-    if isinstance(ip, IPv4Header):
-        if new_len > 0xFFFF:
-            return None
-        return build_ipv4(replace(ip, total_length=new_len))
-    if new_len - 40 > 0xFFFF:
-        return None
-    return build_ipv6(replace(ip, payload_length=new_len - 40)) + bytes(old[40:])
+def _resize_ip(frame: bytes, l3: int, esp_start: int, ethertype: int, new_len: int) -> bytes | None:
+    """The IP header bytes at `l3` (with IPv4 options or IPv6 extension headers, up to the
+    ESP header) for a packet of `new_len` bytes; None when that does not fit the length."""
+    header = frame[l3:esp_start]
+    if ethertype == _IPV4:
+        return ipv4_with_length(header, new_len) if new_len <= 0xFFFF else None
+    payload_length = new_len - IPV6_HEADER_LEN
+    return ipv6_with_length(header, payload_length) if payload_length <= 0xFFFF else None
+
+
+def _untag(frame: bytes) -> bytes:
+    """The frame without its metadata tag (the outermost tag, after the MAC addresses)."""
+    return frame[:12] + frame[12 + _META_TAG.size :]
 
 
 def _dump_domain(domain: Domain) -> str:

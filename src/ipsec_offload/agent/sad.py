@@ -6,6 +6,9 @@ size: the extended key (direction, SPI, destination, local MAC, VLAN stack) for 
 domain fields, and the naive key (direction, SPI, destination) for SAs added without them,
 which match any MAC and VLAN. A lookup tries the extended key first. Free indexes are handed
 out lowest first, so runs are deterministic.
+
+The indexes are keyed by flat tuples of the packet's own fields (no `Domain` in them), so that
+a lookup builds one tuple and hashes and compares it in C.
 """
 
 from __future__ import annotations
@@ -29,6 +32,16 @@ class Domain:
 
 
 SaKey = tuple[Direction, int, bytes, Domain | None]
+"""An SA's key as the config channel names it: direction, SPI, destination, domain."""
+_IndexKey = tuple[Direction, int, bytes] | tuple[Direction, int, bytes, bytes, VlanKey]
+"""The key of the hash index: the naive key, or the extended key with the domain spread out."""
+
+
+def _index_key(key: SaKey) -> _IndexKey:
+    direction, spi, dst, domain = key
+    if domain is None:
+        return (direction, spi, dst)
+    return (direction, spi, dst, domain.mac, domain.vlans)
 
 
 @dataclass(slots=True)
@@ -83,7 +96,7 @@ class SecurityAssociationDatabase:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._entries: dict[int, SecurityAssociation] = {}
-        self._by_key: dict[SaKey, SecurityAssociation] = {}
+        self._by_key: dict[_IndexKey, SecurityAssociation] = {}
         self._free: list[int] = []
         self._next_unused = 1
 
@@ -97,7 +110,7 @@ class SecurityAssociationDatabase:
         return self._entries.get(index)
 
     def contains_key(self, key: SaKey) -> bool:
-        return key in self._by_key
+        return _index_key(key) in self._by_key
 
     def allocate_index(self) -> int:
         """The lowest free index; raises SadFull when every entry is in use."""
@@ -115,12 +128,12 @@ class SecurityAssociationDatabase:
         else:
             raise ValueError(f"SA index {sa.index} was not allocated")
         self._entries[sa.index] = sa
-        self._by_key[sa.key] = sa
+        self._by_key[_index_key(sa.key)] = sa
 
     def remove(self, index: int) -> SecurityAssociation | None:
         sa = self._entries.pop(index, None)
         if sa is not None:
-            del self._by_key[sa.key]
+            del self._by_key[_index_key(sa.key)]
             heapq.heappush(self._free, index)
         return sa
 
@@ -129,7 +142,7 @@ class SecurityAssociationDatabase:
     ) -> SecurityAssociation | None:
         """Find the SA for a packet: extended key first, then the naive key."""
         by_key = self._by_key
-        sa = by_key.get((direction, spi, dst, Domain(mac, vlans)))
+        sa = by_key.get((direction, spi, dst, mac, vlans))
         if sa is None:
-            sa = by_key.get((direction, spi, dst, None))
+            sa = by_key.get((direction, spi, dst))
         return sa

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ipsec_offload.bench.cli import bench
 from ipsec_offload.errors import IpsecOffloadError
 from ipsec_offload.sim.golden import run_golden
 from ipsec_offload.sim.report import build_report, summary, write_outputs
@@ -156,3 +157,6 @@ def agent(
     except IpsecOffloadError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(summary)
+
+
+main.add_command(bench)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import struct
 
 from ipsec_offload.crypto.gcm import EspAead
-from ipsec_offload.wire.esp import build_esp_trailer, parse_esp_trailer
+from ipsec_offload.wire.esp import ESP_HEADER_LEN, build_esp_trailer, esp_trailer_fields
 
-_ESP_HEADER = struct.Struct(">II")
+_ESP_HEADER_IV = struct.Struct(">IIQ")
+"""SPI, the low 32 bits of the sequence number, the 64-bit IV."""
 _IV = struct.Struct(">Q")
 
 
@@ -25,15 +26,22 @@ def esp_seal(
     The trailer pads payload || pad || pad length || next header to 4 bytes (RFC 4303 2.4);
     the ESP header carries the low 32 bits of `seq` and the IV all 64 (spec section 2).
     """
-    iv = _IV.pack(seq)
-    plaintext = bytes(payload) + build_esp_trailer(len(payload), next_header)
-    return b"".join(
-        (_ESP_HEADER.pack(spi, seq & 0xFFFFFFFF), iv, aead.seal(spi, seq, esn, iv, plaintext))
-    )
+    header, sealed = esp_seal_parts(aead, spi, seq, esn, payload, next_header)
+    return header + sealed
+
+
+def esp_seal_parts(
+    aead: EspAead, spi: int, seq: int, esn: bool, payload: bytes | memoryview, next_header: int
+) -> tuple[bytes, bytes]:
+    """`esp_seal` in its two parts, ESP header || IV and ciphertext || ICV, for a caller that
+    joins them into a frame (the ciphertext is then copied once, not twice)."""
+    header = _ESP_HEADER_IV.pack(spi, seq & 0xFFFFFFFF, seq)
+    plaintext = b"".join((payload, build_esp_trailer(len(payload), next_header)))
+    return header, aead.seal(spi, seq, esn, header[ESP_HEADER_LEN:], plaintext)
 
 
 def esp_open(
-    aead: EspAead, spi: int, seq: int, esn: bool, iv: bytes, sealed: bytes
+    aead: EspAead, spi: int, seq: int, esn: bool, iv: bytes, sealed: bytes | memoryview
 ) -> tuple[bytes, int, int]:
     """Decrypt ciphertext || ICV: (plaintext with its trailer, payload length, next header).
 
@@ -41,5 +49,5 @@ def esp_open(
     whose padding is wrong (RFC 4303 2.4).
     """
     plaintext = aead.open(spi, seq, esn, iv, sealed)
-    trailer, payload_len = parse_esp_trailer(plaintext)
-    return plaintext, payload_len, trailer.next_header
+    _, next_header, payload_len = esp_trailer_fields(plaintext)
+    return plaintext, payload_len, next_header

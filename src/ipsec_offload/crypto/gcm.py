@@ -114,7 +114,9 @@ class EspAead:
     def __repr__(self) -> str:
         return f"EspAead(algorithm={self._algorithm!r})"
 
-    def seal(self, spi: int, seq: int, esn: bool, iv: bytes, plaintext: bytes) -> bytes:
+    def seal(
+        self, spi: int, seq: int, esn: bool, iv: bytes, plaintext: bytes | memoryview
+    ) -> bytes:
         """Encrypt ``plaintext`` (payload || padding || pad length || next header).
 
         Returns ciphertext || 16-byte ICV. ``seq`` is the full 64-bit sequence number (only
@@ -129,7 +131,9 @@ class EspAead:
             raise _bad_header(spi, seq, esn) from None
         return self._encrypt(self._salt + iv, plaintext, header)
 
-    def open(self, spi: int, seq: int, esn: bool, iv: bytes, ciphertext: bytes) -> bytes:
+    def open(
+        self, spi: int, seq: int, esn: bool, iv: bytes, ciphertext: bytes | memoryview
+    ) -> bytes:
         """Verify and decrypt ``ciphertext`` (ciphertext || 16-byte ICV); return the plaintext.
 
         Raises :class:`AuthenticationError` when the ICV does not verify (which includes

@@ -16,6 +16,7 @@ __all__ = [
     "EspTrailer",
     "build_esp",
     "build_esp_trailer",
+    "esp_trailer_fields",
     "parse_esp",
     "parse_esp_trailer",
 ]
@@ -81,25 +82,31 @@ def build_esp_trailer(payload_len: int, next_header: int, align: int = 4) -> byt
     return _PAD[:pad] + bytes((pad, next_header))
 
 
+def esp_trailer_fields(plaintext: bytes | memoryview) -> tuple[int, int, int]:
+    """`parse_esp_trailer` as a tuple, for the data path: (pad length, next header, payload
+    length), without building the trailer object."""
+    size = len(plaintext)
+    if size < ESP_TRAILER_LEN:
+        # RFC 4303 2.4: pad length u8 || next header u8 end the plaintext
+        raise ParseError("esp", f"{size} bytes cannot hold the 2-byte trailer", 0)
+    pad_length = plaintext[size - 2]
+    next_header = plaintext[size - 1]
+    payload_len = size - ESP_TRAILER_LEN - pad_length
+    if payload_len < 0:
+        # RFC 4303 2.5: pad length counts the padding bytes before it
+        raise ParseError("esp", f"pad length {pad_length} exceeds the data", size - 2)
+    if plaintext[payload_len : size - ESP_TRAILER_LEN] != _PAD[:pad_length]:
+        # RFC 4303 2.4: padding bytes are 1, 2, 3, ...
+        bad = next(i for i in range(pad_length) if plaintext[payload_len + i] != i + 1)
+        found = plaintext[payload_len + bad]
+        raise ParseError("esp", f"pad byte {bad + 1} is {found}, not {bad + 1}", payload_len + bad)
+    return pad_length, next_header, payload_len
+
+
 def parse_esp_trailer(plaintext: bytes | memoryview) -> tuple[EspTrailer, int]:
     """Read the trailer at the end of a decrypted ESP payload and check the padding.
 
     Returns the trailer and the length of the payload before the padding.
     """
-    mv = memoryview(plaintext)
-    size = len(mv)
-    if size < ESP_TRAILER_LEN:
-        # RFC 4303 2.4: pad length u8 || next header u8 end the plaintext
-        raise ParseError("esp", f"{size} bytes cannot hold the 2-byte trailer", 0)
-    pad_length = mv[size - 2]
-    next_header = mv[size - 1]
-    payload_len = size - ESP_TRAILER_LEN - pad_length
-    if payload_len < 0:
-        # RFC 4303 2.5: pad length counts the padding bytes before it
-        raise ParseError("esp", f"pad length {pad_length} exceeds the data", size - 2)
-    if mv[payload_len : size - ESP_TRAILER_LEN] != _PAD[:pad_length]:
-        # RFC 4303 2.4: padding bytes are 1, 2, 3, ...
-        bad = next(i for i in range(pad_length) if mv[payload_len + i] != i + 1)
-        found = mv[payload_len + bad]
-        raise ParseError("esp", f"pad byte {bad + 1} is {found}, not {bad + 1}", payload_len + bad)
+    pad_length, next_header, payload_len = esp_trailer_fields(plaintext)
     return EspTrailer(pad_length, next_header), payload_len

@@ -12,10 +12,12 @@ from ipsec_offload.errors import ParseError, UsageError
 __all__ = [
     "MAX_VLANS",
     "EtherType",
+    "EthernetFields",
     "EthernetHeader",
     "VlanKey",
     "VlanTag",
     "build_ethernet",
+    "ethernet_fields",
     "parse_ethernet",
     "vlan_key",
 ]
@@ -24,6 +26,12 @@ _LAYER = "ethernet"
 _U16 = struct.Struct("!H")
 _TAG = struct.Struct("!HH")
 _META = struct.Struct("!HI")
+_L2 = struct.Struct("!6s6sH")
+"""Destination and source MAC, EtherType."""
+_META_TAG = struct.Struct("!HIH")
+"""The metadata tag and the EtherType after it."""
+_VLAN_TAG = struct.Struct("!HHH")
+"""A VLAN tag and the EtherType after it."""
 _MAC_LEN = 6
 _MIN_LEN = 2 * _MAC_LEN + 2
 
@@ -75,7 +83,9 @@ VlanKey: TypeAlias = tuple[tuple[int, int], ...]
 
 def vlan_key(vlans: tuple[VlanTag, ...]) -> VlanKey:
     """The (TPID, VID) pairs of a VLAN stack; priority and DEI do not name a VLAN."""
-    return tuple((tag.tpid, tag.vid) for tag in vlans)
+    if not vlans:
+        return ()
+    return tuple([(tag.tpid, tag.vid) for tag in vlans])
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,28 +105,29 @@ class EthernetHeader:
         return 2 * _MAC_LEN + meta + _TAG.size * len(self.vlans) + _U16.size
 
 
-def parse_ethernet(buf: bytes | memoryview, meta_ethertype: int = EtherType.META) -> EthernetHeader:
-    """Parse the Ethernet header at the start of `buf`.
+EthernetFields: TypeAlias = tuple[bytes, bytes, int, tuple[VlanTag, ...], int | None, int]
+"""What `ethernet_fields` returns: dst, src, ethertype, vlans, metadata, header length."""
 
-    A tag with `meta_ethertype` is the metadata tag only when it is the outermost tag; VLAN
-    tags (TPID 0x8100 or 0x88A8) may follow it, at most two.
-    """
-    mv = memoryview(buf)
-    size = len(mv)
+
+def ethernet_fields(
+    buf: bytes | memoryview, meta_ethertype: int = EtherType.META
+) -> EthernetFields:
+    """`parse_ethernet` as a tuple, for the data path: the header's fields in the order of
+    `EthernetHeader` and then its length, without building the header object."""
+    size = len(buf)
     if size < _MIN_LEN:
         # IEEE 802.3: two MAC addresses and an EtherType
         raise ParseError(_LAYER, f"frame of {size} bytes is shorter than 14", size)
+    dst, src, ethertype = _L2.unpack_from(buf)
     offset = 2 * _MAC_LEN
-    (ethertype,) = _U16.unpack_from(mv, offset)
     metadata: int | None = None
     if ethertype == meta_ethertype:
         # spec 3: META EtherType || u32 metadata, outermost tag only
         if size < offset + _META.size + _U16.size:
             raise ParseError(_LAYER, "truncated metadata tag", offset)
-        _, metadata = _META.unpack_from(mv, offset)
+        _, metadata, ethertype = _META_TAG.unpack_from(buf, offset)
         offset += _META.size
-        (ethertype,) = _U16.unpack_from(mv, offset)
-    vlans: list[VlanTag] = []
+    vlans: tuple[VlanTag, ...] = ()
     while ethertype in _VLAN_TPIDS:
         if len(vlans) == MAX_VLANS:
             # spec 3: at most two VLAN tags (802.1ad Q-in-Q)
@@ -124,17 +135,20 @@ def parse_ethernet(buf: bytes | memoryview, meta_ethertype: int = EtherType.META
         if size < offset + _TAG.size + _U16.size:
             # IEEE 802.1Q / 802.1ad: TPID || TCI, then the next EtherType
             raise ParseError(_LAYER, "truncated VLAN tag", offset)
-        tpid, tci = _TAG.unpack_from(mv, offset)
-        vlans.append(VlanTag(tpid, tci))
+        tpid, tci, ethertype = _VLAN_TAG.unpack_from(buf, offset)
+        vlans += (VlanTag(tpid, tci),)
         offset += _TAG.size
-        (ethertype,) = _U16.unpack_from(mv, offset)
-    return EthernetHeader(
-        dst=bytes(mv[0:_MAC_LEN]),
-        src=bytes(mv[_MAC_LEN : 2 * _MAC_LEN]),
-        ethertype=ethertype,
-        vlans=tuple(vlans),
-        metadata=metadata,
-    )
+    return dst, src, ethertype, vlans, metadata, offset + _U16.size
+
+
+def parse_ethernet(buf: bytes | memoryview, meta_ethertype: int = EtherType.META) -> EthernetHeader:
+    """Parse the Ethernet header at the start of `buf`.
+
+    A tag with `meta_ethertype` is the metadata tag only when it is the outermost tag; VLAN
+    tags (TPID 0x8100 or 0x88A8) may follow it, at most two.
+    """
+    dst, src, ethertype, vlans, metadata, _ = ethernet_fields(buf, meta_ethertype)
+    return EthernetHeader(dst, src, ethertype, vlans, metadata)
 
 
 def _check_u16(name: str, value: int) -> None:

@@ -11,7 +11,9 @@ from ipsec_offload.errors import ParseError, UsageError
 __all__ = [
     "IPV4_MIN_HEADER_LEN",
     "IPV6_HEADER_LEN",
+    "IPv4Fields",
     "IPv4Header",
+    "IPv6Fields",
     "IPv6Header",
     "IpProto",
     "Ipv4Flags",
@@ -19,7 +21,11 @@ __all__ = [
     "build_ipv6",
     "internet_checksum",
     "ipv4_checksum",
+    "ipv4_fields",
+    "ipv4_with_length",
+    "ipv6_fields",
     "ipv6_upper_layer",
+    "ipv6_with_length",
     "parse_ipv4",
     "parse_ipv6",
 ]
@@ -30,6 +36,7 @@ _IPV4_MAX_HEADER_LEN = 60
 _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _IPV6 = struct.Struct("!IHBB16s16s")
 _EXT = struct.Struct("!BB")
+_U16 = struct.Struct("!H")
 _FRAGMENT_OFFSET_MASK = 0x1FFF
 
 
@@ -109,15 +116,23 @@ class IPv4Header:
         return bool(self.flags_fragment & (Ipv4Flags.MF | _FRAGMENT_OFFSET_MASK))
 
 
-def parse_ipv4(buf: bytes | memoryview, verify_checksum: bool = True) -> IPv4Header:
-    """Parse the IPv4 header at the start of `buf`, which must hold the whole packet."""
-    mv = memoryview(buf)
-    size = len(mv)
+IPv4Fields = tuple[int, int, int, int, int, int, int, int, bytes, bytes]
+"""What `ipv4_fields` returns: header length, TOS, total length, identification, flags and
+fragment offset, TTL, protocol, checksum, source, destination."""
+
+
+def ipv4_fields(
+    buf: bytes | memoryview, offset: int = 0, verify_checksum: bool = True
+) -> IPv4Fields:
+    """`parse_ipv4` of the header at `offset` as a tuple, for the data path: the fields of
+    the fixed header (the header length in place of version and IHL), without the options
+    and without building the header object. `buf` must hold the whole packet."""
+    size = len(buf) - offset
     if size < IPV4_MIN_HEADER_LEN:
         # RFC 791: the fixed header is 20 bytes
         raise ParseError("ipv4", f"{size} bytes is shorter than the 20-byte header", size)
     (ver_ihl, tos, total_length, ident, flags_fragment, ttl, proto, checksum, src, dst) = (
-        _IPV4.unpack_from(mv)
+        _IPV4.unpack_from(buf, offset)
     )
     if ver_ihl >> 4 != 4:
         # RFC 791: version 4
@@ -134,9 +149,18 @@ def parse_ipv4(buf: bytes | memoryview, verify_checksum: bool = True) -> IPv4Hea
         raise ParseError(
             "ipv4", f"total length {total_length} outside {header_len}..{size} bytes", 2
         )
-    if verify_checksum and ipv4_checksum(mv[:header_len]) != 0:
-        # RFC 791 / RFC 1071: header checksum
+    # RFC 791 / RFC 1071: a header whose checksum is right sums to 0xffff in one's complement,
+    # so its value is a multiple of 0xffff (2**16 == 1 mod 0xffff; the version makes it non-0)
+    if verify_checksum and int.from_bytes(buf[offset : offset + header_len], "big") % 0xFFFF:
         raise ParseError("ipv4", f"bad header checksum {checksum:#06x}", 10)
+    return (header_len, tos, total_length, ident, flags_fragment, ttl, proto, checksum, src, dst)
+
+
+def parse_ipv4(buf: bytes | memoryview, verify_checksum: bool = True) -> IPv4Header:
+    """Parse the IPv4 header at the start of `buf`, which must hold the whole packet."""
+    (header_len, tos, total_length, ident, flags_fragment, ttl, proto, checksum, src, dst) = (
+        ipv4_fields(buf, 0, verify_checksum)
+    )
     return IPv4Header(
         src=src,
         dst=dst,
@@ -146,9 +170,37 @@ def parse_ipv4(buf: bytes | memoryview, verify_checksum: bool = True) -> IPv4Hea
         ttl=ttl,
         tos=tos,
         flags_fragment=flags_fragment,
-        options=bytes(mv[IPV4_MIN_HEADER_LEN:header_len]),
+        options=bytes(buf[IPV4_MIN_HEADER_LEN:header_len]),
         checksum=checksum,
     )
+
+
+def ipv4_with_length(header: bytes | memoryview, total_length: int) -> bytes:
+    """The IPv4 `header` (options included), whose checksum is right, with another total
+    length: the bytes of `build_ipv4(replace(parse_ipv4(...), total_length=...))` without
+    the objects, for the data path.
+
+    The checksum is updated (RFC 1624), not recomputed: a right checksum makes the header's
+    one's complement sum 0xffff, so the new checksum follows from the old one and the change
+    of length alone. A wrong checksum stays wrong (`ipv4_fields` finds it first).
+    """
+    (ver_ihl, tos, old_length, ident, flags_fragment, ttl, proto, old_checksum, src, dst) = (
+        _IPV4.unpack_from(header)
+    )
+    header_len = (ver_ihl & 0x0F) * 4
+    if len(header) != header_len or not header_len <= total_length <= 0xFFFF:
+        raise UsageError(
+            f"IPv4 header of {len(header)} bytes (IHL says {header_len}) and total length"
+            f" {total_length}: give the whole header and {header_len}..65535"
+        )
+    # Words add modulo 0xffff (2**16 == 1): the old sum is 0, the new one lacks the old
+    # checksum and length and has the new length; the new checksum is its negation, the
+    # residue 0..0xfffe that build_ipv4 writes.
+    checksum = (old_checksum + old_length - total_length) % 0xFFFF
+    fixed = _IPV4.pack(
+        ver_ihl, tos, total_length, ident, flags_fragment, ttl, proto, checksum, src, dst
+    )
+    return fixed + header[IPV4_MIN_HEADER_LEN:] if header_len > IPV4_MIN_HEADER_LEN else fixed
 
 
 def _check_range(name: str, value: int, bits: int) -> None:
@@ -194,14 +246,19 @@ class IPv6Header:
     flow_label: int = 0
 
 
-def parse_ipv6(buf: bytes | memoryview) -> IPv6Header:
-    """Parse the IPv6 fixed header at the start of `buf`, which must hold the whole packet."""
-    mv = memoryview(buf)
-    size = len(mv)
+IPv6Fields = tuple[int, int, int, int, bytes, bytes]
+"""What `ipv6_fields` returns: the first word (version, traffic class, flow label), payload
+length, next header, hop limit, source, destination."""
+
+
+def ipv6_fields(buf: bytes | memoryview, offset: int = 0) -> IPv6Fields:
+    """`parse_ipv6` of the header at `offset` as a tuple, for the data path. `buf` must hold
+    the whole packet."""
+    size = len(buf) - offset
     if size < IPV6_HEADER_LEN:
         # RFC 8200 3: the fixed header is 40 bytes
         raise ParseError("ipv6", f"{size} bytes is shorter than the 40-byte header", size)
-    word, payload_length, next_header, hop_limit, src, dst = _IPV6.unpack_from(mv)
+    word, payload_length, next_header, hop_limit, src, dst = _IPV6.unpack_from(buf, offset)
     if word >> 28 != 6:
         # RFC 8200 3: version 6
         raise ParseError("ipv6", f"version is {word >> 28}, not 6", 0)
@@ -210,6 +267,12 @@ def parse_ipv6(buf: bytes | memoryview) -> IPv6Header:
         raise ParseError(
             "ipv6", f"payload length {payload_length} exceeds the {size - 40} bytes present", 4
         )
+    return word, payload_length, next_header, hop_limit, src, dst
+
+
+def parse_ipv6(buf: bytes | memoryview) -> IPv6Header:
+    """Parse the IPv6 fixed header at the start of `buf`, which must hold the whole packet."""
+    word, payload_length, next_header, hop_limit, src, dst = ipv6_fields(buf)
     return IPv6Header(
         src=src,
         dst=dst,
@@ -235,29 +298,35 @@ def build_ipv6(h: IPv6Header) -> bytes:
     return _IPV6.pack(word, h.payload_length, h.next_header, h.hop_limit, h.src, h.dst)
 
 
-def ipv6_upper_layer(buf: bytes | memoryview) -> tuple[int, int]:
-    """Walk hop-by-hop, routing and destination-options headers of the IPv6 packet in `buf`.
+def ipv6_with_length(header: bytes | memoryview, payload_length: int) -> bytes:
+    """The IPv6 `header` (extension headers may follow the fixed one) with another payload
+    length, for the data path: IPv6 has no header checksum."""
+    _check_range("IPv6 payload length", payload_length, 16)
+    return b"".join((header[:4], _U16.pack(payload_length), header[6:]))
+
+
+def ipv6_upper_layer(buf: bytes | memoryview, offset: int = 0) -> tuple[int, int]:
+    """Walk hop-by-hop, routing and destination-options headers of the IPv6 packet at
+    `offset` in `buf`.
 
     Returns (protocol, offset from the start of the IPv6 header) of the first header that is
     none of those three; a fragment header (44) is returned as it is.
     """
-    mv = memoryview(buf)
-    header = parse_ipv6(mv)
-    end = IPV6_HEADER_LEN + header.payload_length
-    proto = header.next_header
-    offset = IPV6_HEADER_LEN
+    _, payload_length, proto, _, _, _ = ipv6_fields(buf, offset)
+    end = IPV6_HEADER_LEN + payload_length
+    position = IPV6_HEADER_LEN
     while proto in _EXTENSION_HEADERS:
-        if proto == IpProto.HOPOPT and offset != IPV6_HEADER_LEN:
+        if proto == IpProto.HOPOPT and position != IPV6_HEADER_LEN:
             # RFC 8200 4.1: hop-by-hop options only right after the fixed header
-            raise ParseError("ipv6", "hop-by-hop options header not first", offset)
-        if offset + _EXT.size > end:
+            raise ParseError("ipv6", "hop-by-hop options header not first", position)
+        if position + _EXT.size > end:
             # RFC 8200 4.3-4.6: next header u8, length u8
-            raise ParseError("ipv6", f"truncated extension header {proto}", offset)
-        next_proto, units = _EXT.unpack_from(mv, offset)
+            raise ParseError("ipv6", f"truncated extension header {proto}", position)
+        next_proto, units = _EXT.unpack_from(buf, offset + position)
         length = (units + 1) * 8
-        if offset + length > end:
+        if position + length > end:
             # RFC 8200 4.3-4.6: length in 8-octet units, not counting the first 8
-            raise ParseError("ipv6", f"extension header {proto} of {length} bytes", offset)
+            raise ParseError("ipv6", f"extension header {proto} of {length} bytes", position)
         proto = next_proto
-        offset += length
-    return proto, offset
+        position += length
+    return proto, position

@@ -17,6 +17,8 @@ __all__ = [
     "build_tx_metadata",
     "parse_rx_metadata",
     "parse_tx_metadata",
+    "rx_metadata_word",
+    "tx_metadata_fields",
 ]
 
 _LAYER = "metadata"
@@ -51,6 +53,8 @@ class RxStatus(IntEnum):
 
 
 _RX_STATUSES = frozenset(RxStatus)
+_OFFLOAD = int(TxFlag.OFFLOAD)
+_IPSEC = int(RxFlag.IPSEC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,18 +82,20 @@ def _check_word(word: int) -> None:
         raise ParseError(_LAYER, f"{word:#x} is not a 32-bit word", 0)
 
 
-def parse_tx_metadata(word: int) -> TxMetadata:
-    """Decode a Tx metadata word; reserved bits 30-24 set is a ParseError."""
+def tx_metadata_fields(word: int) -> tuple[bool, int, int, int]:
+    """`parse_tx_metadata` as a tuple, for the data path: (offload, next header, L3 offset,
+    ESP offset in 4-byte words), without building the metadata object."""
     _check_word(word)
     if word & _TX_RESERVED:
         # spec 3: Tx bits 30-24 are reserved, must be 0
         raise ParseError(_LAYER, f"Tx reserved bits set in {word:#010x}", 0)
-    return TxMetadata(
-        offload=bool(word & TxFlag.OFFLOAD),
-        next_header=(word >> 16) & 0xFF,
-        l3_offset=(word >> 8) & 0xFF,
-        esp_offset=word & 0xFF,
-    )
+    return bool(word & _OFFLOAD), (word >> 16) & 0xFF, (word >> 8) & 0xFF, word & 0xFF
+
+
+def parse_tx_metadata(word: int) -> TxMetadata:
+    """Decode a Tx metadata word; reserved bits 30-24 set is a ParseError."""
+    offload, next_header, l3_offset, esp_offset = tx_metadata_fields(word)
+    return TxMetadata(offload, next_header, l3_offset, esp_offset)
 
 
 def build_tx_metadata(m: TxMetadata) -> int:
@@ -128,5 +134,10 @@ def build_rx_metadata(m: RxMetadata) -> int:
         raise UsageError(f"Rx status {m.status!r}; use an RxStatus value 0..5")
     if not 0 <= m.sa_index <= _SA_INDEX_MASK:
         raise UsageError(f"SA index {m.sa_index} does not fit the 24-bit SA_INDEX field")
-    flags = RxFlag.IPSEC if m.ipsec else 0
-    return int(flags) | int(m.status) << _RX_STATUS_SHIFT | m.sa_index
+    return rx_metadata_word(m.ipsec, m.status, m.sa_index)
+
+
+def rx_metadata_word(ipsec: bool, status: int, sa_index: int) -> int:
+    """`build_rx_metadata` without the metadata object, for the data path; the caller
+    guarantees what `build_rx_metadata` checks (a status of RxStatus, a 24-bit index)."""
+    return (_IPSEC if ipsec else 0) | status << _RX_STATUS_SHIFT | sa_index

@@ -1,0 +1,344 @@
+"""The measurements: every figure of the benchmark and its ratio to a baseline of the same run.
+
+Method: every measured party gets the same packets (`bench.traffic`). Workloads that are
+compared with each other (for one frame size and algorithm: bare AEAD, agent, scapy and the
+simulated path; the SAD at two sizes; the config plane two ways) are timed in rounds: in each
+round every workload runs once, in turn, its set-up untimed and `time.perf_counter` around
+the run. The first round warms up and is not counted; a figure is the best of the other
+rounds, the run the rest of the machine disturbed least. Rates are operations per second;
+Gbit/s count the bytes of the clear frames.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import version
+
+from ipsec_offload.bench import workloads
+from ipsec_offload.bench.traffic import BenchError, agent_with_sa, packet
+from ipsec_offload.bench.workloads import Prepare
+from ipsec_offload.wire.config import Algorithm, Direction
+
+SA_MEMORY_BUDGET = 1536
+"""Bytes an idle installed SA may take (the issue's target: 1.5 KiB)."""
+PACKETS = "packets/s"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How much to measure. `FULL` is `ipsec-offload bench`; `QUICK` only shows that it runs."""
+
+    sizes: tuple[int, ...] = (64, 512, 1400, 9000)
+    algorithms: tuple[Algorithm, ...] = (Algorithm.AES_GCM_128, Algorithm.AES_GCM_256)
+    batch: int = 256
+    """Frames per call to the agent (from_host, from_wire) and sends per burst of the host."""
+    packets: int = 4096
+    """Packets per timed run of the agent and the bare AEAD."""
+    peer_packets: int = 256
+    """Packets per timed run of scapy."""
+    path_packets: int = 1024
+    """Packets per timed run of the whole simulated path."""
+    rounds: int = 9
+    """Timed rounds, after one warm-up round; a figure is the best of them."""
+    sad_sizes: tuple[int, int] = (1_000, 1_000_000)
+    lookups: int = 200_000
+    """SAD lookups per timed run."""
+    config_round_trips: int = 1000
+    memory_sas: int = 2000
+    """SAs installed to measure the memory of one."""
+
+
+FULL = Settings()
+QUICK = Settings(
+    batch=4,
+    packets=8,
+    peer_packets=2,
+    path_packets=4,
+    rounds=1,
+    sad_sizes=(100, 1000),
+    lookups=1000,
+    config_round_trips=4,
+    memory_sas=20,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a ratio must reach: at least `bound`, or with `at_most` at most."""
+
+    bound: float
+    at_most: bool = False
+
+    def met(self, value: float) -> bool:
+        return value <= self.bound if self.at_most else value >= self.bound
+
+    def __str__(self) -> str:
+        return f"{'<=' if self.at_most else '>='} {self.bound:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class Ratio:
+    """A figure divided by its baseline: a rate by a rate, a cost by a cost."""
+
+    baseline: str
+    """The `Figure.id` of the baseline."""
+    value: float
+    target: Target | None = None
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.target is None else self.target.met(self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """One result: an absolute value and its ratios to baselines (none for a baseline)."""
+
+    id: str
+    what: str
+    value: float
+    unit: str
+    size: int | None = None
+    algorithm: Algorithm | None = None
+    ratios: tuple[Ratio, ...] = ()
+
+    @property
+    def gbps(self) -> float | None:
+        """Gbit/s of clear frames, for a packet rate of frames of `size` bytes."""
+        if self.size is None or self.unit != PACKETS:
+            return None
+        return self.value * self.size * 8 / 1e9
+
+
+@dataclass(slots=True)
+class Results:
+    """Every figure of one run, and where and how it ran."""
+
+    machine: dict[str, str]
+    settings: Settings
+    seconds: float = 0.0
+    figures: list[Figure] = field(default_factory=list)
+
+    def figure(self, figure_id: str) -> Figure:
+        for figure in self.figures:
+            if figure.id == figure_id:
+                return figure
+        raise KeyError(figure_id)
+
+
+def race(timed: Mapping[str, Prepare], rounds: int) -> dict[str, float]:
+    """Operations per second of each workload: the best of `rounds` rounds in which the
+    workloads take turns, after a warm-up round."""
+    best = dict.fromkeys(timed, 0.0)
+    gc.collect()
+    gc.freeze()  # the workloads' data (a million SAs, say) is left out of every collection
+    try:
+        for counted in [False] + [True] * rounds:
+            for name, prepare in timed.items():
+                run = prepare()
+                gc.collect()
+                start = time.perf_counter()
+                done = run()
+                elapsed = time.perf_counter() - start
+                if counted:
+                    best[name] = max(best[name], done / elapsed)
+    finally:
+        gc.unfreeze()
+    return best
+
+
+def machine() -> dict[str, str]:
+    """What the run ran on: processors available, CPU model, Python, cryptography, scapy."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpus": str(cpus),
+        "cpu": model,
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "cryptography": version("cryptography"),
+        "scapy": version("scapy"),
+    }
+
+
+def run_benchmark(
+    settings: Settings = FULL, progress: Callable[[str], None] = lambda _: None
+) -> Results:
+    """Measure every figure (see the module docstring and docs/performance.md)."""
+    started = time.perf_counter()
+    results = Results(machine(), settings)
+    for algorithm in settings.algorithms:
+        for size in settings.sizes:
+            progress(f"datapath: {size}-byte frames, {_name(algorithm)}")
+            results.figures.extend(_datapath(settings, size, algorithm))
+    small, large = settings.sad_sizes
+    progress(f"SAD lookups: {small} and {large} SAs")
+    results.figures.extend(_lookups(settings))
+    progress("memory per idle SA")
+    results.figures.extend(_sa_memory(settings))
+    progress("config plane: ADD_SA round trips")
+    results.figures.extend(_config_plane(settings))
+    results.seconds = time.perf_counter() - started
+    return results
+
+
+def _name(algorithm: Algorithm) -> str:
+    return f"AES-GCM-{algorithm.key_length * 8}"
+
+
+def _datapath(settings: Settings, size: int, algorithm: Algorithm) -> list[Figure]:
+    # packet 1 only primes each fresh receiver (its cipher context); the others are timed
+    packets = [packet(size, seq, algorithm) for seq in range(1, settings.packets + 2)]
+    sealed = agent_with_sa(Direction.OUTBOUND, algorithm).from_host([p.offload for p in packets])
+    if len(sealed.to_wire) != len(packets):
+        raise BenchError("the agent did not encrypt every packet")
+    workloads.check_scapy_agrees(algorithm, packets[0], sealed.to_wire[0])
+    primer, frames = sealed.to_wire[0], sealed.to_wire[1:]
+    timed = packets[1:]
+    rates = race(
+        {
+            "bare_encrypt": workloads.bare_encrypt(algorithm, timed),
+            "agent_tx": workloads.agent_tx(algorithm, timed, settings.batch),
+            "scapy_encrypt": workloads.scapy_encrypt(algorithm, timed[: settings.peer_packets]),
+            "bare_decrypt": workloads.bare_decrypt(algorithm, timed, frames),
+            "agent_rx": workloads.agent_rx(algorithm, primer, frames, settings.batch),
+            "scapy_decrypt": workloads.scapy_decrypt(algorithm, frames[: settings.peer_packets]),
+            "full_path": workloads.full_path(
+                algorithm, size, settings.path_packets, settings.batch
+            ),
+        },
+        settings.rounds,
+    )
+    tag = f"{algorithm.name.lower()}/{size}"
+
+    def figure(name: str, what: str, *ratios: tuple[str, Target | None]) -> Figure:
+        return Figure(
+            f"{name}/{tag}",
+            what,
+            rates[name],
+            PACKETS,
+            size,
+            algorithm,
+            tuple(
+                Ratio(f"{base}/{tag}", rates[name] / rates[base], target) for base, target in ratios
+            ),
+        )
+
+    ceiling = {64: Target(0.3), 1400: Target(0.5)}.get(size)
+    peer = Target(100.0)
+    return [
+        figure("bare_encrypt", "AESGCM.encrypt (ceiling)"),
+        figure("bare_decrypt", "AESGCM.decrypt (ceiling)"),
+        figure("scapy_encrypt", "scapy encrypt (peer)"),
+        figure("scapy_decrypt", "scapy decrypt (peer)"),
+        figure("agent_tx", "agent Tx", ("bare_encrypt", ceiling), ("scapy_encrypt", peer)),
+        figure("agent_rx", "agent Rx", ("bare_decrypt", ceiling), ("scapy_decrypt", peer)),
+        figure(
+            "full_path",
+            "full simulated path",
+            ("bare_encrypt", Target(0.25) if size == 1400 else None),
+        ),
+    ]
+
+
+def _lookups(settings: Settings) -> list[Figure]:
+    """SAD lookups at two sizes, with traffic on every SA of the larger one and on as many
+    as the smaller one holds; a plain dict at the same sizes is the floor under them."""
+    small, large = settings.sad_sizes
+    sad_small, keys_small = workloads.populated_sad(small)
+    sad_large, keys_large = workloads.populated_sad(large)
+    active = f"{large}/active_{small}"
+    sad = _costs(
+        {
+            str(small): workloads.sad_lookups(sad_small, keys_small, settings.lookups),
+            str(large): workloads.sad_lookups(sad_large, keys_large, settings.lookups),
+            active: workloads.sad_lookups(sad_large, keys_large[:small], settings.lookups),
+        },
+        settings.rounds,
+    )
+    del sad_small, sad_large, keys_small, keys_large
+    floor = _costs(
+        {str(n): workloads.dict_lookups(n, settings.lookups) for n in (small, large)},
+        settings.rounds,
+    )
+    target = Target(1.3, at_most=True)
+    sad_base = Figure(f"sad_lookup/{small}", f"SAD lookup, {small:,} SAs", sad[str(small)], "ns")
+    floor_base = Figure(
+        f"dict_lookup/{small}", f"dict lookup (floor), {small:,} keys", floor[str(small)], "ns"
+    )
+    return [
+        sad_base,
+        Figure(
+            f"sad_lookup/{large}",
+            f"SAD lookup, {large:,} SAs",
+            sad[str(large)],
+            "ns",
+            ratios=(Ratio(sad_base.id, sad[str(large)] / sad_base.value, target),),
+        ),
+        Figure(
+            f"sad_lookup/{active}",
+            f"SAD lookup, {large:,} SAs, {small:,} in use",
+            sad[active],
+            "ns",
+            ratios=(Ratio(sad_base.id, sad[active] / sad_base.value, target),),
+        ),
+        floor_base,
+        Figure(
+            f"dict_lookup/{large}",
+            f"dict lookup (floor), {large:,} keys",
+            floor[str(large)],
+            "ns",
+            ratios=(Ratio(floor_base.id, floor[str(large)] / floor_base.value),),
+        ),
+    ]
+
+
+def _costs(timed: Mapping[str, Prepare], rounds: int) -> dict[str, float]:
+    """Nanoseconds per operation of each workload (see `race`)."""
+    return {name: 1e9 / rate for name, rate in race(timed, rounds).items()}
+
+
+def _sa_memory(settings: Settings) -> list[Figure]:
+    budget = Figure("sa_memory_budget", "idle SA budget", SA_MEMORY_BUDGET, "bytes")
+    figures = [budget]
+    for direction in (Direction.OUTBOUND, Direction.INBOUND):
+        name = direction.name.lower()
+        per_sa = workloads.memory_per_sa(direction, settings.memory_sas)
+        ratio = Ratio(budget.id, per_sa / SA_MEMORY_BUDGET, Target(1.0, at_most=True))
+        figures.append(
+            Figure(f"sa_memory/{name}", f"idle {name} SA", per_sa, "bytes", ratios=(ratio,))
+        )
+    return figures
+
+
+def _config_plane(settings: Settings) -> list[Figure]:
+    n = settings.config_round_trips
+    rates = race(
+        {"agent": workloads.config_agent(n), "driver": workloads.config_driver(n)},
+        settings.rounds,
+    )
+    unit = "round trips/s"
+    base = Figure("config/agent", "ADD_SA round trip, agent alone", rates["agent"], unit)
+    ratio = Ratio(base.id, rates["driver"] / rates["agent"])
+    return [
+        base,
+        Figure(
+            "config/pf_driver",
+            "ADD_SA round trip, PF driver",
+            rates["driver"],
+            unit,
+            ratios=(ratio,),
+        ),
+    ]

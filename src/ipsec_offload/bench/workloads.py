@@ -1,0 +1,392 @@
+"""What the benchmark times: each workload is set up (untimed) by a `Prepare` and returns a
+`Runner` that does one timed run and says how many operations it did.
+
+Every workload checks that its party did all the work asked (no drop, no refused SA), so a
+figure never measures a shortcut.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import tracemalloc
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from scapy.layers.inet import IP
+from scapy.layers.ipsec import ESP
+from scapy.layers.ipsec import SecurityAssociation as ScapySa
+
+from ipsec_offload.agent.agent import AgentConfig, IpsecAgent
+from ipsec_offload.agent.sad import Domain, SecurityAssociation, SecurityAssociationDatabase
+from ipsec_offload.bench.traffic import (
+    HOST_IP,
+    HOST_MAC,
+    L2_LEN,
+    PEER_IP,
+    PEER_MAC,
+    SPI,
+    BenchError,
+    Packet,
+    agent_with_sa,
+    check_added,
+    config_frame,
+    key_material,
+    sa_request,
+    udp_data,
+)
+from ipsec_offload.host.xfrm import Offload, XfrmState
+from ipsec_offload.sim.testbed import Testbed
+from ipsec_offload.wire.addr import ip_to_str, mac_to_str
+from ipsec_offload.wire.config import Algorithm, Direction
+from ipsec_offload.wire.metadata import RxStatus
+
+Runner = Callable[[], int]
+"""One timed run of a workload; returns the operations it did."""
+Prepare = Callable[[], Runner]
+"""Sets a workload up, untimed, for one run."""
+
+_CIPHERTEXT = L2_LEN + 20 + 8 + 8
+"""Where the ciphertext starts in a sealed frame: Ethernet, IPv4, ESP header and IV."""
+
+
+def _bursts(frames: Sequence[bytes], batch: int) -> list[list[bytes]]:
+    return [list(frames[i : i + batch]) for i in range(0, len(frames), batch)]
+
+
+def _same(run: Runner) -> Prepare:
+    """A workload whose set-up is done once: every run uses it again."""
+    return lambda: run
+
+
+# -- the ceiling: the AEAD alone --------------------------------------------------------------
+
+
+def bare_encrypt(algorithm: Algorithm, packets: Sequence[Packet]) -> Prepare:
+    """`AESGCM.encrypt` on each packet's ESP plaintext, nonce and AAD."""
+    encrypt = AESGCM(key_material(algorithm)[:-4]).encrypt
+    work = [(p.nonce, p.plaintext, p.aad) for p in packets]
+
+    def run() -> int:
+        for nonce, plaintext, aad in work:
+            encrypt(nonce, plaintext, aad)
+        return len(work)
+
+    return _same(run)
+
+
+def bare_decrypt(
+    algorithm: Algorithm, packets: Sequence[Packet], sealed: Sequence[bytes]
+) -> Prepare:
+    """`AESGCM.decrypt` on the ciphertext and ICV of each sealed frame."""
+    decrypt = AESGCM(key_material(algorithm)[:-4]).decrypt
+    work = [(p.nonce, frame[_CIPHERTEXT:], p.aad) for p, frame in zip(packets, sealed, strict=True)]
+
+    def run() -> int:
+        for nonce, ciphertext, aad in work:
+            decrypt(nonce, ciphertext, aad)
+        return len(work)
+
+    return _same(run)
+
+
+# -- the agent --------------------------------------------------------------------------------
+
+
+def agent_tx(algorithm: Algorithm, packets: Sequence[Packet], batch: int) -> Prepare:
+    """The agent's Tx path: the host's offload frames, `batch` per `from_host` call."""
+    agent = agent_with_sa(Direction.OUTBOUND, algorithm)
+    bursts = _bursts([p.offload for p in packets], batch)
+
+    def run() -> int:
+        for burst in bursts:
+            if len(agent.from_host(burst).to_wire) != len(burst):
+                raise BenchError("the agent dropped Tx frames")
+        return len(packets)
+
+    return _same(run)
+
+
+def agent_rx(algorithm: Algorithm, primer: bytes, sealed: Sequence[bytes], batch: int) -> Prepare:
+    """The agent's Rx path: sealed frames, `batch` per `from_wire` call. Each run has a fresh
+    receiver (the sequence numbers are new to its replay window), whose cipher context the
+    `primer` frame creates before the timing starts."""
+    bursts = _bursts(sealed, batch)
+
+    def prepare() -> Runner:
+        agent = agent_with_sa(Direction.INBOUND, algorithm)
+        agent.from_wire([primer])
+
+        def run() -> int:
+            for burst in bursts:
+                agent.from_wire(burst)
+            if agent.counters.rx_status[RxStatus.OK] != len(sealed) + 1:
+                raise BenchError("the agent did not decrypt every Rx frame")
+            return len(sealed)
+
+        return run
+
+    return prepare
+
+
+# -- the peer: scapy --------------------------------------------------------------------------
+
+
+def scapy_sa(algorithm: Algorithm) -> ScapySa:
+    """scapy's SA for the flow: AES-GCM with the same key and salt, transport mode."""
+    return ScapySa(  # type: ignore[no-untyped-call]
+        ESP, spi=SPI, crypt_algo="AES-GCM", crypt_key=key_material(algorithm), auth_algo="NULL"
+    )
+
+
+def check_scapy_agrees(algorithm: Algorithm, packet: Packet, sealed: bytes) -> None:
+    """Raise BenchError unless scapy seals `packet` into the agent's frame `sealed` and opens
+    that frame into the clear packet: both parties do the same work."""
+    sa = scapy_sa(algorithm)
+    sa.seq_num = packet.seq
+    encrypted = bytes(sa.encrypt(IP(packet.ip), iv=packet.iv))  # type: ignore[no-untyped-call]
+    decrypted = bytes(sa.decrypt(IP(sealed[L2_LEN:])))  # type: ignore[no-untyped-call]
+    if encrypted != sealed[L2_LEN:] or decrypted != packet.ip:
+        raise BenchError("scapy and the agent disagree on the flow's ESP packets")
+
+
+def scapy_encrypt(algorithm: Algorithm, packets: Sequence[Packet]) -> Prepare:
+    """`SecurityAssociation.encrypt` on the clear IP packets, parsed before each run (scapy's
+    own form of a packet, which its calls may change): the call alone is timed."""
+    sa = scapy_sa(algorithm)
+
+    def prepare() -> Runner:
+        work = [(IP(p.ip), p.iv) for p in packets]
+
+        def run() -> int:
+            for packet, iv in work:
+                sa.encrypt(packet, iv=iv)  # type: ignore[no-untyped-call]
+            return len(work)
+
+        return run
+
+    return prepare
+
+
+def scapy_decrypt(algorithm: Algorithm, sealed: Sequence[bytes]) -> Prepare:
+    """`SecurityAssociation.decrypt` on the sealed IP packets, parsed before each run."""
+    sa = scapy_sa(algorithm)
+
+    def prepare() -> Runner:
+        work = [IP(frame[L2_LEN:]) for frame in sealed]
+
+        def run() -> int:
+            for packet in work:
+                sa.decrypt(packet)  # type: ignore[no-untyped-call]
+            return len(work)
+
+        return run
+
+    return prepare
+
+
+# -- the whole simulated path -------------------------------------------------------------------
+
+
+def full_path(algorithm: Algorithm, size: int, packets: int, batch: int) -> Prepare:
+    """UDP datagrams from a PF host over an offloaded SA to a software peer on the wire, in
+    bursts of `batch` sends per `Testbed.settle`: host stack, PF driver, NIC, agent, wire,
+    the peer's stack (which decrypts and delivers). A fresh testbed for each run."""
+    data = [udp_data(size, seq) for seq in range(packets)]
+    bursts = [data[i : i + batch] for i in range(0, packets, batch)]
+
+    def prepare() -> Runner:
+        bed = Testbed()
+        host = bed.add_pf_host("host", mac_to_str(HOST_MAC), ipv4=ip_to_str(HOST_IP))
+        peer = bed.add_peer("peer", mac_to_str(PEER_MAC), ipv4=ip_to_str(PEER_IP))
+        bundle = bed.secure(host, peer, algorithm=algorithm, offload_a=True)
+        if bundle.a_out.offload != Offload.DEVICE:
+            raise BenchError("the testbed did not offload the host's SA")
+        host.send_udp(PEER_IP, 1000, 2000, data[0], bed.now)  # creates the ciphers
+        bed.settle(host)
+        before = peer.counters.rx_delivered
+
+        def run() -> int:
+            for burst in bursts:
+                for payload in burst:
+                    host.send_udp(PEER_IP, 1000, 2000, payload, bed.now)
+                bed.settle(host)
+            if peer.counters.rx_delivered - before != packets:
+                raise BenchError("the simulated path lost packets")
+            return packets
+
+        return run
+
+    return prepare
+
+
+# -- the SAD ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _no_collection() -> Iterator[None]:
+    """Build many objects without the cyclic collector walking them again and again."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+SadKey = tuple[int, bytes, bytes]
+"""An outbound SA's SPI, destination address and domain MAC."""
+
+
+def populated_sad(n: int) -> tuple[SecurityAssociationDatabase, list[SadKey]]:
+    """A SAD of `n` outbound SAs with random SPIs, destinations and domain MACs, inserted
+    directly (not through ADD_SA frames, which would take minutes for a million), and their
+    keys in random order."""
+    rng = random.Random(n)
+    material = key_material(Algorithm.AES_GCM_128)
+    sad = SecurityAssociationDatabase(n)
+    with _no_collection():
+        spis = rng.sample(range(1, 1 << 32), n)
+        keys = [(spi, rng.randbytes(4), rng.randbytes(6)) for spi in spis]
+        for spi, dst, mac in keys:
+            sad.insert(
+                SecurityAssociation(
+                    index=sad.allocate_index(),
+                    port=0,
+                    direction=Direction.OUTBOUND,
+                    spi=spi,
+                    dst=dst,
+                    src=None,
+                    algorithm=Algorithm.AES_GCM_128,
+                    key_material=material,
+                    domain=Domain(mac, ()),
+                    esn=False,
+                    ivdb=1,
+                    replay=None,
+                    lifetime_packets=0,
+                    lifetime_bytes=0,
+                )
+            )
+    return sad, keys
+
+
+def sad_lookups(sad: SecurityAssociationDatabase, keys: Sequence[SadKey], lookups: int) -> Prepare:
+    """`lookups` lookups in `sad` of SAs picked at random among `keys`, each with fresh
+    address objects, as a parsed packet has."""
+    rng = random.Random(len(keys))
+    with _no_collection():
+        probes = [
+            (spi, bytes(bytearray(dst)), bytes(bytearray(mac)))
+            for spi, dst, mac in (rng.choice(keys) for _ in range(lookups))
+        ]
+    lookup = sad.lookup
+    outbound = Direction.OUTBOUND
+    if any(lookup(outbound, spi, dst, mac, ()) is None for spi, dst, mac in probes):
+        raise BenchError("a SAD lookup missed")
+
+    def run() -> int:
+        for spi, dst, mac in probes:
+            lookup(outbound, spi, dst, mac, ())
+        return lookups
+
+    return _same(run)
+
+
+def dict_lookups(n: int, lookups: int) -> Prepare:
+    """The floor under any SAD lookup: a plain dict of `n` int keys, looked up at random (the
+    cost of reaching a random entry of a table that size in this machine's memory)."""
+    rng = random.Random(n)
+    with _no_collection():
+        table = {key: key for key in rng.sample(range(1 << 62, 1 << 63), n)}
+        keys = list(table)
+        probes = [rng.choice(keys) for _ in range(lookups)]
+    get = table.get
+
+    def run() -> int:
+        for key in probes:
+            get(key)
+        return lookups
+
+    return _same(run)
+
+
+def memory_per_sa(direction: Direction, n: int) -> float:
+    """Python heap bytes per SA installed through ADD_SA frames, by tracemalloc, over `n`
+    SAs. The agent keeps no replies (txn_memory 0) so that only the SAD grows; an SA that has
+    carried no traffic has no cipher context."""
+    agent = IpsecAgent(AgentConfig(sad_size=n, txn_memory=0))
+    frames = [
+        config_frame(agent, sa_request(direction, Algorithm.AES_GCM_128, SPI + i), i + 1)
+        for i in range(n)
+    ]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for frame in frames:
+            check_added(agent.from_host([frame]).to_host)
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return (after - before) / n
+
+
+# -- the config plane ---------------------------------------------------------------------------
+
+
+def config_agent(n: int) -> Prepare:
+    """`n` ADD_SA requests, one per `from_host` call, to an agent alone."""
+
+    def prepare() -> Runner:
+        agent = IpsecAgent(AgentConfig(sad_size=n))
+        frames = [
+            config_frame(agent, sa_request(Direction.OUTBOUND, Algorithm.AES_GCM_128, SPI + i), i)
+            for i in range(1, n + 1)
+        ]
+
+        def run() -> int:
+            for frame in frames:
+                agent.from_host([frame])
+            if len(agent.sad) != n:
+                raise BenchError("the agent refused ADD_SA requests")
+            return n
+
+        return run
+
+    return prepare
+
+
+def config_driver(n: int) -> Prepare:
+    """`n` offloaded states added by a PF host one after the other, each waited for: the
+    stack's xdo_dev_state_add, the PF driver's ADD_SA frame, the NIC, the agent, the reply
+    back up to the stack."""
+
+    def prepare() -> Runner:
+        bed = Testbed(agent=AgentConfig(sad_size=n))
+        host = bed.add_pf_host("host", mac_to_str(HOST_MAC), ipv4=ip_to_str(HOST_IP))
+        material = key_material(Algorithm.AES_GCM_128)
+        states = [
+            XfrmState(
+                handle,
+                Direction.OUTBOUND,
+                SPI + handle,
+                HOST_IP,
+                PEER_IP,
+                Algorithm.AES_GCM_128,
+                material,
+            )
+            for handle in range(1, n + 1)
+        ]
+
+        def run() -> int:
+            for state in states:
+                host.add_state(state, bed.now, offload=True)
+                bed.settle(host)
+            if any(state.offload != Offload.DEVICE for state in states):
+                raise BenchError("the PF driver did not offload every state")
+            return n
+
+        return run
+
+    return prepare
