@@ -93,11 +93,27 @@ class XfrmPolicy:
     state: int
     protocol: int | None = None
 
+    _match: tuple[int, int, int, int, int] = field(init=False, repr=False, compare=False)
+    """(address bytes, src network, src mask, dst network, dst mask) as integers."""
+
+    def __post_init__(self) -> None:
+        if self.src.max_prefixlen != self.dst.max_prefixlen:
+            raise UsageError("a policy's src and dst must be of one family")
+        match = (
+            self.src.max_prefixlen // 8,
+            int(self.src.network_address),
+            int(self.src.netmask),
+            int(self.dst.network_address),
+            int(self.dst.netmask),
+        )
+        object.__setattr__(self, "_match", match)
+
     def selects(self, src: bytes, dst: bytes, protocol: int) -> bool:
-        if len(src) * 8 != self.src.max_prefixlen:
-            return False
+        """Does the selector take a packet (per packet: integer compares only)?"""
+        size, src_net, src_mask, dst_net, dst_mask = self._match
         return (
-            ipaddress.ip_address(src) in self.src
-            and ipaddress.ip_address(dst) in self.dst
+            len(src) == size
+            and int.from_bytes(src) & src_mask == src_net
+            and int.from_bytes(dst) & dst_mask == dst_net
             and (self.protocol is None or self.protocol == protocol)
         )
