@@ -261,21 +261,31 @@ class PfDriver(RingDriver):
     def _add_request(
         self, state: OffloadState, mac: bytes, vlans: tuple[VlanTag, ...]
     ) -> AddSaRequest:
-        return AddSaRequest(
-            direction=state.direction,
-            spi=state.spi,
-            dst=state.dst,
-            src=state.src,
-            alg=state.algorithm,
-            key=state.key_material,
-            local_mac=mac if self.extended_key else None,
-            vlans=vlans if self.extended_key else (),
-            esn=state.esn,
-            seq=state.seq,
-            replay_window=state.replay_window if state.direction == Direction.INBOUND else None,
-            lifetime_packets=state.lifetime_packets or None,
-            lifetime_bytes=state.lifetime_bytes or None,
+        return self._keyed(
+            AddSaRequest(
+                direction=state.direction,
+                spi=state.spi,
+                dst=state.dst,
+                src=state.src,
+                alg=state.algorithm,
+                key=state.key_material,
+                esn=state.esn,
+                seq=state.seq,
+                replay_window=state.replay_window if state.direction == Direction.INBOUND else None,
+                lifetime_packets=state.lifetime_packets or None,
+                lifetime_bytes=state.lifetime_bytes or None,
+            ),
+            mac,
+            vlans,
         )
+
+    def _keyed(self, request: AddSaRequest, mac: bytes, vlans: tuple[VlanTag, ...]) -> AddSaRequest:
+        """The request with the SA's key as the design wants it: the extended key adds the
+        domain (MAC and VLANs); the naive key is only SPI, destination and protocol, so it
+        carries no source address either."""
+        if self.extended_key:
+            return replace(request, local_mac=mac, vlans=vlans)
+        return replace(request, src=None, local_mac=None, vlans=())
 
     # -- the PF's own xdo_dev_* operations ----------------------------------------------
 
@@ -546,8 +556,7 @@ class PfDriver(RingDriver):
         if len(self.db.owned_by(vf.vf_id)) + len(vf.pending_handles) >= vf.quota:
             self._reply(vf, message, Errno.ENOSPC)
             return
-        if self.extended_key:
-            request = replace(request, local_mac=vf.mac, vlans=vf.vlans)
+        request = self._keyed(request, vf.mac, vf.vlans)
         request_message = message
         vf.pending_handles.add(handle)
         vf.inflight += 1
