@@ -52,6 +52,7 @@ from ipsec_offload.driver.ring import (
     StateAddDone,
     StateDeleteDone,
     StatsDone,
+    add_sa_request,
 )
 from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.nic.admin import AdminCommand, SetPortTag
@@ -258,27 +259,6 @@ class PfDriver(RingDriver):
         for completion in done:
             self._complete(completion, now)
 
-    def _add_request(
-        self, state: OffloadState, mac: bytes, vlans: tuple[VlanTag, ...]
-    ) -> AddSaRequest:
-        return self._keyed(
-            AddSaRequest(
-                direction=state.direction,
-                spi=state.spi,
-                dst=state.dst,
-                src=state.src,
-                alg=state.algorithm,
-                key=state.key_material,
-                esn=state.esn,
-                seq=state.seq,
-                replay_window=state.replay_window if state.direction == Direction.INBOUND else None,
-                lifetime_packets=state.lifetime_packets or None,
-                lifetime_bytes=state.lifetime_bytes or None,
-            ),
-            mac,
-            vlans,
-        )
-
     def _keyed(self, request: AddSaRequest, mac: bytes, vlans: tuple[VlanTag, ...]) -> AddSaRequest:
         """The request with the SA's key as the design wants it: the extended key adds the
         domain (MAC and VLANs); the naive key is only SPI, destination and protocol, so it
@@ -325,7 +305,7 @@ class PfDriver(RingDriver):
             self.db.add(Ownership(index, PF_OWNER, state.handle, self.mac, vlan_key(self.vlans)))
             self._events.append(StateAddDone(state.handle, 0, index))
 
-        request = self._add_request(state, self.mac, self.vlans)
+        request = self._keyed(add_sa_request(state), self.mac, self.vlans)
         self._request(Opcode.ADD_SA, encode_add_sa(request), now, then)
 
     def _refuse(self, state: OffloadState) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
-from ipsec_offload.wire.config import Algorithm, Caps, Direction, SaStats
+from ipsec_offload.wire.config import AddSaRequest, Algorithm, Caps, Direction, SaStats
 from ipsec_offload.wire.ethernet import EthernetHeader, VlanTag, parse_ethernet
 from ipsec_offload.wire.metadata import (
     RxMetadata,
@@ -41,6 +41,31 @@ class OffloadState:
     seq: int | None = None
     lifetime_packets: int = 0
     lifetime_bytes: int = 0
+
+
+def add_sa_request(
+    state: OffloadState,
+    *,
+    wrapped_key: bytes | None = None,
+    kek_id: int | None = None,
+) -> AddSaRequest:
+    """The agent's ADD_SA for a state, without domain fields; with `wrapped_key` the key
+    material travels wrapped (RFC 5649) under KEK `kek_id` instead of in the clear."""
+    return AddSaRequest(
+        direction=state.direction,
+        spi=state.spi,
+        dst=state.dst,
+        src=state.src,
+        alg=state.algorithm,
+        key=None if wrapped_key is not None else state.key_material,
+        wrapped_key=wrapped_key,
+        kek_id=kek_id,
+        esn=state.esn,
+        seq=state.seq,
+        replay_window=state.replay_window if state.direction == Direction.INBOUND else None,
+        lifetime_packets=state.lifetime_packets or None,
+        lifetime_bytes=state.lifetime_bytes or None,
+    )
 
 
 @dataclass(frozen=True, slots=True)

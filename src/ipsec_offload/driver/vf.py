@@ -31,9 +31,10 @@ from ipsec_offload.driver.ring import (
     StateAddDone,
     StateDeleteDone,
     StatsDone,
+    add_sa_request,
 )
 from ipsec_offload.errors import ParseError, UsageError
-from ipsec_offload.wire.config import AddSaRequest, Direction, encode_add_sa
+from ipsec_offload.wire.config import encode_add_sa
 from ipsec_offload.wire.ethernet import VlanTag
 from ipsec_offload.wire.mailbox import (
     MailboxMessage,
@@ -170,27 +171,10 @@ class VfDriver(RingDriver):
         self._offload(state, readd=False)
 
     def _offload(self, state: OffloadState, *, readd: bool) -> None:
-        key: bytes | None = state.key_material
-        wrapped: bytes | None = None
-        kek_id: int | None = None
+        wrapped, kek_id = None, None
         if self.kek is not None:
-            key, wrapped = None, wrap_key(self.kek.key, state.key_material)
-            kek_id = self.kek.kek_id
-        request = AddSaRequest(
-            direction=state.direction,
-            spi=state.spi,
-            dst=state.dst,
-            src=state.src,
-            alg=state.algorithm,
-            key=key,
-            wrapped_key=wrapped,
-            kek_id=kek_id,
-            esn=state.esn,
-            seq=state.seq,
-            replay_window=state.replay_window if state.direction == Direction.INBOUND else None,
-            lifetime_packets=state.lifetime_packets or None,
-            lifetime_bytes=state.lifetime_bytes or None,
-        )
+            wrapped, kek_id = wrap_key(self.kek.key, state.key_material), self.kek.kek_id
+        request = add_sa_request(state, wrapped_key=wrapped, kek_id=kek_id)
 
         def then(rc: int, body: bytes) -> None:
             index = None
