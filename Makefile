@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml setup.py src/ipsec_offload/agent/_datapath.c | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
@@ -38,4 +38,5 @@ bench: $(VENV)/.installed
 
 
 clean:
-	rm -rf $(VENV) $(OUT) bench.json .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OUT) bench.json .mypy_cache .pytest_cache .ruff_cache build
+	rm -f src/ipsec_offload/agent/*.so

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,6 +42,8 @@ from ipsec_offload.wire.config import (
     encode_local_addr,
     parse_config,
 )
+
+pytestmark = pytest.mark.usefixtures("agent_path")
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SPI = 0x100

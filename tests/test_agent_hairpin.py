@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from agent_frames import (
     BROADCAST,
     ETH_IPV4,
@@ -41,6 +43,8 @@ from ipsec_offload.wire.config import (
 )
 from ipsec_offload.wire.ethernet import VlanTag
 from ipsec_offload.wire.metadata import RxStatus
+
+pytestmark = pytest.mark.usefixtures("agent_path")
 
 IN = Direction.INBOUND
 OUT = Direction.OUTBOUND

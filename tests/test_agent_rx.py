@@ -44,6 +44,8 @@ from ipsec_offload.wire.config import Algorithm, Direction
 from ipsec_offload.wire.ethernet import VlanTag
 from ipsec_offload.wire.metadata import RxStatus
 
+pytestmark = pytest.mark.usefixtures("agent_path")
+
 IN = Direction.INBOUND
 OUT = Direction.OUTBOUND
 SPI = 0x11223344

@@ -39,6 +39,8 @@ from ipsec_offload.agent.counters import DropReason, Path
 from ipsec_offload.wire.config import Algorithm, Direction, Opcode
 from ipsec_offload.wire.ethernet import VlanTag
 
+pytestmark = pytest.mark.usefixtures("agent_path")
+
 OUT = Direction.OUTBOUND
 IN = Direction.INBOUND
 SPI = 0x0A0B0C0D

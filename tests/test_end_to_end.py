@@ -12,6 +12,8 @@ from ipsec_offload.sim.testbed import SaBundle, Testbed
 from ipsec_offload.wire.config import Algorithm
 from ipsec_offload.wire.ip import IpProto
 
+pytestmark = pytest.mark.usefixtures("agent_path")
+
 HOST_MAC, PEER_MAC = "02:00:00:00:01:00", "02:00:00:00:02:00"
 
 

@@ -45,6 +45,8 @@ from ipsec_offload.wire.config import (
 from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, build_ethernet
 from tools import tshark_decode
 
+pytestmark = pytest.mark.usefixtures("agent_path")
+
 # -- (a) the golden model reproduces the simulation ---------------------------------------
 
 

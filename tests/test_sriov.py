@@ -20,6 +20,8 @@ from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, VlanTag, buil
 from ipsec_offload.wire.mailbox import MailboxMessage, MbxOpcode, build_mailbox, parse_mailbox
 from ipsec_offload.wire.metadata import RxStatus
 
+pytestmark = pytest.mark.usefixtures("agent_path")
+
 KEK = bytes(range(100, 116))
 AGENT_MAC = bytes.fromhex("020000000001")
 V10 = (VlanTag(0x8100, 10),)

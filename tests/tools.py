@@ -50,6 +50,18 @@ def _missing_tool(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def require_fast_path() -> None:
+    """Skip the test when the agent's compiled fast path was not built (no C compiler at
+    install time); with ``IPSEC_OFFLOAD_REQUIRE_TOOLS=1`` fail instead."""
+    from ipsec_offload.agent.agent import FAST_PATH_BUILT
+
+    if not FAST_PATH_BUILT:
+        _missing_tool(
+            "the agent's compiled fast path is not built: install a C compiler and the Python"
+            " headers, then reinstall the package (pip install -e .)"
+        )
+
+
 def require_tool(name: str) -> str:
     """The path of executable ``name``, or skip the test saying how to install it.
 

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from cryptography.exceptions import InvalidTag
 
 from ipsec_offload.agent.counters import AgentCounters, DropReason, Path
 from ipsec_offload.agent.replay import MAX_WINDOW_SIZE, ReplayWindow
@@ -35,6 +37,7 @@ from ipsec_offload.agent.sad import (
     SecurityAssociationDatabase,
 )
 from ipsec_offload.crypto.esp import esp_open, esp_seal_parts
+from ipsec_offload.crypto.gcm import EspAead
 from ipsec_offload.crypto.keywrap import unwrap_key
 from ipsec_offload.errors import AuthenticationError, KeyUnwrapError, ParseError, UsageError
 from ipsec_offload.wire.addr import ip_to_str, mac_to_str
@@ -86,6 +89,13 @@ from ipsec_offload.wire.metadata import (
     tx_metadata_fields,
 )
 
+try:
+    from ipsec_offload.agent._datapath import Datapath
+except ImportError:  # built without a C compiler: the reference path handles every frame
+    Datapath = None  # type: ignore[assignment,misc]
+
+FAST_PATH_BUILT = Datapath is not None
+"""Whether the compiled fast path was built with the package (see `AgentConfig.fast_path`)."""
 DEFAULT_AGENT_MAC = bytes.fromhex("020000000001")
 _NO_META = -1
 _ESP = struct.Struct(">II")
@@ -119,6 +129,9 @@ class AgentConfig:
     keks: Mapping[int, bytes] = field(default_factory=dict)
     ivdb: bool = True
     """False models the naive design: the IV and sequence number the stack wrote are used."""
+    fast_path: bool = True
+    """Use the compiled fast path where it is built (`FAST_PATH_BUILT`); False sends every
+    frame through the Python reference path. Both give the same bytes, state and counters."""
 
     def __post_init__(self) -> None:
         if len(self.mac) != 6:
@@ -146,6 +159,8 @@ class AgentOutput:
 
 
 _Handler = Callable[["IpsecAgent", ConfigMessage], tuple[ConfigStatus, tuple[Tlv, ...]]]
+_Burst = Callable[[list[bytes], int, list[bytes]], int]
+"""`Datapath.tx_burst` or `rx_burst`: (frames, start, out) -> the first frame it left."""
 
 
 class IpsecAgent:
@@ -158,20 +173,42 @@ class IpsecAgent:
         self.local_addrs: set[Domain] = set()
         self._replies: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
         self._meta = self.config.meta_ethertype
+        self._fast: Datapath | None = None
+        if self.config.fast_path and Datapath is not None:
+            self._fast = Datapath(
+                by_key=self.sad.by_key,
+                local_addrs=self.local_addrs,
+                outbound=_OUTBOUND,
+                inbound=_INBOUND,
+                invalid_tag=InvalidTag,
+                paths=self.counters.paths,
+                rx_status=self.counters.rx_status,
+                tx_encrypted=_TX_ENCRYPTED,
+                rx_esp=_RX_ESP,
+                rx_ok=_RX_OK,
+                meta_ethertype=self._meta,
+                config_ethertype=self.config.config_ethertype,
+                ivdb=self.config.ivdb,
+                sa_type=SecurityAssociation,
+                replay_type=ReplayWindow,
+                aead_type=EspAead,
+            )
 
     # -- entry points ---------------------------------------------------------------------
 
     def from_host(self, frames: Iterable[bytes], now: float = 0.0) -> AgentOutput:
         """Process a burst of frames arriving from the NIC (the host side)."""
         out = AgentOutput()
-        for frame in frames:
+        fast = None if self._fast is None else self._fast.tx_burst
+        for frame in _reference_frames(frames, fast, out.to_wire):
             self._host_frame(frame, out)
         return out
 
     def from_wire(self, frames: Iterable[bytes], now: float = 0.0) -> AgentOutput:
         """Process a burst of frames arriving from the wire."""
         out = AgentOutput()
-        for frame in frames:
+        fast = None if self._fast is None else self._fast.rx_burst
+        for frame in _reference_frames(frames, fast, out.to_host):
             rx = self._ingress(frame)
             if rx is not None:
                 out.to_host.append(rx)
@@ -530,6 +567,21 @@ class IpsecAgent:
         }
 
 
+def _reference_frames(
+    frames: Iterable[bytes], fast: _Burst | None, out: list[bytes]
+) -> Iterator[bytes]:
+    """The frames of a burst that the reference path must handle, in order: with the fast
+    path, it handles each run of common frames (appending to `out`) and yields the others."""
+    if fast is None:
+        yield from frames
+        return
+    burst = frames if type(frames) is list else list(frames)
+    position = 0
+    while (position := fast(burst, position, out)) < len(burst):
+        yield burst[position]
+        position += 1
+
+
 _HANDLERS: dict[int, _Handler] = {
     Opcode.ADD_SA: IpsecAgent._add_sa,
     Opcode.REMOVE_SA: IpsecAgent._remove_sa,
@@ -627,6 +679,7 @@ def _dump_sa(sa: SecurityAssociation) -> dict[str, Any]:
 
 __all__ = [
     "DEFAULT_AGENT_MAC",
+    "FAST_PATH_BUILT",
     "AgentConfig",
     "AgentOutput",
     "IpsecAgent",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ipsec_offload.agent.replay import ReplayWindow
 from ipsec_offload.crypto.gcm import EspAead
@@ -23,9 +24,9 @@ from ipsec_offload.wire.config import Algorithm, Direction
 from ipsec_offload.wire.ethernet import VlanKey
 
 
-@dataclass(frozen=True, slots=True)
-class Domain:
-    """A SAD domain: the VSI's MAC address and VLAN stack (spec section 5)."""
+class Domain(NamedTuple):
+    """A SAD domain: the VSI's MAC address and VLAN stack (spec section 5). A tuple, so that
+    the hairpin table finds a frame's (MAC, VLAN key) without building one."""
 
     mac: bytes
     vlans: VlanKey
@@ -102,6 +103,11 @@ class SecurityAssociationDatabase:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def by_key(self) -> dict[_IndexKey, SecurityAssociation]:
+        """The hash index itself, which the agent's compiled fast path looks packets up in."""
+        return self._by_key
 
     def __iter__(self) -> Iterator[SecurityAssociation]:
         return iter(sorted(self._entries.values(), key=lambda sa: sa.index))

@@ -1,0 +1,928 @@
+/* The agent's compiled fast path (see docs/performance.md).
+ *
+ * Theory of operation: a real inline engine has a pipeline that handles the common frame at
+ * line rate and punts anything unusual to slower logic. This module is that pipeline for the
+ * agent model. `Datapath.tx_burst` and `Datapath.rx_burst` walk a burst of frames and handle,
+ * in order, every frame that is the common case of its path:
+ *
+ *   Tx: a tagged OFFLOAD=1 frame (metadata tag outermost, at most two VLAN tags) whose IPv4
+ *       header (options allowed) or IPv6 header (no extension headers) holds ESP at the
+ *       metadata's offsets, whose outbound SA is found, usable and has carried traffic before,
+ *       and that is neither hairpinned nor too large once sealed;
+ *   Rx: an untagged-or-VLAN ESP frame of the same shapes whose inbound SA is found and usable,
+ *       whose sequence number is above the replay window (the in-order case), whose ICV
+ *       verifies and whose padding is right.
+ *
+ * At the first frame that is anything else the call returns its position, and the Python
+ * agent (agent.py, the reference path that handles every frame) takes that one frame. A frame
+ * is only committed (SA state, counters, output) once this module is sure to finish it, so a
+ * frame handed back is exactly as if this module had never seen it. The SA state stays in the
+ * Python objects the reference path uses (SecurityAssociation, ReplayWindow, EspAead): both
+ * paths read and write the same state, and the AEAD is the `cryptography` package's AESGCM.
+ * The tests run every agent test both ways and compare the two paths byte for byte.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <stdint.h>
+#include <string.h>
+
+#define ETH_IPV4 0x0800u
+#define ETH_IPV6 0x86DDu
+#define ETH_VLAN 0x8100u
+#define ETH_QINQ 0x88A8u
+#define PROTO_ESP 50u
+#define META_TAG_LEN 6
+#define ESP_HEADER_LEN 8
+#define ESP_IV_LEN 8
+#define ICV_LEN 16
+#define SALT_LEN 4
+#define MAX_VLANS 2
+#define TX_OFFLOAD 0x80000000u
+#define TX_RESERVED 0x7F000000u
+#define RX_IPSEC 0x80000000u
+
+/* The fields of the Python objects this module reads and writes: slots of
+ * SecurityAssociation, ReplayWindow and EspAead (their `__slots__`). */
+enum {
+    SA_SRC, SA_LIFETIME_PACKETS, SA_LIFETIME_BYTES, SA_PACKETS, SA_BYTES, SA_IVDB, SA_ESN,
+    SA_AEAD, SA_INDEX, SA_REPLAY,
+    REPLAY_SIZE, REPLAY_HIGHEST, REPLAY_BITMAP, REPLAY_MASK,
+    AEAD_ENCRYPT, AEAD_DECRYPT, AEAD_SALT,
+    FIELDS
+};
+static const char *const field_names[FIELDS] = {
+    "src", "lifetime_packets", "lifetime_bytes", "packets", "bytes", "ivdb", "esn",
+    "_aead", "index", "replay",
+    "_size", "_highest", "_bitmap", "_mask",
+    "_encrypt", "_decrypt", "_salt",
+};
+enum { SA_TYPE, REPLAY_TYPE, AEAD_TYPE, TYPES };
+static const int field_type[FIELDS] = {
+    SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE,
+    REPLAY_TYPE, REPLAY_TYPE, REPLAY_TYPE, REPLAY_TYPE,
+    AEAD_TYPE, AEAD_TYPE, AEAD_TYPE,
+};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *by_key;       /* the SAD's hash index: dict of flat key tuples -> SA */
+    PyObject *local_addrs;  /* the hairpin table: set of (MAC, VLAN key) */
+    PyObject *outbound;     /* Direction.OUTBOUND, as the SAD keys hold it */
+    PyObject *inbound;      /* Direction.INBOUND */
+    PyObject *invalid_tag;  /* cryptography.exceptions.InvalidTag */
+    PyObject *paths;        /* AgentCounters.paths */
+    PyObject *rx_status;    /* AgentCounters.rx_status */
+    PyObject *tx_encrypted; /* Path.TX_ENCRYPTED */
+    PyObject *rx_esp;       /* Path.RX_ESP */
+    PyObject *rx_ok;        /* RxStatus.OK */
+    unsigned meta_ethertype;
+    unsigned config_ethertype;
+    int ivdb;
+    uint8_t *scratch; /* where a Tx frame's ESP plaintext is put together */
+    Py_ssize_t scratch_len;
+    PyTypeObject *types[TYPES];
+    Py_ssize_t offsets[FIELDS]; /* where each field's slot is in its object */
+} Datapath;
+
+/* A field of `obj`, which must be of the field's type: a borrowed reference, NULL when the
+ * slot is empty. A slot is read as CPython's own member descriptor reads it. */
+static inline PyObject *field(const Datapath *self, PyObject *obj, int which) {
+    return *(PyObject **)((char *)obj + self->offsets[which]);
+}
+
+/* An unsigned 64-bit field; -1 (error cleared) when it is not one. */
+static int get_u64(const Datapath *self, PyObject *obj, int which, uint64_t *out) {
+    PyObject *value = field(self, obj, which);
+    if (value == NULL || !PyLong_CheckExact(value))
+        return -1;
+    *out = PyLong_AsUnsignedLongLong(value);
+    if (*out == (uint64_t)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    return 0;
+}
+
+/* Set a field to a new reference (stolen); -1 when `value` is NULL (an error is set). */
+static int set_field(const Datapath *self, PyObject *obj, int which, PyObject *value) {
+    if (value == NULL)
+        return -1;
+    Py_XSETREF(*(PyObject **)((char *)obj + self->offsets[which]), value);
+    return 0;
+}
+
+static int set_u64(const Datapath *self, PyObject *obj, int which, uint64_t v) {
+    return set_field(self, obj, which, PyLong_FromUnsignedLongLong(v));
+}
+
+static inline unsigned rd16(const uint8_t *p) { return (unsigned)p[0] << 8 | p[1]; }
+
+static inline uint32_t rd32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static inline uint64_t rd64(const uint8_t *p) { return (uint64_t)rd32(p) << 32 | rd32(p + 4); }
+
+static inline void wr16(uint8_t *p, unsigned v) {
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static inline void wr32(uint8_t *p, uint32_t v) {
+    wr16(p, v >> 16);
+    wr16(p + 2, v & 0xFFFF);
+}
+
+static inline void wr64(uint8_t *p, uint64_t v) {
+    wr32(p, (uint32_t)(v >> 32));
+    wr32(p + 4, (uint32_t)v);
+}
+
+/* One frame as this module sees it: its L2 header and the ESP packet inside it. */
+typedef struct {
+    const uint8_t *p;
+    Py_ssize_t len;
+    unsigned ethertype;   /* the innermost EtherType */
+    int nvlans;
+    unsigned tpid[MAX_VLANS], vid[MAX_VLANS];
+    Py_ssize_t l3;        /* where the IP header starts: the L2 header's length */
+    Py_ssize_t esp_start; /* where the ESP header starts */
+    Py_ssize_t ip_end;    /* where the IP packet ends */
+    Py_ssize_t src_off, dst_off, addr_len; /* the IP addresses */
+    unsigned ip_checksum, ip_length;       /* IPv4 only */
+} Frame;
+
+/* The VLAN tags from `off` (spec 3: at most two, 802.1Q or 802.1ad) and the EtherType after
+ * them; sets f->l3. 0, or -1 when the tags are not the common case. */
+static int parse_vlans(Frame *f, Py_ssize_t off) {
+    unsigned et = rd16(f->p + off);
+    f->nvlans = 0;
+    while (et == ETH_VLAN || et == ETH_QINQ) {
+        if (f->nvlans == MAX_VLANS || f->len < off + 6)
+            return -1;
+        f->tpid[f->nvlans] = et;
+        f->vid[f->nvlans] = rd16(f->p + off + 2) & 0x0FFF;
+        f->nvlans++;
+        off += 4;
+        et = rd16(f->p + off);
+    }
+    f->ethertype = et;
+    f->l3 = off + 2;
+    return 0;
+}
+
+/* Find the ESP packet behind the L2 header, as agent._locate_esp does for the shapes this
+ * module handles: IPv4 (RFC 791: version, IHL, total length, header checksum; not a fragment)
+ * or IPv6 with ESP as its first next header (RFC 8200). `esp_off` >= 0 (Tx) is where the
+ * metadata says ESP starts, and the ESP header and IV must fit. 0, or -1 (not handled). */
+static int locate_esp(Frame *f, Py_ssize_t esp_off) {
+    const uint8_t *ip = f->p + f->l3;
+    Py_ssize_t size = f->len - f->l3, offset, ip_len;
+    if (size < 1)
+        return -1;
+    if (f->ethertype == ETH_IPV4 && ip[0] >> 4 == 4) {
+        Py_ssize_t header_len = (Py_ssize_t)(ip[0] & 0x0F) * 4;
+        uint32_t sum = 0;
+        if (size < 20 || header_len < 20 || header_len > size)
+            return -1;
+        ip_len = rd16(ip + 2);
+        if (ip_len < header_len || ip_len > size || ip[9] != PROTO_ESP || rd16(ip + 6) & 0x3FFF)
+            return -1;
+        for (Py_ssize_t i = 0; i < header_len; i += 2)
+            sum += rd16(ip + i);
+        if (sum % 0xFFFF) /* RFC 1071: a right checksum makes the sum 0 modulo 0xffff */
+            return -1;
+        offset = header_len;
+        f->src_off = f->l3 + 12;
+        f->dst_off = f->l3 + 16;
+        f->addr_len = 4;
+        f->ip_checksum = rd16(ip + 10);
+        f->ip_length = (unsigned)ip_len;
+    } else if (f->ethertype == ETH_IPV6 && ip[0] >> 4 == 6) {
+        if (size < 40 || ip[6] != PROTO_ESP)
+            return -1;
+        ip_len = 40 + (Py_ssize_t)rd16(ip + 4);
+        if (ip_len > size)
+            return -1;
+        offset = 40;
+        f->src_off = f->l3 + 8;
+        f->dst_off = f->l3 + 24;
+        f->addr_len = 16;
+    } else {
+        return -1;
+    }
+    if (esp_off >= 0 && (esp_off != offset || offset + ESP_HEADER_LEN + ESP_IV_LEN > ip_len))
+        return -1;
+    if (offset + ESP_HEADER_LEN > ip_len)
+        return -1;
+    f->esp_start = f->l3 + offset;
+    f->ip_end = f->l3 + ip_len;
+    return 0;
+}
+
+/* The frame's VLAN stack as a VlanKey: ((TPID, VID), ...). New reference or NULL. */
+static PyObject *vlan_key(const Frame *f) {
+    PyObject *key = PyTuple_New(f->nvlans);
+    if (key == NULL)
+        return NULL;
+    for (int i = 0; i < f->nvlans; i++) {
+        PyObject *tag = Py_BuildValue("(II)", f->tpid[i], f->vid[i]);
+        if (tag == NULL) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(key, i, tag);
+    }
+    return key;
+}
+
+/* A tuple of `n` new references (stolen, NULL-checked: any NULL makes the result NULL). */
+static PyObject *tuple_of(Py_ssize_t n, PyObject **items) {
+    PyObject *tuple = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (items[i] == NULL)
+            goto fail;
+    }
+    tuple = PyTuple_New(n);
+    if (tuple == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyTuple_SET_ITEM(tuple, i, items[i]);
+    return tuple;
+fail:
+    for (Py_ssize_t i = 0; i < n; i++)
+        Py_XDECREF(items[i]);
+    return NULL;
+}
+
+/* SecurityAssociationDatabase.lookup: the extended key first, then the naive key. A borrowed
+ * reference, or NULL with no error set when there is no SA (NULL with an error: failure). */
+static PyObject *sad_lookup(Datapath *self, PyObject *direction, uint32_t spi, const Frame *f,
+                            const uint8_t *mac, PyObject *vlans) {
+    PyObject *spi_obj, *dst, *key, *sa;
+    spi_obj = PyLong_FromUnsignedLong(spi);
+    dst = PyBytes_FromStringAndSize((const char *)f->p + f->dst_off, f->addr_len);
+    Py_INCREF(direction);
+    Py_INCREF(vlans);
+    Py_XINCREF(spi_obj);
+    Py_XINCREF(dst);
+    key = tuple_of(5, (PyObject *[]){direction, spi_obj, dst,
+                                     PyBytes_FromStringAndSize((const char *)mac, 6), vlans});
+    if (key == NULL)
+        goto fail;
+    sa = PyDict_GetItemWithError(self->by_key, key);
+    Py_DECREF(key);
+    if (sa != NULL || PyErr_Occurred())
+        goto done;
+    Py_INCREF(direction);
+    key = tuple_of(3, (PyObject *[]){direction, spi_obj, dst});
+    spi_obj = dst = NULL; /* stolen */
+    if (key == NULL)
+        return NULL;
+    sa = PyDict_GetItemWithError(self->by_key, key);
+    Py_DECREF(key);
+    return sa;
+done:
+    Py_DECREF(spi_obj);
+    Py_DECREF(dst);
+    return sa;
+fail:
+    Py_XDECREF(spi_obj);
+    Py_XDECREF(dst);
+    return NULL;
+}
+
+/* What this module needs of an SA that may carry the frame. */
+typedef struct {
+    uint64_t packets, bytes, index;
+    int esn;
+    PyObject *aead; /* new reference */
+} SaState;
+
+/* Whether `sa` can carry the frame here: the SA's source address, if it has one, is the
+ * packet's; no hard lifetime is reached (SecurityAssociation.expired); its cipher context
+ * exists (the reference path creates it on the SA's first packet). 0 with `st` filled (its
+ * `aead` a new reference), -1 (error cleared) when not. */
+static int sa_usable(const Datapath *self, PyObject *sa, const Frame *f, SaState *st) {
+    uint64_t lifetime_packets, lifetime_bytes;
+    PyObject *src, *esn, *aead;
+    if (Py_TYPE(sa) != self->types[SA_TYPE])
+        return -1;
+    src = field(self, sa, SA_SRC);
+    if (src == NULL ||
+        (src != Py_None &&
+         !(PyBytes_CheckExact(src) && PyBytes_GET_SIZE(src) == f->addr_len &&
+           memcmp(PyBytes_AS_STRING(src), f->p + f->src_off, (size_t)f->addr_len) == 0)))
+        return -1;
+    if (get_u64(self, sa, SA_PACKETS, &st->packets) || get_u64(self, sa, SA_BYTES, &st->bytes) ||
+        get_u64(self, sa, SA_LIFETIME_PACKETS, &lifetime_packets) ||
+        get_u64(self, sa, SA_LIFETIME_BYTES, &lifetime_bytes) ||
+        get_u64(self, sa, SA_INDEX, &st->index))
+        return -1;
+    if ((lifetime_packets && st->packets >= lifetime_packets) ||
+        (lifetime_bytes && st->bytes >= lifetime_bytes))
+        return -1;
+    esn = field(self, sa, SA_ESN);
+    aead = field(self, sa, SA_AEAD);
+    if (esn == NULL || aead == NULL || Py_TYPE(aead) != self->types[AEAD_TYPE])
+        return -1;
+    st->esn = esn == Py_True;
+    st->aead = Py_NewRef(aead);
+    return 0;
+}
+
+/* The AEAD call of EspAead.seal / open (RFC 4106: nonce salt || IV; AAD SPI || seq_lo, or
+ * SPI || seq_hi || seq_lo with ESN) on `len` bytes at `data`: the EspAead's bound AESGCM
+ * `encrypt` or `decrypt` (`method`). The result (bytes), or NULL with an error set. */
+static PyObject *aead_call(const Datapath *self, PyObject *aead, int method,
+                           const uint8_t *iv, uint32_t spi, uint64_t seq, int esn,
+                           const uint8_t *data, Py_ssize_t len) {
+    uint8_t nonce[SALT_LEN + ESP_IV_LEN], aad[12];
+    PyObject *salt, *call, *args[3], *result = NULL;
+    salt = field(self, aead, AEAD_SALT);
+    call = field(self, aead, method);
+    if (salt == NULL || !PyBytes_CheckExact(salt) || PyBytes_GET_SIZE(salt) != SALT_LEN ||
+        call == NULL) {
+        PyErr_SetString(PyExc_TypeError, "EspAead is not set up (its salt or cipher)");
+        return NULL;
+    }
+    memcpy(nonce, PyBytes_AS_STRING(salt), SALT_LEN);
+    memcpy(nonce + SALT_LEN, iv, ESP_IV_LEN);
+    wr32(aad, spi);
+    if (esn)
+        wr64(aad + 4, seq);
+    else
+        wr32(aad + 4, (uint32_t)seq);
+    Py_INCREF(call);
+    args[0] = PyBytes_FromStringAndSize((const char *)nonce, sizeof nonce);
+    args[1] = PyBytes_FromStringAndSize((const char *)data, len);
+    args[2] = PyBytes_FromStringAndSize((const char *)aad, esn ? 12 : 8);
+    if (args[0] && args[1] && args[2])
+        result = PyObject_Vectorcall(call, args, 3, NULL);
+    if (result != NULL && !PyBytes_Check(result)) {
+        Py_CLEAR(result);
+        PyErr_SetString(PyExc_TypeError, "AESGCM did not return bytes");
+    }
+    for (int i = 0; i < 3; i++)
+        Py_XDECREF(args[i]);
+    Py_DECREF(call);
+    return result;
+}
+
+/* Whether `dst` and the frame's VLANs are in the hairpin table (agent._forward turns such
+ * frames around, and sends multicast both ways): 1 yes, 0 no, -1 error. */
+static int hairpinned(Datapath *self, const Frame *f, PyObject *vlans) {
+    PyObject *key;
+    int found;
+    if (PySet_GET_SIZE(self->local_addrs) == 0)
+        return 0;
+    if (f->p[0] & 1)
+        return 1;
+    key = Py_BuildValue("(y#O)", f->p, (Py_ssize_t)6, vlans);
+    if (key == NULL)
+        return -1;
+    found = PySet_Contains(self->local_addrs, key);
+    Py_DECREF(key);
+    return found;
+}
+
+/* The IP header for a packet of `new_len` bytes, written at `out` (agent._resize_ip): IPv4
+ * with the total length and its checksum updated (RFC 1624), IPv6 with the payload length. */
+static void write_ip_header(const Frame *f, uint8_t *out, Py_ssize_t new_len) {
+    Py_ssize_t header_len = f->esp_start - f->l3;
+    memcpy(out, f->p + f->l3, (size_t)header_len);
+    if (f->addr_len == 4) {
+        long checksum = ((long)f->ip_checksum + (long)f->ip_length - (long)new_len) % 0xFFFF;
+        wr16(out + 2, (unsigned)new_len);
+        wr16(out + 10, (unsigned)(checksum < 0 ? checksum + 0xFFFF : checksum));
+    } else {
+        wr16(out + 4, (unsigned)(new_len - 40));
+    }
+}
+
+/* -- Tx ----------------------------------------------------------------------------------- */
+
+/* Encrypt one Tx frame (agent._host_frame and _encrypt). A new reference to the wire frame;
+ * Py_None (new reference) when the frame is not the common case; NULL on error. */
+static PyObject *tx_frame(Datapath *self, PyObject *frame) {
+    Frame f;
+    uint32_t word, spi;
+    uint64_t seq, next_ivdb = 0, limit;
+    unsigned next_header;
+    Py_ssize_t esp_off, payload_len, pad, sealed_len, new_len, header_len, l2_out, total;
+    PyObject *vlans = NULL, *sa, *sealed = NULL, *out = NULL;
+    SaState st = {0};
+    int rc;
+
+    if (!PyBytes_CheckExact(frame))
+        Py_RETURN_NONE;
+    f.p = (const uint8_t *)PyBytes_AS_STRING(frame);
+    f.len = PyBytes_GET_SIZE(frame);
+    /* spec 3: the metadata tag outermost, then VLAN tags and the EtherType */
+    if (f.len < 12 + META_TAG_LEN + 2 || rd16(f.p + 12) != self->meta_ethertype)
+        Py_RETURN_NONE;
+    word = rd32(f.p + 14);
+    if (parse_vlans(&f, 12 + META_TAG_LEN) || word & TX_RESERVED || !(word & TX_OFFLOAD))
+        Py_RETURN_NONE;
+    next_header = (word >> 16) & 0xFF;
+    esp_off = (Py_ssize_t)(word & 0xFF) * 4;
+    /* spec 3: L3_OFFSET counts from the frame without its tag */
+    if ((Py_ssize_t)((word >> 8) & 0xFF) != f.l3 - META_TAG_LEN || locate_esp(&f, esp_off))
+        Py_RETURN_NONE;
+    vlans = vlan_key(&f);
+    if (vlans == NULL)
+        return NULL;
+    rc = hairpinned(self, &f, vlans);
+    if (rc != 0)
+        goto slow_or_error;
+    spi = rd32(f.p + f.esp_start);
+    seq = rd64(f.p + f.esp_start + ESP_HEADER_LEN); /* the IV the stack wrote */
+    sa = sad_lookup(self, self->outbound, spi, &f, f.p + 6, vlans);
+    if (sa == NULL) {
+        rc = PyErr_Occurred() ? -1 : 1;
+        goto slow_or_error;
+    }
+    Py_INCREF(sa);
+    if (sa_usable(self, sa, &f, &st))
+        goto slow;
+    if (self->ivdb) {
+        /* spec 7: the IVDB rule */
+        uint64_t ivdb;
+        if (get_u64(self, sa, SA_IVDB, &ivdb))
+            goto slow;
+        if (ivdb <= seq) {
+            if (seq == UINT64_MAX)
+                goto slow;
+            next_ivdb = seq + 1;
+        } else {
+            if (ivdb == UINT64_MAX)
+                goto slow;
+            seq = ivdb;
+            next_ivdb = ivdb + 1;
+        }
+    }
+    limit = st.esn ? UINT64_MAX : 0xFFFFFFFFu;
+    if (seq == 0 || seq > limit)
+        goto slow;
+    payload_len = f.ip_end - (f.esp_start + ESP_HEADER_LEN + ESP_IV_LEN);
+    pad = (4 - (payload_len + 2) % 4) % 4; /* RFC 4303 2.4: pad to 4 bytes */
+    sealed_len = payload_len + pad + 2 + ICV_LEN;
+    header_len = f.esp_start - f.l3;
+    new_len = header_len + ESP_HEADER_LEN + ESP_IV_LEN + sealed_len;
+    if (new_len - (f.addr_len == 4 ? 0 : 40) > 0xFFFF)
+        goto slow;
+
+    /* the ESP plaintext: payload || padding 1, 2, 3, ... || pad length || next header */
+    if (self->scratch_len < payload_len + pad + 2) {
+        uint8_t *grown = PyMem_Realloc(self->scratch, (size_t)(payload_len + pad + 2));
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            goto error;
+        }
+        self->scratch = grown;
+        self->scratch_len = payload_len + pad + 2;
+    }
+    memcpy(self->scratch, f.p + f.ip_end - payload_len, (size_t)payload_len);
+    for (Py_ssize_t i = 0; i < pad; i++)
+        self->scratch[payload_len + i] = (uint8_t)(i + 1);
+    self->scratch[payload_len + pad] = (uint8_t)pad;
+    self->scratch[payload_len + pad + 1] = (uint8_t)next_header;
+    /* the frame without its tag: MACs, the rest of the L2 header, IP header, ESP packet */
+    l2_out = f.l3 - META_TAG_LEN;
+    total = l2_out + header_len + ESP_HEADER_LEN + ESP_IV_LEN + sealed_len;
+    out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL)
+        goto error;
+    {
+        uint8_t *o = (uint8_t *)PyBytes_AS_STRING(out);
+        memcpy(o, f.p, 12);
+        memcpy(o + 12, f.p + 12 + META_TAG_LEN, (size_t)(l2_out - 12));
+        o += l2_out;
+        write_ip_header(&f, o, new_len);
+        o += header_len;
+        wr32(o, spi);
+        wr32(o + 4, (uint32_t)seq);
+        wr64(o + 8, seq);
+        sealed = aead_call(self, st.aead, AEAD_ENCRYPT, o + 8, spi, seq, st.esn, self->scratch,
+                           payload_len + pad + 2);
+        if (sealed == NULL)
+            goto error;
+        if (PyBytes_GET_SIZE(sealed) != sealed_len) {
+            PyErr_SetString(PyExc_RuntimeError, "AESGCM.encrypt returned an unexpected length");
+            goto error;
+        }
+        memcpy(o + 16, PyBytes_AS_STRING(sealed), (size_t)sealed_len);
+        Py_CLEAR(sealed);
+    }
+    if ((self->ivdb && set_u64(self, sa, SA_IVDB, next_ivdb)) ||
+        set_u64(self, sa, SA_PACKETS, st.packets + 1) ||
+        set_u64(self, sa, SA_BYTES, st.bytes + (uint64_t)payload_len))
+        goto error;
+    Py_DECREF(st.aead);
+    Py_DECREF(sa);
+    Py_DECREF(vlans);
+    return out;
+
+slow:
+    Py_XDECREF(st.aead);
+    Py_DECREF(sa);
+    Py_DECREF(vlans);
+    Py_RETURN_NONE;
+slow_or_error:
+    Py_DECREF(vlans);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(sealed);
+    Py_XDECREF(out);
+    Py_XDECREF(st.aead);
+    Py_DECREF(sa);
+    Py_DECREF(vlans);
+    return NULL;
+}
+
+/* -- Rx ----------------------------------------------------------------------------------- */
+
+/* The full sequence number for `seq_lo` when it is above the replay window's top, in the
+ * window's 2^32 subspace (ReplayWindow.check, RFC 4303 3.4.3 and Appendix A2.2 case A); -1
+ * for every other case, which the reference path decides. */
+static int replay_ahead(const Datapath *self, PyObject *replay, uint32_t seq_lo, int esn,
+                        uint64_t *seq, uint64_t *top, uint64_t *size) {
+    if (Py_TYPE(replay) != self->types[REPLAY_TYPE] ||
+        get_u64(self, replay, REPLAY_HIGHEST, top) || get_u64(self, replay, REPLAY_SIZE, size))
+        return -1;
+    if (esn) {
+        uint64_t low = *top & 0xFFFFFFFFu;
+        if (low + 1 < *size || seq_lo < low + 1 - *size)
+            return -1;
+        *seq = (*top & ~(uint64_t)0xFFFFFFFFu) | seq_lo;
+    } else {
+        *seq = seq_lo;
+    }
+    return *seq > *top ? 0 : -1;
+}
+
+/* ReplayWindow.accept for a number above the top: slide the window up (RFC 4303 A2.1). */
+static int replay_slide(const Datapath *self, PyObject *replay, uint64_t seq, uint64_t top,
+                        uint64_t size) {
+    PyObject *bitmap = field(self, replay, REPLAY_BITMAP), *mask = field(self, replay, REPLAY_MASK);
+    PyObject *one, *shift, *shifted, *with_seq, *kept;
+    if (bitmap == NULL || mask == NULL) {
+        PyErr_SetString(PyExc_TypeError, "ReplayWindow is not set up");
+        return -1;
+    }
+    one = PyLong_FromLong(1);
+    if (seq - top < size) {
+        shift = PyLong_FromUnsignedLongLong(seq - top);
+        shifted = shift ? PyNumber_Lshift(bitmap, shift) : NULL;
+        with_seq = shifted && one ? PyNumber_Or(shifted, one) : NULL;
+        kept = with_seq ? PyNumber_And(with_seq, mask) : NULL;
+        Py_XDECREF(shift);
+        Py_XDECREF(shifted);
+        Py_XDECREF(with_seq);
+    } else {
+        kept = one ? PyNumber_And(one, mask) : NULL;
+    }
+    Py_XDECREF(one);
+    if (set_field(self, replay, REPLAY_BITMAP, kept))
+        return -1;
+    return set_u64(self, replay, REPLAY_HIGHEST, seq);
+}
+
+/* Decrypt one frame from the wire (agent._ingress). A new reference to the host frame with
+ * its Rx tag; Py_None (new reference) when the frame is not the common case; NULL on error. */
+static PyObject *rx_frame(Datapath *self, PyObject *frame) {
+    Frame f;
+    uint32_t spi, seq_lo, word;
+    uint64_t seq, top, size;
+    Py_ssize_t ct_start, body, pt_len, pad_len, payload_len, header_len, total;
+    PyObject *vlans = NULL, *sa = NULL, *replay = NULL, *plaintext = NULL, *out = NULL;
+    const uint8_t *pt;
+    uint8_t *o;
+    SaState st = {0};
+
+    if (!PyBytes_CheckExact(frame))
+        Py_RETURN_NONE;
+    f.p = (const uint8_t *)PyBytes_AS_STRING(frame);
+    f.len = PyBytes_GET_SIZE(frame);
+    if (f.len < 14 || parse_vlans(&f, 12) || f.ethertype == self->config_ethertype ||
+        locate_esp(&f, -1))
+        Py_RETURN_NONE;
+    ct_start = f.esp_start + ESP_HEADER_LEN + ESP_IV_LEN;
+    body = f.ip_end - ct_start - ICV_LEN;
+    if (body < 4 || body % 4)
+        Py_RETURN_NONE;
+    vlans = vlan_key(&f);
+    if (vlans == NULL)
+        return NULL;
+    spi = rd32(f.p + f.esp_start);
+    seq_lo = rd32(f.p + f.esp_start + 4);
+    sa = sad_lookup(self, self->inbound, spi, &f, f.p, vlans);
+    Py_DECREF(vlans);
+    if (sa == NULL) {
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(sa);
+    if (sa_usable(self, sa, &f, &st))
+        goto slow;
+    replay = field(self, sa, SA_REPLAY);
+    if (replay == NULL)
+        goto slow;
+    Py_INCREF(replay);
+    if (replay_ahead(self, replay, seq_lo, st.esn, &seq, &top, &size))
+        goto slow;
+    plaintext = aead_call(self, st.aead, AEAD_DECRYPT, f.p + ct_start - ESP_IV_LEN, spi, seq, st.esn,
+                          f.p + ct_start, f.ip_end - ct_start);
+    if (plaintext == NULL) {
+        if (!PyErr_ExceptionMatches(self->invalid_tag))
+            goto error;
+        PyErr_Clear(); /* AUTH_FAILED: the reference path counts it */
+        goto slow;
+    }
+    /* RFC 4303 2.4: padding 1, 2, 3, ..., pad length, next header (4 bytes at least) */
+    pt = (const uint8_t *)PyBytes_AS_STRING(plaintext);
+    pt_len = PyBytes_GET_SIZE(plaintext);
+    if (pt_len < 2)
+        goto slow;
+    pad_len = pt[pt_len - 2];
+    payload_len = pt_len - 2 - pad_len;
+    if (payload_len < 0)
+        goto slow;
+    for (Py_ssize_t i = 0; i < pad_len; i++)
+        if (pt[payload_len + i] != (uint8_t)(i + 1))
+            goto slow;
+    header_len = f.esp_start - f.l3;
+    total = f.l3 + META_TAG_LEN + header_len + ESP_HEADER_LEN + ESP_IV_LEN + pt_len;
+    out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL)
+        goto error;
+    /* decrypted in place and tagged: L2 | tag | ... | IP | ESP header | IV | plaintext */
+    o = (uint8_t *)PyBytes_AS_STRING(out);
+    memcpy(o + total - pt_len, pt, (size_t)pt_len);
+    word = RX_IPSEC | (uint32_t)(st.index & 0x00FFFFFF); /* status OK is 0 */
+    memcpy(o, f.p, 12);
+    wr16(o + 12, self->meta_ethertype);
+    wr32(o + 14, word);
+    memcpy(o + 12 + META_TAG_LEN, f.p + 12, (size_t)(f.l3 - 12));
+    write_ip_header(&f, o + f.l3 + META_TAG_LEN, f.ip_end - f.l3 - ICV_LEN);
+    memcpy(o + f.l3 + META_TAG_LEN + header_len, f.p + f.esp_start,
+           ESP_HEADER_LEN + ESP_IV_LEN);
+    if (replay_slide(self, replay, seq, top, size) ||
+        set_u64(self, sa, SA_PACKETS, st.packets + 1) ||
+        set_u64(self, sa, SA_BYTES, st.bytes + (uint64_t)payload_len))
+        goto error;
+    Py_DECREF(plaintext);
+    Py_DECREF(replay);
+    Py_DECREF(st.aead);
+    Py_DECREF(sa);
+    return out;
+
+slow:
+    Py_XDECREF(plaintext);
+    Py_XDECREF(replay);
+    Py_XDECREF(st.aead);
+    Py_DECREF(sa);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(out);
+    Py_XDECREF(plaintext);
+    Py_XDECREF(replay);
+    Py_XDECREF(st.aead);
+    Py_DECREF(sa);
+    return NULL;
+}
+
+/* -- the burst calls ------------------------------------------------------------------------ */
+
+typedef PyObject *(*FrameFn)(Datapath *, PyObject *);
+
+static int count(PyObject *counters, PyObject *key, Py_ssize_t n) {
+    PyObject *old, *add, *sum;
+    int rc;
+    if (n == 0)
+        return 0;
+    old = PyDict_GetItemWithError(counters, key);
+    if (old == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_KeyError, "counter missing");
+        return -1;
+    }
+    add = PyLong_FromSsize_t(n);
+    if (add == NULL)
+        return -1;
+    sum = PyNumber_Add(old, add);
+    Py_DECREF(add);
+    if (sum == NULL)
+        return -1;
+    rc = PyDict_SetItem(counters, key, sum);
+    Py_DECREF(sum);
+    return rc;
+}
+
+/* Handle frames[start:] in order while each is the common case, appending the results to
+ * `out`; returns the position of the first frame left to the reference path (len when none).
+ * `counters` are the (dict, key) pairs one handled frame adds 1 to. */
+static PyObject *burst(Datapath *self, PyObject *args, FrameFn fn, PyObject *counters[2][2]) {
+    PyObject *frames, *out, *result;
+    Py_ssize_t start, i, n;
+    if (!PyArg_ParseTuple(args, "O!nO!", &PyList_Type, &frames, &start, &PyList_Type, &out))
+        return NULL;
+    n = PyList_GET_SIZE(frames);
+    if (start < 0 || start > n) {
+        PyErr_SetString(PyExc_IndexError, "start must be 0..len(frames)");
+        return NULL;
+    }
+    for (i = start; i < n; i++) {
+        PyObject *frame = PyList_GET_ITEM(frames, i);
+        Py_INCREF(frame);
+        result = fn(self, frame);
+        Py_DECREF(frame);
+        if (result == NULL)
+            break;
+        if (result == Py_None) {
+            Py_DECREF(result);
+            break;
+        }
+        if (PyList_Append(out, result) < 0) {
+            Py_DECREF(result);
+            break;
+        }
+        Py_DECREF(result);
+    }
+    /* the frames before an error were handled: count them, then raise the error */
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    for (int c = 0; c < 2 && counters[c][0] != NULL; c++) {
+        if (count(counters[c][0], counters[c][1], i - start) < 0) {
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(traceback);
+            return NULL;
+        }
+    }
+    if (type != NULL) {
+        PyErr_Restore(type, value, traceback);
+        return NULL;
+    }
+    return PyLong_FromSsize_t(i);
+}
+
+static PyObject *Datapath_tx_burst(Datapath *self, PyObject *args) {
+    PyObject *counters[2][2] = {{self->paths, self->tx_encrypted}, {NULL, NULL}};
+    return burst(self, args, tx_frame, counters);
+}
+
+static PyObject *Datapath_rx_burst(Datapath *self, PyObject *args) {
+    PyObject *counters[2][2] = {{self->paths, self->rx_esp}, {self->rx_status, self->rx_ok}};
+    return burst(self, args, rx_frame, counters);
+}
+
+static int Datapath_init(Datapath *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"by_key",      "local_addrs",  "outbound",
+                             "inbound",     "invalid_tag",  "paths",
+                             "rx_status",   "tx_encrypted", "rx_esp",
+                             "rx_ok",       "meta_ethertype", "config_ethertype",
+                             "ivdb",        "sa_type",      "replay_type",
+                             "aead_type",   NULL};
+    PyObject *by_key, *local_addrs, *outbound, *inbound, *invalid_tag, *paths, *rx_status,
+        *tx_encrypted, *rx_esp, *rx_ok;
+    PyTypeObject *types[TYPES];
+    unsigned meta, config;
+    int ivdb;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwds, "O!O!OOOO!O!OOOIIpO!O!O!", kwlist, &PyDict_Type, &by_key, &PySet_Type,
+            &local_addrs, &outbound, &inbound, &invalid_tag, &PyDict_Type, &paths, &PyDict_Type,
+            &rx_status, &tx_encrypted, &rx_esp, &rx_ok, &meta, &config, &ivdb, &PyType_Type,
+            &types[SA_TYPE], &PyType_Type, &types[REPLAY_TYPE], &PyType_Type, &types[AEAD_TYPE]))
+        return -1;
+    /* Each field must be an object slot of its type (a `__slots__` entry): its member
+     * descriptor gives where the slot is in the object. */
+    for (int i = 0; i < FIELDS; i++) {
+        PyObject *descr = PyObject_GetAttrString((PyObject *)types[field_type[i]], field_names[i]);
+        if (descr == NULL)
+            return -1;
+        if (Py_TYPE(descr) != &PyMemberDescr_Type ||
+            ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
+            PyErr_Format(PyExc_TypeError, "%s.%s must be a __slots__ entry",
+                         types[field_type[i]]->tp_name, field_names[i]);
+            Py_DECREF(descr);
+            return -1;
+        }
+        self->offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+        Py_DECREF(descr);
+    }
+    for (int i = 0; i < TYPES; i++) {
+        Py_INCREF(types[i]);
+        Py_XSETREF(self->types[i], types[i]);
+    }
+    if (meta > 0xFFFF || config > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "EtherTypes must fit 16 bits");
+        return -1;
+    }
+#define KEEP(field)              \
+    Py_INCREF(field);            \
+    Py_XSETREF(self->field, field);
+    KEEP(by_key)
+    KEEP(local_addrs)
+    KEEP(outbound)
+    KEEP(inbound)
+    KEEP(invalid_tag)
+    KEEP(paths)
+    KEEP(rx_status)
+    KEEP(tx_encrypted)
+    KEEP(rx_esp)
+    KEEP(rx_ok)
+#undef KEEP
+    self->meta_ethertype = meta;
+    self->config_ethertype = config;
+    self->ivdb = ivdb;
+    return 0;
+}
+
+static int Datapath_traverse(Datapath *self, visitproc visit, void *arg) {
+    Py_VISIT(self->by_key);
+    Py_VISIT(self->local_addrs);
+    Py_VISIT(self->outbound);
+    Py_VISIT(self->inbound);
+    Py_VISIT(self->invalid_tag);
+    Py_VISIT(self->paths);
+    Py_VISIT(self->rx_status);
+    Py_VISIT(self->tx_encrypted);
+    Py_VISIT(self->rx_esp);
+    Py_VISIT(self->rx_ok);
+    for (int i = 0; i < TYPES; i++)
+        Py_VISIT(self->types[i]);
+    return 0;
+}
+
+static int Datapath_clear(Datapath *self) {
+    Py_CLEAR(self->by_key);
+    Py_CLEAR(self->local_addrs);
+    Py_CLEAR(self->outbound);
+    Py_CLEAR(self->inbound);
+    Py_CLEAR(self->invalid_tag);
+    Py_CLEAR(self->paths);
+    Py_CLEAR(self->rx_status);
+    Py_CLEAR(self->tx_encrypted);
+    Py_CLEAR(self->rx_esp);
+    Py_CLEAR(self->rx_ok);
+    for (int i = 0; i < TYPES; i++)
+        Py_CLEAR(self->types[i]);
+    return 0;
+}
+
+static void Datapath_dealloc(Datapath *self) {
+    PyObject_GC_UnTrack(self);
+    Datapath_clear(self);
+    PyMem_Free(self->scratch);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Datapath_methods[] = {
+    {"tx_burst", (PyCFunction)Datapath_tx_burst, METH_VARARGS,
+     "tx_burst(frames, start, to_wire) -> int: encrypt frames[start:] onto to_wire while each\n"
+     "is the common case; the position of the first frame left to the reference path."},
+    {"rx_burst", (PyCFunction)Datapath_rx_burst, METH_VARARGS,
+     "rx_burst(frames, start, to_host) -> int: decrypt frames[start:] onto to_host while each\n"
+     "is the common case; the position of the first frame left to the reference path."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject DatapathType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ipsec_offload.agent._datapath.Datapath",
+    .tp_doc = "The agent's compiled fast path over the agent's own SAD and counters.",
+    .tp_basicsize = sizeof(Datapath),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Datapath_init,
+    .tp_traverse = (traverseproc)Datapath_traverse,
+    .tp_clear = (inquiry)Datapath_clear,
+    .tp_dealloc = (destructor)Datapath_dealloc,
+    .tp_methods = Datapath_methods,
+};
+
+static struct PyModuleDef datapath_module = {
+    PyModuleDef_HEAD_INIT, .m_name = "ipsec_offload.agent._datapath",
+    .m_doc = "The agent's compiled fast path (see agent.py and docs/performance.md).",
+    .m_size = -1,
+};
+
+PyMODINIT_FUNC PyInit__datapath(void) {
+    PyObject *module;
+    if (PyType_Ready(&DatapathType) < 0)
+        return NULL;
+    module = PyModule_Create(&datapath_module);
+    if (module == NULL)
+        return NULL;
+    Py_INCREF(&DatapathType);
+    if (PyModule_AddObject(module, "Datapath", (PyObject *)&DatapathType) < 0) {
+        Py_DECREF(&DatapathType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}
