@@ -48,21 +48,23 @@ enum {
     SA_SRC, SA_LIFETIME_PACKETS, SA_LIFETIME_BYTES, SA_PACKETS, SA_BYTES, SA_IVDB, SA_ESN,
     SA_AEAD, SA_INDEX, SA_REPLAY,
     REPLAY_SIZE, REPLAY_HIGHEST, REPLAY_BITMAP, REPLAY_MASK,
-    AEAD_ENCRYPT, AEAD_DECRYPT, AEAD_SALT,
+    AEAD_CIPHER, AEAD_SALT,
     FIELDS
 };
 static const char *const field_names[FIELDS] = {
     "src", "lifetime_packets", "lifetime_bytes", "packets", "bytes", "ivdb", "esn",
     "_aead", "index", "replay",
     "_size", "_highest", "_bitmap", "_mask",
-    "_encrypt", "_decrypt", "_salt",
+    "_cipher", "_salt",
 };
 enum { SA_TYPE, REPLAY_TYPE, AEAD_TYPE, TYPES };
 static const int field_type[FIELDS] = {
     SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE,
     REPLAY_TYPE, REPLAY_TYPE, REPLAY_TYPE, REPLAY_TYPE,
-    AEAD_TYPE, AEAD_TYPE, AEAD_TYPE,
+    AEAD_TYPE, AEAD_TYPE,
 };
+/* The AESGCM methods this module calls, interned when the module loads. */
+static PyObject *s_encrypt, *s_decrypt, *s_encrypt_into, *s_decrypt_into;
 
 typedef struct {
     PyObject_HEAD
@@ -332,20 +334,27 @@ static int sa_usable(const Datapath *self, PyObject *sa, const Frame *f, SaState
     return 0;
 }
 
-/* The AEAD call of EspAead.seal / open (RFC 4106: nonce salt || IV; AAD SPI || seq_lo, or
- * SPI || seq_hi || seq_lo with ESN) on `len` bytes at `data`: the EspAead's bound AESGCM
- * `encrypt` or `decrypt` (`method`). The result (bytes), or NULL with an error set. */
-static PyObject *aead_call(const Datapath *self, PyObject *aead, int method,
-                           const uint8_t *iv, uint32_t spi, uint64_t seq, int esn,
-                           const uint8_t *data, Py_ssize_t len) {
+/* Below this many bytes of input the AEAD gets and returns bytes objects, which costs less
+ * than the buffer views `*_into` needs; from it up, writing straight into the frame saves a
+ * copy and an allocation of the whole packet. */
+#define INTO_THRESHOLD 2048
+
+/* The AEAD of EspAead.seal / open (RFC 4106: nonce salt || IV; AAD SPI || seq_lo, or
+ * SPI || seq_hi || seq_lo with ESN) on `len` bytes at `data`, the result written to the
+ * `into_len` bytes at `into`; the AEAD is the EspAead's AESGCM. 0, or -1 with an error set
+ * (cryptography's InvalidTag when a decryption's ICV does not verify). */
+static int aead_call(const Datapath *self, PyObject *aead, int decrypt, const uint8_t *iv,
+                     uint32_t spi, uint64_t seq, int esn, const uint8_t *data, Py_ssize_t len,
+                     uint8_t *into, Py_ssize_t into_len) {
     uint8_t nonce[SALT_LEN + ESP_IV_LEN], aad[12];
-    PyObject *salt, *call, *args[3], *result = NULL;
+    PyObject *salt, *cipher, *args[5], *result = NULL;
+    Py_ssize_t written = -1;
     salt = field(self, aead, AEAD_SALT);
-    call = field(self, aead, method);
+    cipher = field(self, aead, AEAD_CIPHER);
     if (salt == NULL || !PyBytes_CheckExact(salt) || PyBytes_GET_SIZE(salt) != SALT_LEN ||
-        call == NULL) {
+        cipher == NULL) {
         PyErr_SetString(PyExc_TypeError, "EspAead is not set up (its salt or cipher)");
-        return NULL;
+        return -1;
     }
     memcpy(nonce, PyBytes_AS_STRING(salt), SALT_LEN);
     memcpy(nonce + SALT_LEN, iv, ESP_IV_LEN);
@@ -354,20 +363,33 @@ static PyObject *aead_call(const Datapath *self, PyObject *aead, int method,
         wr64(aad + 4, seq);
     else
         wr32(aad + 4, (uint32_t)seq);
-    Py_INCREF(call);
-    args[0] = PyBytes_FromStringAndSize((const char *)nonce, sizeof nonce);
-    args[1] = PyBytes_FromStringAndSize((const char *)data, len);
-    args[2] = PyBytes_FromStringAndSize((const char *)aad, esn ? 12 : 8);
-    if (args[0] && args[1] && args[2])
-        result = PyObject_Vectorcall(call, args, 3, NULL);
-    if (result != NULL && !PyBytes_Check(result)) {
-        Py_CLEAR(result);
-        PyErr_SetString(PyExc_TypeError, "AESGCM did not return bytes");
+    args[0] = Py_NewRef(cipher);
+    args[1] = PyBytes_FromStringAndSize((const char *)nonce, sizeof nonce);
+    args[3] = PyBytes_FromStringAndSize((const char *)aad, esn ? 12 : 8);
+    if (len < INTO_THRESHOLD) {
+        args[2] = PyBytes_FromStringAndSize((const char *)data, len);
+        args[4] = NULL;
+        if (args[1] && args[2] && args[3])
+            result = PyObject_VectorcallMethod(decrypt ? s_decrypt : s_encrypt, args, 4, NULL);
+        if (result != NULL && PyBytes_Check(result) && PyBytes_GET_SIZE(result) == into_len) {
+            memcpy(into, PyBytes_AS_STRING(result), (size_t)into_len);
+            written = into_len;
+        }
+    } else {
+        args[2] = PyMemoryView_FromMemory((char *)data, len, PyBUF_READ);
+        args[4] = PyMemoryView_FromMemory((char *)into, into_len, PyBUF_WRITE);
+        if (args[1] && args[2] && args[3] && args[4])
+            result = PyObject_VectorcallMethod(decrypt ? s_decrypt_into : s_encrypt_into, args,
+                                               5, NULL);
+        if (result != NULL && PyLong_Check(result))
+            written = PyLong_AsSsize_t(result);
     }
-    for (int i = 0; i < 3; i++)
+    if (result != NULL && written != into_len && !PyErr_Occurred())
+        PyErr_SetString(PyExc_RuntimeError, "AESGCM gave an unexpected length");
+    Py_XDECREF(result);
+    for (int i = 0; i < 5; i++)
         Py_XDECREF(args[i]);
-    Py_DECREF(call);
-    return result;
+    return written == into_len ? 0 : -1;
 }
 
 /* Whether `dst` and the frame's VLANs are in the hairpin table (agent._forward turns such
@@ -411,7 +433,7 @@ static PyObject *tx_frame(Datapath *self, PyObject *frame) {
     uint64_t seq, next_ivdb = 0, limit;
     unsigned next_header;
     Py_ssize_t esp_off, payload_len, pad, sealed_len, new_len, header_len, l2_out, total;
-    PyObject *vlans = NULL, *sa, *sealed = NULL, *out = NULL;
+    PyObject *vlans = NULL, *sa, *out = NULL;
     SaState st = {0};
     int rc;
 
@@ -504,16 +526,9 @@ static PyObject *tx_frame(Datapath *self, PyObject *frame) {
         wr32(o, spi);
         wr32(o + 4, (uint32_t)seq);
         wr64(o + 8, seq);
-        sealed = aead_call(self, st.aead, AEAD_ENCRYPT, o + 8, spi, seq, st.esn, self->scratch,
-                           payload_len + pad + 2);
-        if (sealed == NULL)
+        if (aead_call(self, st.aead, 0, o + 8, spi, seq, st.esn, self->scratch,
+                      payload_len + pad + 2, o + 16, sealed_len))
             goto error;
-        if (PyBytes_GET_SIZE(sealed) != sealed_len) {
-            PyErr_SetString(PyExc_RuntimeError, "AESGCM.encrypt returned an unexpected length");
-            goto error;
-        }
-        memcpy(o + 16, PyBytes_AS_STRING(sealed), (size_t)sealed_len);
-        Py_CLEAR(sealed);
     }
     if ((self->ivdb && set_u64(self, sa, SA_IVDB, next_ivdb)) ||
         set_u64(self, sa, SA_PACKETS, st.packets + 1) ||
@@ -535,7 +550,6 @@ slow_or_error:
         return NULL;
     Py_RETURN_NONE;
 error:
-    Py_XDECREF(sealed);
     Py_XDECREF(out);
     Py_XDECREF(st.aead);
     Py_DECREF(sa);
@@ -598,9 +612,8 @@ static PyObject *rx_frame(Datapath *self, PyObject *frame) {
     uint32_t spi, seq_lo, word;
     uint64_t seq, top, size;
     Py_ssize_t ct_start, body, pt_len, pad_len, payload_len, header_len, total;
-    PyObject *vlans = NULL, *sa = NULL, *replay = NULL, *plaintext = NULL, *out = NULL;
-    const uint8_t *pt;
-    uint8_t *o;
+    PyObject *vlans = NULL, *sa = NULL, *replay = NULL, *out = NULL;
+    uint8_t *o, *pt;
     SaState st = {0};
 
     if (!PyBytes_CheckExact(frame))
@@ -635,19 +648,23 @@ static PyObject *rx_frame(Datapath *self, PyObject *frame) {
     Py_INCREF(replay);
     if (replay_ahead(self, replay, seq_lo, st.esn, &seq, &top, &size))
         goto slow;
-    plaintext = aead_call(self, st.aead, AEAD_DECRYPT, f.p + ct_start - ESP_IV_LEN, spi, seq, st.esn,
-                          f.p + ct_start, f.ip_end - ct_start);
-    if (plaintext == NULL) {
+    header_len = f.esp_start - f.l3;
+    pt_len = f.ip_end - ct_start - ICV_LEN;
+    total = f.l3 + META_TAG_LEN + header_len + ESP_HEADER_LEN + ESP_IV_LEN + pt_len;
+    out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL)
+        goto error;
+    /* decrypted in place and tagged: L2 | tag | ... | IP | ESP header | IV | plaintext */
+    o = (uint8_t *)PyBytes_AS_STRING(out);
+    pt = o + total - pt_len;
+    if (aead_call(self, st.aead, 1, f.p + ct_start - ESP_IV_LEN, spi, seq, st.esn,
+                  f.p + ct_start, f.ip_end - ct_start, pt, pt_len)) {
         if (!PyErr_ExceptionMatches(self->invalid_tag))
             goto error;
         PyErr_Clear(); /* AUTH_FAILED: the reference path counts it */
         goto slow;
     }
     /* RFC 4303 2.4: padding 1, 2, 3, ..., pad length, next header (4 bytes at least) */
-    pt = (const uint8_t *)PyBytes_AS_STRING(plaintext);
-    pt_len = PyBytes_GET_SIZE(plaintext);
-    if (pt_len < 2)
-        goto slow;
     pad_len = pt[pt_len - 2];
     payload_len = pt_len - 2 - pad_len;
     if (payload_len < 0)
@@ -655,14 +672,6 @@ static PyObject *rx_frame(Datapath *self, PyObject *frame) {
     for (Py_ssize_t i = 0; i < pad_len; i++)
         if (pt[payload_len + i] != (uint8_t)(i + 1))
             goto slow;
-    header_len = f.esp_start - f.l3;
-    total = f.l3 + META_TAG_LEN + header_len + ESP_HEADER_LEN + ESP_IV_LEN + pt_len;
-    out = PyBytes_FromStringAndSize(NULL, total);
-    if (out == NULL)
-        goto error;
-    /* decrypted in place and tagged: L2 | tag | ... | IP | ESP header | IV | plaintext */
-    o = (uint8_t *)PyBytes_AS_STRING(out);
-    memcpy(o + total - pt_len, pt, (size_t)pt_len);
     word = RX_IPSEC | (uint32_t)(st.index & 0x00FFFFFF); /* status OK is 0 */
     memcpy(o, f.p, 12);
     wr16(o + 12, self->meta_ethertype);
@@ -675,21 +684,19 @@ static PyObject *rx_frame(Datapath *self, PyObject *frame) {
         set_u64(self, sa, SA_PACKETS, st.packets + 1) ||
         set_u64(self, sa, SA_BYTES, st.bytes + (uint64_t)payload_len))
         goto error;
-    Py_DECREF(plaintext);
     Py_DECREF(replay);
     Py_DECREF(st.aead);
     Py_DECREF(sa);
     return out;
 
 slow:
-    Py_XDECREF(plaintext);
+    Py_XDECREF(out);
     Py_XDECREF(replay);
     Py_XDECREF(st.aead);
     Py_DECREF(sa);
     Py_RETURN_NONE;
 error:
     Py_XDECREF(out);
-    Py_XDECREF(plaintext);
     Py_XDECREF(replay);
     Py_XDECREF(st.aead);
     Py_DECREF(sa);
@@ -913,6 +920,12 @@ static struct PyModuleDef datapath_module = {
 
 PyMODINIT_FUNC PyInit__datapath(void) {
     PyObject *module;
+    s_encrypt = PyUnicode_InternFromString("encrypt");
+    s_decrypt = PyUnicode_InternFromString("decrypt");
+    s_encrypt_into = PyUnicode_InternFromString("encrypt_into");
+    s_decrypt_into = PyUnicode_InternFromString("decrypt_into");
+    if (!s_encrypt || !s_decrypt || !s_encrypt_into || !s_decrypt_into)
+        return NULL;
     if (PyType_Ready(&DatapathType) < 0)
         return NULL;
     module = PyModule_Create(&datapath_module);

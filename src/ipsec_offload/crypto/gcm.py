@@ -90,7 +90,7 @@ class EspAead:
     20 bytes of key material, 2 = AES-GCM-256 with 36; ``key_material`` is key || 4-byte salt.
     """
 
-    __slots__ = ("_algorithm", "_decrypt", "_encrypt", "_salt")
+    __slots__ = ("_algorithm", "_cipher", "_decrypt", "_encrypt", "_salt")
 
     def __init__(self, algorithm: int, key_material: bytes) -> None:
         key_len = _key_len(algorithm)
@@ -102,6 +102,7 @@ class EspAead:
             )
         cipher = AESGCM(bytes(key_material[:key_len]))
         self._algorithm = algorithm
+        self._cipher = cipher  # the agent's compiled fast path calls it
         self._salt = bytes(key_material[key_len:])
         self._encrypt = cipher.encrypt
         self._decrypt = cipher.decrypt
