@@ -15,6 +15,8 @@ from ipsec_offload.wire.esp import (
     EspTrailer,
     build_esp,
     build_esp_trailer,
+    esp_fields,
+    esp_header,
     parse_esp,
     parse_esp_trailer,
 )
@@ -119,3 +121,25 @@ def test_trailer_build_rejects_impossible_values(
 ) -> None:
     with pytest.raises(UsageError):
         build_esp_trailer(payload_len, next_header, align)
+
+
+@given(st.binary(min_size=8, max_size=12))
+def test_esp_fields_are_parse_esp(buf: bytes) -> None:
+    header = parse_esp(buf)
+    assert esp_fields(buf) == esp_fields(memoryview(buf)) == (header.spi, header.seq)
+    assert esp_header(header.spi, header.seq) == build_esp(header) == buf[:8]
+
+
+@pytest.mark.parametrize("size", range(ESP_HEADER_LEN))
+def test_esp_fields_refuse_what_parse_esp_refuses(size: int) -> None:
+    with pytest.raises(ParseError) as error:
+        parse_esp(bytes(size))
+    with pytest.raises(ParseError) as again:
+        esp_fields(bytes(size))
+    assert str(again.value) == str(error.value)
+
+
+@pytest.mark.parametrize(("spi", "seq"), [(-1, 0), (1 << 32, 0), (1, 1 << 32)])
+def test_esp_header_rejects_out_of_range(spi: int, seq: int) -> None:
+    with pytest.raises(UsageError, match="does not fit 32 bits"):
+        esp_header(spi, seq)

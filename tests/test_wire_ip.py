@@ -18,6 +18,7 @@ from ipsec_offload.wire.ip import (
     build_ipv6,
     internet_checksum,
     ipv4_checksum,
+    ipv4_header,
     ipv6_upper_layer,
     parse_ipv4,
     parse_ipv6,
@@ -294,3 +295,35 @@ def test_ipv6_upper_layer_malformed(next_header: int, body: bytes, offset: int) 
 def test_ipv6_build_rejects_impossible_values(h: IPv6Header, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         build_ipv6(h)
+
+
+@given(
+    st.binary(min_size=4, max_size=4),
+    st.binary(min_size=4, max_size=4),
+    st.integers(0, 255),
+    st.integers(20, 0xFFFF),
+    st.integers(0, 0xFFFF),
+)
+def test_ipv4_header_is_build_ipv4(
+    src: bytes, dst: bytes, protocol: int, total_length: int, ident: int
+) -> None:
+    expected = build_ipv4(IPv4Header(src, dst, protocol, total_length, ident))
+    assert ipv4_header(src, dst, protocol, total_length, ident) == expected
+    assert ipv4_checksum(expected) == 0
+
+
+@pytest.mark.parametrize(
+    ("src", "protocol", "total_length", "ident", "message"),
+    [
+        (bytes(3), 17, 20, 0, "src"),
+        (bytes(4), 256, 20, 0, "protocol"),
+        (bytes(4), 17, 19, 0, "total length"),
+        (bytes(4), 17, 0x10000, 0, "total length"),
+        (bytes(4), 17, 20, 0x10000, "identification"),
+    ],
+)
+def test_ipv4_header_refuses_what_build_ipv4_refuses(
+    src: bytes, protocol: int, total_length: int, ident: int, message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        ipv4_header(src, bytes(4), protocol, total_length, ident)

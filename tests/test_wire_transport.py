@@ -26,6 +26,7 @@ from ipsec_offload.wire.transport import (
     parse_udp,
     pseudo_header,
     transport_checksum,
+    udp_fields,
     verify_transport_checksum,
 )
 
@@ -258,3 +259,16 @@ def test_checksums_match_scapy(
     assert tcp == bytes(theirs / payload)[len(ip) :]
     udp = build_udp(UdpHeader(sport, dport), payload, src, dst)
     assert udp == bytes(ip / scapy_all.UDP(sport=sport, dport=dport) / payload)[len(ip) :]
+
+
+@given(st.binary(max_size=24))
+def test_udp_fields_are_parse_udp(buf: bytes) -> None:
+    try:
+        header = parse_udp(buf)
+    except ParseError as error:
+        with pytest.raises(ParseError) as again:
+            udp_fields(memoryview(buf))
+        assert (again.value.what, again.value.offset) == (error.what, error.offset)
+        return
+    fields = (header.src_port, header.dst_port, header.length, header.checksum)
+    assert udp_fields(memoryview(buf)) == udp_fields(buf) == fields

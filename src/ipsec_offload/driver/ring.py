@@ -155,6 +155,8 @@ class RingDriver:
         """The stack's handle of each offloaded state -> its index in the agent SAD."""
         self._tx: list[TxDescriptor] = []
         self._events: list[DriverEvent] = []
+        self._tx_words: dict[tuple[int, int, int], int] = {}
+        """Tx metadata words built so far, by (next header, L3 offset, ESP offset)."""
 
     def xdo_dev_offload_ok(self, handle: int) -> bool:
         """May a packet of this state be handed down for offload?"""
@@ -171,13 +173,21 @@ class RingDriver:
             return
         if offload.handle not in self.sa_index:
             raise UsageError(f"xfrm state {offload.handle} is not offloaded on this device")
-        if offload.esp_offset % 4:
-            raise UsageError("TxOffload.esp_offset must be a multiple of 4 bytes")
-        word = build_tx_metadata(
-            TxMetadata(True, offload.next_header, offload.l3_offset, offload.esp_offset // 4)
-        )
+        word = self._tx_word(offload)
         self.counters.tx_offloaded += 1
         self._tx.append(TxDescriptor(frame, word, mss))
+
+    def _tx_word(self, offload: TxOffload) -> int:
+        """The metadata word of an offloaded send, built once per layout."""
+        key = (offload.next_header, offload.l3_offset, offload.esp_offset)
+        word = self._tx_words.get(key)
+        if word is None:
+            next_header, l3_offset, esp_offset = key
+            if esp_offset % 4:
+                raise UsageError("TxOffload.esp_offset must be a multiple of 4 bytes")
+            word = build_tx_metadata(TxMetadata(True, next_header, l3_offset, esp_offset // 4))
+            self._tx_words[key] = word
+        return word
 
     def receive(self, descriptors: Iterable[RxDescriptor], now: float) -> None:
         """Process descriptors from the Rx ring."""

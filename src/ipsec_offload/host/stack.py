@@ -51,27 +51,25 @@ from ipsec_offload.wire.config import Algorithm, Direction, SaStats
 from ipsec_offload.wire.esp import (
     ESP_HEADER_LEN,
     ESP_IV_LEN,
-    EspHeader,
-    build_esp,
-    parse_esp,
-    parse_esp_trailer,
+    esp_fields,
+    esp_header,
+    esp_trailer_fields,
 )
 from ipsec_offload.wire.ethernet import (
     EthernetHeader,
     EtherType,
     VlanTag,
     build_ethernet,
-    parse_ethernet,
+    ethernet_fields,
 )
 from ipsec_offload.wire.ip import (
     IpProto,
-    IPv4Header,
     IPv6Header,
-    build_ipv4,
     build_ipv6,
+    ipv4_fields,
+    ipv4_header,
+    ipv6_fields,
     ipv6_upper_layer,
-    parse_ipv4,
-    parse_ipv6,
 )
 from ipsec_offload.wire.metadata import RxMetadata, RxStatus
 from ipsec_offload.wire.transport import (
@@ -85,8 +83,8 @@ from ipsec_offload.wire.transport import (
     build_icmp_echo,
     parse_icmp_echo,
     parse_tcp,
-    parse_udp,
     transport_checksum,
+    udp_fields,
 )
 
 DEFAULT_MSS = 1400
@@ -105,6 +103,16 @@ _SEQ_MASK = 0xFFFF_FFFF
 _OFFLOAD_PREFIX = {4: 20 + ESP_HEADER_LEN + ESP_IV_LEN, 16: ESP_HEADER_LEN + ESP_IV_LEN}
 """Bytes of an offloaded large send before its L4 header that count against the IP length
 field: IPv4 header, ESP header and IV; IPv6 (whose payload length excludes its header): ESP."""
+_ESP_HEADER_END = ESP_HEADER_LEN + ESP_IV_LEN
+_ETHERTYPE = {4: EtherType.IPV4, 16: EtherType.IPV6}
+"""The EtherType of a packet by its address length."""
+# Enum members bound once: reading one off its class per packet costs a descriptor call.
+_UDP, _TCP, _ESP = IpProto.UDP, IpProto.TCP, IpProto.ESP
+_ICMP4, _ICMP6 = IpProto.ICMP, IpProto.ICMPV6
+_INBOUND, _OUTBOUND = Direction.INBOUND, Direction.OUTBOUND
+_TRANSPORT, _TUNNEL = Mode.TRANSPORT, Mode.TUNNEL
+_DEVICE = Offload.DEVICE
+_RX_OK = RxStatus.OK
 
 
 class NetDevice(Protocol):
@@ -219,6 +227,10 @@ class HostStack:
         self._inbound: dict[tuple[int, bytes], XfrmState] = {}
         self._events: list[StackEvent] = []
         self._ip_id = 0
+        self._l2: dict[tuple[bytes, bytes, tuple[VlanTag, ...], int], bytes] = {}
+        """Ethernet headers built so far, by (destination, source, VLANs, EtherType)."""
+        self._tx_offloads: dict[tuple[int, int, int, int], TxOffload] = {}
+        """The TxOffload of each (state handle, next header, L3 offset, ESP offset) so far."""
         self.hw_stats: dict[int, SaStats | None] = {}
         """The agent's counters of offloaded states, as update_stats last fetched them."""
 
@@ -289,7 +301,7 @@ class HostStack:
     ) -> None:
         """Send one UDP datagram; with `mss`, a large send cut into datagrams of `mss` payload
         bytes each (Linux's UDP_SEGMENT), by the NIC when the state allows TSO."""
-        self._send_l4(_addr(dst), IpProto.UDP, UdpHeader(src_port, dst_port), payload, mss, now)
+        self._send_l4(_addr(dst), _UDP, UdpHeader(src_port, dst_port), payload, mss, now)
 
     def send_tcp(
         self,
@@ -314,7 +326,7 @@ class HostStack:
         retransmission. An offloaded transport-mode state hands the data down as TSO sends.
         """
         header = TcpHeader(src_port, dst_port, seq, ack, flags, window)
-        self._send_l4(_addr(dst), IpProto.TCP, header, data, mss, now)
+        self._send_l4(_addr(dst), _TCP, header, data, mss, now)
         consumed = len(data) + bool(flags & TcpFlags.SYN) + bool(flags & TcpFlags.FIN)
         return (seq + consumed) & _SEQ_MASK
 
@@ -364,13 +376,13 @@ class HostStack:
     def send_ip(self, dst: bytes, protocol: int, segment: bytes, now: float) -> None:
         """Send an upper-layer segment to `dst`, through IPsec if a policy selects it."""
         src = self._source(dst)
-        policy = self._policy(Direction.OUTBOUND, src, dst, protocol)
+        policy = self._policy(_OUTBOUND, src, dst, protocol)
         if policy is None:
             self._xmit_ip(src, dst, protocol, segment, None)
             self.counters.tx_plain += 1
             return
         state = self.states[policy.state]
-        if state.mode == Mode.TUNNEL:
+        if state.mode == _TUNNEL:
             inner = self._ip_header(src, dst, protocol, len(segment)) + segment
             self._xmit_esp(state, _IN_TUNNEL[len(dst)], inner)
         else:
@@ -379,14 +391,14 @@ class HostStack:
     def _tso_state(self, src: bytes, dst: bytes, protocol: int) -> XfrmState | None:
         """The state whose packets to `dst` may go down as TSO sends: a transport-mode state
         the device holds (tunnel-mode sends are segmented by the stack)."""
-        policy = self._policy(Direction.OUTBOUND, src, dst, protocol)
+        policy = self._policy(_OUTBOUND, src, dst, protocol)
         if policy is None:
             return None
         state = self.states[policy.state]
-        return state if state.mode == Mode.TRANSPORT and self._offloaded(state) else None
+        return state if state.mode == _TRANSPORT and self._offloaded(state) else None
 
     def _offloaded(self, state: XfrmState) -> bool:
-        return state.offload == Offload.DEVICE and self.device.xdo_dev_offload_ok(state.handle)
+        return state.offload == _DEVICE and self.device.xdo_dev_offload_ok(state.handle)
 
     def _xmit_esp(
         self, state: XfrmState, next_header: int, payload: bytes, tso: _Tso | None = None
@@ -404,13 +416,13 @@ class HostStack:
         state.packets += 1 if tso is None else tso.segments
         state.bytes += len(payload)
         if self._offloaded(state):
-            esp = build_esp(EspHeader(state.spi, seq & 0xFFFFFFFF)) + explicit_iv(seq)
+            esp = esp_header(state.spi, seq & _SEQ_MASK) + explicit_iv(seq)
             offload = (state, next_header)
-            self._xmit_ip(state.src, state.dst, IpProto.ESP, esp + payload, offload, tso)
+            self._xmit_ip(state.src, state.dst, _ESP, payload, offload, tso, esp)
             self.counters.tx_esp_offloaded += 1
             return
         sealed = esp_seal(state.aead, state.spi, seq, state.esn, payload, next_header)
-        self._xmit_ip(state.src, state.dst, IpProto.ESP, sealed, None)
+        self._xmit_ip(state.src, state.dst, _ESP, sealed, None)
         self.counters.tx_esp_software += 1
 
     def _xmit_ip(
@@ -418,31 +430,43 @@ class HostStack:
         src: bytes,
         dst: bytes,
         protocol: int,
-        body: bytes,
+        body: bytes | memoryview,
         offload: tuple[XfrmState, int] | None,
         tso: _Tso | None = None,
+        esp: bytes = b"",
     ) -> None:
+        """Send `esp` || `body` in an IP packet (`esp`: an offloaded send's ESP header and
+        IV)."""
         mac = self.neighbors.get(dst)
         if mac is None:
             self.counters.drop("no_neighbor")
             return
-        l2 = build_ethernet(
-            EthernetHeader(
-                mac, self.mac, EtherType.IPV4 if len(dst) == 4 else EtherType.IPV6, self.vlans
-            )
-        )
-        ip = self._ip_header(src, dst, protocol, len(body), 1 if tso is None else tso.segments)
-        frame = l2 + ip + body
+        l2 = self._l2_header(mac, _ETHERTYPE[len(dst)])
+        length = len(esp) + len(body)
+        ip = self._ip_header(src, dst, protocol, length, 1 if tso is None else tso.segments)
+        frame = b"".join((l2, ip, esp, body))
         if offload is None:
             self.device.xmit(frame)
             return
         state, next_header = offload
-        tx = TxOffload(state.handle, next_header, len(l2), len(ip))
+        key = (state.handle, next_header, len(l2), len(ip))
+        tx = self._tx_offloads.get(key)
+        if tx is None:
+            tx = self._tx_offloads[key] = TxOffload(*key)
         if tso is None:
             self.device.xmit(frame, tx)
         else:
             self.device.xmit(frame, tx, tso.mss)
             self.counters.tx_tso_sends += 1
+
+    def _l2_header(self, dst: bytes, ethertype: int) -> bytes:
+        """The Ethernet header from this host to `dst`, built once."""
+        key = (dst, self.mac, self.vlans, ethertype)
+        header = self._l2.get(key)
+        if header is None:
+            header = build_ethernet(EthernetHeader(dst, self.mac, ethertype, self.vlans))
+            self._l2[key] = header
+        return header
 
     def _ip_header(
         self, src: bytes, dst: bytes, protocol: int, length: int, packets: int = 1
@@ -453,7 +477,7 @@ class HostStack:
             return build_ipv6(IPv6Header(src, dst, protocol, length))
         ident = (self._ip_id + 1) & 0xFFFF
         self._ip_id = (self._ip_id + packets) & 0xFFFF
-        return build_ipv4(IPv4Header(src, dst, protocol, 20 + length, ident))
+        return ipv4_header(src, dst, protocol, 20 + length, ident)
 
     def _source(self, dst: bytes) -> bytes:
         try:
@@ -523,19 +547,19 @@ class HostStack:
 
     def _input(self, frame: bytes, rx: RxMetadata | None, now: float) -> None:
         try:
-            eth = parse_ethernet(frame, -1)
+            _, _, ethertype, _, _, header_len = ethernet_fields(frame, -1)
         except ParseError:
             self.counters.drop("malformed")
             return
-        version = _ETHERTYPE_VERSION.get(eth.ethertype)
+        version = _ETHERTYPE_VERSION.get(ethertype)
         if version is None:
             self.counters.drop("not_ip")
             return
-        packet = self._packet(memoryview(frame)[eth.header_len :], version, "")
+        packet = self._packet(memoryview(frame)[header_len:], version, "")
         if packet is None:
             return
         src, dst, protocol, body = packet
-        if protocol != IpProto.ESP:
+        if protocol != _ESP:
             self._deliver(src, dst, protocol, body, None, False, now)
             return
         self._input_esp(src, dst, body, rx, now)
@@ -547,14 +571,11 @@ class HostStack:
         this host; None after counting a drop (`reason` prefixes its name)."""
         try:
             if version == 4:
-                ip4 = parse_ipv4(buf)
-                src, dst, protocol = ip4.src, ip4.dst, ip4.protocol
-                upper, end = ip4.header_len, ip4.total_length
+                upper, _, end, _, _, _, protocol, _, src, dst = ipv4_fields(buf)
             else:
-                ip6 = parse_ipv6(buf)
-                src, dst = ip6.src, ip6.dst
+                _, payload_length, _, _, src, dst = ipv6_fields(buf)
                 protocol, upper = ipv6_upper_layer(buf)
-                end = 40 + ip6.payload_length
+                end = 40 + payload_length
         except ParseError:
             self.counters.drop(reason + "malformed")
             return None
@@ -570,24 +591,23 @@ class HostStack:
         self, src: bytes, dst: bytes, body: memoryview, rx: RxMetadata | None, now: float
     ) -> None:
         try:
-            esp = parse_esp(body)
+            spi, seq = esp_fields(body)
         except ParseError:
             self.counters.drop("esp_malformed")
             return
-        state = self._inbound.get((esp.spi, dst))
+        state = self._inbound.get((spi, dst))
         if state is None:
             self.counters.drop("in_no_state")
             return
-        offloaded = rx is not None and rx.ipsec and rx.status == RxStatus.OK
-        protected = body[ESP_HEADER_LEN + ESP_IV_LEN :]
+        offloaded = rx is not None and rx.ipsec and rx.status == _RX_OK
+        protected = body[_ESP_HEADER_END:]
         try:
             if offloaded:
-                trailer, payload_len = parse_esp_trailer(protected)
-                next_header = trailer.next_header
+                _, next_header, payload_len = esp_trailer_fields(protected)
                 plaintext = bytes(protected)
                 self.counters.rx_esp_offloaded += 1
             else:
-                plaintext, payload_len, next_header = self._decrypt(state, esp, body)
+                plaintext, payload_len, next_header = self._decrypt(state, seq, body)
                 self.counters.rx_esp_software += 1
         except AuthenticationError:
             self.counters.drop("in_auth_failed")
@@ -601,19 +621,20 @@ class HostStack:
         state.packets += 1
         state.bytes += payload_len
         payload = memoryview(plaintext)[:payload_len]
-        if state.mode == Mode.TRANSPORT:
+        if state.mode == _TRANSPORT:
             self._deliver(src, dst, next_header, payload, state, offloaded, now)
             return
         self._input_tunnel(next_header, payload, state, offloaded, now)
 
     @staticmethod
-    def _decrypt(state: XfrmState, esp: EspHeader, body: memoryview) -> tuple[bytes, int, int]:
+    def _decrypt(state: XfrmState, seq: int, body: memoryview) -> tuple[bytes, int, int]:
+        """Check `seq` (the ESP header's) against the replay window and open the packet."""
         assert state.replay is not None
-        full = state.replay.check(esp.seq)
+        full = state.replay.check(seq)
         if full is None:
             raise _Replay
-        iv = bytes(body[ESP_HEADER_LEN : ESP_HEADER_LEN + ESP_IV_LEN])
-        sealed = bytes(body[ESP_HEADER_LEN + ESP_IV_LEN :])
+        iv = bytes(body[ESP_HEADER_LEN:_ESP_HEADER_END])
+        sealed = body[_ESP_HEADER_END:]
         try:
             result = esp_open(state.aead, state.spi, full, state.esn, iv, sealed)
         except ParseError:
@@ -644,7 +665,7 @@ class HostStack:
         offloaded: bool,
         now: float,
     ) -> None:
-        policy = self._policy(Direction.INBOUND, src, dst, protocol)
+        policy = self._policy(_INBOUND, src, dst, protocol)
         if policy is not None and (state is None or policy.state != state.handle):
             self.counters.drop("in_policy_violation")
             return
@@ -654,15 +675,15 @@ class HostStack:
         handle = None if state is None else state.handle
         tcp: TcpHeader | None = None
         try:
-            if protocol == IpProto.UDP:
-                udp = parse_udp(segment)
-                ports = (udp.src_port, udp.dst_port)
-                payload = bytes(segment[UDP_HEADER_LEN : udp.length])
-            elif protocol == IpProto.TCP:
+            if protocol == _UDP:
+                src_port, dst_port, length, _ = udp_fields(segment)
+                ports = (src_port, dst_port)
+                payload = bytes(segment[UDP_HEADER_LEN:length])
+            elif protocol == _TCP:
                 tcp = parse_tcp(segment)
                 ports = (tcp.src_port, tcp.dst_port)
                 payload = bytes(segment[tcp.header_len :])
-            elif protocol in (IpProto.ICMP, IpProto.ICMPV6):
+            elif protocol in (_ICMP4, _ICMP6):
                 echo = parse_icmp_echo(segment)
                 ports = (echo.ident, echo.seq)
                 payload = bytes(segment[8:])

@@ -32,15 +32,16 @@ from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
 from ipsec_offload.nic.tso import TsoDrop, tso_segment
 from ipsec_offload.wire.addr import mac_to_str
 from ipsec_offload.wire.ethernet import (
-    EthernetHeader,
     EtherType,
     VlanKey,
     VlanTag,
-    parse_ethernet,
+    ethernet_fields,
     vlan_key,
 )
 
 _META_TAG = struct.Struct(">HI")
+_MAC_END = 12
+"""Where the tags begin: after the destination and source MAC."""
 
 
 class SwitchMode(IntEnum):
@@ -48,6 +49,9 @@ class SwitchMode(IntEnum):
 
     VEB = 0
     VEPA = 1
+
+
+_VEB = SwitchMode.VEB
 
 
 class VsiKind(IntEnum):
@@ -185,11 +189,12 @@ class Nic:
         counters = vsi.counters
         frame = desc.frame
         try:
-            eth = parse_ethernet(frame, -1)
+            dst, src, _, vlans, _, _ = ethernet_fields(frame, -1)
         except ParseError:
             counters.tx_malformed += 1
             return
-        if vsi.anti_spoof and (eth.src != vsi.mac or vlan_key(eth.vlans) != vsi.vlan_key):
+        vlans_key = vlan_key(vlans)
+        if vsi.anti_spoof and (src != vsi.mac or vlans_key != vsi.vlan_key):
             counters.tx_spoofed += 1
             return
         word = desc.l2tag if vsi.port_tag is None else vsi.port_tag
@@ -203,22 +208,27 @@ class Nic:
             counters.tso_segments += len(segments)
             frames = segments
         for each in frames:
-            self._switch(vsi, eth, each, word, out)
+            self._switch(vsi, (dst, vlans_key), src, each, word, out)
 
     def _switch(
-        self, vsi: Vsi, eth: EthernetHeader, frame: bytes, word: int | None, out: NicOutput
+        self,
+        vsi: Vsi,
+        to: _VsiAddr,
+        src: bytes,
+        frame: bytes,
+        word: int | None,
+        out: NicOutput,
     ) -> None:
-        """One frame from `vsi` (headers `eth`) into the switch, tagged with `word` toward
-        the agent."""
+        """One frame from `vsi` (at `src`) to the address `to` into the switch, tagged with
+        `word` toward the agent."""
         counters = vsi.counters
         counters.tx_packets += 1
         counters.tx_bytes += len(frame)
-        multicast = bool(eth.dst[0] & 1)
-        if self.mode == SwitchMode.VEB:
-            if multicast:
-                self._flood(frame, None, eth.src, out, exclude=vsi)
+        if self.mode == _VEB:
+            if to[0][0] & 1:
+                self._flood(frame, None, src, out, exclude=vsi)
             else:
-                target = self._by_addr.get((eth.dst, vlan_key(eth.vlans)))
+                target = self._by_addr.get(to)
                 if target is not None and target is not vsi:
                     counters.tx_switched += 1
                     self._deliver(target, frame, None, out)
@@ -226,7 +236,8 @@ class Nic:
         if vsi.port_tag is not None:
             counters.tx_port_tagged += 1
         if word is not None:
-            frame = frame[:12] + _META_TAG.pack(self._meta, word) + frame[12:]
+            tag = _META_TAG.pack(self._meta, word)
+            frame = b"".join((frame[:_MAC_END], tag, memoryview(frame)[_MAC_END:]))
         out.to_agent.append(frame)
 
     # -- Rx: agent to host ----------------------------------------------------------------
@@ -236,20 +247,20 @@ class Nic:
         out = NicOutput()
         for frame in frames:
             try:
-                eth = parse_ethernet(frame, self._meta)
+                dst, src, _, vlans, metadata, _ = ethernet_fields(frame, self._meta)
             except ParseError:
                 self.counters.rx_malformed += 1
                 continue
-            if eth.metadata is not None:
-                frame = frame[:12] + frame[18:]
-            if eth.dst[0] & 1:
-                self._flood(frame, eth.metadata, eth.src, out, exclude=None)
+            if metadata is not None:
+                frame = frame[:_MAC_END] + frame[_MAC_END + _META_TAG.size :]
+            if dst[0] & 1:
+                self._flood(frame, metadata, src, out, exclude=None)
                 continue
-            target = self._by_addr.get((eth.dst, vlan_key(eth.vlans)))
+            target = self._by_addr.get((dst, vlan_key(vlans)))
             if target is None:
                 self.counters.rx_no_vsi += 1
                 continue
-            self._deliver(target, frame, eth.metadata, out)
+            self._deliver(target, frame, metadata, out)
         return out
 
     def _flood(

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
+import os
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -30,7 +31,7 @@ from ipsec_offload.host.xfrm import Mode, XfrmPolicy, XfrmState
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
 from ipsec_offload.nic.nic import Nic, SwitchMode, VsiKind
 from ipsec_offload.sim.espsa import EspSaEntry
-from ipsec_offload.sim.pcap import PcapSink
+from ipsec_offload.sim.pcap import PcapRecord, PcapSink
 from ipsec_offload.wire.config import Algorithm, Direction
 from ipsec_offload.wire.ethernet import VlanTag, vlan_key
 
@@ -40,6 +41,62 @@ TAPS = ("agent-hairpin",)
 """What the testbed records besides the links: frames the agent turned around (encrypted)."""
 
 _HOST_FIRST, _WIRE_SECOND, _OTHER = 0, 1, 2
+_PCAP_TIME_LIMIT = 2**32
+
+
+class LinkCapture(PcapSink):
+    """A link's PcapSink that takes frames a burst at a time and makes their records when
+    they are first read: a run whose captures nobody reads pays one append per burst."""
+
+    __slots__ = ("_bursts",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bursts: list[tuple[float, tuple[bytes, ...]]] = []
+
+    def add_burst(self, time: float, frames: Iterable[bytes]) -> None:
+        """Record `frames`, all seen at `time` seconds."""
+        burst = tuple(frames)
+        if not burst:
+            return
+        valid_time = isinstance(time, float) and 0 <= time < _PCAP_TIME_LIMIT
+        if valid_time and all(isinstance(frame, bytes) for frame in burst):
+            self._bursts.append((time, burst))
+            return
+        for frame in burst:  # PcapRecord refuses one of them now, as `add` would
+            self.add(time, frame)
+
+    def _catch_up(self) -> None:
+        """Make the records of the bursts taken so far."""
+        bursts, self._bursts = self._bursts, []
+        for time, frames in bursts:
+            for frame in frames:
+                super().add(time, frame)
+
+    def add(self, time: float, frame: bytes) -> None:
+        self._catch_up()
+        super().add(time, frame)
+
+    @property
+    def records(self) -> tuple[PcapRecord, ...]:
+        self._catch_up()
+        return super().records
+
+    def __len__(self) -> int:
+        self._catch_up()
+        return super().__len__()
+
+    def __iter__(self) -> Iterator[PcapRecord]:
+        self._catch_up()
+        return super().__iter__()
+
+    def clear(self) -> None:
+        self._bursts.clear()
+        super().clear()
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        self._catch_up()
+        super().write(path)
 
 
 @dataclass(slots=True)
@@ -126,7 +183,7 @@ class Testbed:
         self.mailbox_log: list[MailboxRecord] = []
         self.rng = random.Random(seed)
         self.max_events = max_events
-        self.captures: dict[str, PcapSink] = {name: PcapSink() for name in LINKS + TAPS}
+        self.captures: dict[str, LinkCapture] = {name: LinkCapture() for name in LINKS + TAPS}
         self.link_drops: dict[str, int] = dict.fromkeys(LINKS, 0)
         self.faults: list[Fault] = []
         self.endpoints: dict[str, Endpoint] = {}
@@ -481,6 +538,8 @@ class Testbed:
 
     def _carry(self, link: str, frames: Iterable[bytes]) -> list[bytes]:
         """Frames that survive the link's faults."""
+        if not self.faults:
+            return list(frames)
         kept = []
         for frame in frames:
             fault = next((f for f in self.faults if f.link == link and f.match(frame)), None)
@@ -494,9 +553,7 @@ class Testbed:
         return kept
 
     def _record(self, link: str, frames: Iterable[bytes]) -> None:
-        sink = self.captures[link]
-        for frame in frames:
-            sink.add(self.now, frame)
+        self.captures[link].add_burst(self.now, frames)
 
     def _flush(self, ep: Endpoint) -> None:
         """After a host acted: collect its events, send what its driver queued, arm timers."""

@@ -16,6 +16,8 @@ __all__ = [
     "EspTrailer",
     "build_esp",
     "build_esp_trailer",
+    "esp_fields",
+    "esp_header",
     "esp_trailer_fields",
     "parse_esp",
     "parse_esp_trailer",
@@ -40,22 +42,34 @@ class EspHeader:
     seq: int
 
 
+def esp_fields(buf: bytes | memoryview) -> tuple[int, int]:
+    """`parse_esp` as a tuple, for the data path: (SPI, sequence number)."""
+    size = len(buf)
+    if size < ESP_HEADER_LEN:
+        # RFC 4303 2: SPI u32 || sequence number u32
+        raise ParseError("esp", f"{size} bytes is shorter than the 8-byte header", size)
+    spi, seq = _ESP.unpack_from(buf)
+    return spi, seq
+
+
 def parse_esp(buf: bytes | memoryview) -> EspHeader:
     """Parse the 8-byte ESP header at the start of `buf`."""
-    mv = memoryview(buf)
-    if len(mv) < ESP_HEADER_LEN:
-        # RFC 4303 2: SPI u32 || sequence number u32
-        raise ParseError("esp", f"{len(mv)} bytes is shorter than the 8-byte header", len(mv))
-    spi, seq = _ESP.unpack_from(mv)
+    spi, seq = esp_fields(memoryview(buf))
     return EspHeader(spi, seq)
+
+
+def esp_header(spi: int, seq: int) -> bytes:
+    """`build_esp(EspHeader(spi, seq))` without the object, for the data path."""
+    if not (0 <= spi <= 0xFFFF_FFFF and 0 <= seq <= 0xFFFF_FFFF):
+        for name, value in (("SPI", spi), ("sequence number", seq)):
+            if not 0 <= value <= 0xFFFF_FFFF:
+                raise UsageError(f"ESP {name} {value} does not fit 32 bits")
+    return _ESP.pack(spi, seq)
 
 
 def build_esp(h: EspHeader) -> bytes:
     """Encode the 8-byte ESP header."""
-    for name, value in (("SPI", h.spi), ("sequence number", h.seq)):
-        if not 0 <= value <= 0xFFFF_FFFF:
-            raise UsageError(f"ESP {name} {value} does not fit 32 bits")
-    return _ESP.pack(h.spi, h.seq)
+    return esp_header(h.spi, h.seq)
 
 
 @dataclass(frozen=True, slots=True)

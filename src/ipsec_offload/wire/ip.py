@@ -22,6 +22,7 @@ __all__ = [
     "internet_checksum",
     "ipv4_checksum",
     "ipv4_fields",
+    "ipv4_header",
     "ipv4_with_length",
     "ipv6_fields",
     "ipv6_upper_layer",
@@ -38,6 +39,8 @@ _IPV6 = struct.Struct("!IHBB16s16s")
 _EXT = struct.Struct("!BB")
 _U16 = struct.Struct("!H")
 _FRAGMENT_OFFSET_MASK = 0x1FFF
+_DEFAULT_TTL = 64
+_DF = 0x4000
 
 
 class IpProto(IntEnum):
@@ -99,9 +102,9 @@ class IPv4Header:
     protocol: int
     total_length: int
     identification: int = 0
-    ttl: int = 64
+    ttl: int = _DEFAULT_TTL
     tos: int = 0
-    flags_fragment: int = 0x4000
+    flags_fragment: int = _DF
     options: bytes = b""
     checksum: int = 0
 
@@ -226,11 +229,49 @@ def build_ipv4(h: IPv4Header) -> bytes:
         raise UsageError(
             f"IPv4 total length {h.total_length}; use {h.header_len}..65535 (header included)"
         )
-    ver_ihl = 0x40 | h.header_len // 4
-    fields = (ver_ihl, h.tos, h.total_length, h.identification, h.flags_fragment, h.ttl)
-    header = bytearray(_IPV4.pack(*fields, h.protocol, 0, h.src, h.dst) + h.options)
-    struct.pack_into("!H", header, 10, ipv4_checksum(header))
-    return bytes(header)
+    fields = (h.tos, h.total_length, h.identification, h.flags_fragment, h.ttl, h.protocol)
+    return _ipv4_bytes(*fields, h.src, h.dst, h.options)
+
+
+def ipv4_header(
+    src: bytes, dst: bytes, protocol: int, total_length: int, identification: int = 0
+) -> bytes:
+    """`build_ipv4(IPv4Header(src, dst, protocol, total_length, identification))` without the
+    object, for the data path: a 20-byte header with the default TTL, TOS and flags."""
+    if (
+        len(src) != 4
+        or len(dst) != 4
+        or not 0 <= protocol <= 0xFF
+        or not 0 <= identification <= 0xFFFF
+        or not IPV4_MIN_HEADER_LEN <= total_length <= 0xFFFF
+    ):
+        # build_ipv4 says which field is wrong
+        return build_ipv4(IPv4Header(src, dst, protocol, total_length, identification))
+    return _ipv4_bytes(0, total_length, identification, _DF, _DEFAULT_TTL, protocol, src, dst)
+
+
+def _ipv4_bytes(
+    tos: int,
+    total_length: int,
+    identification: int,
+    flags_fragment: int,
+    ttl: int,
+    protocol: int,
+    src: bytes,
+    dst: bytes,
+    options: bytes = b"",
+) -> bytes:
+    """The checked fields of an IPv4 header encoded, with their checksum."""
+    ver_ihl = 0x40 | (IPV4_MIN_HEADER_LEN + len(options)) // 4
+    # RFC 1071 without the bytes: the header's 16-bit words (checksum 0) summed modulo 0xffff,
+    # where 2**16 == 1 lets an address or option count whole; the version makes the sum
+    # non-zero, which internet_checksum writes 0xffff when it is 0 modulo 0xffff.
+    words = (ver_ihl << 8 | tos) + total_length + identification + flags_fragment
+    words += (ttl << 8 | protocol) + int.from_bytes(src) + int.from_bytes(dst)
+    words += int.from_bytes(options)
+    checksum = 0xFFFF - (words % 0xFFFF or 0xFFFF)
+    fields = (ver_ihl, tos, total_length, identification, flags_fragment, ttl, protocol)
+    return _IPV4.pack(*fields, checksum, src, dst) + options
 
 
 @dataclass(frozen=True, slots=True)

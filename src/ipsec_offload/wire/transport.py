@@ -27,6 +27,7 @@ __all__ = [
     "parse_udp",
     "pseudo_header",
     "transport_checksum",
+    "udp_fields",
     "verify_transport_checksum",
 ]
 
@@ -44,6 +45,9 @@ _UDP_CHECKSUM_AT = 6
 _ICMP_CHECKSUM_AT = 2
 _TCP_CHECKSUM_AT = 16
 _TCP_FLAGS_MASK = 0x0FFF
+# Enum members bound once: reading one off its class per packet costs a descriptor call.
+_PROTO_ICMP, _PROTO_ICMPV6 = IpProto.ICMP, IpProto.ICMPV6
+_PROTO_TCP, _PROTO_UDP = IpProto.TCP, IpProto.UDP
 
 
 class IcmpType(IntEnum):
@@ -151,7 +155,7 @@ def transport_checksum(
     ICMP (protocol 1) has no pseudo-header (RFC 792). With the checksum field zeroed the result
     is the value to store; over a segment with a correct checksum it is 0.
     """
-    if proto == IpProto.ICMP:
+    if proto == _PROTO_ICMP:
         _check_addresses(src, dst)
         return internet_checksum(segment)
     return internet_checksum(pseudo_header(src, dst, proto, len(segment)) + bytes(segment))
@@ -161,7 +165,7 @@ def verify_transport_checksum(
     src: bytes, dst: bytes, proto: int, segment: bytes | bytearray | memoryview
 ) -> bool:
     """True when the segment's checksum is correct, or absent (zero) in UDP over IPv4."""
-    if proto == IpProto.UDP and len(src) == 4 and len(segment) >= UDP_HEADER_LEN:
+    if proto == _PROTO_UDP and len(src) == 4 and len(segment) >= UDP_HEADER_LEN:
         (stored,) = _CHECKSUM.unpack_from(segment, _UDP_CHECKSUM_AT)
         if stored == 0:
             # RFC 768: zero means the sender computed no checksum
@@ -181,25 +185,30 @@ def _with_checksum(
     segment = bytearray(header)
     segment += payload
     checksum = transport_checksum(src, dst, proto, segment)
-    if proto == IpProto.UDP and checksum == 0:
+    if proto == _PROTO_UDP and checksum == 0:
         # RFC 768: a computed zero is sent as all ones
         checksum = 0xFFFF
     _CHECKSUM.pack_into(segment, at, checksum)
     return bytes(segment)
 
 
-def parse_udp(buf: bytes | memoryview) -> UdpHeader:
-    """Parse the UDP header at the start of `buf` (the whole datagram, possibly padded)."""
-    mv = memoryview(buf)
-    size = len(mv)
+def udp_fields(buf: bytes | memoryview) -> tuple[int, int, int, int]:
+    """`parse_udp` as a tuple, for the data path: (source port, destination port, length,
+    checksum)."""
+    size = len(buf)
     if size < UDP_HEADER_LEN:
         # RFC 768: the header is 8 bytes
         raise ParseError("udp", f"{size} bytes is shorter than the 8-byte header", size)
-    src_port, dst_port, length, checksum = _UDP.unpack_from(mv)
+    src_port, dst_port, length, checksum = _UDP.unpack_from(buf)
     if not UDP_HEADER_LEN <= length <= size:
         # RFC 768: length counts header and data
         raise ParseError("udp", f"length {length} outside 8..{size}", 4)
-    return UdpHeader(src_port, dst_port, length, checksum)
+    return src_port, dst_port, length, checksum
+
+
+def parse_udp(buf: bytes | memoryview) -> UdpHeader:
+    """Parse the UDP header at the start of `buf` (the whole datagram, possibly padded)."""
+    return UdpHeader(*udp_fields(memoryview(buf)))
 
 
 def build_udp(h: UdpHeader, payload: bytes | memoryview, src: bytes, dst: bytes) -> bytes:
@@ -210,7 +219,7 @@ def build_udp(h: UdpHeader, payload: bytes | memoryview, src: bytes, dst: bytes)
     if length > 0xFFFF:
         raise UsageError(f"UDP payload of {len(payload)} bytes; at most 65527 fit")
     header = _UDP.pack(h.src_port, h.dst_port, length, 0)
-    return _with_checksum(header, payload, src, dst, IpProto.UDP, _UDP_CHECKSUM_AT)
+    return _with_checksum(header, payload, src, dst, _PROTO_UDP, _UDP_CHECKSUM_AT)
 
 
 def parse_icmp_echo(buf: bytes | memoryview) -> IcmpEcho:
@@ -238,7 +247,7 @@ def build_icmp_echo(h: IcmpEcho, payload: bytes | memoryview, src: bytes, dst: b
     _check_range("ICMP identifier", h.ident, 16)
     _check_range("ICMP sequence number", h.seq, 16)
     header = _ICMP.pack(h.type, h.code, 0, h.ident, h.seq)
-    proto = IpProto.ICMPV6 if v6 else IpProto.ICMP
+    proto = _PROTO_ICMPV6 if v6 else _PROTO_ICMP
     return _with_checksum(header, payload, src, dst, proto, _ICMP_CHECKSUM_AT)
 
 
@@ -285,4 +294,4 @@ def build_tcp(h: TcpHeader, payload: bytes | memoryview, src: bytes, dst: bytes)
         )
     word = (h.header_len // 4) << 12 | h.flags
     fixed = _TCP.pack(h.src_port, h.dst_port, h.seq, h.ack, word, h.window, 0, h.urgent)
-    return _with_checksum(fixed + h.options, payload, src, dst, IpProto.TCP, _TCP_CHECKSUM_AT)
+    return _with_checksum(fixed + h.options, payload, src, dst, _PROTO_TCP, _TCP_CHECKSUM_AT)

@@ -1,0 +1,72 @@
+"""The testbed's link captures: a burst at a time, records made when read, the same records
+as a PcapSink fed frame by frame."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ipsec_offload.errors import UsageError
+from ipsec_offload.sim.pcap import PcapSink, read_pcap
+from ipsec_offload.sim.testbed import LinkCapture, Testbed
+
+BURSTS = [(0.5, [b"a" * 60, b"b" * 61]), (0.75, []), (1.0, [b"c" * 62])]
+
+
+def fed(sink: PcapSink) -> PcapSink:
+    for time, frames in BURSTS:
+        if isinstance(sink, LinkCapture):
+            sink.add_burst(time, frames)
+        else:
+            for frame in frames:
+                sink.add(time, frame)
+    return sink
+
+
+def test_a_link_capture_holds_what_a_pcap_sink_holds(tmp_path: Path) -> None:
+    plain, capture = fed(PcapSink()), fed(LinkCapture())
+    assert len(capture) == len(plain) == 3
+    assert capture.records == plain.records
+    assert list(capture) == list(plain)
+    capture.add(2.0, b"d" * 60)  # after the bursts taken so far
+    plain.add(2.0, b"d" * 60)
+    assert capture.records == plain.records
+    capture.write(tmp_path / "capture.pcap")
+    plain.write(tmp_path / "plain.pcap")
+    assert (tmp_path / "capture.pcap").read_bytes() == (tmp_path / "plain.pcap").read_bytes()
+    assert read_pcap(tmp_path / "capture.pcap") == list(plain.records)
+    fed(capture).clear()
+    assert len(capture) == 0 and capture.records == ()
+
+
+def test_a_link_capture_refuses_a_bad_record_when_it_is_added() -> None:
+    capture = LinkCapture()
+    with pytest.raises(UsageError, match="must be bytes"):
+        capture.add_burst(1.0, [b"good", bytearray(b"bad")])  # type: ignore[list-item]
+    assert [r.frame for r in capture.records] == [b"good"]  # as PcapSink.add frame by frame
+    with pytest.raises(UsageError, match="2\\*\\*32"):
+        capture.add_burst(float(2**32), [b"late"])
+    capture.add_burst(3, [b"whole seconds"])  # an int time is a valid one
+    assert capture.records[-1].time == 3
+
+
+def test_captures_read_during_a_run_equal_captures_read_at_its_end() -> None:
+    def run(read_between: bool) -> dict[str, list[tuple[float, bytes]]]:
+        bed = Testbed()
+        host = bed.add_pf_host("host", "02:00:00:00:01:00", ipv4="192.0.2.1")
+        peer = bed.add_peer("peer", "02:00:00:00:02:00", ipv4="192.0.2.2")
+        bed.secure(host, peer, offload_a=True)
+        for i in range(3):
+            host.send_udp(peer.addresses[4], 1000 + i, 53, bytes(10 * i), bed.now)
+            peer.send_udp(host.addresses[4], 53, 1000 + i, bytes(20 * i), bed.now)
+            bed.settle(host, peer)
+            if read_between:
+                assert all(len(sink) >= 0 for sink in bed.captures.values())
+        return {
+            link: [(r.time, r.frame) for r in sink.records] for link, sink in bed.captures.items()
+        }
+
+    at_end = run(False)
+    assert at_end == run(True)
+    assert len(at_end["agent-to-wire"]) == len(at_end["wire-to-agent"]) >= 3
