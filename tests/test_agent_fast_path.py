@@ -4,6 +4,7 @@ counters), whatever the frames are: common, unusual, replayed, forged or broken.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +35,10 @@ from agent_frames import (
     wire_frame,
 )
 from ipsec_offload.agent.agent import AgentConfig, AgentOutput, IpsecAgent
+from ipsec_offload.agent.counters import Path
 from ipsec_offload.wire.config import Algorithm, Direction, LocalAddr, Opcode, encode_local_addr
 from ipsec_offload.wire.ethernet import VlanTag
+from ipsec_offload.wire.metadata import RxStatus
 from tools import require_fast_path
 
 
@@ -195,7 +198,11 @@ def _fast_path_built() -> None:
     require_fast_path()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("FAST_PATH_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(steps=_STEPS, ivdb=st.booleans(), hairpin=st.booleans())
 def test_fast_path_equals_reference(
     steps: list[tuple[str, list[bytes]]], ivdb: bool, hairpin: bool
@@ -207,3 +214,53 @@ def test_fast_path_equals_reference(
         else:
             _same(fast.from_wire(frames), reference.from_wire(frames))
         assert _state(fast) == _state(reference)
+
+
+def _reference_calls(agent: IpsecAgent, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count the frames the agent's reference path handles from now on."""
+    calls = {"tx": 0, "rx": 0}
+    host_frame, ingress = agent._host_frame, agent._ingress
+
+    def count_tx(frame: bytes, out: AgentOutput) -> None:
+        calls["tx"] += 1
+        host_frame(frame, out)
+
+    def count_rx(frame: bytes) -> bytes | None:
+        calls["rx"] += 1
+        return ingress(frame)
+
+    monkeypatch.setattr(agent, "_host_frame", count_tx)
+    monkeypatch.setattr(agent, "_ingress", count_rx)
+    return calls
+
+
+def test_common_frames_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = _agent(True, ivdb=True, hairpin=False)
+    calls = _reference_calls(agent, monkeypatch)
+    tx = [_tx(flow, 2, b"common", options) for flow in OUT for options in (False, True)]
+    assert len(agent.from_host(tx).to_wire) == len(tx)
+    firsts = dict(zip(IN, (1, 0xFFFF_FFE1, 1, 1), strict=True))
+    rx = [_rx(flow, firsts[flow] + 1, b"common", False, False, False) for flow in IN]
+    assert len(agent.from_wire(rx).to_host) == len(rx)
+    assert calls == {"tx": 0, "rx": 0}
+    assert agent.counters.paths[Path.TX_ENCRYPTED] == len(OUT) + len(tx)
+    assert agent.counters.rx_status[RxStatus.OK] == 2 * len(IN)
+
+
+def test_unusual_frames_take_the_reference_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = _agent(True, ivdb=True, hairpin=False)
+    calls = _reference_calls(agent, monkeypatch)
+    ipv6 = IN[1]
+    unusual = [
+        _rx(IN[0], 1, b"replayed", False, False, False),
+        _rx(IN[0], 5, b"forged", True, False, False),
+        _rx(IN[0], 6, b"bad padding", False, True, False),
+        _rx(ipv6, 0xFFFF_FFE2, b"extension header", False, False, True),
+        _rx(IN[0], 7, b"ahead", False, False, False),  # the common case again
+    ]
+    out = agent.from_wire(unusual)
+    assert len(out.to_host) == len(unusual)
+    assert calls == {"tx": 0, "rx": 4}
+    statuses = agent.counters.rx_status
+    assert (statuses[RxStatus.REPLAY], statuses[RxStatus.AUTH_FAILED]) == (1, 1)
+    assert statuses[RxStatus.MALFORMED] == 1

@@ -76,6 +76,8 @@ DATAPATH = (
     "scapy_decrypt",
     "agent_tx",
     "agent_rx",
+    "reference_tx",
+    "reference_rx",
     "full_path",
 )
 

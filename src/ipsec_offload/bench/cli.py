@@ -28,7 +28,7 @@ def bench(out: Path, quick: bool, markdown: bool) -> None:
 
     Agent Tx and Rx, the whole simulated path, SAD lookups, memory per SA and the config
     plane, each as an absolute figure and as a ratio to its baseline from the same run.
-    A full run takes about three minutes; see docs/performance.md.
+    A full run takes about a minute; see docs/performance.md.
     """
     try:
         results = run_benchmark(
@@ -40,7 +40,8 @@ def bench(out: Path, quick: bool, markdown: bool) -> None:
     machine = results.machine
     click.echo(
         f"{machine['cpus']} processors, {machine['cpu']}, {machine['python']},"
-        f" cryptography {machine['cryptography']}, scapy {machine['scapy']}"
+        f" cryptography {machine['cryptography']}, scapy {machine['scapy']};"
+        f" agent fast path {machine['agent fast path']}"
     )
     click.echo(table(results, markdown))
     with_target = targets(results)

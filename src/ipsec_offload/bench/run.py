@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import version
 
+from ipsec_offload.agent.agent import FAST_PATH_BUILT
 from ipsec_offload.bench import workloads
 from ipsec_offload.bench.traffic import BenchError, agent_with_sa, packet
 from ipsec_offload.bench.workloads import Prepare
@@ -153,7 +154,8 @@ def race(timed: Mapping[str, Prepare], rounds: int) -> dict[str, float]:
 
 
 def machine() -> dict[str, str]:
-    """What the run ran on: processors available, CPU model, Python, cryptography, scapy."""
+    """What the run ran on: processors available, CPU model, Python, cryptography, scapy,
+    and whether the agent's compiled fast path is built."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
@@ -170,6 +172,7 @@ def machine() -> dict[str, str]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "cryptography": version("cryptography"),
         "scapy": version("scapy"),
+        "agent fast path": "compiled" if FAST_PATH_BUILT else "not built (reference path only)",
     }
 
 
@@ -214,6 +217,8 @@ def _datapath(settings: Settings, size: int, algorithm: Algorithm) -> list[Figur
             "scapy_encrypt": workloads.scapy_encrypt(algorithm, timed[: settings.peer_packets]),
             "bare_decrypt": workloads.bare_decrypt(algorithm, timed, frames),
             "agent_rx": workloads.agent_rx(algorithm, primer, frames, settings.batch),
+            "reference_tx": workloads.agent_tx(algorithm, timed, settings.batch, False),
+            "reference_rx": workloads.agent_rx(algorithm, primer, frames, settings.batch, False),
             "scapy_decrypt": workloads.scapy_decrypt(algorithm, frames[: settings.peer_packets]),
             "full_path": workloads.full_path(
                 algorithm, size, settings.path_packets, settings.batch
@@ -245,6 +250,8 @@ def _datapath(settings: Settings, size: int, algorithm: Algorithm) -> list[Figur
         figure("scapy_decrypt", "scapy decrypt (peer)"),
         figure("agent_tx", "agent Tx", ("bare_encrypt", ceiling), ("scapy_encrypt", peer)),
         figure("agent_rx", "agent Rx", ("bare_decrypt", ceiling), ("scapy_decrypt", peer)),
+        figure("reference_tx", "agent Tx, reference path only", ("bare_encrypt", None)),
+        figure("reference_rx", "agent Rx, reference path only", ("bare_decrypt", None)),
         figure(
             "full_path",
             "full simulated path",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ipsec_offload.agent.agent import IpsecAgent
+from ipsec_offload.agent.agent import AgentConfig, IpsecAgent
 from ipsec_offload.errors import IpsecOffloadError
 from ipsec_offload.wire.config import (
     AddSaRequest,
@@ -139,9 +139,9 @@ def sa_request(direction: Direction, algorithm: Algorithm, spi: int = SPI) -> Ad
     )
 
 
-def agent_with_sa(direction: Direction, algorithm: Algorithm) -> IpsecAgent:
+def agent_with_sa(direction: Direction, algorithm: Algorithm, fast_path: bool = True) -> IpsecAgent:
     """An agent holding the flow's SA in `direction`: outbound for the host's side, inbound
-    for the peer's (an agent at the other end of the wire)."""
-    agent = IpsecAgent()
+    for the peer's (an agent at the other end of the wire); `fast_path` as in AgentConfig."""
+    agent = IpsecAgent(AgentConfig(fast_path=fast_path))
     check_added(agent.from_host([config_frame(agent, sa_request(direction, algorithm), 1)]).to_host)
     return agent

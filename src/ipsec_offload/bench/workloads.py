@@ -94,9 +94,12 @@ def bare_decrypt(
 # -- the agent --------------------------------------------------------------------------------
 
 
-def agent_tx(algorithm: Algorithm, packets: Sequence[Packet], batch: int) -> Prepare:
-    """The agent's Tx path: the host's offload frames, `batch` per `from_host` call."""
-    agent = agent_with_sa(Direction.OUTBOUND, algorithm)
+def agent_tx(
+    algorithm: Algorithm, packets: Sequence[Packet], batch: int, fast_path: bool = True
+) -> Prepare:
+    """The agent's Tx path: the host's offload frames, `batch` per `from_host` call; with
+    `fast_path` False, all through the Python reference path."""
+    agent = agent_with_sa(Direction.OUTBOUND, algorithm, fast_path)
     bursts = _bursts([p.offload for p in packets], batch)
 
     def run() -> int:
@@ -108,14 +111,20 @@ def agent_tx(algorithm: Algorithm, packets: Sequence[Packet], batch: int) -> Pre
     return _same(run)
 
 
-def agent_rx(algorithm: Algorithm, primer: bytes, sealed: Sequence[bytes], batch: int) -> Prepare:
-    """The agent's Rx path: sealed frames, `batch` per `from_wire` call. Each run has a fresh
-    receiver (the sequence numbers are new to its replay window), whose cipher context the
-    `primer` frame creates before the timing starts."""
+def agent_rx(
+    algorithm: Algorithm,
+    primer: bytes,
+    sealed: Sequence[bytes],
+    batch: int,
+    fast_path: bool = True,
+) -> Prepare:
+    """The agent's Rx path: sealed frames, `batch` per `from_wire` call (`fast_path` as in
+    `agent_tx`). Each run has a fresh receiver (the sequence numbers are new to its replay
+    window), whose cipher context the `primer` frame creates before the timing starts."""
     bursts = _bursts(sealed, batch)
 
     def prepare() -> Runner:
-        agent = agent_with_sa(Direction.INBOUND, algorithm)
+        agent = agent_with_sa(Direction.INBOUND, algorithm, fast_path)
         agent.from_wire([primer])
 
         def run() -> int:
