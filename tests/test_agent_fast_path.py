@@ -158,9 +158,11 @@ def _rx_frames() -> st.SearchStrategy[bytes]:
 
 @st.composite
 def _damaged(draw: st.DrawFn, frames: st.SearchStrategy[bytes]) -> bytes:
-    """A frame, sometimes with one byte changed or cut short."""
+    """A frame, sometimes with one byte changed, cut short, or padded (as Ethernet pads)."""
     frame = draw(frames)
-    how = draw(st.sampled_from(["as is", "as is", "as is", "flip", "cut"]))
+    how = draw(st.sampled_from(["as is", "as is", "as is", "flip", "cut", "pad"]))
+    if how == "pad":
+        return frame + draw(st.binary(min_size=1, max_size=20))
     if how == "flip":
         at = draw(st.integers(0, len(frame) - 1))
         return frame[:at] + bytes((frame[at] ^ draw(st.integers(1, 255)),)) + frame[at + 1 :]
