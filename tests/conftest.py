@@ -20,5 +20,5 @@ def agent_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     if request.param == "fast path":
         require_fast_path()
     else:
-        monkeypatch.setattr("ipsec_offload.agent.agent.Datapath", None)
+        monkeypatch.setattr("ipsec_offload.agent.fastpath.Datapath", None)
     return str(request.param)

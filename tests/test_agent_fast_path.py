@@ -5,7 +5,7 @@ counters), whatever the frames are: common, unusual, replayed, forged or broken.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -27,16 +27,26 @@ from agent_frames import (
     VLAN_OUTER,
     VLAN_Q,
     add_sa,
+    config_frame,
     esp_packet,
     hop_by_hop,
     offload_frame,
     request,
+    sa_index_tlv,
+    sa_request,
     trailer,
     wire_frame,
 )
 from ipsec_offload.agent.agent import AgentConfig, AgentOutput, IpsecAgent
 from ipsec_offload.agent.counters import Path
-from ipsec_offload.wire.config import Algorithm, Direction, LocalAddr, Opcode, encode_local_addr
+from ipsec_offload.wire.config import (
+    Algorithm,
+    Direction,
+    LocalAddr,
+    Opcode,
+    encode_add_sa,
+    encode_local_addr,
+)
 from ipsec_offload.wire.ethernet import VlanTag
 from ipsec_offload.wire.metadata import RxStatus
 from tools import require_fast_path
@@ -61,6 +71,7 @@ OUT = [
     Flow(0x102, LOCAL6, PEER6, HOST_MAC, key=KEY256, esn=True),
     Flow(0x103, LOCAL4, PEER4, VF_MAC, (VLAN_OUTER, VLAN_INNER)),
 ]
+_ALG = {KEY128: Algorithm.AES_GCM_128, KEY256: Algorithm.AES_GCM_256}
 IN = [
     Flow(0x200, LOCAL4, PEER4, HOST_MAC),
     Flow(0x201, LOCAL6, PEER6, HOST_MAC, key=KEY128, esn=True),
@@ -171,11 +182,29 @@ def _damaged(draw: st.DrawFn, frames: st.SearchStrategy[bytes]) -> bytes:
     return frame
 
 
+def _readd(flow: Flow, txn_id: int) -> bytes:
+    """ADD_SA of an OUT flow's SA afresh (after a REMOVE_SA took it out)."""
+    request = sa_request(Direction.OUTBOUND, flow.spi, flow.peer, flow.key, _ALG[flow.key])
+    request = replace(request, local_mac=flow.mac, vlans=flow.vlans, esn=flow.esn)
+    return config_frame(Opcode.ADD_SA, encode_add_sa(request), txn_id=txn_id)
+
+
+_CONFIG = st.one_of(
+    st.builds(
+        lambda index, txn: config_frame(Opcode.REMOVE_SA, sa_index_tlv(index), txn_id=txn),
+        st.integers(1, 9),
+        st.integers(1, 1 << 30),
+    ),
+    st.builds(_readd, st.sampled_from(OUT), st.integers(1, 1 << 30)),
+)
+"""SAD changes in the middle of a burst: the fast path must see each at once."""
+
 _STEPS = st.lists(
     st.tuples(
         st.sampled_from(["host", "wire"]),
         st.lists(
-            st.one_of(_damaged(_tx_frames()), _damaged(_rx_frames()), st.binary()), max_size=8
+            st.one_of(_damaged(_tx_frames()), _damaged(_rx_frames()), st.binary(), _CONFIG),
+            max_size=8,
         ),
     ),
     min_size=1,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from agent_frames import KEY128, LOCAL4, PEER4, VF_MAC, add_sa, request, sa_index_tlv
+from agent_frames import HOST_MAC, KEY128, LOCAL4, PEER4, VF_MAC, add_sa, request, sa_index_tlv
 from ipsec_offload.agent.agent import AgentConfig, IpsecAgent
 from ipsec_offload.agent.replay import ReplayWindow
 from ipsec_offload.agent.sad import (
@@ -14,6 +16,7 @@ from ipsec_offload.agent.sad import (
     SecurityAssociationDatabase,
 )
 from ipsec_offload.wire.config import Algorithm, ConfigStatus, Direction, Opcode
+from tools import require_fast_path
 
 IN = Direction.INBOUND
 OUT = Direction.OUTBOUND
@@ -148,3 +151,68 @@ def test_agent_sad_capacity_and_reuse_through_config() -> None:
     assert agent.dump()["sad_used"] == 3
     full = request(agent, Opcode.REMOVE_SA, sa_index_tlv(4))
     assert full.status == ConfigStatus.NOT_FOUND
+
+
+# -- the SAD table the compiled fast path looks packets up in ---------------------------------
+
+_SPIS = st.integers(1, 6)
+_DOMAINS = st.sampled_from([None, Domain(VF_MAC, ()), DOMAIN, Domain(VF_MAC, ((0x88A8, 7),))])
+_DSTS = st.sampled_from([LOCAL4, PEER4, bytes(16)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["add", "remove", "remove"]), _SPIS, _DOMAINS, _DSTS),
+        max_size=60,
+    ),
+    capacity=st.integers(1, 12),
+)
+def test_table_agrees_with_the_dict(
+    ops: list[tuple[str, int, Domain | None, bytes]], capacity: int
+) -> None:
+    """Random adds and removes in a small SAD (long probe runs, wrap-around, deletions that
+    shift runs back): the table finds exactly what the dict finds, one key or a burst."""
+    require_fast_path()
+    sad = SecurityAssociationDatabase(capacity)
+    table = sad.table
+    assert table is not None
+    for op, spi, domain, dst in ops:
+        sa = next((s for s in sad if s.key == (IN, spi, dst, domain)), None)
+        if op == "add" and sa is None and len(sad) < capacity:
+            sad.insert(_sa(sad.allocate_index(), spi, domain, dst=dst))
+        elif op == "remove" and sa is not None:
+            sad.remove(sa.index)
+        assert len(table) == len(sad)
+        probes = [
+            (IN, spi, dst, mac, vlans)
+            for spi in range(1, 7)
+            for dst in (LOCAL4, PEER4, bytes(16))
+            for mac, vlans in ((VF_MAC, ()), (VF_MAC, DOMAIN.vlans), (HOST_MAC, ()))
+        ]
+        expected = [sad.lookup(*probe) for probe in probes]
+        assert table.lookup_burst(probes) == expected
+        for sa in sad:
+            assert table.get(_flat(sa)) is sa
+
+
+def _flat(sa: SecurityAssociation) -> tuple[object, ...]:
+    if sa.domain is None:
+        return (sa.direction, sa.spi, sa.dst)
+    return (sa.direction, sa.spi, sa.dst, sa.domain.mac, sa.domain.vlans)
+
+
+def test_table_refuses_bad_keys_and_duplicates() -> None:
+    require_fast_path()
+    sad = SecurityAssociationDatabase(4)
+    table = sad.table
+    assert table is not None
+    sad.insert(_sa(1, 0x10))
+    with pytest.raises(KeyError):
+        table.insert((IN, 0x10, LOCAL4), _sa(2, 0x10))
+    with pytest.raises(KeyError):
+        table.remove((IN, 0x11, LOCAL4))
+    for bad in [(IN, 0x10), (IN, 0x10, b"abc"), (IN, 1 << 32, LOCAL4), (IN, 1, LOCAL4, b"m", ())]:
+        with pytest.raises((TypeError, OverflowError)):
+            table.get(bad)
+    assert table.get((IN, 0x10, LOCAL4)) is sad.get(1)

@@ -53,7 +53,7 @@ def _missing_tool(reason: str) -> NoReturn:
 def require_fast_path() -> None:
     """Skip the test when the agent's compiled fast path was not built (no C compiler at
     install time); with ``IPSEC_OFFLOAD_REQUIRE_TOOLS=1`` fail instead."""
-    from ipsec_offload.agent.agent import FAST_PATH_BUILT
+    from ipsec_offload.agent.fastpath import FAST_PATH_BUILT
 
     if not FAST_PATH_BUILT:
         _missing_tool(

@@ -26,6 +26,9 @@
 #include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #define ETH_IPV4 0x0800u
 #define ETH_IPV6 0x86DDu
@@ -65,58 +68,6 @@ static const int field_type[FIELDS] = {
 };
 /* The AESGCM methods this module calls, interned when the module loads. */
 static PyObject *s_encrypt, *s_decrypt, *s_encrypt_into, *s_decrypt_into;
-
-typedef struct {
-    PyObject_HEAD
-    PyObject *by_key;       /* the SAD's hash index: dict of flat key tuples -> SA */
-    PyObject *local_addrs;  /* the hairpin table: set of (MAC, VLAN key) */
-    PyObject *outbound;     /* Direction.OUTBOUND, as the SAD keys hold it */
-    PyObject *inbound;      /* Direction.INBOUND */
-    PyObject *invalid_tag;  /* cryptography.exceptions.InvalidTag */
-    PyObject *paths;        /* AgentCounters.paths */
-    PyObject *rx_status;    /* AgentCounters.rx_status */
-    PyObject *tx_encrypted; /* Path.TX_ENCRYPTED */
-    PyObject *rx_esp;       /* Path.RX_ESP */
-    PyObject *rx_ok;        /* RxStatus.OK */
-    unsigned meta_ethertype;
-    unsigned config_ethertype;
-    int ivdb;
-    uint8_t *scratch; /* where a Tx frame's ESP plaintext is put together */
-    Py_ssize_t scratch_len;
-    PyTypeObject *types[TYPES];
-    Py_ssize_t offsets[FIELDS]; /* where each field's slot is in its object */
-} Datapath;
-
-/* A field of `obj`, which must be of the field's type: a borrowed reference, NULL when the
- * slot is empty. A slot is read as CPython's own member descriptor reads it. */
-static inline PyObject *field(const Datapath *self, PyObject *obj, int which) {
-    return *(PyObject **)((char *)obj + self->offsets[which]);
-}
-
-/* An unsigned 64-bit field; -1 (error cleared) when it is not one. */
-static int get_u64(const Datapath *self, PyObject *obj, int which, uint64_t *out) {
-    PyObject *value = field(self, obj, which);
-    if (value == NULL || !PyLong_CheckExact(value))
-        return -1;
-    *out = PyLong_AsUnsignedLongLong(value);
-    if (*out == (uint64_t)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return -1;
-    }
-    return 0;
-}
-
-/* Set a field to a new reference (stolen); -1 when `value` is NULL (an error is set). */
-static int set_field(const Datapath *self, PyObject *obj, int which, PyObject *value) {
-    if (value == NULL)
-        return -1;
-    Py_XSETREF(*(PyObject **)((char *)obj + self->offsets[which]), value);
-    return 0;
-}
-
-static int set_u64(const Datapath *self, PyObject *obj, int which, uint64_t v) {
-    return set_field(self, obj, which, PyLong_FromUnsignedLongLong(v));
-}
 
 static inline unsigned rd16(const uint8_t *p) { return (unsigned)p[0] << 8 | p[1]; }
 
@@ -239,60 +190,421 @@ static PyObject *vlan_key(const Frame *f) {
     return key;
 }
 
-/* A tuple of `n` new references (stolen, NULL-checked: any NULL makes the result NULL). */
-static PyObject *tuple_of(Py_ssize_t n, PyObject **items) {
-    PyObject *tuple = NULL;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (items[i] == NULL)
-            goto fail;
+/* -- the SAD's hash table ---------------------------------------------------------------- */
+
+/* Theory of operation: the SAD's index as the engine holds it, beside the dict the reference
+ * path uses (SecurityAssociationDatabase keeps both). A fixed table of 64-byte slots, one cache
+ * line each: the key's hash, the key packed into 40 bytes, the SA. Its size is the power of two
+ * at least twice the SAD's capacity, so it is never more than half full; open addressing with
+ * linear probing, deletion by shifting the next slots back (no tombstones). A burst is looked
+ * up in two passes: the first hashes every frame's keys and prefetches their slots, the second
+ * probes them in order. The memory latency of a large table then overlaps across the burst, as
+ * a hardware pipeline keeps many lookups in flight; the second pass is the real lookup, so a
+ * change to the SAD between two frames of a burst is seen as it happens. */
+
+#define KEY_LEN 40
+#define LOAD_INVERSE 2 /* the table is at most half full */
+#define DIR_INBOUND 0  /* wire.config.Direction */
+#define DIR_OUTBOUND 1
+
+typedef struct {
+    uint64_t hash; /* 0: empty */
+    uint8_t key[KEY_LEN];
+    PyObject *sa;  /* strong reference */
+    uint64_t unused;
+} Slot;
+
+typedef struct {
+    PyObject_HEAD
+    Slot *slots;
+    uint64_t mask;
+    Py_ssize_t capacity, used;
+    Py_ssize_t naive; /* SAs under a naive key: none, and no lookup tries that key */
+} SadTable;
+
+static PyTypeObject SadTableType;
+
+/* The packed key: direction, address length, whether it has a domain, VLAN count, SPI,
+ * destination, and for the extended key the local MAC and the VLANs' (TPID, VID). */
+static void pack_key(uint8_t key[KEY_LEN], int direction, uint32_t spi, const uint8_t *dst,
+                     Py_ssize_t addr_len, const uint8_t *mac, int nvlans, const unsigned *tpid,
+                     const unsigned *vid) {
+    memset(key, 0, KEY_LEN);
+    key[0] = (uint8_t)direction;
+    key[1] = (uint8_t)addr_len;
+    key[2] = mac != NULL;
+    wr32(key + 4, spi);
+    memcpy(key + 8, dst, (size_t)addr_len);
+    if (mac == NULL)
+        return;
+    key[3] = (uint8_t)nvlans;
+    memcpy(key + 24, mac, 6);
+    for (int i = 0; i < nvlans; i++) {
+        wr16(key + 30 + 4 * i, tpid[i]);
+        wr16(key + 32 + 4 * i, vid[i]);
     }
-    tuple = PyTuple_New(n);
-    if (tuple == NULL)
-        goto fail;
-    for (Py_ssize_t i = 0; i < n; i++)
-        PyTuple_SET_ITEM(tuple, i, items[i]);
-    return tuple;
-fail:
-    for (Py_ssize_t i = 0; i < n; i++)
-        Py_XDECREF(items[i]);
-    return NULL;
 }
 
-/* SecurityAssociationDatabase.lookup: the extended key first, then the naive key. A borrowed
- * reference, or NULL with no error set when there is no SA (NULL with an error: failure). */
-static PyObject *sad_lookup(Datapath *self, PyObject *direction, uint32_t spi, const Frame *f,
-                            const uint8_t *mac, PyObject *vlans) {
-    PyObject *spi_obj, *dst, *key, *sa;
-    spi_obj = PyLong_FromUnsignedLong(spi);
-    dst = PyBytes_FromStringAndSize((const char *)f->p + f->dst_off, f->addr_len);
-    Py_INCREF(direction);
-    Py_INCREF(vlans);
-    Py_XINCREF(spi_obj);
-    Py_XINCREF(dst);
-    key = tuple_of(5, (PyObject *[]){direction, spi_obj, dst,
-                                     PyBytes_FromStringAndSize((const char *)mac, 6), vlans});
-    if (key == NULL)
-        goto fail;
-    sa = PyDict_GetItemWithError(self->by_key, key);
-    Py_DECREF(key);
-    if (sa != NULL || PyErr_Occurred())
-        goto done;
-    Py_INCREF(direction);
-    key = tuple_of(3, (PyObject *[]){direction, spi_obj, dst});
-    spi_obj = dst = NULL; /* stolen */
-    if (key == NULL)
+static uint64_t key_hash(const uint8_t key[KEY_LEN]) {
+    uint64_t h = 0x243F6A8885A308D3u, word;
+    for (int i = 0; i < KEY_LEN; i += 8) {
+        memcpy(&word, key + i, 8);
+        h = (h ^ word) * 0x9E3779B97F4A7C15u;
+        h ^= h >> 31;
+    }
+    return h | 1;
+}
+
+static Slot *table_find(const SadTable *t, const uint8_t key[KEY_LEN], uint64_t h) {
+    for (uint64_t i = h & t->mask;; i = (i + 1) & t->mask) {
+        Slot *slot = &t->slots[i];
+        if (slot->hash == 0)
+            return NULL;
+        if (slot->hash == h && memcmp(slot->key, key, KEY_LEN) == 0)
+            return slot;
+    }
+}
+
+/* One lookup in flight: a packet's extended key [0] and naive key [1], and their hashes. */
+typedef struct {
+    uint8_t key[2][KEY_LEN];
+    uint64_t hash[2];
+} Probe;
+
+/* Hash a probe's keys and prefetch their slots: the first pass over a burst. The naive key
+ * is only looked at while some SA is under one. */
+static void probe_prefetch(const SadTable *t, Probe *p) {
+    p->hash[0] = key_hash(p->key[0]);
+    p->hash[1] = key_hash(p->key[1]);
+    /* at half load a probe goes on to the next slot about a third of the time */
+    __builtin_prefetch(&t->slots[p->hash[0] & t->mask]);
+    __builtin_prefetch(&t->slots[(p->hash[0] + 1) & t->mask]);
+    if (t->naive)
+        __builtin_prefetch(&t->slots[p->hash[1] & t->mask]);
+}
+
+/* SecurityAssociationDatabase.lookup of a prefetched probe: the extended key first, then
+ * the naive key. A borrowed reference, or NULL when there is no SA. */
+static PyObject *probe_sa(const SadTable *t, const Probe *p) {
+    Slot *slot = table_find(t, p->key[0], p->hash[0]);
+    if (slot == NULL && t->naive)
+        slot = table_find(t, p->key[1], p->hash[1]);
+    return slot == NULL ? NULL : slot->sa;
+}
+
+/* The key of a Python SAD index key: (direction, SPI, destination) or (direction, SPI,
+ * destination, MAC, ((TPID, VID), ...)), as SecurityAssociationDatabase builds them; with
+ * `naive`, the naive key of either. 0, or -1 with an error set. */
+static int pack_tuple(PyObject *tuple, uint8_t key[KEY_LEN], int naive) {
+    unsigned long direction, spi;
+    unsigned tpid[MAX_VLANS], vid[MAX_VLANS];
+    PyObject *dst, *mac = NULL, *vlans = NULL;
+    Py_ssize_t n = PyTuple_Check(tuple) ? PyTuple_GET_SIZE(tuple) : 0, nvlans = 0;
+    if (n != 3 && n != 5)
+        goto bad;
+    direction = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(tuple, 0));
+    spi = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(tuple, 1));
+    if (PyErr_Occurred())
+        return -1;
+    dst = PyTuple_GET_ITEM(tuple, 2);
+    if (direction > 1 || spi > 0xFFFFFFFFu || !PyBytes_Check(dst) ||
+        (PyBytes_GET_SIZE(dst) != 4 && PyBytes_GET_SIZE(dst) != 16))
+        goto bad;
+    if (n == 5 && !naive) {
+        mac = PyTuple_GET_ITEM(tuple, 3);
+        vlans = PyTuple_GET_ITEM(tuple, 4);
+        if (!PyBytes_Check(mac) || PyBytes_GET_SIZE(mac) != 6 || !PyTuple_Check(vlans) ||
+            (nvlans = PyTuple_GET_SIZE(vlans)) > MAX_VLANS)
+            goto bad;
+        for (Py_ssize_t i = 0; i < nvlans; i++) {
+            if (!PyArg_ParseTuple(PyTuple_GET_ITEM(vlans, i), "II", &tpid[i], &vid[i]))
+                return -1;
+        }
+    }
+    pack_key(key, (int)direction, (uint32_t)spi, (const uint8_t *)PyBytes_AS_STRING(dst),
+             PyBytes_GET_SIZE(dst), mac ? (const uint8_t *)PyBytes_AS_STRING(mac) : NULL,
+             (int)nvlans, tpid, vid);
+    return 0;
+bad:
+    PyErr_SetString(PyExc_TypeError,
+                    "an SAD key is (direction, SPI, destination) or (direction, SPI, destination,"
+                    " MAC, ((TPID, VID), ...)) with a 4- or 16-byte destination and a 6-byte MAC");
+    return -1;
+}
+
+static PyObject *SadTable_insert(SadTable *self, PyObject *args) {
+    PyObject *tuple, *sa;
+    uint8_t key[KEY_LEN];
+    uint64_t h, i;
+    if (!PyArg_ParseTuple(args, "OO", &tuple, &sa) || pack_tuple(tuple, key, 0))
         return NULL;
-    sa = PyDict_GetItemWithError(self->by_key, key);
-    Py_DECREF(key);
-    return sa;
+    h = key_hash(key);
+    if (table_find(self, key, h) != NULL) {
+        PyErr_SetObject(PyExc_KeyError, tuple);
+        return NULL;
+    }
+    if (self->used >= self->capacity) {
+        PyErr_SetString(PyExc_OverflowError, "the SAD table is full");
+        return NULL;
+    }
+    for (i = h & self->mask; self->slots[i].hash != 0; i = (i + 1) & self->mask)
+        ;
+    self->slots[i].hash = h;
+    memcpy(self->slots[i].key, key, KEY_LEN);
+    self->slots[i].sa = Py_NewRef(sa);
+    self->used++;
+    self->naive += key[2] == 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *SadTable_remove(SadTable *self, PyObject *tuple) {
+    uint8_t key[KEY_LEN];
+    Slot *slot;
+    uint64_t i, j, home;
+    if (pack_tuple(tuple, key, 0))
+        return NULL;
+    slot = table_find(self, key, key_hash(key));
+    if (slot == NULL) {
+        PyErr_SetObject(PyExc_KeyError, tuple);
+        return NULL;
+    }
+    Py_CLEAR(slot->sa);
+    self->used--;
+    self->naive -= key[2] == 0;
+    /* shift back every following slot of the run whose home is not between the hole and it */
+    i = (uint64_t)(slot - self->slots);
+    for (j = (i + 1) & self->mask; self->slots[j].hash != 0; j = (j + 1) & self->mask) {
+        home = self->slots[j].hash & self->mask;
+        if (((j - home) & self->mask) >= ((j - i) & self->mask)) {
+            self->slots[i] = self->slots[j];
+            i = j;
+        }
+    }
+    memset(&self->slots[i], 0, sizeof(Slot));
+    Py_RETURN_NONE;
+}
+
+static PyObject *SadTable_get(SadTable *self, PyObject *tuple) {
+    uint8_t key[KEY_LEN];
+    Slot *slot;
+    if (pack_tuple(tuple, key, 0))
+        return NULL;
+    slot = table_find(self, key, key_hash(key));
+    return Py_NewRef(slot == NULL ? Py_None : slot->sa);
+}
+
+/* A burst of packet keys (direction, SPI, destination, MAC, VLAN key), looked up as the
+ * engine looks up a burst of frames, the extended key first, then the naive key: in three
+ * passes, so that the misses of each pass overlap across the burst (hash and prefetch the
+ * slots; probe them and prefetch the SAs found; take the SAs). */
+static PyObject *SadTable_lookup_burst(SadTable *self, PyObject *keys) {
+    Py_ssize_t n;
+    Probe *probes = NULL;
+    PyObject **found = NULL, *result = NULL;
+    if (!PyList_Check(keys)) {
+        PyErr_SetString(PyExc_TypeError, "lookup_burst takes a list of keys");
+        return NULL;
+    }
+    n = PyList_GET_SIZE(keys);
+    probes = PyMem_Malloc(sizeof *probes * (size_t)(n ? n : 1));
+    found = PyMem_Malloc(sizeof *found * (size_t)(n ? n : 1));
+    if (probes == NULL || found == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *key = PyList_GET_ITEM(keys, i);
+        if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 5) {
+            PyErr_SetString(PyExc_TypeError, "a packet key is (direction, SPI, dst, MAC, VLANs)");
+            goto done;
+        }
+        if (pack_tuple(key, probes[i].key[0], 0) || pack_tuple(key, probes[i].key[1], 1))
+            goto done;
+        probe_prefetch(self, &probes[i]);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        found[i] = probe_sa(self, &probes[i]);
+        if (found[i] == NULL)
+            found[i] = Py_None;
+        __builtin_prefetch(found[i], 1);
+    }
+    result = PyList_New(n);
+    for (Py_ssize_t i = 0; result != NULL && i < n; i++)
+        PyList_SET_ITEM(result, i, Py_NewRef(found[i]));
 done:
-    Py_DECREF(spi_obj);
-    Py_DECREF(dst);
-    return sa;
-fail:
-    Py_XDECREF(spi_obj);
-    Py_XDECREF(dst);
-    return NULL;
+    PyMem_Free(probes);
+    PyMem_Free(found);
+    return result;
+}
+
+/* The table's memory, zeroed. A large table is random access over many pages: on Linux it
+ * asks for transparent huge pages, so that a lookup costs one cache miss, not a TLB miss too. */
+#define HUGE_PAGE (2u << 20)
+static void *table_alloc(size_t bytes) {
+#ifdef __linux__
+    if (bytes >= HUGE_PAGE) {
+        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return NULL;
+        madvise(p, bytes, MADV_HUGEPAGE);
+        return p;
+    }
+#endif
+    return PyMem_Calloc(1, bytes);
+}
+
+static void table_free(void *p, size_t bytes) {
+    if (p == NULL)
+        return;
+#ifdef __linux__
+    if (bytes >= HUGE_PAGE) {
+        munmap(p, bytes);
+        return;
+    }
+#endif
+    PyMem_Free(p);
+}
+
+static int SadTable_init(SadTable *self, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"capacity", NULL};
+    Py_ssize_t capacity;
+    uint64_t size = 2;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n", kwlist, &capacity))
+        return -1;
+    if (capacity < 1 || capacity > (1 << 24) || self->slots != NULL) {
+        PyErr_SetString(PyExc_ValueError, "capacity must be 1 .. 2^24, set once");
+        return -1;
+    }
+    while (size < LOAD_INVERSE * (uint64_t)capacity)
+        size *= 2;
+    self->slots = table_alloc(size * sizeof(Slot));
+    if (self->slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    self->mask = size - 1;
+    self->capacity = capacity;
+    return 0;
+}
+
+static int SadTable_traverse(SadTable *self, visitproc visit, void *arg) {
+    for (uint64_t i = 0; self->slots != NULL && i <= self->mask; i++)
+        Py_VISIT(self->slots[i].sa);
+    return 0;
+}
+
+static int SadTable_clear(SadTable *self) {
+    for (uint64_t i = 0; self->slots != NULL && i <= self->mask; i++) {
+        Py_CLEAR(self->slots[i].sa);
+        self->slots[i].hash = 0;
+    }
+    self->used = self->naive = 0;
+    return 0;
+}
+
+static void SadTable_dealloc(SadTable *self) {
+    PyObject_GC_UnTrack(self);
+    SadTable_clear(self);
+    table_free(self->slots, (self->mask + 1) * sizeof(Slot));
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static Py_ssize_t SadTable_len(SadTable *self) { return self->used; }
+
+static PyMethodDef SadTable_methods[] = {
+    {"insert", (PyCFunction)SadTable_insert, METH_VARARGS,
+     "insert(key, sa): add an SA under an SAD index key; KeyError if the key is there."},
+    {"remove", (PyCFunction)SadTable_remove, METH_O,
+     "remove(key): take the SA under an SAD index key out; KeyError if it is not there."},
+    {"get", (PyCFunction)SadTable_get, METH_O, "get(key): the SA under an SAD index key, or None."},
+    {"lookup_burst", (PyCFunction)SadTable_lookup_burst, METH_O,
+     "lookup_burst(keys): the SA of each packet key (direction, SPI, dst, MAC, VLANs), the\n"
+     "extended key first, then the naive key; None where there is none."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods SadTable_as_sequence = {.sq_length = (lenfunc)SadTable_len};
+
+static PyTypeObject SadTableType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ipsec_offload.agent._datapath.SadTable",
+    .tp_doc = "The SAD's fixed hash table, as the engine looks SAs up.",
+    .tp_basicsize = sizeof(SadTable),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)SadTable_init,
+    .tp_traverse = (traverseproc)SadTable_traverse,
+    .tp_clear = (inquiry)SadTable_clear,
+    .tp_dealloc = (destructor)SadTable_dealloc,
+    .tp_methods = SadTable_methods,
+    .tp_as_sequence = &SadTable_as_sequence,
+};
+
+/* The probe of a frame's packet of `direction` whose domain MAC is `mac`, prefetched. */
+static void frame_probe(const SadTable *t, const Frame *f, int direction, const uint8_t *mac,
+                        Probe *p) {
+    uint32_t spi = rd32(f->p + f->esp_start);
+    pack_key(p->key[0], direction, spi, f->p + f->dst_off, f->addr_len, mac, f->nvlans, f->tpid,
+             f->vid);
+    pack_key(p->key[1], direction, spi, f->p + f->dst_off, f->addr_len, NULL, 0, NULL, NULL);
+    probe_prefetch(t, p);
+}
+
+/* SecurityAssociationDatabase.lookup of a frame: a borrowed reference, or NULL. */
+static PyObject *sad_lookup(const SadTable *t, int direction, const Frame *f,
+                            const uint8_t *mac) {
+    Probe p;
+    frame_probe(t, f, direction, mac, &p);
+    return probe_sa(t, &p);
+}
+
+typedef struct {
+    PyObject_HEAD
+    SadTable *table;        /* the SAD's hash table */
+    PyObject *local_addrs;  /* the hairpin table: set of (MAC, VLAN key) */
+    PyObject *invalid_tag;  /* cryptography.exceptions.InvalidTag */
+    PyObject *paths;        /* AgentCounters.paths */
+    PyObject *rx_status;    /* AgentCounters.rx_status */
+    PyObject *tx_encrypted; /* Path.TX_ENCRYPTED */
+    PyObject *rx_esp;       /* Path.RX_ESP */
+    PyObject *rx_ok;        /* RxStatus.OK */
+    unsigned meta_ethertype;
+    unsigned config_ethertype;
+    int ivdb;
+    uint8_t *scratch; /* where a Tx frame's ESP plaintext is put together */
+    Py_ssize_t scratch_len;
+    PyTypeObject *types[TYPES];
+    Py_ssize_t offsets[FIELDS]; /* where each field's slot is in its object */
+} Datapath;
+
+/* A field of `obj`, which must be of the field's type: a borrowed reference, NULL when the
+ * slot is empty. A slot is read as CPython's own member descriptor reads it. */
+static inline PyObject *field(const Datapath *self, PyObject *obj, int which) {
+    return *(PyObject **)((char *)obj + self->offsets[which]);
+}
+
+/* An unsigned 64-bit field; -1 (error cleared) when it is not one. */
+static int get_u64(const Datapath *self, PyObject *obj, int which, uint64_t *out) {
+    PyObject *value = field(self, obj, which);
+    if (value == NULL || !PyLong_CheckExact(value))
+        return -1;
+    *out = PyLong_AsUnsignedLongLong(value);
+    if (*out == (uint64_t)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return -1;
+    }
+    return 0;
+}
+
+/* Set a field to a new reference (stolen); -1 when `value` is NULL (an error is set). */
+static int set_field(const Datapath *self, PyObject *obj, int which, PyObject *value) {
+    if (value == NULL)
+        return -1;
+    Py_XSETREF(*(PyObject **)((char *)obj + self->offsets[which]), value);
+    return 0;
+}
+
+static int set_u64(const Datapath *self, PyObject *obj, int which, uint64_t v) {
+    return set_field(self, obj, which, PyLong_FromUnsignedLongLong(v));
 }
 
 /* What this module needs of an SA that may carry the frame. */
@@ -394,14 +706,17 @@ static int aead_call(const Datapath *self, PyObject *aead, int decrypt, const ui
 
 /* Whether `dst` and the frame's VLANs are in the hairpin table (agent._forward turns such
  * frames around, and sends multicast both ways): 1 yes, 0 no, -1 error. */
-static int hairpinned(Datapath *self, const Frame *f, PyObject *vlans) {
-    PyObject *key;
+static int hairpinned(Datapath *self, const Frame *f) {
+    PyObject *vlans, *key;
     int found;
     if (PySet_GET_SIZE(self->local_addrs) == 0)
         return 0;
     if (f->p[0] & 1)
         return 1;
-    key = Py_BuildValue("(y#O)", f->p, (Py_ssize_t)6, vlans);
+    vlans = vlan_key(f);
+    if (vlans == NULL)
+        return -1;
+    key = Py_BuildValue("(y#N)", f->p, (Py_ssize_t)6, vlans);
     if (key == NULL)
         return -1;
     found = PySet_Contains(self->local_addrs, key);
@@ -425,46 +740,48 @@ static void write_ip_header(const Frame *f, uint8_t *out, Py_ssize_t new_len) {
 
 /* -- Tx ----------------------------------------------------------------------------------- */
 
-/* Encrypt one Tx frame (agent._host_frame and _encrypt). A new reference to the wire frame;
- * Py_None (new reference) when the frame is not the common case; NULL on error. */
+/* The headers of a Tx frame that is the common case as far as they tell (agent._host_frame
+ * and _locate_esp): 0 with `f` and the metadata `word` filled, or -1. */
+static int tx_headers(const Datapath *self, PyObject *frame, Frame *f, uint32_t *word) {
+    if (!PyBytes_CheckExact(frame))
+        return -1;
+    f->p = (const uint8_t *)PyBytes_AS_STRING(frame);
+    f->len = PyBytes_GET_SIZE(frame);
+    /* spec 3: the metadata tag outermost, then VLAN tags and the EtherType */
+    if (f->len < 12 + META_TAG_LEN + 2 || rd16(f->p + 12) != self->meta_ethertype)
+        return -1;
+    *word = rd32(f->p + 14);
+    if (parse_vlans(f, 12 + META_TAG_LEN) || *word & TX_RESERVED || !(*word & TX_OFFLOAD))
+        return -1;
+    /* spec 3: L3_OFFSET counts from the frame without its tag */
+    if ((Py_ssize_t)((*word >> 8) & 0xFF) != f->l3 - META_TAG_LEN)
+        return -1;
+    return locate_esp(f, (Py_ssize_t)(*word & 0xFF) * 4);
+}
+
+/* Encrypt one Tx frame (agent._encrypt). A new reference to the wire frame; Py_None (new
+ * reference) when the frame is not the common case; NULL on error. */
 static PyObject *tx_frame(Datapath *self, PyObject *frame) {
     Frame f;
     uint32_t word, spi;
     uint64_t seq, next_ivdb = 0, limit;
     unsigned next_header;
-    Py_ssize_t esp_off, payload_len, pad, sealed_len, new_len, header_len, l2_out, total;
-    PyObject *vlans = NULL, *sa, *out = NULL;
+    Py_ssize_t payload_len, pad, sealed_len, new_len, header_len, l2_out, total;
+    PyObject *sa, *out = NULL;
     SaState st = {0};
     int rc;
 
-    if (!PyBytes_CheckExact(frame))
-        Py_RETURN_NONE;
-    f.p = (const uint8_t *)PyBytes_AS_STRING(frame);
-    f.len = PyBytes_GET_SIZE(frame);
-    /* spec 3: the metadata tag outermost, then VLAN tags and the EtherType */
-    if (f.len < 12 + META_TAG_LEN + 2 || rd16(f.p + 12) != self->meta_ethertype)
-        Py_RETURN_NONE;
-    word = rd32(f.p + 14);
-    if (parse_vlans(&f, 12 + META_TAG_LEN) || word & TX_RESERVED || !(word & TX_OFFLOAD))
+    if (tx_headers(self, frame, &f, &word))
         Py_RETURN_NONE;
     next_header = (word >> 16) & 0xFF;
-    esp_off = (Py_ssize_t)(word & 0xFF) * 4;
-    /* spec 3: L3_OFFSET counts from the frame without its tag */
-    if ((Py_ssize_t)((word >> 8) & 0xFF) != f.l3 - META_TAG_LEN || locate_esp(&f, esp_off))
-        Py_RETURN_NONE;
-    vlans = vlan_key(&f);
-    if (vlans == NULL)
+    rc = hairpinned(self, &f);
+    if (rc < 0)
         return NULL;
-    rc = hairpinned(self, &f, vlans);
-    if (rc != 0)
-        goto slow_or_error;
     spi = rd32(f.p + f.esp_start);
     seq = rd64(f.p + f.esp_start + ESP_HEADER_LEN); /* the IV the stack wrote */
-    sa = sad_lookup(self, self->outbound, spi, &f, f.p + 6, vlans);
-    if (sa == NULL) {
-        rc = PyErr_Occurred() ? -1 : 1;
-        goto slow_or_error;
-    }
+    sa = rc ? NULL : sad_lookup(self->table, DIR_OUTBOUND, &f, f.p + 6);
+    if (sa == NULL)
+        Py_RETURN_NONE;
     Py_INCREF(sa);
     if (sa_usable(self, sa, &f, &st))
         goto slow;
@@ -536,24 +853,16 @@ static PyObject *tx_frame(Datapath *self, PyObject *frame) {
         goto error;
     Py_DECREF(st.aead);
     Py_DECREF(sa);
-    Py_DECREF(vlans);
     return out;
 
 slow:
     Py_XDECREF(st.aead);
     Py_DECREF(sa);
-    Py_DECREF(vlans);
-    Py_RETURN_NONE;
-slow_or_error:
-    Py_DECREF(vlans);
-    if (rc < 0)
-        return NULL;
     Py_RETURN_NONE;
 error:
     Py_XDECREF(out);
     Py_XDECREF(st.aead);
     Py_DECREF(sa);
-    Py_DECREF(vlans);
     return NULL;
 }
 
@@ -605,40 +914,40 @@ static int replay_slide(const Datapath *self, PyObject *replay, uint64_t seq, ui
     return set_u64(self, replay, REPLAY_HIGHEST, seq);
 }
 
+/* The headers of a frame from the wire that is the common case as far as they tell
+ * (agent._ingress and _locate_esp): 0 with `f` filled, or -1. */
+static int rx_headers(const Datapath *self, PyObject *frame, Frame *f) {
+    Py_ssize_t body;
+    if (!PyBytes_CheckExact(frame))
+        return -1;
+    f->p = (const uint8_t *)PyBytes_AS_STRING(frame);
+    f->len = PyBytes_GET_SIZE(frame);
+    if (f->len < 14 || parse_vlans(f, 12) || f->ethertype == self->config_ethertype ||
+        locate_esp(f, -1))
+        return -1;
+    body = f->ip_end - f->esp_start - ESP_HEADER_LEN - ESP_IV_LEN - ICV_LEN;
+    return body < 4 || body % 4 ? -1 : 0;
+}
+
 /* Decrypt one frame from the wire (agent._ingress). A new reference to the host frame with
  * its Rx tag; Py_None (new reference) when the frame is not the common case; NULL on error. */
 static PyObject *rx_frame(Datapath *self, PyObject *frame) {
     Frame f;
     uint32_t spi, seq_lo, word;
     uint64_t seq, top, size;
-    Py_ssize_t ct_start, body, pt_len, pad_len, payload_len, header_len, total;
-    PyObject *vlans = NULL, *sa = NULL, *replay = NULL, *out = NULL;
+    Py_ssize_t ct_start, pt_len, pad_len, payload_len, header_len, total;
+    PyObject *sa = NULL, *replay = NULL, *out = NULL;
     uint8_t *o, *pt;
     SaState st = {0};
 
-    if (!PyBytes_CheckExact(frame))
-        Py_RETURN_NONE;
-    f.p = (const uint8_t *)PyBytes_AS_STRING(frame);
-    f.len = PyBytes_GET_SIZE(frame);
-    if (f.len < 14 || parse_vlans(&f, 12) || f.ethertype == self->config_ethertype ||
-        locate_esp(&f, -1))
+    if (rx_headers(self, frame, &f))
         Py_RETURN_NONE;
     ct_start = f.esp_start + ESP_HEADER_LEN + ESP_IV_LEN;
-    body = f.ip_end - ct_start - ICV_LEN;
-    if (body < 4 || body % 4)
-        Py_RETURN_NONE;
-    vlans = vlan_key(&f);
-    if (vlans == NULL)
-        return NULL;
     spi = rd32(f.p + f.esp_start);
     seq_lo = rd32(f.p + f.esp_start + 4);
-    sa = sad_lookup(self, self->inbound, spi, &f, f.p, vlans);
-    Py_DECREF(vlans);
-    if (sa == NULL) {
-        if (PyErr_Occurred())
-            return NULL;
+    sa = sad_lookup(self->table, DIR_INBOUND, &f, f.p);
+    if (sa == NULL)
         Py_RETURN_NONE;
-    }
     Py_INCREF(sa);
     if (sa_usable(self, sa, &f, &st))
         goto slow;
@@ -707,6 +1016,19 @@ error:
 
 typedef PyObject *(*FrameFn)(Datapath *, PyObject *);
 
+/* The first pass over a burst (see the SAD table): prefetch the SAD slots of its frames. */
+static void prefetch_slots(Datapath *self, PyObject *frames, Py_ssize_t start, int tx) {
+    Frame f;
+    uint32_t word;
+    Probe p;
+    for (Py_ssize_t i = start; i < PyList_GET_SIZE(frames); i++) {
+        PyObject *frame = PyList_GET_ITEM(frames, i);
+        if (tx ? tx_headers(self, frame, &f, &word) : rx_headers(self, frame, &f))
+            continue;
+        frame_probe(self->table, &f, tx ? DIR_OUTBOUND : DIR_INBOUND, tx ? f.p + 6 : f.p, &p);
+    }
+}
+
 static int count(PyObject *counters, PyObject *key, Py_ssize_t n) {
     PyObject *old, *add, *sum;
     int rc;
@@ -743,6 +1065,7 @@ static PyObject *burst(Datapath *self, PyObject *args, FrameFn fn, PyObject *cou
         PyErr_SetString(PyExc_IndexError, "start must be 0..len(frames)");
         return NULL;
     }
+    prefetch_slots(self, frames, start, fn == tx_frame);
     for (i = start; i < n; i++) {
         PyObject *frame = PyList_GET_ITEM(frames, i);
         Py_INCREF(frame);
@@ -789,23 +1112,30 @@ static PyObject *Datapath_rx_burst(Datapath *self, PyObject *args) {
 }
 
 static int Datapath_init(Datapath *self, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"by_key",      "local_addrs",  "outbound",
-                             "inbound",     "invalid_tag",  "paths",
-                             "rx_status",   "tx_encrypted", "rx_esp",
-                             "rx_ok",       "meta_ethertype", "config_ethertype",
-                             "ivdb",        "sa_type",      "replay_type",
-                             "aead_type",   NULL};
-    PyObject *by_key, *local_addrs, *outbound, *inbound, *invalid_tag, *paths, *rx_status,
-        *tx_encrypted, *rx_esp, *rx_ok;
+    static char *kwlist[] = {"sad_table",   "local_addrs",      "invalid_tag",
+                             "paths",       "rx_status",        "tx_encrypted",
+                             "rx_esp",      "rx_ok",            "meta_ethertype",
+                             "config_ethertype", "ivdb",        "sa_type",
+                             "replay_type", "aead_type",        NULL};
+    PyObject *local_addrs, *invalid_tag, *paths, *rx_status, *tx_encrypted, *rx_esp, *rx_ok;
+    SadTable *table;
     PyTypeObject *types[TYPES];
     unsigned meta, config;
     int ivdb;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwds, "O!O!OOOO!O!OOOIIpO!O!O!", kwlist, &PyDict_Type, &by_key, &PySet_Type,
-            &local_addrs, &outbound, &inbound, &invalid_tag, &PyDict_Type, &paths, &PyDict_Type,
-            &rx_status, &tx_encrypted, &rx_esp, &rx_ok, &meta, &config, &ivdb, &PyType_Type,
+            args, kwds, "O!O!OO!O!OOOIIpO!O!O!", kwlist, &SadTableType, &table, &PySet_Type,
+            &local_addrs, &invalid_tag, &PyDict_Type, &paths, &PyDict_Type, &rx_status,
+            &tx_encrypted, &rx_esp, &rx_ok, &meta, &config, &ivdb, &PyType_Type,
             &types[SA_TYPE], &PyType_Type, &types[REPLAY_TYPE], &PyType_Type, &types[AEAD_TYPE]))
         return -1;
+    if (table->slots == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the SAD table is not initialised");
+        return -1;
+    }
+    if (meta > 0xFFFF || config > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "EtherTypes must fit 16 bits");
+        return -1;
+    }
     /* Each field must be an object slot of its type (a `__slots__` entry): its member
      * descriptor gives where the slot is in the object. */
     for (int i = 0; i < FIELDS; i++) {
@@ -826,17 +1156,11 @@ static int Datapath_init(Datapath *self, PyObject *args, PyObject *kwds) {
         Py_INCREF(types[i]);
         Py_XSETREF(self->types[i], types[i]);
     }
-    if (meta > 0xFFFF || config > 0xFFFF) {
-        PyErr_SetString(PyExc_ValueError, "EtherTypes must fit 16 bits");
-        return -1;
-    }
 #define KEEP(field)              \
     Py_INCREF(field);            \
     Py_XSETREF(self->field, field);
-    KEEP(by_key)
+    KEEP(table)
     KEEP(local_addrs)
-    KEEP(outbound)
-    KEEP(inbound)
     KEEP(invalid_tag)
     KEEP(paths)
     KEEP(rx_status)
@@ -851,10 +1175,8 @@ static int Datapath_init(Datapath *self, PyObject *args, PyObject *kwds) {
 }
 
 static int Datapath_traverse(Datapath *self, visitproc visit, void *arg) {
-    Py_VISIT(self->by_key);
+    Py_VISIT(self->table);
     Py_VISIT(self->local_addrs);
-    Py_VISIT(self->outbound);
-    Py_VISIT(self->inbound);
     Py_VISIT(self->invalid_tag);
     Py_VISIT(self->paths);
     Py_VISIT(self->rx_status);
@@ -867,10 +1189,8 @@ static int Datapath_traverse(Datapath *self, visitproc visit, void *arg) {
 }
 
 static int Datapath_clear(Datapath *self) {
-    Py_CLEAR(self->by_key);
+    Py_CLEAR(self->table);
     Py_CLEAR(self->local_addrs);
-    Py_CLEAR(self->outbound);
-    Py_CLEAR(self->inbound);
     Py_CLEAR(self->invalid_tag);
     Py_CLEAR(self->paths);
     Py_CLEAR(self->rx_status);
@@ -926,14 +1246,13 @@ PyMODINIT_FUNC PyInit__datapath(void) {
     s_decrypt_into = PyUnicode_InternFromString("decrypt_into");
     if (!s_encrypt || !s_decrypt || !s_encrypt_into || !s_decrypt_into)
         return NULL;
-    if (PyType_Ready(&DatapathType) < 0)
+    if (PyType_Ready(&DatapathType) < 0 || PyType_Ready(&SadTableType) < 0)
         return NULL;
     module = PyModule_Create(&datapath_module);
     if (module == NULL)
         return NULL;
-    Py_INCREF(&DatapathType);
-    if (PyModule_AddObject(module, "Datapath", (PyObject *)&DatapathType) < 0) {
-        Py_DECREF(&DatapathType);
+    if (PyModule_AddType(module, &DatapathType) < 0 ||
+        PyModule_AddType(module, &SadTableType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -1,13 +1,21 @@
 from typing import Any
 
+from ipsec_offload.agent.sad import SecurityAssociation
+
+class SadTable:
+    def __init__(self, capacity: int) -> None: ...
+    def __len__(self) -> int: ...
+    def insert(self, key: tuple[Any, ...], sa: SecurityAssociation) -> None: ...
+    def remove(self, key: tuple[Any, ...]) -> None: ...
+    def get(self, key: tuple[Any, ...]) -> SecurityAssociation | None: ...
+    def lookup_burst(self, keys: list[tuple[Any, ...]]) -> list[SecurityAssociation | None]: ...
+
 class Datapath:
     def __init__(
         self,
         *,
-        by_key: dict[Any, Any],
+        sad_table: SadTable,
         local_addrs: set[Any],
-        outbound: object,
-        inbound: object,
         invalid_tag: type[BaseException],
         paths: dict[Any, int],
         rx_status: dict[Any, int],

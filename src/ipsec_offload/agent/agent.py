@@ -28,7 +28,9 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
+from ipsec_offload.agent import fastpath
 from ipsec_offload.agent.counters import AgentCounters, DropReason, Path
+from ipsec_offload.agent.fastpath import FAST_PATH_BUILT
 from ipsec_offload.agent.replay import MAX_WINDOW_SIZE, ReplayWindow
 from ipsec_offload.agent.sad import (
     Domain,
@@ -89,13 +91,6 @@ from ipsec_offload.wire.metadata import (
     tx_metadata_fields,
 )
 
-try:
-    from ipsec_offload.agent._datapath import Datapath
-except ImportError:  # built without a C compiler: the reference path handles every frame
-    Datapath = None  # type: ignore[assignment,misc]
-
-FAST_PATH_BUILT = Datapath is not None
-"""Whether the compiled fast path was built with the package (see `AgentConfig.fast_path`)."""
 DEFAULT_AGENT_MAC = bytes.fromhex("020000000001")
 _NO_META = -1
 _ESP = struct.Struct(">II")
@@ -173,13 +168,12 @@ class IpsecAgent:
         self.local_addrs: set[Domain] = set()
         self._replies: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
         self._meta = self.config.meta_ethertype
-        self._fast: Datapath | None = None
-        if self.config.fast_path and Datapath is not None:
-            self._fast = Datapath(
-                by_key=self.sad.by_key,
+        self._fast: fastpath.Datapath | None = None
+        table = self.sad.table
+        if self.config.fast_path and fastpath.Datapath is not None and table is not None:
+            self._fast = fastpath.Datapath(
+                sad_table=table,
                 local_addrs=self.local_addrs,
-                outbound=_OUTBOUND,
-                inbound=_INBOUND,
                 invalid_tag=InvalidTag,
                 paths=self.counters.paths,
                 rx_status=self.counters.rx_status,

@@ -8,7 +8,9 @@ which match any MAC and VLAN. A lookup tries the extended key first. Free indexe
 out lowest first, so runs are deterministic.
 
 The indexes are keyed by flat tuples of the packet's own fields (no `Domain` in them), so that
-a lookup builds one tuple and hashes and compares it in C.
+a lookup builds one tuple and hashes and compares it in C. Where the compiled fast path is
+built, a fixed hash table of the same keys (`SadTable`) sits beside the dict: the fast path
+looks packets up there, the Python reference path in the dict, and both change together.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from ipsec_offload.agent.fastpath import SadTable
 from ipsec_offload.agent.replay import ReplayWindow
 from ipsec_offload.crypto.gcm import EspAead
 from ipsec_offload.wire.config import Algorithm, Direction
@@ -34,7 +37,9 @@ class Domain(NamedTuple):
 
 SaKey = tuple[Direction, int, bytes, Domain | None]
 """An SA's key as the config channel names it: direction, SPI, destination, domain."""
-_IndexKey = tuple[Direction, int, bytes] | tuple[Direction, int, bytes, bytes, VlanKey]
+PacketKey = tuple[Direction, int, bytes, bytes, VlanKey]
+"""What a packet offers a lookup: direction, SPI, destination, local MAC, VLAN stack."""
+_IndexKey = tuple[Direction, int, bytes] | PacketKey
 """The key of the hash index: the naive key, or the extended key with the domain spread out."""
 
 
@@ -100,14 +105,15 @@ class SecurityAssociationDatabase:
         self._by_key: dict[_IndexKey, SecurityAssociation] = {}
         self._free: list[int] = []
         self._next_unused = 1
+        self._table = None if SadTable is None else SadTable(capacity)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     @property
-    def by_key(self) -> dict[_IndexKey, SecurityAssociation]:
-        """The hash index itself, which the agent's compiled fast path looks packets up in."""
-        return self._by_key
+    def table(self) -> SadTable | None:
+        """The SAD's hash table as the compiled fast path holds it (None without it)."""
+        return self._table
 
     def __iter__(self) -> Iterator[SecurityAssociation]:
         return iter(sorted(self._entries.values(), key=lambda sa: sa.index))
@@ -133,15 +139,29 @@ class SecurityAssociationDatabase:
             self._next_unused += 1
         else:
             raise ValueError(f"SA index {sa.index} was not allocated")
+        key = _index_key(sa.key)
         self._entries[sa.index] = sa
-        self._by_key[_index_key(sa.key)] = sa
+        self._by_key[key] = sa
+        if self._table is not None:
+            self._table.insert(key, sa)
 
     def remove(self, index: int) -> SecurityAssociation | None:
         sa = self._entries.pop(index, None)
         if sa is not None:
-            del self._by_key[_index_key(sa.key)]
+            key = _index_key(sa.key)
+            del self._by_key[key]
+            if self._table is not None:
+                self._table.remove(key)
             heapq.heappush(self._free, index)
         return sa
+
+    def lookup_burst(self, keys: list[PacketKey]) -> list[SecurityAssociation | None]:
+        """`lookup` of each packet key of a burst, as the engine does it: in the SAD table,
+        which prefetches the whole burst's slots before it probes them (or one by one in the
+        dict, where the compiled fast path is not built)."""
+        if self._table is not None:
+            return self._table.lookup_burst(keys)
+        return [self.lookup(*key) for key in keys]
 
     def lookup(
         self, direction: Direction, spi: int, dst: bytes, mac: bytes, vlans: VlanKey

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import version
 
-from ipsec_offload.agent.agent import FAST_PATH_BUILT
+from ipsec_offload.agent.fastpath import FAST_PATH_BUILT
 from ipsec_offload.bench import workloads
 from ipsec_offload.bench.traffic import BenchError, agent_with_sa, packet
 from ipsec_offload.bench.workloads import Prepare
@@ -261,17 +261,19 @@ def _datapath(settings: Settings, size: int, algorithm: Algorithm) -> list[Figur
 
 
 def _lookups(settings: Settings) -> list[Figure]:
-    """SAD lookups at two sizes, with traffic on every SA of the larger one and on as many
-    as the smaller one holds; a plain dict at the same sizes is the floor under them."""
+    """SAD lookups at two sizes, a burst at a time as the engine looks them up, with traffic on
+    every SA of the larger one and on as many as the smaller one holds; a plain dict at the
+    same sizes (one lookup at a time) is the floor under a lookup that does not pipeline."""
     small, large = settings.sad_sizes
+    lookups, batch = settings.lookups, settings.batch
     sad_small, keys_small = workloads.populated_sad(small)
     sad_large, keys_large = workloads.populated_sad(large)
     active = f"{large}/active_{small}"
     sad = _costs(
         {
-            str(small): workloads.sad_lookups(sad_small, keys_small, settings.lookups),
-            str(large): workloads.sad_lookups(sad_large, keys_large, settings.lookups),
-            active: workloads.sad_lookups(sad_large, keys_large[:small], settings.lookups),
+            str(small): workloads.sad_lookups(sad_small, keys_small, lookups, batch),
+            str(large): workloads.sad_lookups(sad_large, keys_large, lookups, batch),
+            active: workloads.sad_lookups(sad_large, keys_large[:small], lookups, batch),
         },
         settings.rounds,
     )

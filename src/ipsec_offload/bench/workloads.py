@@ -19,7 +19,12 @@ from scapy.layers.ipsec import ESP
 from scapy.layers.ipsec import SecurityAssociation as ScapySa
 
 from ipsec_offload.agent.agent import AgentConfig, IpsecAgent
-from ipsec_offload.agent.sad import Domain, SecurityAssociation, SecurityAssociationDatabase
+from ipsec_offload.agent.sad import (
+    Domain,
+    PacketKey,
+    SecurityAssociation,
+    SecurityAssociationDatabase,
+)
 from ipsec_offload.bench.traffic import (
     HOST_IP,
     HOST_MAC,
@@ -40,6 +45,7 @@ from ipsec_offload.host.xfrm import Offload, XfrmState
 from ipsec_offload.sim.testbed import Testbed
 from ipsec_offload.wire.addr import ip_to_str, mac_to_str
 from ipsec_offload.wire.config import Algorithm, Direction
+from ipsec_offload.wire.ethernet import VlanKey
 from ipsec_offload.wire.metadata import RxStatus
 
 Runner = Callable[[], int]
@@ -279,26 +285,36 @@ def populated_sad(n: int) -> tuple[SecurityAssociationDatabase, list[SadKey]]:
     return sad, keys
 
 
-def sad_lookups(sad: SecurityAssociationDatabase, keys: Sequence[SadKey], lookups: int) -> Prepare:
-    """`lookups` lookups in `sad` of SAs picked at random among `keys`, each with fresh
-    address objects, as a parsed packet has."""
+def sad_lookups(
+    sad: SecurityAssociationDatabase, keys: Sequence[SadKey], lookups: int, batch: int
+) -> Prepare:
+    """`lookups` lookups in `sad` of SAs picked at random among `keys`, each with a fresh SPI
+    and address objects as a parsed packet has, `batch` per `lookup_burst` (the engine's
+    lookup of a burst)."""
     rng = random.Random(len(keys))
+    outbound = Direction.OUTBOUND
+    untagged: VlanKey = ()
     with _no_collection():
-        probes = [
-            (spi, bytes(bytearray(dst)), bytes(bytearray(mac)))
+        probes: list[PacketKey] = [
+            (outbound, _fresh_int(spi), bytes(bytearray(dst)), bytes(bytearray(mac)), untagged)
             for spi, dst, mac in (rng.choice(keys) for _ in range(lookups))
         ]
-    lookup = sad.lookup
-    outbound = Direction.OUTBOUND
-    if any(lookup(outbound, spi, dst, mac, ()) is None for spi, dst, mac in probes):
+        bursts: list[list[PacketKey]] = [probes[i : i + batch] for i in range(0, lookups, batch)]
+    lookup_burst = sad.lookup_burst
+    if any(sa is None for burst in bursts for sa in lookup_burst(burst)):
         raise BenchError("a SAD lookup missed")
 
     def run() -> int:
-        for spi, dst, mac in probes:
-            lookup(outbound, spi, dst, mac, ())
+        for burst in bursts:
+            lookup_burst(burst)
         return lookups
 
     return _same(run)
+
+
+def _fresh_int(value: int) -> int:
+    """An int equal to `value` but a new object, as one read from a packet is."""
+    return int.from_bytes(value.to_bytes(8, "big"), "big")
 
 
 def dict_lookups(n: int, lookups: int) -> Prepare:
