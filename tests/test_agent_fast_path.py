@@ -189,13 +189,15 @@ def _readd(flow: Flow, txn_id: int) -> bytes:
     return config_frame(Opcode.ADD_SA, encode_add_sa(request), txn_id=txn_id)
 
 
+_TXN = st.integers(1 << 31, (1 << 32) - 1)
+"""txn_ids above those of the set-up's requests (each agent's own, from a shared counter)."""
 _CONFIG = st.one_of(
     st.builds(
         lambda index, txn: config_frame(Opcode.REMOVE_SA, sa_index_tlv(index), txn_id=txn),
         st.integers(1, 9),
-        st.integers(1, 1 << 30),
+        _TXN,
     ),
-    st.builds(_readd, st.sampled_from(OUT), st.integers(1, 1 << 30)),
+    st.builds(_readd, st.sampled_from(OUT), _TXN),
 )
 """SAD changes in the middle of a burst: the fast path must see each at once."""
 
