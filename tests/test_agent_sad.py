@@ -191,7 +191,7 @@ def test_table_agrees_with_the_dict(
             for mac, vlans in ((VF_MAC, ()), (VF_MAC, DOMAIN.vlans), (HOST_MAC, ()))
         ]
         expected = [sad.lookup(*probe) for probe in probes]
-        assert table.lookup_burst(probes) == expected
+        assert table.lookup_burst(probes) == [0 if sa is None else sa.index for sa in expected]
         for sa in sad:
             assert table.get(_flat(sa)) is sa
 
@@ -209,7 +209,7 @@ def test_table_refuses_bad_keys_and_duplicates() -> None:
     assert table is not None
     sad.insert(_sa(1, 0x10))
     with pytest.raises(KeyError):
-        table.insert((IN, 0x10, LOCAL4), _sa(2, 0x10))
+        table.insert((IN, 0x10, LOCAL4), _sa(2, 0x10), 2)
     with pytest.raises(KeyError):
         table.remove((IN, 0x11, LOCAL4))
     for bad in [(IN, 0x10), (IN, 0x10, b"abc"), (IN, 1 << 32, LOCAL4), (IN, 1, LOCAL4, b"m", ())]:

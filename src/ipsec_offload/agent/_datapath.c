@@ -211,7 +211,7 @@ typedef struct {
     uint64_t hash; /* 0: empty */
     uint8_t key[KEY_LEN];
     PyObject *sa;  /* strong reference */
-    uint64_t unused;
+    uint64_t index; /* the SA's index, what the hardware lookup yields (SA_INDEX) */
 } Slot;
 
 typedef struct {
@@ -252,7 +252,7 @@ static uint64_t key_hash(const uint8_t key[KEY_LEN]) {
         h = (h ^ word) * 0x9E3779B97F4A7C15u;
         h ^= h >> 31;
     }
-    return h | 1;
+    return h | (uint64_t)1 << 63; /* never 0, the mark of an empty slot; the index is the low bits */
 }
 
 static Slot *table_find(const SadTable *t, const uint8_t key[KEY_LEN], uint64_t h) {
@@ -284,12 +284,12 @@ static void probe_prefetch(const SadTable *t, Probe *p) {
 }
 
 /* SecurityAssociationDatabase.lookup of a prefetched probe: the extended key first, then
- * the naive key. A borrowed reference, or NULL when there is no SA. */
-static PyObject *probe_sa(const SadTable *t, const Probe *p) {
-    Slot *slot = table_find(t, p->key[0], p->hash[0]);
+ * the naive key. The SA's slot, or NULL when there is no SA. */
+static const Slot *probe_slot(const SadTable *t, const Probe *p) {
+    const Slot *slot = table_find(t, p->key[0], p->hash[0]);
     if (slot == NULL && t->naive)
         slot = table_find(t, p->key[1], p->hash[1]);
-    return slot == NULL ? NULL : slot->sa;
+    return slot;
 }
 
 /* The key of a Python SAD index key: (direction, SPI, destination) or (direction, SPI,
@@ -336,7 +336,8 @@ static PyObject *SadTable_insert(SadTable *self, PyObject *args) {
     PyObject *tuple, *sa;
     uint8_t key[KEY_LEN];
     uint64_t h, i;
-    if (!PyArg_ParseTuple(args, "OO", &tuple, &sa) || pack_tuple(tuple, key, 0))
+    unsigned long index;
+    if (!PyArg_ParseTuple(args, "OOk", &tuple, &sa, &index) || pack_tuple(tuple, key, 0))
         return NULL;
     h = key_hash(key);
     if (table_find(self, key, h) != NULL) {
@@ -352,6 +353,7 @@ static PyObject *SadTable_insert(SadTable *self, PyObject *args) {
     self->slots[i].hash = h;
     memcpy(self->slots[i].key, key, KEY_LEN);
     self->slots[i].sa = Py_NewRef(sa);
+    self->slots[i].index = index;
     self->used++;
     self->naive += key[2] == 0;
     Py_RETURN_NONE;
@@ -393,25 +395,22 @@ static PyObject *SadTable_get(SadTable *self, PyObject *tuple) {
     return Py_NewRef(slot == NULL ? Py_None : slot->sa);
 }
 
-/* A burst of packet keys (direction, SPI, destination, MAC, VLAN key), looked up as the
- * engine looks up a burst of frames, the extended key first, then the naive key: in three
- * passes, so that the misses of each pass overlap across the burst (hash and prefetch the
- * slots; probe them and prefetch the SAs found; take the SAs). */
+/* The SA index of each packet key (direction, SPI, destination, MAC, VLAN key) of a burst
+ * (0: none), as the engine's lookup stage yields it: the extended key first, then the naive
+ * key. In two passes, so that the cache misses of a large table overlap across the burst:
+ * hash every key and prefetch its slots, then probe them. */
 static PyObject *SadTable_lookup_burst(SadTable *self, PyObject *keys) {
     Py_ssize_t n;
     Probe *probes = NULL;
-    PyObject **found = NULL, *result = NULL;
+    PyObject *result = NULL;
     if (!PyList_Check(keys)) {
         PyErr_SetString(PyExc_TypeError, "lookup_burst takes a list of keys");
         return NULL;
     }
     n = PyList_GET_SIZE(keys);
     probes = PyMem_Malloc(sizeof *probes * (size_t)(n ? n : 1));
-    found = PyMem_Malloc(sizeof *found * (size_t)(n ? n : 1));
-    if (probes == NULL || found == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
+    if (probes == NULL)
+        return PyErr_NoMemory();
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *key = PyList_GET_ITEM(keys, i);
         if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 5) {
@@ -422,18 +421,17 @@ static PyObject *SadTable_lookup_burst(SadTable *self, PyObject *keys) {
             goto done;
         probe_prefetch(self, &probes[i]);
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        found[i] = probe_sa(self, &probes[i]);
-        if (found[i] == NULL)
-            found[i] = Py_None;
-        __builtin_prefetch(found[i], 1);
-    }
     result = PyList_New(n);
-    for (Py_ssize_t i = 0; result != NULL && i < n; i++)
-        PyList_SET_ITEM(result, i, Py_NewRef(found[i]));
+    for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
+        const Slot *slot = probe_slot(self, &probes[i]);
+        PyObject *index = PyLong_FromUnsignedLongLong(slot == NULL ? 0 : slot->index);
+        if (index == NULL)
+            Py_CLEAR(result);
+        else
+            PyList_SET_ITEM(result, i, index);
+    }
 done:
     PyMem_Free(probes);
-    PyMem_Free(found);
     return result;
 }
 
@@ -513,13 +511,14 @@ static Py_ssize_t SadTable_len(SadTable *self) { return self->used; }
 
 static PyMethodDef SadTable_methods[] = {
     {"insert", (PyCFunction)SadTable_insert, METH_VARARGS,
-     "insert(key, sa): add an SA under an SAD index key; KeyError if the key is there."},
+     "insert(key, sa, index): add an SA and its index under an SAD index key; KeyError if\n"
+     "the key is there."},
     {"remove", (PyCFunction)SadTable_remove, METH_O,
      "remove(key): take the SA under an SAD index key out; KeyError if it is not there."},
     {"get", (PyCFunction)SadTable_get, METH_O, "get(key): the SA under an SAD index key, or None."},
     {"lookup_burst", (PyCFunction)SadTable_lookup_burst, METH_O,
-     "lookup_burst(keys): the SA of each packet key (direction, SPI, dst, MAC, VLANs), the\n"
-     "extended key first, then the naive key; None where there is none."},
+     "lookup_burst(keys): the SA index of each packet key (direction, SPI, dst, MAC, VLANs),\n"
+     "the extended key first, then the naive key; 0 where there is none."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -553,8 +552,10 @@ static void frame_probe(const SadTable *t, const Frame *f, int direction, const 
 static PyObject *sad_lookup(const SadTable *t, int direction, const Frame *f,
                             const uint8_t *mac) {
     Probe p;
+    const Slot *slot;
     frame_probe(t, f, direction, mac, &p);
-    return probe_sa(t, &p);
+    slot = probe_slot(t, &p);
+    return slot == NULL ? NULL : slot->sa;
 }
 
 typedef struct {

@@ -143,7 +143,7 @@ class SecurityAssociationDatabase:
         self._entries[sa.index] = sa
         self._by_key[key] = sa
         if self._table is not None:
-            self._table.insert(key, sa)
+            self._table.insert(key, sa, sa.index)
 
     def remove(self, index: int) -> SecurityAssociation | None:
         sa = self._entries.pop(index, None)
@@ -155,13 +155,16 @@ class SecurityAssociationDatabase:
             heapq.heappush(self._free, index)
         return sa
 
-    def lookup_burst(self, keys: list[PacketKey]) -> list[SecurityAssociation | None]:
-        """`lookup` of each packet key of a burst, as the engine does it: in the SAD table,
-        which prefetches the whole burst's slots before it probes them (or one by one in the
-        dict, where the compiled fast path is not built)."""
+    def lookup_burst(self, keys: list[PacketKey]) -> list[int]:
+        """The SA index (0: none) of each packet key of a burst, as the engine's lookup stage
+        yields it: in the SAD table, which prefetches the whole burst's slots before it probes
+        them (or one by one in the dict, where the compiled fast path is not built)."""
         if self._table is not None:
             return self._table.lookup_burst(keys)
-        return [self.lookup(*key) for key in keys]
+        return [0 if sa is None else sa.index for sa in map(self._lookup_key, keys)]
+
+    def _lookup_key(self, key: PacketKey) -> SecurityAssociation | None:
+        return self.lookup(*key)
 
     def lookup(
         self, direction: Direction, spi: int, dst: bytes, mac: bytes, vlans: VlanKey

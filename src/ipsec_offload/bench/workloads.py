@@ -290,7 +290,7 @@ def sad_lookups(
 ) -> Prepare:
     """`lookups` lookups in `sad` of SAs picked at random among `keys`, each with a fresh SPI
     and address objects as a parsed packet has, `batch` per `lookup_burst` (the engine's
-    lookup of a burst)."""
+    lookup stage: a burst of keys to SA indexes)."""
     rng = random.Random(len(keys))
     outbound = Direction.OUTBOUND
     untagged: VlanKey = ()
@@ -301,7 +301,7 @@ def sad_lookups(
         ]
         bursts: list[list[PacketKey]] = [probes[i : i + batch] for i in range(0, lookups, batch)]
     lookup_burst = sad.lookup_burst
-    if any(sa is None for burst in bursts for sa in lookup_burst(burst)):
+    if not all(all(lookup_burst(burst)) for burst in bursts):
         raise BenchError("a SAD lookup missed")
 
     def run() -> int:
