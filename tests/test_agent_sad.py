@@ -216,3 +216,21 @@ def test_table_refuses_bad_keys_and_duplicates() -> None:
         with pytest.raises((TypeError, OverflowError)):
             table.get(bad)
     assert table.get((IN, 0x10, LOCAL4)) is sad.get(1)
+
+
+def test_lookup_burst_without_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the fast path is not built the SAD has no table, and a burst is looked up in the
+    dict: the same indexes."""
+    burst = [(IN, spi, LOCAL4, VF_MAC, DOMAIN.vlans) for spi in (0x10, 0x11, 0x12, 0x13)]
+
+    def indexes() -> list[int]:
+        sad = SecurityAssociationDatabase(8)
+        _add(sad, 0x10, DOMAIN)
+        _add(sad, 0x11)
+        _add(sad, 0x13, Domain(VF_MAC, ()))
+        return sad.lookup_burst(burst)
+
+    with_table = indexes()
+    monkeypatch.setattr("ipsec_offload.agent.sad.SadTable", None)
+    assert SecurityAssociationDatabase(8).table is None
+    assert indexes() == with_table == [1, 2, 0, 0]
