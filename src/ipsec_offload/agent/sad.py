@@ -161,10 +161,7 @@ class SecurityAssociationDatabase:
         them (or one by one in the dict, where the compiled fast path is not built)."""
         if self._table is not None:
             return self._table.lookup_burst(keys)
-        return [0 if sa is None else sa.index for sa in map(self._lookup_key, keys)]
-
-    def _lookup_key(self, key: PacketKey) -> SecurityAssociation | None:
-        return self.lookup(*key)
+        return [0 if (sa := self.lookup(*key)) is None else sa.index for key in keys]
 
     def lookup(
         self, direction: Direction, spi: int, dst: bytes, mac: bytes, vlans: VlanKey
