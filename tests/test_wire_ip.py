@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -10,19 +11,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ipsec_offload.errors import ParseError, UsageError
+from ipsec_offload.wire import ip
 from ipsec_offload.wire.ip import (
     IpProto,
     IPv4Header,
     IPv6Header,
     build_ipv4,
     build_ipv6,
-    internet_checksum,
     ipv4_checksum,
     ipv4_header,
     ipv6_upper_layer,
     parse_ipv4,
     parse_ipv6,
+    reference_internet_checksum,
 )
+from tools import require_built
 
 # The IPv4 header checksum example on Wikipedia: 192.168.0.1 -> 192.168.0.199, UDP, 115 bytes.
 KNOWN_V4 = bytes.fromhex("450000730000400040110000c0a80001c0a800c7")
@@ -31,13 +34,25 @@ V6_SRC = bytes.fromhex("20010db8000000000000000000000001")
 V6_DST = bytes.fromhex("20010db8000000000000000000000002")
 
 
-def test_rfc1071_example() -> None:
+Checksum = Callable[[bytes], int]
+
+
+@pytest.fixture(scope="module", params=["compiled", "reference"])
+def checksum(request: pytest.FixtureRequest) -> Checksum:
+    """Each implementation of the Internet checksum: `_checksum.c` and the Python one."""
+    if request.param == "reference":
+        return reference_internet_checksum
+    require_built(ip.internet_checksum is not reference_internet_checksum, "wire/_checksum.c")
+    return ip.internet_checksum
+
+
+def test_rfc1071_example(checksum: Checksum) -> None:
     # RFC 1071 section 3: words 0001 f203 f4f5 f6f7 sum to ddf2 (ones' complement)
-    assert internet_checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0xFFFF - 0xDDF2
+    assert checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0xFFFF - 0xDDF2
 
 
 @pytest.mark.parametrize(
-    ("data", "checksum"),
+    ("data", "value"),
     [
         (b"", 0xFFFF),
         (b"\x00\x00", 0xFFFF),
@@ -45,20 +60,26 @@ def test_rfc1071_example() -> None:
         (b"\xff\xff", 0x0000),
         (b"\xff\xff\xff\xff", 0x0000),
         (b"\x80\x00\x80\x00", 0xFFFE),
+        (b"\xff\xff" * 4097, 0x0000),
+        (b"\xff" * 8191, 0x00FF),
     ],
 )
-def test_checksum_edge_cases(data: bytes, checksum: int) -> None:
-    assert internet_checksum(data) == checksum
+def test_checksum_edge_cases(checksum: Checksum, data: bytes, value: int) -> None:
+    assert checksum(data) == value
 
 
-@given(st.binary(max_size=64))
-def test_checksum_matches_word_by_word_definition(data: bytes) -> None:
+@given(data=st.binary(max_size=300), offset=st.integers(0, 7))
+def test_checksum_matches_word_by_word_definition(
+    checksum: Checksum, data: bytes, offset: int
+) -> None:
     padded = data + b"\0" * (len(data) % 2)
     total = 0
     for (word,) in struct.iter_unpack("!H", padded):
         total += word
         total = (total & 0xFFFF) + (total >> 16)
-    assert internet_checksum(data) == ~total & 0xFFFF
+    # at any alignment in memory, and from any buffer
+    unaligned = memoryview(bytes(offset) + data)[offset:]
+    assert checksum(data) == checksum(unaligned) == ~total & 0xFFFF
 
 
 def test_known_ipv4_header_checksum() -> None:

@@ -55,10 +55,16 @@ def require_fast_path() -> None:
     install time); with ``IPSEC_OFFLOAD_REQUIRE_TOOLS=1`` fail instead."""
     from ipsec_offload.agent.fastpath import FAST_PATH_BUILT
 
-    if not FAST_PATH_BUILT:
+    require_built(FAST_PATH_BUILT, "the agent's compiled fast path")
+
+
+def require_built(built: bool, what: str) -> None:
+    """Skip the test when the compiled module `what` names was not built; with
+    ``IPSEC_OFFLOAD_REQUIRE_TOOLS=1`` fail instead."""
+    if not built:
         _missing_tool(
-            "the agent's compiled fast path is not built: install a C compiler and the Python"
-            " headers, then reinstall the package (pip install -e .)"
+            f"{what} is not built: install a C compiler and the Python headers, then"
+            " reinstall the package (pip install -e .)"
         )
 
 

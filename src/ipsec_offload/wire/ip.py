@@ -29,6 +29,7 @@ __all__ = [
     "ipv6_with_length",
     "parse_ipv4",
     "parse_ipv6",
+    "reference_internet_checksum",
 ]
 
 IPV4_MIN_HEADER_LEN = 20
@@ -71,11 +72,12 @@ class Ipv4Flags(IntFlag):
 _EXTENSION_HEADERS = frozenset((IpProto.HOPOPT, IpProto.ROUTING, IpProto.DSTOPTS))
 
 
-def internet_checksum(data: bytes | bytearray | memoryview) -> int:
+def reference_internet_checksum(data: bytes | bytearray | memoryview) -> int:
     """RFC 1071 checksum: the ones' complement of the ones' complement sum of 16-bit words.
 
     An odd length is padded with one zero byte. Over data that already holds a correct
-    checksum the result is 0.
+    checksum the result is 0. `internet_checksum` is this, compiled where the package was
+    built with a C compiler (`_checksum.c`).
     """
     value = int.from_bytes(data, "big")
     if len(data) % 2:
@@ -86,6 +88,12 @@ def internet_checksum(data: bytes | bytearray | memoryview) -> int:
     if total == 0 and value:
         total = 0xFFFF
     return ~total & 0xFFFF
+
+
+try:
+    from ipsec_offload.wire._checksum import internet_checksum
+except ImportError:  # built without a C compiler
+    internet_checksum = reference_internet_checksum
 
 
 def ipv4_checksum(header: bytes | bytearray | memoryview) -> int:
