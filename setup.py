@@ -11,13 +11,21 @@ setup(
         Extension(
             "ipsec_offload.agent._datapath",
             ["src/ipsec_offload/agent/_datapath.c"],
+            depends=["src/ipsec_offload/agent/esp_open.h"],
             optional=True,
         ),
-        Extension(
-            "ipsec_offload.wire._checksum",
-            ["src/ipsec_offload/wire/_checksum.c"],
-            depends=["src/ipsec_offload/wire/checksum.h"],
-            optional=True,
+        *(
+            Extension(
+                f"ipsec_offload.{name}",
+                [f"src/ipsec_offload/{name.replace('.', '/')}.c"],
+                include_dirs=["src/ipsec_offload/wire"],
+                depends=[
+                    "src/ipsec_offload/wire/checksum.h",
+                    "src/ipsec_offload/agent/esp_open.h",
+                ],
+                optional=True,
+            )
+            for name in ("wire._checksum", "wire._frames", "nic._txpath", "host._rxpath")
         ),
     ]
 )

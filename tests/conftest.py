@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools import require_fast_path, require_tool
+from tools import require_built, require_fast_path, require_tool
 
 
 @pytest.fixture
@@ -21,4 +21,33 @@ def agent_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
         require_fast_path()
     else:
         monkeypatch.setattr("ipsec_offload.agent.fastpath.Datapath", None)
+    return str(request.param)
+
+
+@pytest.fixture(params=["fast path", "reference path"])
+def nic_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test twice: with the NIC's compiled Tx fast path (where the common descriptors go,
+    and which builds the descriptors of `RingDriver.xmit_burst`), and with every descriptor
+    through the Python reference path (a package built without the fast path)."""
+    if request.param == "fast path":
+        from ipsec_offload.nic.fastpath import TX_PATH_BUILT
+
+        require_built(TX_PATH_BUILT, "the NIC's compiled Tx fast path")
+    else:
+        monkeypatch.setattr("ipsec_offload.nic.fastpath.TxPath", None)
+    return str(request.param)
+
+
+@pytest.fixture(params=["host fast path", "host reference path"])
+def host_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test twice: with the host stack's compiled receive path (where the common packets
+    go), and with every event and frame through the Python reference path (stacks and plain
+    drivers made while it is off, as where the package was built without it)."""
+    from ipsec_offload.host import fastpath
+
+    if request.param == "host fast path":
+        require_built(fastpath.RX_PATH_BUILT, "the host stack's compiled receive path")
+    else:
+        monkeypatch.setattr(fastpath, "RxPath", None)
+        monkeypatch.setattr(fastpath, "receive", None)
     return str(request.param)

@@ -19,160 +19,31 @@
  * frame handed back is exactly as if this module had never seen it. The SA state stays in the
  * Python objects the reference path uses (SecurityAssociation, ReplayWindow, EspAead): both
  * paths read and write the same state, and the AEAD is the `cryptography` package's AESGCM.
- * The tests run every agent test both ways and compare the two paths byte for byte.
+ * The tests run every agent test both ways and compare the two paths byte for byte. What an
+ * inbound frame's opening shares with the host stack's fast path (frame parsing, the slots of
+ * Python objects, the replay window, the AEAD call, the trailer) is in esp_open.h.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <structmember.h>
-#include <stdint.h>
-#include <string.h>
+#include "esp_open.h"
 #ifdef __linux__
 #include <sys/mman.h>
 #endif
 
-#define ETH_IPV4 0x0800u
-#define ETH_IPV6 0x86DDu
-#define ETH_VLAN 0x8100u
-#define ETH_QINQ 0x88A8u
-#define PROTO_ESP 50u
 #define META_TAG_LEN 6
-#define ESP_HEADER_LEN 8
-#define ESP_IV_LEN 8
-#define ICV_LEN 16
-#define SALT_LEN 4
-#define MAX_VLANS 2
 #define TX_OFFLOAD 0x80000000u
 #define TX_RESERVED 0x7F000000u
 #define RX_IPSEC 0x80000000u
 
-/* The fields of the Python objects this module reads and writes: slots of
- * SecurityAssociation, ReplayWindow and EspAead (their `__slots__`). */
+/* The fields of the SecurityAssociation this module reads and writes (its `__slots__`); those
+ * of ReplayWindow and EspAead are esp_open.h's EspTypes. */
 enum {
     SA_SRC, SA_LIFETIME_PACKETS, SA_LIFETIME_BYTES, SA_PACKETS, SA_BYTES, SA_IVDB, SA_ESN,
     SA_AEAD, SA_INDEX, SA_REPLAY,
-    REPLAY_SIZE, REPLAY_HIGHEST, REPLAY_BITMAP, REPLAY_MASK,
-    AEAD_CIPHER, AEAD_SALT,
     FIELDS
 };
 static const char *const field_names[FIELDS] = {
     "src", "lifetime_packets", "lifetime_bytes", "packets", "bytes", "ivdb", "esn",
     "_aead", "index", "replay",
-    "_size", "_highest", "_bitmap", "_mask",
-    "_cipher", "_salt",
 };
-enum { SA_TYPE, REPLAY_TYPE, AEAD_TYPE, TYPES };
-static const int field_type[FIELDS] = {
-    SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE, SA_TYPE,
-    REPLAY_TYPE, REPLAY_TYPE, REPLAY_TYPE, REPLAY_TYPE,
-    AEAD_TYPE, AEAD_TYPE,
-};
-/* The AESGCM methods this module calls, interned when the module loads. */
-static PyObject *s_encrypt, *s_decrypt, *s_encrypt_into, *s_decrypt_into;
-
-static inline unsigned rd16(const uint8_t *p) { return (unsigned)p[0] << 8 | p[1]; }
-
-static inline uint32_t rd32(const uint8_t *p) {
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static inline uint64_t rd64(const uint8_t *p) { return (uint64_t)rd32(p) << 32 | rd32(p + 4); }
-
-static inline void wr16(uint8_t *p, unsigned v) {
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static inline void wr32(uint8_t *p, uint32_t v) {
-    wr16(p, v >> 16);
-    wr16(p + 2, v & 0xFFFF);
-}
-
-static inline void wr64(uint8_t *p, uint64_t v) {
-    wr32(p, (uint32_t)(v >> 32));
-    wr32(p + 4, (uint32_t)v);
-}
-
-/* One frame as this module sees it: its L2 header and the ESP packet inside it. */
-typedef struct {
-    const uint8_t *p;
-    Py_ssize_t len;
-    unsigned ethertype;   /* the innermost EtherType */
-    int nvlans;
-    unsigned tpid[MAX_VLANS], vid[MAX_VLANS];
-    Py_ssize_t l3;        /* where the IP header starts: the L2 header's length */
-    Py_ssize_t esp_start; /* where the ESP header starts */
-    Py_ssize_t ip_end;    /* where the IP packet ends */
-    Py_ssize_t src_off, dst_off, addr_len; /* the IP addresses */
-    unsigned ip_checksum, ip_length;       /* IPv4 only */
-} Frame;
-
-/* The VLAN tags from `off` (spec 3: at most two, 802.1Q or 802.1ad) and the EtherType after
- * them; sets f->l3. 0, or -1 when the tags are not the common case. */
-static int parse_vlans(Frame *f, Py_ssize_t off) {
-    unsigned et = rd16(f->p + off);
-    f->nvlans = 0;
-    while (et == ETH_VLAN || et == ETH_QINQ) {
-        if (f->nvlans == MAX_VLANS || f->len < off + 6)
-            return -1;
-        f->tpid[f->nvlans] = et;
-        f->vid[f->nvlans] = rd16(f->p + off + 2) & 0x0FFF;
-        f->nvlans++;
-        off += 4;
-        et = rd16(f->p + off);
-    }
-    f->ethertype = et;
-    f->l3 = off + 2;
-    return 0;
-}
-
-/* Find the ESP packet behind the L2 header, as agent._locate_esp does for the shapes this
- * module handles: IPv4 (RFC 791: version, IHL, total length, header checksum; not a fragment)
- * or IPv6 with ESP as its first next header (RFC 8200). `esp_off` >= 0 (Tx) is where the
- * metadata says ESP starts, and the ESP header and IV must fit. 0, or -1 (not handled). */
-static int locate_esp(Frame *f, Py_ssize_t esp_off) {
-    const uint8_t *ip = f->p + f->l3;
-    Py_ssize_t size = f->len - f->l3, offset, ip_len;
-    if (size < 1)
-        return -1;
-    if (f->ethertype == ETH_IPV4 && ip[0] >> 4 == 4) {
-        Py_ssize_t header_len = (Py_ssize_t)(ip[0] & 0x0F) * 4;
-        uint32_t sum = 0;
-        if (size < 20 || header_len < 20 || header_len > size)
-            return -1;
-        ip_len = rd16(ip + 2);
-        if (ip_len < header_len || ip_len > size || ip[9] != PROTO_ESP || rd16(ip + 6) & 0x3FFF)
-            return -1;
-        for (Py_ssize_t i = 0; i < header_len; i += 2)
-            sum += rd16(ip + i);
-        if (sum % 0xFFFF) /* RFC 1071: a right checksum makes the sum 0 modulo 0xffff */
-            return -1;
-        offset = header_len;
-        f->src_off = f->l3 + 12;
-        f->dst_off = f->l3 + 16;
-        f->addr_len = 4;
-        f->ip_checksum = rd16(ip + 10);
-        f->ip_length = (unsigned)ip_len;
-    } else if (f->ethertype == ETH_IPV6 && ip[0] >> 4 == 6) {
-        if (size < 40 || ip[6] != PROTO_ESP)
-            return -1;
-        ip_len = 40 + (Py_ssize_t)rd16(ip + 4);
-        if (ip_len > size)
-            return -1;
-        offset = 40;
-        f->src_off = f->l3 + 8;
-        f->dst_off = f->l3 + 24;
-        f->addr_len = 16;
-    } else {
-        return -1;
-    }
-    if (esp_off >= 0 && (esp_off != offset || offset + ESP_HEADER_LEN + ESP_IV_LEN > ip_len))
-        return -1;
-    if (offset + ESP_HEADER_LEN > ip_len)
-        return -1;
-    f->esp_start = f->l3 + offset;
-    f->ip_end = f->l3 + ip_len;
-    return 0;
-}
 
 /* The frame's VLAN stack as a VlanKey: ((TPID, VID), ...). New reference or NULL. */
 static PyObject *vlan_key(const Frame *f) {
@@ -573,39 +444,23 @@ typedef struct {
     int ivdb;
     uint8_t *scratch; /* where a Tx frame's ESP plaintext is put together */
     Py_ssize_t scratch_len;
-    PyTypeObject *types[TYPES];
-    Py_ssize_t offsets[FIELDS]; /* where each field's slot is in its object */
+    PyTypeObject *sa_type;
+    EspTypes esp;               /* ReplayWindow and EspAead */
+    Py_ssize_t offsets[FIELDS]; /* where each field's slot is in a SecurityAssociation */
 } Datapath;
 
-/* A field of `obj`, which must be of the field's type: a borrowed reference, NULL when the
- * slot is empty. A slot is read as CPython's own member descriptor reads it. */
-static inline PyObject *field(const Datapath *self, PyObject *obj, int which) {
-    return *(PyObject **)((char *)obj + self->offsets[which]);
+/* A field of a SecurityAssociation: a borrowed reference, NULL when the slot is empty. */
+static inline PyObject *field(const Datapath *self, PyObject *sa, int which) {
+    return slot_get(sa, self->offsets[which]);
 }
 
 /* An unsigned 64-bit field; -1 (error cleared) when it is not one. */
-static int get_u64(const Datapath *self, PyObject *obj, int which, uint64_t *out) {
-    PyObject *value = field(self, obj, which);
-    if (value == NULL || !PyLong_CheckExact(value))
-        return -1;
-    *out = PyLong_AsUnsignedLongLong(value);
-    if (*out == (uint64_t)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return -1;
-    }
-    return 0;
+static int get_u64(const Datapath *self, PyObject *sa, int which, uint64_t *out) {
+    return slot_u64(sa, self->offsets[which], out);
 }
 
-/* Set a field to a new reference (stolen); -1 when `value` is NULL (an error is set). */
-static int set_field(const Datapath *self, PyObject *obj, int which, PyObject *value) {
-    if (value == NULL)
-        return -1;
-    Py_XSETREF(*(PyObject **)((char *)obj + self->offsets[which]), value);
-    return 0;
-}
-
-static int set_u64(const Datapath *self, PyObject *obj, int which, uint64_t v) {
-    return set_field(self, obj, which, PyLong_FromUnsignedLongLong(v));
+static int set_u64(const Datapath *self, PyObject *sa, int which, uint64_t v) {
+    return slot_set_u64(sa, self->offsets[which], v);
 }
 
 /* What this module needs of an SA that may carry the frame. */
@@ -622,7 +477,7 @@ typedef struct {
 static int sa_usable(const Datapath *self, PyObject *sa, const Frame *f, SaState *st) {
     uint64_t lifetime_packets, lifetime_bytes;
     PyObject *src, *esn, *aead;
-    if (Py_TYPE(sa) != self->types[SA_TYPE])
+    if (Py_TYPE(sa) != self->sa_type)
         return -1;
     src = field(self, sa, SA_SRC);
     if (src == NULL ||
@@ -640,69 +495,11 @@ static int sa_usable(const Datapath *self, PyObject *sa, const Frame *f, SaState
         return -1;
     esn = field(self, sa, SA_ESN);
     aead = field(self, sa, SA_AEAD);
-    if (esn == NULL || aead == NULL || Py_TYPE(aead) != self->types[AEAD_TYPE])
+    if (esn == NULL || aead == NULL || Py_TYPE(aead) != self->esp.aead_type)
         return -1;
     st->esn = esn == Py_True;
     st->aead = Py_NewRef(aead);
     return 0;
-}
-
-/* Below this many bytes of input the AEAD gets and returns bytes objects, which costs less
- * than the buffer views `*_into` needs; from it up, writing straight into the frame saves a
- * copy and an allocation of the whole packet. */
-#define INTO_THRESHOLD 2048
-
-/* The AEAD of EspAead.seal / open (RFC 4106: nonce salt || IV; AAD SPI || seq_lo, or
- * SPI || seq_hi || seq_lo with ESN) on `len` bytes at `data`, the result written to the
- * `into_len` bytes at `into`; the AEAD is the EspAead's AESGCM. 0, or -1 with an error set
- * (cryptography's InvalidTag when a decryption's ICV does not verify). */
-static int aead_call(const Datapath *self, PyObject *aead, int decrypt, const uint8_t *iv,
-                     uint32_t spi, uint64_t seq, int esn, const uint8_t *data, Py_ssize_t len,
-                     uint8_t *into, Py_ssize_t into_len) {
-    uint8_t nonce[SALT_LEN + ESP_IV_LEN], aad[12];
-    PyObject *salt, *cipher, *args[5], *result = NULL;
-    Py_ssize_t written = -1;
-    salt = field(self, aead, AEAD_SALT);
-    cipher = field(self, aead, AEAD_CIPHER);
-    if (salt == NULL || !PyBytes_CheckExact(salt) || PyBytes_GET_SIZE(salt) != SALT_LEN ||
-        cipher == NULL) {
-        PyErr_SetString(PyExc_TypeError, "EspAead is not set up (its salt or cipher)");
-        return -1;
-    }
-    memcpy(nonce, PyBytes_AS_STRING(salt), SALT_LEN);
-    memcpy(nonce + SALT_LEN, iv, ESP_IV_LEN);
-    wr32(aad, spi);
-    if (esn)
-        wr64(aad + 4, seq);
-    else
-        wr32(aad + 4, (uint32_t)seq);
-    args[0] = Py_NewRef(cipher);
-    args[1] = PyBytes_FromStringAndSize((const char *)nonce, sizeof nonce);
-    args[3] = PyBytes_FromStringAndSize((const char *)aad, esn ? 12 : 8);
-    if (len < INTO_THRESHOLD) {
-        args[2] = PyBytes_FromStringAndSize((const char *)data, len);
-        args[4] = NULL;
-        if (args[1] && args[2] && args[3])
-            result = PyObject_VectorcallMethod(decrypt ? s_decrypt : s_encrypt, args, 4, NULL);
-        if (result != NULL && PyBytes_Check(result) && PyBytes_GET_SIZE(result) == into_len) {
-            memcpy(into, PyBytes_AS_STRING(result), (size_t)into_len);
-            written = into_len;
-        }
-    } else {
-        args[2] = PyMemoryView_FromMemory((char *)data, len, PyBUF_READ);
-        args[4] = PyMemoryView_FromMemory((char *)into, into_len, PyBUF_WRITE);
-        if (args[1] && args[2] && args[3] && args[4])
-            result = PyObject_VectorcallMethod(decrypt ? s_decrypt_into : s_encrypt_into, args,
-                                               5, NULL);
-        if (result != NULL && PyLong_Check(result))
-            written = PyLong_AsSsize_t(result);
-    }
-    if (result != NULL && written != into_len && !PyErr_Occurred())
-        PyErr_SetString(PyExc_RuntimeError, "AESGCM gave an unexpected length");
-    Py_XDECREF(result);
-    for (int i = 0; i < 5; i++)
-        Py_XDECREF(args[i]);
-    return written == into_len ? 0 : -1;
 }
 
 /* Whether `dst` and the frame's VLANs are in the hairpin table (agent._forward turns such
@@ -844,7 +641,7 @@ static PyObject *tx_frame(Datapath *self, PyObject *frame) {
         wr32(o, spi);
         wr32(o + 4, (uint32_t)seq);
         wr64(o + 8, seq);
-        if (aead_call(self, st.aead, 0, o + 8, spi, seq, st.esn, self->scratch,
+        if (aead_call(&self->esp, st.aead, 0, o + 8, spi, seq, st.esn, self->scratch,
                       payload_len + pad + 2, o + 16, sealed_len))
             goto error;
     }
@@ -869,52 +666,6 @@ error:
 
 /* -- Rx ----------------------------------------------------------------------------------- */
 
-/* The full sequence number for `seq_lo` when it is above the replay window's top, in the
- * window's 2^32 subspace (ReplayWindow.check, RFC 4303 3.4.3 and Appendix A2.2 case A); -1
- * for every other case, which the reference path decides. */
-static int replay_ahead(const Datapath *self, PyObject *replay, uint32_t seq_lo, int esn,
-                        uint64_t *seq, uint64_t *top, uint64_t *size) {
-    if (Py_TYPE(replay) != self->types[REPLAY_TYPE] ||
-        get_u64(self, replay, REPLAY_HIGHEST, top) || get_u64(self, replay, REPLAY_SIZE, size))
-        return -1;
-    if (esn) {
-        uint64_t low = *top & 0xFFFFFFFFu;
-        if (low + 1 < *size || seq_lo < low + 1 - *size)
-            return -1;
-        *seq = (*top & ~(uint64_t)0xFFFFFFFFu) | seq_lo;
-    } else {
-        *seq = seq_lo;
-    }
-    return *seq > *top ? 0 : -1;
-}
-
-/* ReplayWindow.accept for a number above the top: slide the window up (RFC 4303 A2.1). */
-static int replay_slide(const Datapath *self, PyObject *replay, uint64_t seq, uint64_t top,
-                        uint64_t size) {
-    PyObject *bitmap = field(self, replay, REPLAY_BITMAP), *mask = field(self, replay, REPLAY_MASK);
-    PyObject *one, *shift, *shifted, *with_seq, *kept;
-    if (bitmap == NULL || mask == NULL) {
-        PyErr_SetString(PyExc_TypeError, "ReplayWindow is not set up");
-        return -1;
-    }
-    one = PyLong_FromLong(1);
-    if (seq - top < size) {
-        shift = PyLong_FromUnsignedLongLong(seq - top);
-        shifted = shift ? PyNumber_Lshift(bitmap, shift) : NULL;
-        with_seq = shifted && one ? PyNumber_Or(shifted, one) : NULL;
-        kept = with_seq ? PyNumber_And(with_seq, mask) : NULL;
-        Py_XDECREF(shift);
-        Py_XDECREF(shifted);
-        Py_XDECREF(with_seq);
-    } else {
-        kept = one ? PyNumber_And(one, mask) : NULL;
-    }
-    Py_XDECREF(one);
-    if (set_field(self, replay, REPLAY_BITMAP, kept))
-        return -1;
-    return set_u64(self, replay, REPLAY_HIGHEST, seq);
-}
-
 /* The headers of a frame from the wire that is the common case as far as they tell
  * (agent._ingress and _locate_esp): 0 with `f` filled, or -1. */
 static int rx_headers(const Datapath *self, PyObject *frame, Frame *f) {
@@ -936,7 +687,7 @@ static PyObject *rx_frame(Datapath *self, PyObject *frame) {
     Frame f;
     uint32_t spi, seq_lo, word;
     uint64_t seq, top, size;
-    Py_ssize_t ct_start, pt_len, pad_len, payload_len, header_len, total;
+    Py_ssize_t ct_start, pt_len, payload_len, header_len, total;
     PyObject *sa = NULL, *replay = NULL, *out = NULL;
     uint8_t *o, *pt;
     SaState st = {0};
@@ -956,7 +707,7 @@ static PyObject *rx_frame(Datapath *self, PyObject *frame) {
     if (replay == NULL)
         goto slow;
     Py_INCREF(replay);
-    if (replay_ahead(self, replay, seq_lo, st.esn, &seq, &top, &size))
+    if (replay_ahead(&self->esp, replay, seq_lo, st.esn, &seq, &top, &size))
         goto slow;
     header_len = f.esp_start - f.l3;
     pt_len = f.ip_end - ct_start - ICV_LEN;
@@ -967,21 +718,16 @@ static PyObject *rx_frame(Datapath *self, PyObject *frame) {
     /* decrypted in place and tagged: L2 | tag | ... | IP | ESP header | IV | plaintext */
     o = (uint8_t *)PyBytes_AS_STRING(out);
     pt = o + total - pt_len;
-    if (aead_call(self, st.aead, 1, f.p + ct_start - ESP_IV_LEN, spi, seq, st.esn,
+    if (aead_call(&self->esp, st.aead, 1, f.p + ct_start - ESP_IV_LEN, spi, seq, st.esn,
                   f.p + ct_start, f.ip_end - ct_start, pt, pt_len)) {
         if (!PyErr_ExceptionMatches(self->invalid_tag))
             goto error;
         PyErr_Clear(); /* AUTH_FAILED: the reference path counts it */
         goto slow;
     }
-    /* RFC 4303 2.4: padding 1, 2, 3, ..., pad length, next header (4 bytes at least) */
-    pad_len = pt[pt_len - 2];
-    payload_len = pt_len - 2 - pad_len;
+    payload_len = esp_trailer(pt, pt_len);
     if (payload_len < 0)
         goto slow;
-    for (Py_ssize_t i = 0; i < pad_len; i++)
-        if (pt[payload_len + i] != (uint8_t)(i + 1))
-            goto slow;
     word = RX_IPSEC | (uint32_t)(st.index & 0x00FFFFFF); /* status OK is 0 */
     memcpy(o, f.p, 12);
     wr16(o + 12, self->meta_ethertype);
@@ -990,7 +736,7 @@ static PyObject *rx_frame(Datapath *self, PyObject *frame) {
     write_ip_header(&f, o + f.l3 + META_TAG_LEN, f.ip_end - f.l3 - ICV_LEN);
     memcpy(o + f.l3 + META_TAG_LEN + header_len, f.p + f.esp_start,
            ESP_HEADER_LEN + ESP_IV_LEN);
-    if (replay_slide(self, replay, seq, top, size) ||
+    if (replay_slide(&self->esp, replay, seq, top, size) ||
         set_u64(self, sa, SA_PACKETS, st.packets + 1) ||
         set_u64(self, sa, SA_BYTES, st.bytes + (uint64_t)payload_len))
         goto error;
@@ -1124,14 +870,14 @@ static int Datapath_init(Datapath *self, PyObject *args, PyObject *kwds) {
                              "replay_type", "aead_type",        NULL};
     PyObject *local_addrs, *invalid_tag, *paths, *rx_status, *tx_encrypted, *rx_esp, *rx_ok;
     SadTable *table;
-    PyTypeObject *types[TYPES];
+    PyTypeObject *sa_type, *replay_type, *aead_type;
     unsigned meta, config;
     int ivdb;
     if (!PyArg_ParseTupleAndKeywords(
             args, kwds, "O!O!OO!O!OOOIIpO!O!O!", kwlist, &SadTableType, &table, &PySet_Type,
             &local_addrs, &invalid_tag, &PyDict_Type, &paths, &PyDict_Type, &rx_status,
             &tx_encrypted, &rx_esp, &rx_ok, &meta, &config, &ivdb, &PyType_Type,
-            &types[SA_TYPE], &PyType_Type, &types[REPLAY_TYPE], &PyType_Type, &types[AEAD_TYPE]))
+            &sa_type, &PyType_Type, &replay_type, &PyType_Type, &aead_type))
         return -1;
     if (table->slots == NULL) {
         PyErr_SetString(PyExc_ValueError, "the SAD table is not initialised");
@@ -1141,29 +887,15 @@ static int Datapath_init(Datapath *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "EtherTypes must fit 16 bits");
         return -1;
     }
-    /* Each field must be an object slot of its type (a `__slots__` entry): its member
-     * descriptor gives where the slot is in the object. */
-    for (int i = 0; i < FIELDS; i++) {
-        PyObject *descr = PyObject_GetAttrString((PyObject *)types[field_type[i]], field_names[i]);
-        if (descr == NULL)
+    for (int i = 0; i < FIELDS; i++)
+        if (slot_offset(sa_type, field_names[i], &self->offsets[i]))
             return -1;
-        if (Py_TYPE(descr) != &PyMemberDescr_Type ||
-            ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
-            PyErr_Format(PyExc_TypeError, "%s.%s must be a __slots__ entry",
-                         types[field_type[i]]->tp_name, field_names[i]);
-            Py_DECREF(descr);
-            return -1;
-        }
-        self->offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
-        Py_DECREF(descr);
-    }
-    for (int i = 0; i < TYPES; i++) {
-        Py_INCREF(types[i]);
-        Py_XSETREF(self->types[i], types[i]);
-    }
+    if (esp_types_init(&self->esp, replay_type, aead_type))
+        return -1;
 #define KEEP(field)              \
     Py_INCREF(field);            \
     Py_XSETREF(self->field, field);
+    KEEP(sa_type)
     KEEP(table)
     KEEP(local_addrs)
     KEEP(invalid_tag)
@@ -1188,9 +920,8 @@ static int Datapath_traverse(Datapath *self, visitproc visit, void *arg) {
     Py_VISIT(self->tx_encrypted);
     Py_VISIT(self->rx_esp);
     Py_VISIT(self->rx_ok);
-    for (int i = 0; i < TYPES; i++)
-        Py_VISIT(self->types[i]);
-    return 0;
+    Py_VISIT(self->sa_type);
+    return esp_types_traverse(&self->esp, visit, arg);
 }
 
 static int Datapath_clear(Datapath *self) {
@@ -1202,8 +933,8 @@ static int Datapath_clear(Datapath *self) {
     Py_CLEAR(self->tx_encrypted);
     Py_CLEAR(self->rx_esp);
     Py_CLEAR(self->rx_ok);
-    for (int i = 0; i < TYPES; i++)
-        Py_CLEAR(self->types[i]);
+    Py_CLEAR(self->sa_type);
+    esp_types_clear(&self->esp);
     return 0;
 }
 
@@ -1245,11 +976,7 @@ static struct PyModuleDef datapath_module = {
 
 PyMODINIT_FUNC PyInit__datapath(void) {
     PyObject *module;
-    s_encrypt = PyUnicode_InternFromString("encrypt");
-    s_decrypt = PyUnicode_InternFromString("decrypt");
-    s_encrypt_into = PyUnicode_InternFromString("encrypt_into");
-    s_decrypt_into = PyUnicode_InternFromString("decrypt_into");
-    if (!s_encrypt || !s_decrypt || !s_encrypt_into || !s_decrypt_into)
+    if (esp_open_ready() < 0)
         return NULL;
     if (PyType_Ready(&DatapathType) < 0 || PyType_Ready(&SadTableType) < 0)
         return NULL;

@@ -9,10 +9,11 @@ SA_EXPIRED are dropped and counted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ipsec_offload.errors import ParseError, UsageError
+from ipsec_offload.nic import fastpath
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
 from ipsec_offload.wire.config import AddSaRequest, Algorithm, Caps, Direction, SaStats
 from ipsec_offload.wire.ethernet import EthernetHeader, VlanTag, parse_ethernet
@@ -157,6 +158,7 @@ class RingDriver:
         self._events: list[DriverEvent] = []
         self._tx_words: dict[tuple[int, int, int], int] = {}
         """Tx metadata words built so far, by (next header, L3 offset, ESP offset)."""
+        self._fast = None if fastpath.TxPath is None else fastpath.TxPath(TxDescriptor)
 
     def xdo_dev_offload_ok(self, handle: int) -> bool:
         """May a packet of this state be handed down for offload?"""
@@ -176,6 +178,24 @@ class RingDriver:
         word = self._tx_word(offload)
         self.counters.tx_offloaded += 1
         self._tx.append(TxDescriptor(frame, word, mss))
+
+    def xmit_burst(self, frames: Sequence[bytes], offload: TxOffload | None = None) -> None:
+        """Queue frames on the Tx ring as `xmit(frame, offload)` does each (no TSO), at a
+        fraction of the cost per frame: the offload is checked and its word built once."""
+        if not frames:
+            return
+        word: int | None = None
+        if offload is None:
+            self.counters.tx_plain += len(frames)
+        else:
+            if offload.handle not in self.sa_index:
+                raise UsageError(f"xfrm state {offload.handle} is not offloaded on this device")
+            word = self._tx_word(offload)
+            self.counters.tx_offloaded += len(frames)
+        if self._fast is None:
+            self._tx.extend([TxDescriptor(frame, word) for frame in frames])
+        else:
+            self._tx.extend(self._fast.descriptors(frames, word))
 
     def _tx_word(self, offload: TxOffload) -> int:
         """The metadata word of an offloaded send, built once per layout."""

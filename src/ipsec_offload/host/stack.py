@@ -19,7 +19,10 @@ work as Linux's xfrm does:
   the same rules as the NIC (`nic.tso.segment_l4`), and sends each as a packet of its own.
 - Receiving: Rx status OK means the agent decrypted in place; the stack strips ESP. A frame
   without a status (NO_SA, or not looked at) is decrypted here if the stack holds the state.
-  Inbound policies then check the packet came through the state they name.
+  Inbound policies then check the packet came through the state they name. Where the package
+  was built with it, the compiled receive path (`fastpath.RxPath`) delivers the common packet,
+  an in-order UDP datagram over a software transport-mode state, and hands every other event
+  to the code here, which is the reference for both.
 
 Sans-IO: the stack calls its device and reads the device's events in `poll(now)`; what it
 delivers to applications and the outcome of state operations are its own `events()`.
@@ -29,9 +32,14 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
+from cryptography.exceptions import InvalidTag
+
+from ipsec_offload.agent.replay import ReplayWindow
 from ipsec_offload.crypto.esp import esp_open, esp_seal, explicit_iv
+from ipsec_offload.crypto.gcm import EspAead
 from ipsec_offload.driver.control import Errno
 from ipsec_offload.driver.ring import (
     DriverEvent,
@@ -44,6 +52,7 @@ from ipsec_offload.driver.ring import (
     TxOffload,
 )
 from ipsec_offload.errors import AuthenticationError, ParseError, UsageError
+from ipsec_offload.host import fastpath
 from ipsec_offload.host.xfrm import Mode, Offload, XfrmPolicy, XfrmState
 from ipsec_offload.nic.tso import L4Header, segment_l4
 from ipsec_offload.wire.addr import ip_to_str
@@ -233,6 +242,23 @@ class HostStack:
         """The TxOffload of each (state handle, next header, L3 offset, ESP offset) so far."""
         self.hw_stats: dict[int, SaStats | None] = {}
         """The agent's counters of offloaded states, as update_stats last fetched them."""
+        self._rx_fast: fastpath.RxPath | None = None
+        if fastpath.RxPath is not None:
+            self._rx_fast = fastpath.RxPath(
+                inbound=self._inbound,
+                addresses=self.addresses,
+                counters=self.counters,
+                admits=self._admits,
+                transport=_TRANSPORT,
+                rx_ok=_RX_OK,
+                invalid_tag=InvalidTag,
+                packet_type=PacketReceived,
+                rx_type=RxMetadata,
+                state_type=XfrmState,
+                replay_type=ReplayWindow,
+                aead_type=EspAead,
+                delivered_type=Delivered,
+            )
 
     # -- configuration --------------------------------------------------------------------
 
@@ -497,8 +523,11 @@ class HostStack:
     # -- receiving ------------------------------------------------------------------------
 
     def poll(self, now: float) -> None:
-        """Handle what the device reported: state operations done, packets received."""
-        for event in self.device.events():
+        """Handle what the device reported: state operations done, packets received (the
+        common ones by the compiled receive path, where there is one)."""
+        fast = self._rx_fast
+        burst = None if fast is None else partial(fast.burst, now, self._events)
+        for event in fastpath.reference_items(self.device.events(), burst):
             if isinstance(event, PacketReceived):
                 self._input(event.frame, event.rx, now)
             elif isinstance(event, StateAddDone):
@@ -665,8 +694,7 @@ class HostStack:
         offloaded: bool,
         now: float,
     ) -> None:
-        policy = self._policy(_INBOUND, src, dst, protocol)
-        if policy is not None and (state is None or policy.state != state.handle):
+        if not self._admits(src, dst, protocol, state):
             self.counters.drop("in_policy_violation")
             return
         if transport_checksum(src, dst, protocol, segment) != 0:
@@ -711,6 +739,12 @@ class HostStack:
                 None if tcp is None else tcp.flags,
             )
         )
+
+    def _admits(self, src: bytes, dst: bytes, protocol: int, state: XfrmState | None) -> bool:
+        """The inbound policy check: a packet an inbound policy selects must have come
+        through the state the policy names (None: it came in clear)."""
+        policy = self._policy(_INBOUND, src, dst, protocol)
+        return policy is None or (state is not None and policy.state == state.handle)
 
     # -- sans-IO plumbing -----------------------------------------------------------------
 

@@ -17,17 +17,23 @@ the tag as a frame of its own.
 Frames from the agent carry the Rx metadata tag: the NIC strips it into the Rx descriptor and
 delivers the frame to the VSI that owns its destination MAC and VLANs (multicast to every VSI
 but the sender). The NIC is sans-IO: descriptors and frames in, frames and descriptors out.
+
+Where the package was built with it, the compiled fast path (`nic.fastpath`, `_txpath.c`)
+sends the common Tx descriptor: no TSO, a well-formed frame that passes anti-spoof and goes to
+the agent. Every other descriptor comes back to the Python code here, the reference path, in
+order; both give the same frames and counters.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from typing import Any
 
 from ipsec_offload.errors import ParseError, UsageError
+from ipsec_offload.nic import fastpath
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
 from ipsec_offload.nic.tso import TsoDrop, tso_segment
 from ipsec_offload.wire.addr import mac_to_str
@@ -131,6 +137,9 @@ class Nic:
         self._meta = meta_ethertype
         self._vsis: dict[int, Vsi] = {}
         self._by_addr: dict[_VsiAddr, Vsi] = {}
+        self._fast: fastpath.TxPath | None = None
+        if fastpath.TxPath is not None and 0 <= meta_ethertype <= 0xFFFF:
+            self._fast = fastpath.TxPath(TxDescriptor)
 
     # -- configuration (the PF driver's admin queue) ------------------------------------
 
@@ -181,9 +190,28 @@ class Nic:
         """Process a burst of Tx descriptors posted on a VSI's ring."""
         vsi = self.vsi(vsi_id)
         out = NicOutput()
-        for desc in descriptors:
+        for desc in self._reference_descriptors(vsi, descriptors, out):
             self._transmit_one(vsi, desc, out)
         return out
+
+    def _reference_descriptors(
+        self, vsi: Vsi, descriptors: Iterable[TxDescriptor], out: NicOutput
+    ) -> Iterator[TxDescriptor]:
+        """The descriptors of a burst that the reference path must handle, in order: with the
+        fast path, it sends each run of common ones (to `out.to_agent`) and yields the others."""
+        fast = self._fast
+        if fast is None:
+            yield from descriptors
+            return
+        descs = descriptors if isinstance(descriptors, list) else list(descriptors)
+        start = 0
+        while start < len(descs):
+            start = fast.transmit(
+                descs, start, vsi, self._by_addr, self.mode == _VEB, self._meta, out.to_agent
+            )
+            if start < len(descs):
+                yield descs[start]
+                start += 1
 
     def _transmit_one(self, vsi: Vsi, desc: TxDescriptor, out: NicOutput) -> None:
         counters = vsi.counters
