@@ -79,6 +79,7 @@ DATAPATH = (
     "reference_tx",
     "reference_rx",
     "full_path",
+    "full_path_captured",
 )
 
 

@@ -70,3 +70,19 @@ def test_captures_read_during_a_run_equal_captures_read_at_its_end() -> None:
     at_end = run(False)
     assert at_end == run(True)
     assert len(at_end["agent-to-wire"]) == len(at_end["wire-to-agent"]) >= 3
+
+
+@pytest.mark.parametrize("capture", [True, False])
+def test_a_testbed_without_capture_keeps_no_frame_and_delivers_the_same(capture: bool) -> None:
+    bed = Testbed(capture=capture)
+    host = bed.add_pf_host("host", "02:00:00:00:01:00", ipv4="192.0.2.1")
+    peer = bed.add_peer("peer", "02:00:00:00:02:00", ipv4="192.0.2.2")
+    bed.secure(host, peer)
+    host.send_udp_burst(peer.addresses[4], 1000, 53, [b"one", b"two"], bed.now)
+    bed.settle(host)
+    assert [d.payload for d in bed.delivered(peer)] == [b"one", b"two"]
+    kept = {name: len(sink) for name, sink in bed.captures.items()}
+    if capture:
+        assert kept["nic-to-agent"] >= 2 and kept["agent-to-wire"] >= 2
+    else:
+        assert set(kept.values()) == {0}

@@ -42,7 +42,7 @@ class Settings:
     """Packets per timed run of the agent and the bare AEAD."""
     peer_packets: int = 256
     """Packets per timed run of scapy."""
-    path_packets: int = 1024
+    path_packets: int = 4096
     """Packets per timed run of the whole simulated path."""
     rounds: int = 9
     """Timed rounds, after one warm-up round; a figure is the best of them."""
@@ -223,6 +223,9 @@ def _datapath(settings: Settings, size: int, algorithm: Algorithm) -> list[Figur
             "full_path": workloads.full_path(
                 algorithm, size, settings.path_packets, settings.batch
             ),
+            "full_path_captured": workloads.full_path(
+                algorithm, size, settings.path_packets, settings.batch, capture=True
+            ),
         },
         settings.rounds,
     )
@@ -256,6 +259,11 @@ def _datapath(settings: Settings, size: int, algorithm: Algorithm) -> list[Figur
             "full_path",
             "full simulated path",
             ("bare_encrypt", Target(0.25) if size == 1400 else None),
+        ),
+        figure(
+            "full_path_captured",
+            "full simulated path, every link captured",
+            ("bare_encrypt", None),
         ),
     ]
 

@@ -204,15 +204,18 @@ def scapy_decrypt(algorithm: Algorithm, sealed: Sequence[bytes]) -> Prepare:
 # -- the whole simulated path -------------------------------------------------------------------
 
 
-def full_path(algorithm: Algorithm, size: int, packets: int, batch: int) -> Prepare:
+def full_path(
+    algorithm: Algorithm, size: int, packets: int, batch: int, capture: bool = False
+) -> Prepare:
     """UDP datagrams from a PF host over an offloaded SA to a software peer on the wire, in
-    bursts of `batch` sends per `Testbed.settle`: host stack, PF driver, NIC, agent, wire,
-    the peer's stack (which decrypts and delivers). A fresh testbed for each run."""
+    bursts of `batch` (one `HostStack.send_udp_burst` and one `Testbed.settle` each): host
+    stack, PF driver, NIC, agent, wire, the peer's stack (which decrypts and delivers). A fresh
+    testbed for each run, which keeps every frame of every link if `capture`."""
     data = [udp_data(size, seq) for seq in range(packets)]
     bursts = [data[i : i + batch] for i in range(0, packets, batch)]
 
     def prepare() -> Runner:
-        bed = Testbed()
+        bed = Testbed(capture=capture)
         host = bed.add_pf_host("host", mac_to_str(HOST_MAC), ipv4=ip_to_str(HOST_IP))
         peer = bed.add_peer("peer", mac_to_str(PEER_MAC), ipv4=ip_to_str(PEER_IP))
         bundle = bed.secure(host, peer, algorithm=algorithm, offload_a=True)
@@ -224,8 +227,7 @@ def full_path(algorithm: Algorithm, size: int, packets: int, batch: int) -> Prep
 
         def run() -> int:
             for burst in bursts:
-                for payload in burst:
-                    host.send_udp(PEER_IP, 1000, 2000, payload, bed.now)
+                host.send_udp_burst(PEER_IP, 1000, 2000, burst, bed.now)
                 bed.settle(host)
             if peer.counters.rx_delivered - before != packets:
                 raise BenchError("the simulated path lost packets")

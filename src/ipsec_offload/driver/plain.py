@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import partial
 
 from ipsec_offload.driver.ring import DriverEvent, OffloadState, PacketReceived, TxOffload
@@ -26,6 +26,12 @@ class PlainDriver:
         if offload is not None or mss:
             raise UsageError("this device has no ESP offload nor TSO; send without them")
         self._tx.append(frame)
+
+    def xmit_burst(self, frames: Sequence[bytes], offload: TxOffload | None = None) -> None:
+        """Queue frames for the wire, as `xmit` does each."""
+        if offload is not None:
+            raise UsageError("this device has no ESP offload; send without it")
+        self._tx.extend(frames)
 
     def receive(self, frames: Iterable[bytes], now: float) -> None:
         """Frames from the wire: keep those for this MAC, broadcast and multicast (the

@@ -31,6 +31,7 @@ delivers to applications and the outcome of state operations are its own `events
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -71,6 +72,7 @@ from ipsec_offload.wire.ethernet import (
     build_ethernet,
     ethernet_fields,
 )
+from ipsec_offload.wire.frames import build_udp_frames
 from ipsec_offload.wire.ip import (
     IpProto,
     IPv6Header,
@@ -131,6 +133,7 @@ class NetDevice(Protocol):
     hw_tso: bool
 
     def xmit(self, frame: bytes, offload: TxOffload | None = None, mss: int = 0) -> None: ...
+    def xmit_burst(self, frames: Sequence[bytes], offload: TxOffload | None = None) -> None: ...
     def events(self) -> list[DriverEvent]: ...
     def xdo_dev_state_add(self, state: OffloadState, now: float) -> None: ...
     def xdo_dev_state_delete(self, handle: int, now: float) -> None: ...
@@ -329,6 +332,65 @@ class HostStack:
         bytes each (Linux's UDP_SEGMENT), by the NIC when the state allows TSO."""
         self._send_l4(_addr(dst), _UDP, UdpHeader(src_port, dst_port), payload, mss, now)
 
+    def send_udp_burst(
+        self,
+        dst: str | bytes,
+        src_port: int,
+        dst_port: int,
+        payloads: Sequence[bytes],
+        now: float,
+    ) -> None:
+        """Send UDP datagrams from one port to one destination port, as `send_udp` sends each
+        in turn (Linux's sendmmsg): the same frames, counters and state.
+
+        Route, policy, state and neighbour are resolved once for the burst, and the frames
+        built together (`wire.frames.build_udp_frames`) and queued on the device in one call,
+        when the datagrams go out in clear or through an offloaded transport-mode state with
+        room for them all (lifetime, sequence numbers). Any other burst is sent datagram by
+        datagram."""
+        dst_b = _addr(dst)
+        src = self._source(dst_b)
+        mac = self.neighbors.get(dst_b)
+        policy = self._policy(_OUTBOUND, src, dst_b, _UDP)
+        state = None if policy is None else self.states[policy.state]
+        count = len(payloads)
+        if mac is None or (state is not None and not self._room_offloaded(state, count)):
+            for payload in payloads:
+                self.send_udp(dst_b, src_port, dst_port, payload, now)
+            return
+        l2 = self._l2_header(mac, _ETHERTYPE[len(dst_b)])
+        v4 = len(dst_b) == 4
+        ip_id = (self._ip_id + 1) & 0xFFFF
+        esp = None if state is None else (state.spi, state.oseq + 1)
+        try:
+            frames = build_udp_frames(l2, src, dst_b, ip_id, esp, src_port, dst_port, payloads)
+        except UsageError:
+            # say which datagram is wrong as send_udp does, after sending those before it
+            for payload in payloads:
+                self.send_udp(dst_b, src_port, dst_port, payload, now)
+            raise
+        if v4:
+            self._ip_id = (self._ip_id + count) & 0xFFFF
+        if state is None:
+            self.device.xmit_burst(frames)
+            self.counters.tx_plain += count
+            return
+        state.oseq += count
+        state.packets += count
+        state.bytes += UDP_HEADER_LEN * count + sum(map(len, payloads))
+        self.device.xmit_burst(frames, self._tx_offload(state, _UDP, len(l2), 20 if v4 else 40))
+        self.counters.tx_esp_offloaded += count
+
+    def _room_offloaded(self, state: XfrmState, count: int) -> bool:
+        """Whether `count` packets may go down through `state` as an offloaded burst: a
+        transport-mode state the device holds, with the lifetime and sequence numbers for them."""
+        return (
+            state.mode == _TRANSPORT
+            and self._offloaded(state)
+            and (not state.lifetime_packets or state.packets + count <= state.lifetime_packets)
+            and state.oseq + count <= _SEQ_LIMIT[state.esn]
+        )
+
     def send_tcp(
         self,
         dst: str | bytes,
@@ -475,15 +537,22 @@ class HostStack:
             self.device.xmit(frame)
             return
         state, next_header = offload
-        key = (state.handle, next_header, len(l2), len(ip))
-        tx = self._tx_offloads.get(key)
-        if tx is None:
-            tx = self._tx_offloads[key] = TxOffload(*key)
+        tx = self._tx_offload(state, next_header, len(l2), len(ip))
         if tso is None:
             self.device.xmit(frame, tx)
         else:
             self.device.xmit(frame, tx, tso.mss)
             self.counters.tx_tso_sends += 1
+
+    def _tx_offload(
+        self, state: XfrmState, next_header: int, l3_offset: int, esp_offset: int
+    ) -> TxOffload:
+        """The device's offload request for a send of `state`, built once per layout."""
+        key = (state.handle, next_header, l3_offset, esp_offset)
+        tx = self._tx_offloads.get(key)
+        if tx is None:
+            tx = self._tx_offloads[key] = TxOffload(*key)
+        return tx
 
     def _l2_header(self, dst: bytes, ethertype: int) -> bytes:
         """The Ethernet header from this host to `dst`, built once."""
