@@ -26,6 +26,8 @@ from ipsec_offload.wire.config import (
 from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, build_ethernet
 from ipsec_offload.wire.ip import IpProto
 
+pytestmark = pytest.mark.usefixtures("nic_path")
+
 KEY = bytes(range(20))
 HOST = bytes.fromhex("c0000201")
 PEER = bytes.fromhex("c0000202")

@@ -12,7 +12,7 @@ from ipsec_offload.sim.testbed import SaBundle, Testbed
 from ipsec_offload.wire.config import Algorithm
 from ipsec_offload.wire.ip import IpProto
 
-pytestmark = pytest.mark.usefixtures("agent_path", "host_path")
+pytestmark = pytest.mark.usefixtures("agent_path", "nic_path", "host_path")
 
 HOST_MAC, PEER_MAC = "02:00:00:00:01:00", "02:00:00:00:02:00"
 

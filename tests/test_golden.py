@@ -45,7 +45,7 @@ from ipsec_offload.wire.config import (
 from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, build_ethernet
 from tools import tshark_decode
 
-pytestmark = pytest.mark.usefixtures("agent_path")
+pytestmark = pytest.mark.usefixtures("agent_path", "nic_path")
 
 # -- (a) the golden model reproduces the simulation ---------------------------------------
 

@@ -268,7 +268,7 @@ class Sender:
         elif kind == "truncated":
             frame = frame[: choose(0, len(frame) - 1)]
         elif kind == "short_esp":
-            frame = ether(ip_packet(sa.src, sa.dst, IpProto.ESP, frame[-choose(16, 33) :]))
+            frame = ether(ip_packet(sa.src, sa.dst, IpProto.ESP, frame[-choose(8, 33) :]))
         elif kind == "wrong_spi":
             frame = esp_frame(Sa(9, 0x999, sa.src, sa.dst), 1, payload)
         elif kind == "not_for_us":
@@ -346,6 +346,21 @@ def test_every_kind_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
         burst = [sender.event(kind, sa, b"%s %d" % (kind.encode(), now), low) for sa in SAS]
         burst += [sender.event("valid", sa, b"then", low) for sa in SAS]
         same(burst, fast, reference, float(now))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("length", [8, 12, 15, 16])
+def test_an_esp_packet_too_short_for_its_iv_is_a_counted_drop(
+    fast: bool, length: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack = make_stack(fast, monkeypatch)
+    sa = SAS[0]
+    body = esp_header(sa.spi, 1) + bytes(length - 8)
+    events, error = run(stack, [(ether(ip_packet(sa.src, sa.dst, IpProto.ESP, body)), None)], 0.0)
+    assert (events, error) == ([], None)
+    # 16 bytes hold the IV but no ICV: the ICV check fails, as any forgery's does
+    reason = "in_auth_failed" if length == 16 else "esp_malformed"
+    assert stack.counters.drops == {reason: 1}
 
 
 # -- routing -----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, VlanTag, buil
 from ipsec_offload.wire.mailbox import MailboxMessage, MbxOpcode, build_mailbox, parse_mailbox
 from ipsec_offload.wire.metadata import RxStatus
 
-pytestmark = pytest.mark.usefixtures("agent_path")
+pytestmark = pytest.mark.usefixtures("agent_path", "nic_path")
 
 KEK = bytes(range(100, 116))
 AGENT_MAC = bytes.fromhex("020000000001")

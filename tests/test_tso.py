@@ -54,6 +54,8 @@ from ipsec_offload.wire.transport import (
     transport_checksum,
 )
 
+pytestmark = pytest.mark.usefixtures("nic_path")
+
 SRC_MAC, DST_MAC = bytes.fromhex("020000000100"), bytes.fromhex("020000000200")
 ADDRS = {
     4: (ipaddress.ip_address("192.0.2.1").packed, ipaddress.ip_address("192.0.2.2").packed),

@@ -38,7 +38,7 @@ from ipsec_offload.wire.ip import IpProto
 from ipsec_offload.wire.transport import TcpFlags
 from tools import scapy_sa, tshark_decode
 
-pytestmark = pytest.mark.usefixtures("agent_path")
+pytestmark = pytest.mark.usefixtures("agent_path", "nic_path")
 
 HOST_MAC, PEER_MAC = "02:00:00:00:01:00", "02:00:00:00:02:00"
 SEQ_MASK = 0xFFFF_FFFF

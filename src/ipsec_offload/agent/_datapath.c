@@ -68,7 +68,7 @@ static PyObject *vlan_key(const Frame *f) {
  * line each: the key's hash, the key packed into 40 bytes, the SA. Its size is the power of two
  * at least twice the SAD's capacity, so it is never more than half full; open addressing with
  * linear probing, deletion by shifting the next slots back (no tombstones). A burst is looked
- * up in two passes: the first hashes every frame's keys and prefetches their slots, the second
+ * up in passes: the first hashes every frame's keys, the second loads their slots, the third
  * probes them in order. The memory latency of a large table then overlaps across the burst, as
  * a hardware pipeline keeps many lookups in flight; the second pass is the real lookup, so a
  * change to the SAD between two frames of a burst is seen as it happens. */
@@ -142,17 +142,25 @@ typedef struct {
     uint64_t hash[2];
 } Probe;
 
-/* Prefetch a hashed probe's slots: the first pass over a burst. The naive key is only looked
- * at while some SA is under one. */
-static void probe_prefetch(const SadTable *t, const Probe *p) {
-    /* at half load a probe goes on to the next slot about a third of the time */
-    __builtin_prefetch(&t->slots[p->hash[0] & t->mask]);
-    __builtin_prefetch(&t->slots[(p->hash[0] + 1) & t->mask]);
-    if (t->naive)
-        __builtin_prefetch(&t->slots[p->hash[1] & t->mask]);
+/* Bring a burst's slots into the cache, between hashing and probing: the slot of each probe
+ * and the next (at half load a probe goes on to the next slot about a third of the time), and
+ * the naive key's while some SA is under one. Plain loads in a tight loop, so that the
+ * processor keeps many misses in flight: on the virtual machines measured, prefetch
+ * instructions to a large table were dropped (docs/performance.md). */
+static void touch_slots(const SadTable *t, const Probe *probes, Py_ssize_t n) {
+    volatile uint64_t sink;
+    uint64_t seen = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t h = probes[i].hash[0];
+        seen += t->slots[h & t->mask].hash + t->slots[(h + 1) & t->mask].hash;
+        if (t->naive)
+            seen += t->slots[probes[i].hash[1] & t->mask].hash;
+    }
+    sink = seen;
+    (void)sink;
 }
 
-/* SecurityAssociationDatabase.lookup of a prefetched probe: the extended key first, then
+/* SecurityAssociationDatabase.lookup of a hashed probe: the extended key first, then
  * the naive key. The SA's slot, or NULL when there is no SA. */
 static const Slot *probe_slot(const SadTable *t, const Probe *p) {
     const Slot *slot = table_find(t, p->key[0], p->hash[0]);
@@ -266,8 +274,8 @@ static PyObject *SadTable_get(SadTable *self, PyObject *tuple) {
 
 /* The SA index of each packet key (direction, SPI, destination, MAC, VLAN key) of a burst
  * (0: none), as the engine's lookup stage yields it: the extended key first, then the naive
- * key. In two passes, so that the cache misses of a large table overlap across the burst:
- * hash every key and prefetch its slots, then probe them. */
+ * key. In passes, so that the cache misses of a large table overlap across the burst: hash
+ * every key, bring their slots into the cache, then probe them. */
 static PyObject *SadTable_lookup_burst(SadTable *self, PyObject *keys) {
     Py_ssize_t n;
     Probe *probes = NULL;
@@ -290,8 +298,8 @@ static PyObject *SadTable_lookup_burst(SadTable *self, PyObject *keys) {
             goto done;
         probes[i].hash[0] = key_hash(probes[i].key[0]);
         probes[i].hash[1] = key_hash(probes[i].key[1]);
-        probe_prefetch(self, &probes[i]);
     }
+    touch_slots(self, probes, n);
     result = PyList_New(n);
     for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
         const Slot *slot = probe_slot(self, &probes[i]);
@@ -763,18 +771,26 @@ error:
 
 typedef PyObject *(*FrameFn)(Datapath *, PyObject *);
 
-/* The first pass over a burst (see the SAD table): prefetch the SAD slots of its frames. */
-static void prefetch_slots(Datapath *self, PyObject *frames, int tx) {
+/* The first passes over a burst (see the SAD table): hash its frames' SAD keys and bring their
+ * slots into the cache. */
+static int cache_slots(Datapath *self, PyObject *frames, int tx) {
     Frame f;
     uint32_t word;
-    Probe p;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(frames); i++) {
+    Py_ssize_t n = 0, size = PyList_GET_SIZE(frames);
+    Probe *probes = PyMem_Malloc(sizeof *probes * (size_t)(size ? size : 1));
+    if (probes == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < size; i++) {
         PyObject *frame = PyList_GET_ITEM(frames, i);
         if (tx ? tx_headers(self, frame, &f, &word) : rx_headers(self, frame, &f))
             continue;
-        frame_probe(&f, tx ? DIR_OUTBOUND : DIR_INBOUND, tx ? f.p + 6 : f.p, &p);
-        probe_prefetch(self->table, &p);
+        frame_probe(&f, tx ? DIR_OUTBOUND : DIR_INBOUND, tx ? f.p + 6 : f.p, &probes[n++]);
     }
+    touch_slots(self->table, probes, n);
+    PyMem_Free(probes);
+    return 0;
 }
 
 static int count(PyObject *counters, PyObject *key, Py_ssize_t n) {
@@ -813,10 +829,10 @@ static PyObject *burst(Datapath *self, PyObject *args, FrameFn fn, PyObject *cou
         PyErr_SetString(PyExc_IndexError, "start must be 0..len(frames)");
         return NULL;
     }
-    /* a burst is prefetched once, by the call that starts it; the calls that go on after a
-     * frame the reference path took find the rest of it prefetched already */
-    if (start == 0)
-        prefetch_slots(self, frames, fn == tx_frame);
+    /* a burst's slots are cached once, by the call that starts it; the calls that go on
+     * after a frame the reference path took find the rest of them cached already */
+    if (start == 0 && cache_slots(self, frames, fn == tx_frame))
+        return NULL;
     for (i = start; i < n; i++) {
         PyObject *frame = PyList_GET_ITEM(frames, i);
         Py_INCREF(frame);

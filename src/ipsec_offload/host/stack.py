@@ -693,6 +693,10 @@ class HostStack:
         except ParseError:
             self.counters.drop("esp_malformed")
             return
+        if len(body) < _ESP_HEADER_END:
+            # RFC 4106 section 3.1: the 8-byte IV follows the ESP header
+            self.counters.drop("esp_malformed")
+            return
         state = self._inbound.get((spi, dst))
         if state is None:
             self.counters.drop("in_no_state")
