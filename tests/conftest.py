@@ -26,28 +26,30 @@ def agent_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.fixture(params=["fast path", "reference path"])
 def nic_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test twice: with the NIC's compiled Tx fast path (where the common descriptors go,
-    and which builds the descriptors of `RingDriver.xmit_burst`), and with every descriptor
-    through the Python reference path (a package built without the fast path)."""
-    if request.param == "fast path":
-        from ipsec_offload.nic.fastpath import TX_PATH_BUILT
+    """Run a test twice: with the NIC's compiled fast paths (the Tx path, where the common
+    descriptors go and which builds the descriptors of `RingDriver.xmit_burst`, and the receive
+    filter of `PlainDriver`), and with every descriptor and received frame through the Python
+    reference path (NICs and plain drivers made as in a package built without them)."""
+    from ipsec_offload.nic import fastpath
 
-        require_built(TX_PATH_BUILT, "the NIC's compiled Tx fast path")
+    if request.param == "fast path":
+        require_built(fastpath.NIC_PATH_BUILT, "the NIC's compiled module (nic/_nicpath.c)")
     else:
-        monkeypatch.setattr("ipsec_offload.nic.fastpath.TxPath", None)
+        monkeypatch.setattr(fastpath, "TxPath", None)
+        monkeypatch.setattr(fastpath, "plain_receive", None)
     return str(request.param)
 
 
 @pytest.fixture(params=["host fast path", "host reference path"])
 def host_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test twice: with the host stack's compiled receive path (where the common packets
-    go), and with every event and frame through the Python reference path (stacks and plain
-    drivers made while it is off, as where the package was built without it)."""
+    go), and with every event through the Python reference path (stacks made while it is off,
+    as where the package was built without it). A plain driver's receive filter is the NIC's:
+    `nic_path` runs it both ways."""
     from ipsec_offload.host import fastpath
 
     if request.param == "host fast path":
         require_built(fastpath.RX_PATH_BUILT, "the host stack's compiled receive path")
     else:
         monkeypatch.setattr(fastpath, "RxPath", None)
-        monkeypatch.setattr(fastpath, "receive", None)
     return str(request.param)

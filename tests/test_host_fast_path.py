@@ -1,8 +1,10 @@
 """The host stack's compiled receive path (host/_rxpath.c) against the Python reference path.
 
 The frames are built with the project's own sealing code (`esp_seal`), checked once against
-scapy's SecurityAssociation. Two stacks with the same states, one made with the compiled path
+scapy's SecurityAssociation. Two stacks with the same states, one made with the compiled paths
 and one without, take the same bursts and must end with the same events, counters and state.
+The stacks' PlainDriver keeps its frames with the NIC's compiled receive filter
+(nic/_nicpath.c, tested on its own in test_nic_fast_path.py), or without it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ipsec_offload.driver.ring import PacketReceived
 from ipsec_offload.host import fastpath
 from ipsec_offload.host.stack import Delivered, HostStack
 from ipsec_offload.host.xfrm import Mode, XfrmPolicy, XfrmState
+from ipsec_offload.nic import fastpath as nic_fastpath
 from ipsec_offload.wire.config import Algorithm, Direction
 from ipsec_offload.wire.esp import esp_header
 from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, VlanTag, build_ethernet
@@ -109,7 +112,7 @@ def make_stack(fast: bool, monkeypatch: pytest.MonkeyPatch) -> HostStack:
     with monkeypatch.context() as patch:
         if not fast:
             patch.setattr(fastpath, "RxPath", None)
-            patch.setattr(fastpath, "receive", None)
+            patch.setattr(nic_fastpath, "plain_receive", None)  # the PlainDriver's filter
         stack = HostStack(
             "host", PlainDriver(HOST_MAC), HOST_MAC, ipv4="192.0.2.2", ipv6="2001:db8::2"
         )
@@ -546,21 +549,3 @@ def test_the_frames_are_those_scapy_seals(monkeypatch: pytest.MonkeyPatch) -> No
     events, error = run(stack, [(esp_frame(sa, 1, b"warm"), None), (ours, None)], 0.0)
     assert error is None
     assert [e.payload for e in events if isinstance(e, Delivered)] == [b"warm", payload]
-
-
-@pytest.mark.parametrize(
-    "frames",
-    [
-        [b"\x01" * 20, HOST_MAC + b"rest", b"\x02" * 30, b"\x01", bytearray(HOST_MAC + b"x")],
-        [HOST_MAC[:3], HOST_MAC, b"\xff" * 6, b"\x00" * 6 + b"tail"],
-    ],
-)
-def test_plain_driver_keeps_the_same_frames_both_ways(
-    frames: list[bytes], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    fast = PlainDriver(HOST_MAC)
-    monkeypatch.setattr(fastpath, "receive", None)
-    reference = PlainDriver(HOST_MAC)
-    fast.receive(iter(frames), 0.0)
-    reference.receive(frames, 0.0)
-    assert fast.events() == reference.events()

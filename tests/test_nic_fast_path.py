@@ -1,8 +1,8 @@
-"""The NIC's compiled Tx fast path against the Python reference path: two NICs with the same
-VSIs get the same bursts of descriptors, and must give the same frames toward the agent, the
-same Rx descriptors, in the same order, and the same counters, whatever the descriptors are:
-common, spoofed, switched, flooded, TSO or broken. And `RingDriver.xmit_burst` against a loop
-of `xmit`."""
+"""The NIC's compiled fast paths (nic/_nicpath.c) against the Python reference path: two NICs
+with the same VSIs get the same bursts of descriptors, and must give the same frames toward the
+agent, the same Rx descriptors, in the same order, and the same counters, whatever the
+descriptors are: common, spoofed, switched, flooded, TSO or broken. And `RingDriver.xmit_burst`
+against a loop of `xmit`, and a `PlainDriver`'s receive filter against its Python one."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ipsec_offload.crypto.esp import explicit_iv
-from ipsec_offload.driver.ring import RingDriver, TxOffload
+from ipsec_offload.driver.plain import PlainDriver
+from ipsec_offload.driver.ring import PacketReceived, RingDriver, TxOffload
 from ipsec_offload.errors import UsageError
 from ipsec_offload.nic import fastpath
 from ipsec_offload.nic.descriptors import TxDescriptor
@@ -171,7 +172,7 @@ def _apply(nic: Nic, step: tuple[str, int, Any]) -> tuple[Any, ...]:
 @given(mode=st.sampled_from(SwitchMode), steps=st.lists(_step(), max_size=8))
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_fast_path_equals_reference(mode: SwitchMode, steps: list[tuple[str, int, Any]]) -> None:
-    require_built(fastpath.TX_PATH_BUILT, "the NIC's compiled Tx fast path")
+    require_built(fastpath.NIC_PATH_BUILT, "the NIC's compiled module (nic/_nicpath.c)")
     fast = _nic(mode)
     with _reference_only():
         reference = _nic(mode)
@@ -227,7 +228,7 @@ def _reference_calls(nic: Nic, monkeypatch: pytest.MonkeyPatch) -> list[TxDescri
 def test_common_descriptors_take_the_fast_path(
     mode: SwitchMode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    require_built(fastpath.TX_PATH_BUILT, "the NIC's compiled Tx fast path")
+    require_built(fastpath.NIC_PATH_BUILT, "the NIC's compiled module (nic/_nicpath.c)")
     nic = _nic(mode)
     calls = _reference_calls(nic, monkeypatch)
     to_me = TxDescriptor(_frame(PF_MAC, PF_MAC, (), b"x"))  # its own address: to the agent
@@ -281,7 +282,7 @@ TAGS_3 = PEER_MAC + OPEN_MAC + struct.pack("!HH", 0x8100, 30) * 3 + b"\x08\x00xy
 def test_unusual_descriptors_take_the_reference_path(
     desc: TxDescriptor, mode: SwitchMode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    require_built(fastpath.TX_PATH_BUILT, "the NIC's compiled Tx fast path")
+    require_built(fastpath.NIC_PATH_BUILT, "the NIC's compiled module (nic/_nicpath.c)")
     nic = _nic(mode)
     common = TxDescriptor(_frame(PEER_MAC, OPEN_MAC, (), b"common"), WORD)
     calls = _reference_calls(nic, monkeypatch)
@@ -303,7 +304,7 @@ def test_unusual_descriptors_take_the_reference_path(
 def test_spoofed_descriptors_take_the_reference_path(
     desc: TxDescriptor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    require_built(fastpath.TX_PATH_BUILT, "the NIC's compiled Tx fast path")
+    require_built(fastpath.NIC_PATH_BUILT, "the NIC's compiled module (nic/_nicpath.c)")
     nic = _nic()
     calls = _reference_calls(nic, monkeypatch)
     nic.transmit(0, [_common(), desc, _common()])
@@ -314,7 +315,7 @@ def test_spoofed_descriptors_take_the_reference_path(
 def test_each_destination_of_a_burst_is_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same MAC on other VLANs is another address: VF_MAC untagged is no VSI's, on VLAN
     10 or 20 it is a VSI's, and the switch keeps those frames inside the NIC."""
-    require_built(fastpath.TX_PATH_BUILT, "the NIC's compiled Tx fast path")
+    require_built(fastpath.NIC_PATH_BUILT, "the NIC's compiled module (nic/_nicpath.c)")
     nic = _nic()
     descs = [TxDescriptor(_frame(VF_MAC, OPEN_MAC, v, b"x")) for v in ((), V10, (), V20, ())]
     calls = _reference_calls(nic, monkeypatch)
@@ -327,7 +328,7 @@ def test_each_destination_of_a_burst_is_looked_up(monkeypatch: pytest.MonkeyPatc
 def test_a_vsi_the_fast_path_cannot_read_sends_everything_to_the_reference_path(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    require_built(fastpath.TX_PATH_BUILT, "the NIC's compiled Tx fast path")
+    require_built(fastpath.NIC_PATH_BUILT, "the NIC's compiled module (nic/_nicpath.c)")
     nic = _nic()
     nic.vsi(0).mac = bytearray(PF_MAC)  # type: ignore[assignment]
     calls = _reference_calls(nic, monkeypatch)
@@ -343,7 +344,7 @@ def test_no_fast_path_for_a_metadata_ethertype_beyond_16_bits() -> None:
 
 
 def test_descriptors_built_in_c_are_tx_descriptors() -> None:
-    require_built(fastpath.TX_PATH_BUILT, "the NIC's compiled Tx fast path")
+    require_built(fastpath.NIC_PATH_BUILT, "the NIC's compiled module (nic/_nicpath.c)")
     frames = [b"a" * 20, b"b" * 30]
     descs = fastpath.TxPath(TxDescriptor).descriptors(frames, WORD)
     assert descs == [TxDescriptor(f, WORD, 0) for f in frames]
@@ -355,7 +356,7 @@ def test_descriptors_built_in_c_are_tx_descriptors() -> None:
 
 
 def test_tx_path_refuses_types_it_cannot_build() -> None:
-    require_built(fastpath.TX_PATH_BUILT, "the NIC's compiled Tx fast path")
+    require_built(fastpath.NIC_PATH_BUILT, "the NIC's compiled module (nic/_nicpath.c)")
 
     @dataclass(frozen=True)
     class NoSlots:
@@ -432,7 +433,7 @@ def test_xmit_burst_descriptors_go_through_the_nic(nic_path: str) -> None:
 
 
 def test_tx_path_pickles_and_checks_it_was_initialised() -> None:
-    require_built(fastpath.TX_PATH_BUILT, "the NIC's compiled Tx fast path")
+    require_built(fastpath.NIC_PATH_BUILT, "the NIC's compiled module (nic/_nicpath.c)")
     path = pickle.loads(pickle.dumps(fastpath.TxPath(TxDescriptor)))
     assert path.descriptors([b"x"], None) == [TxDescriptor(b"x")]
     bare = fastpath.TxPath.__new__(fastpath.TxPath)
@@ -450,3 +451,36 @@ def test_a_nic_and_a_driver_pickle(nic_path: str) -> None:
         nic.transmit(0, driver.tx_descriptors())
     )
     assert nic2.dump() == nic.dump()
+
+
+# -- a plain NIC's receive filter (PlainDriver) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [b"\x01" * 20, PF_MAC + b"rest", b"\x02" * 30, b"\x01", bytearray(PF_MAC + b"x")],
+        [PF_MAC[:3], PF_MAC, b"\xff" * 6, b"\x00" * 6 + b"tail"],
+    ],
+)
+def test_plain_driver_keeps_the_same_frames_both_ways(
+    frames: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    require_built(fastpath.NIC_PATH_BUILT, "the NIC's compiled module (nic/_nicpath.c)")
+    fast = PlainDriver(PF_MAC)
+    monkeypatch.setattr(fastpath, "plain_receive", None)
+    reference = PlainDriver(PF_MAC)
+    fast.receive(iter(frames), 0.0)
+    reference.receive(frames, 0.0)
+    assert fast.events() == reference.events()
+
+
+def test_plain_driver_events_are_the_dataclasses_the_python_path_makes() -> None:
+    require_built(fastpath.NIC_PATH_BUILT, "the NIC's compiled module (nic/_nicpath.c)")
+    frame = PF_MAC + PEER_MAC + b"\x08\x00payload"
+    driver = PlainDriver(PF_MAC)
+    driver.receive([frame, PEER_MAC + PF_MAC + b"not for us"], 0.0)
+    events = driver.events()
+    assert events == [PacketReceived(frame, None)]
+    assert type(events[0]) is PacketReceived
+    assert hash(events[0]) == hash(PacketReceived(frame, None))

@@ -20,10 +20,11 @@
  * Python objects the reference path uses (SecurityAssociation, ReplayWindow, EspAead): both
  * paths read and write the same state, and the AEAD is the `cryptography` package's AESGCM.
  * The tests run every agent test both ways and compare the two paths byte for byte. What an
- * inbound frame's opening shares with the host stack's fast path (frame parsing, the slots of
- * Python objects, the replay window, the AEAD call, the trailer) is in esp_open.h.
+ * inbound frame's opening shares with the host stack's fast path (frame parsing, the replay
+ * window, the AEAD call, the trailer) is in esp_open.h; the slots of Python objects are
+ * pyslots.h's, network byte order wire/byteorder.h's.
  */
-#include "esp_open.h"
+#include "agent/esp_open.h"
 #ifdef __linux__
 #include <sys/mman.h>
 #endif

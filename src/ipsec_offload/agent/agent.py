@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ from ipsec_offload.agent.sad import (
     SecurityAssociation,
     SecurityAssociationDatabase,
 )
+from ipsec_offload.burst import reference_items
 from ipsec_offload.crypto.esp import esp_open, esp_seal_parts
 from ipsec_offload.crypto.gcm import EspAead
 from ipsec_offload.crypto.keywrap import unwrap_key
@@ -563,17 +564,14 @@ class IpsecAgent:
 
 def _reference_frames(
     frames: Iterable[bytes], fast: _Burst | None, out: list[bytes]
-) -> Iterator[bytes]:
+) -> Iterable[bytes]:
     """The frames of a burst that the reference path must handle, in order: with the fast
-    path, it handles each run of common frames (appending to `out`) and yields the others."""
+    path, it handles each run of common frames (appending to `out`) and yields the others
+    (`reference_items`, over the frames as a list)."""
     if fast is None:
-        yield from frames
-        return
+        return frames
     burst = frames if type(frames) is list else list(frames)
-    position = 0
-    while (position := fast(burst, position, out)) < len(burst):
-        yield burst[position]
-        position += 1
+    return reference_items(burst, lambda items, start: fast(items, start, out))
 
 
 _HANDLERS: dict[int, _Handler] = {

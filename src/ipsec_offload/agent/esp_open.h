@@ -2,10 +2,9 @@
  * (agent/_datapath.c) and of the host stack (host/_rxpath.c).
  *
  * Theory of operation: both fast paths work directly on the Python objects their reference
- * paths use, so that the two paths read and write one state. An object's fields are its class's
- * `__slots__`: `slot_offset` reads where a slot lies from the class's member descriptor once,
- * and a slot is then read and written as CPython's own descriptor does. The pieces here are
- * those of RFC 4303 inbound processing that do not depend on whose frame it is:
+ * paths use, so that the two paths read and write one state, through the objects' slots
+ * (pyslots.h); fields of a frame are read in network byte order (wire/byteorder.h). The
+ * pieces here are those of RFC 4303 inbound processing that do not depend on whose frame it is:
  *
  *   - `parse_vlans` and `locate_esp`: the L2 header (at most two VLAN tags) and the IPv4
  *     (options allowed, header checksum verified, not a fragment) or IPv6 (ESP the first next
@@ -25,9 +24,11 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "pyslots.h"
+#include "wire/byteorder.h"
 
 #define ETH_IPV4 0x0800u
 #define ETH_IPV6 0x86DDu
@@ -40,29 +41,6 @@
 #define SALT_LEN 4
 #define ESP_TRAILER_LEN 2
 #define MAX_VLANS 2
-
-static inline unsigned rd16(const uint8_t *p) { return (unsigned)p[0] << 8 | p[1]; }
-
-static inline uint32_t rd32(const uint8_t *p) {
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static inline uint64_t rd64(const uint8_t *p) { return (uint64_t)rd32(p) << 32 | rd32(p + 4); }
-
-static inline void wr16(uint8_t *p, unsigned v) {
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static inline void wr32(uint8_t *p, uint32_t v) {
-    wr16(p, v >> 16);
-    wr16(p + 2, v & 0xFFFF);
-}
-
-static inline void wr64(uint8_t *p, uint64_t v) {
-    wr32(p, (uint32_t)(v >> 32));
-    wr32(p + 4, (uint32_t)v);
-}
 
 /* -- frames ---------------------------------------------------------------------------- */
 
@@ -146,55 +124,6 @@ static int locate_esp(Frame *f, Py_ssize_t esp_off) {
     f->esp_start = f->l3 + offset;
     f->ip_end = f->l3 + ip_len;
     return 0;
-}
-
-/* -- the slots of Python objects ----------------------------------------------------------- */
-
-/* Where the slot `name` of `type`'s objects lies: 0, or -1 with an error set when `name` is
- * not a `__slots__` entry of `type`. */
-static int slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *offset) {
-    PyObject *descr = PyObject_GetAttrString((PyObject *)type, name);
-    if (descr == NULL)
-        return -1;
-    if (Py_TYPE(descr) != &PyMemberDescr_Type ||
-        ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
-        PyErr_Format(PyExc_TypeError, "%s.%s must be a __slots__ entry", type->tp_name, name);
-        Py_DECREF(descr);
-        return -1;
-    }
-    *offset = ((PyMemberDescrObject *)descr)->d_member->offset;
-    Py_DECREF(descr);
-    return 0;
-}
-
-/* A slot of `obj`: a borrowed reference, NULL when the slot is empty. */
-static inline PyObject *slot_get(PyObject *obj, Py_ssize_t offset) {
-    return *(PyObject **)((char *)obj + offset);
-}
-
-/* An unsigned 64-bit slot; -1 (error cleared) when it is not one. */
-static int slot_u64(PyObject *obj, Py_ssize_t offset, uint64_t *out) {
-    PyObject *value = slot_get(obj, offset);
-    if (value == NULL || !PyLong_CheckExact(value))
-        return -1;
-    *out = PyLong_AsUnsignedLongLong(value);
-    if (*out == (uint64_t)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return -1;
-    }
-    return 0;
-}
-
-/* Set a slot to a new reference (stolen); -1 when `value` is NULL (an error is set). */
-static int slot_set(PyObject *obj, Py_ssize_t offset, PyObject *value) {
-    if (value == NULL)
-        return -1;
-    Py_XSETREF(*(PyObject **)((char *)obj + offset), value);
-    return 0;
-}
-
-static int slot_set_u64(PyObject *obj, Py_ssize_t offset, uint64_t v) {
-    return slot_set(obj, offset, PyLong_FromUnsignedLongLong(v));
 }
 
 /* -- ReplayWindow and EspAead -------------------------------------------------------------- */

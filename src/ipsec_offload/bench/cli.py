@@ -41,7 +41,7 @@ def bench(out: Path, quick: bool, markdown: bool) -> None:
     click.echo(
         f"{machine['cpus']} processors, {machine['cpu']}, {machine['python']},"
         f" cryptography {machine['cryptography']}, scapy {machine['scapy']};"
-        f" agent fast path {machine['agent fast path']}"
+        f" fast paths {machine['fast paths']}"
     )
     click.echo(table(results, markdown))
     with_target = targets(results)

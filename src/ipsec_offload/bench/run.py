@@ -23,6 +23,9 @@ from ipsec_offload.agent.fastpath import FAST_PATH_BUILT
 from ipsec_offload.bench import workloads
 from ipsec_offload.bench.traffic import BenchError, agent_with_sa, packet
 from ipsec_offload.bench.workloads import Prepare
+from ipsec_offload.host.fastpath import RX_PATH_BUILT
+from ipsec_offload.nic.fastpath import NIC_PATH_BUILT
+from ipsec_offload.wire import frames, ip
 from ipsec_offload.wire.config import Algorithm, Direction
 
 SA_MEMORY_BUDGET = 1536
@@ -155,7 +158,7 @@ def race(timed: Mapping[str, Prepare], rounds: int) -> dict[str, float]:
 
 def machine() -> dict[str, str]:
     """What the run ran on: processors available, CPU model, Python, cryptography, scapy,
-    and whether the agent's compiled fast path is built."""
+    and which compiled fast paths are built."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
@@ -172,8 +175,24 @@ def machine() -> dict[str, str]:
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "cryptography": version("cryptography"),
         "scapy": version("scapy"),
-        "agent fast path": "compiled" if FAST_PATH_BUILT else "not built (reference path only)",
+        "fast paths": _fast_paths(),
     }
+
+
+def _fast_paths() -> str:
+    """Which compiled fast paths the package was built with (docs/architecture.md)."""
+    built = {
+        "agent": FAST_PATH_BUILT,
+        "NIC": NIC_PATH_BUILT,
+        "host receive": RX_PATH_BUILT,
+        "UDP frames": frames.build_udp_frames is not frames.reference_build_udp_frames,
+        "checksum": ip.internet_checksum is not ip.reference_internet_checksum,
+    }
+    compiled = [name for name, yes in built.items() if yes]
+    missing = [name for name, yes in built.items() if not yes]
+    if not missing:
+        return "all compiled (" + ", ".join(compiled) + ")"
+    return "not built: " + ", ".join(missing) + " (their reference paths run instead)"
 
 
 def run_benchmark(

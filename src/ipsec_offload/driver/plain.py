@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from functools import partial
 
+from ipsec_offload.burst import reference_items
 from ipsec_offload.driver.ring import DriverEvent, OffloadState, PacketReceived, TxOffload
 from ipsec_offload.errors import UsageError
-from ipsec_offload.host import fastpath
+from ipsec_offload.nic import fastpath
 
 
 class PlainDriver:
@@ -20,7 +21,7 @@ class PlainDriver:
         self.mac = mac
         self._tx: list[bytes] = []
         self._events: list[DriverEvent] = []
-        self._fast_receive = fastpath.receive
+        self._fast_receive = fastpath.plain_receive
 
     def xmit(self, frame: bytes, offload: TxOffload | None = None, mss: int = 0) -> None:
         if offload is not None or mss:
@@ -35,10 +36,11 @@ class PlainDriver:
 
     def receive(self, frames: Iterable[bytes], now: float) -> None:
         """Frames from the wire: keep those for this MAC, broadcast and multicast (the
-        compiled receive path, where there is one, keeps the common ones)."""
+        NIC's compiled receive filter, `nic.fastpath.plain_receive`, where there is one, keeps
+        the common ones)."""
         fast = self._fast_receive
         burst = None if fast is None else partial(fast, self.mac, self._events, PacketReceived)
-        for frame in fastpath.reference_items(list(frames), burst):
+        for frame in reference_items(list(frames), burst):
             if frame[:6] == self.mac or frame[0] & 1:
                 self._events.append(PacketReceived(frame, None))
 

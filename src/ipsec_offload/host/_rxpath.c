@@ -3,23 +3,20 @@
  * Theory of operation: a software ESP peer spends its receive time in per-packet Python
  * (parsing, the replay window, the AEAD call, the checksum, building the event objects). This
  * module does that work for the common case and leaves every other case to the Python
- * reference path, as the agent's fast path (agent/_datapath.c) does for the agent:
- *
- *   `receive` is PlainDriver.receive: each bytes frame for the driver's MAC, broadcast or
- *       multicast becomes a PacketReceived(frame, None);
- *   `RxPath.burst` is HostStack.poll for a PacketReceived whose frame is untagged or VLAN
- *       (at most two tags) IPv4 (options allowed, checksum right, not a fragment) or IPv6 (ESP
- *       the first next header) ESP to one of the host's addresses, that the agent did not
- *       decrypt (no Rx metadata, or metadata without IPsec or with a status other than OK,
- *       such as NO_SA), whose SPI and destination name an inbound transport-mode state with
- *       its cipher context made (the reference path makes it on the state's first packet),
- *       whose sequence number is above the replay window (the in-order case; with ESN, a
- *       window within one 2^32 subspace), whose ICV verifies and padding is right, and whose
- *       payload is a UDP datagram with a right length and checksum that the inbound policies
- *       admit through that state. It appends the Delivered event and updates the state
- *       (replay window, packets, bytes) and the counters (rx_esp_software, rx_delivered) as
- *       the reference path does. No lifetime is checked: the reference path checks none on
- *       receive either.
+ * reference path, as the agent's fast path (agent/_datapath.c) does for the agent.
+ * `RxPath.burst` is HostStack.poll for a PacketReceived whose frame is untagged or VLAN (at
+ * most two tags) IPv4 (options allowed, checksum right, not a fragment) or IPv6 (ESP the first
+ * next header) ESP to one of the host's addresses, that the agent did not decrypt (no Rx
+ * metadata, or metadata without IPsec or with a status other than OK, such as NO_SA), whose
+ * SPI and destination name an inbound transport-mode state with its cipher context made (the
+ * reference path makes it on the state's first packet), whose sequence number is above the
+ * replay window (the in-order case; with ESN, a window within one 2^32 subspace), whose ICV
+ * verifies and padding is right, and whose payload is a UDP datagram with a right length and
+ * checksum that the inbound policies admit through that state. It appends the Delivered event
+ * and updates the state (replay window, packets, bytes) and the counters (rx_esp_software,
+ * rx_delivered) as the reference path does. No lifetime is checked: the reference path checks
+ * none on receive either. (The MAC filter of a PlainDriver's received frames, before the
+ * stack, is the NIC's: nic/_nicpath.c.)
  *
  * At the first event that is anything else a call returns its position, and the Python path
  * takes that one event. An event is only committed (state, counters, output) once this module
@@ -29,10 +26,12 @@
  * filled here. The policy check is the stack's own (`admits`), asked once per (state, source,
  * destination) within a call and remembered only for that call, so a policy change between
  * two calls is always seen. Frame parsing, the replay window, the AEAD call and the trailer
- * check are shared with the agent (agent/esp_open.h); the checksum is wire/checksum.h's.
+ * check are shared with the agent (agent/esp_open.h); the slots are read and written with
+ * pyslots.h, and the checksum is wire/checksum.h's.
  */
-#include "../agent/esp_open.h"
-#include "checksum.h"
+#include "agent/esp_open.h"
+#include "pyslots.h"
+#include "wire/checksum.h"
 
 #define PROTO_UDP 17u
 #define UDP_HEADER_LEN 8
@@ -61,81 +60,6 @@ static const char *const delivered_names[D_FIELDS] = {
     "time", "protocol", "src", "dst", "src_port", "dst_port", "payload", "state", "offloaded",
     "tcp_seq", "tcp_flags",
 };
-
-/* The offsets of `n` named slots of `type`: 0, or -1 with an error set. */
-static int slot_offsets(PyTypeObject *type, const char *const *names, int n,
-                        Py_ssize_t *offsets) {
-    for (int i = 0; i < n; i++)
-        if (slot_offset(type, names[i], &offsets[i]))
-            return -1;
-    return 0;
-}
-
-/* A new frozen dataclass instance of `type` with `values` (stolen, all non-NULL) in the slots
- * at `offsets`, as its __init__ would leave it; NULL (and every value released) on error. */
-static PyObject *new_record(PyTypeObject *type, const Py_ssize_t *offsets, PyObject **values,
-                            int n) {
-    PyObject *record = NULL;
-    int complete = 1;
-    for (int i = 0; i < n; i++)
-        complete &= values[i] != NULL;
-    if (complete)
-        record = type->tp_alloc(type, 0);
-    for (int i = 0; i < n; i++) {
-        if (record != NULL)
-            *(PyObject **)((char *)record + offsets[i]) = values[i];
-        else
-            Py_XDECREF(values[i]);
-    }
-    return record;
-}
-
-/* -- PlainDriver.receive ------------------------------------------------------------------- */
-
-/* frames[start:] onto `events` as PlainDriver.receive keeps them, while each is a non-empty
- * bytes object; the position of the first frame left to the Python path. The driver's own
- * arguments come first, so that the driver binds them once per burst. */
-static PyObject *rx_receive(PyObject *module, PyObject *args) {
-    PyObject *frames, *mac, *events, *event, *values[PACKET_FIELDS];
-    PyTypeObject *packet_type;
-    Py_ssize_t start, i, offsets[PACKET_FIELDS], mac_len;
-    (void)module;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!n", &PyBytes_Type, &mac, &PyList_Type, &events,
-                          &PyType_Type, &packet_type, &PyList_Type, &frames, &start))
-        return NULL;
-    if (start < 0 || start > PyList_GET_SIZE(frames)) {
-        PyErr_SetString(PyExc_IndexError, "start must be 0..len(frames)");
-        return NULL;
-    }
-    if (slot_offsets(packet_type, packet_names, PACKET_FIELDS, offsets))
-        return NULL;
-    mac_len = PyBytes_GET_SIZE(mac);
-    for (i = start; i < PyList_GET_SIZE(frames); i++) {
-        PyObject *frame = PyList_GET_ITEM(frames, i);
-        const uint8_t *p;
-        Py_ssize_t len;
-        int for_mac;
-        if (!PyBytes_CheckExact(frame) || PyBytes_GET_SIZE(frame) == 0)
-            break;
-        p = (const uint8_t *)PyBytes_AS_STRING(frame);
-        len = PyBytes_GET_SIZE(frame);
-        for_mac = mac_len == (len < 6 ? len : 6) && /* frame[:6] == mac */
-                  memcmp(p, PyBytes_AS_STRING(mac), (size_t)mac_len) == 0;
-        if (!for_mac && !(p[0] & 1)) /* nor a group address */
-            continue;
-        values[PACKET_FRAME] = Py_NewRef(frame);
-        values[PACKET_RX] = Py_NewRef(Py_None);
-        event = new_record(packet_type, offsets, values, PACKET_FIELDS);
-        if (event == NULL)
-            return NULL;
-        if (PyList_Append(events, event) < 0) {
-            Py_DECREF(event);
-            return NULL;
-        }
-        Py_DECREF(event);
-    }
-    return PyLong_FromSsize_t(i);
-}
 
 /* -- HostStack.poll ------------------------------------------------------------------------ */
 
@@ -578,19 +502,10 @@ static PyTypeObject RxPathType = {
     .tp_methods = RxPath_methods,
 };
 
-static PyMethodDef rxpath_functions[] = {
-    {"receive", rx_receive, METH_VARARGS,
-     "receive(mac, events, packet_type, frames, start) -> int: append a packet_type(frame,\n"
-     "None) to events for each of frames[start:] for mac, broadcast or multicast, while each is\n"
-     "a non-empty bytes object; the position of the first frame left to the Python path."},
-    {NULL, NULL, 0, NULL},
-};
-
 static struct PyModuleDef rxpath_module = {
     PyModuleDef_HEAD_INIT, .m_name = "ipsec_offload.host._rxpath",
     .m_doc = "The host stack's compiled receive path (see host/stack.py, docs/performance.md).",
     .m_size = -1,
-    .m_methods = rxpath_functions,
 };
 
 PyMODINIT_FUNC PyInit__rxpath(void) {

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidTag
 
 from ipsec_offload.agent.replay import ReplayWindow
+from ipsec_offload.burst import reference_items
 from ipsec_offload.crypto.esp import esp_open, esp_seal, explicit_iv
 from ipsec_offload.crypto.gcm import EspAead
 from ipsec_offload.driver.control import Errno
@@ -596,7 +597,7 @@ class HostStack:
         common ones by the compiled receive path, where there is one)."""
         fast = self._rx_fast
         burst = None if fast is None else partial(fast.burst, now, self._events)
-        for event in fastpath.reference_items(self.device.events(), burst):
+        for event in reference_items(self.device.events(), burst):
             if isinstance(event, PacketReceived):
                 self._input(event.frame, event.rx, now)
             elif isinstance(event, StateAddDone):

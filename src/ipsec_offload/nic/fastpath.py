@@ -1,18 +1,22 @@
-"""The NIC's compiled Tx fast path (`_txpath.c`), where the package was built with it.
+"""The NIC's compiled fast paths (`_nicpath.c`), where the package was built with them.
 
 `TxPath` sends the common descriptors of a burst toward the agent and builds the descriptors
-of a driver's burst; it is None where no C compiler was found at install time, and the NIC's
-Python reference path then handles every descriptor (see docs/architecture.md).
+of a driver's burst; `plain_receive` is the MAC filter of a plain NIC's receive side (the
+frames a `PlainDriver` keeps: for its MAC, broadcast or multicast). Both are None where no C
+compiler was found at install time, and the Python reference path then handles every
+descriptor and frame (see docs/architecture.md). The loop that shares a burst between the two
+paths is `ipsec_offload.burst.reference_items`.
 """
 
 from __future__ import annotations
 
 try:
-    from ipsec_offload.nic._txpath import TxPath
+    from ipsec_offload.nic._nicpath import TxPath, plain_receive
 except ImportError:  # built without a C compiler
     TxPath = None  # type: ignore[assignment,misc]
+    plain_receive = None  # type: ignore[assignment]
 
-TX_PATH_BUILT = TxPath is not None
-"""Whether the NIC's compiled fast path was built with the package."""
+NIC_PATH_BUILT = TxPath is not None
+"""Whether the NIC's compiled fast paths were built with the package."""
 
-__all__ = ["TX_PATH_BUILT", "TxPath"]
+__all__ = ["NIC_PATH_BUILT", "TxPath", "plain_receive"]

@@ -18,20 +18,22 @@ Frames from the agent carry the Rx metadata tag: the NIC strips it into the Rx d
 delivers the frame to the VSI that owns its destination MAC and VLANs (multicast to every VSI
 but the sender). The NIC is sans-IO: descriptors and frames in, frames and descriptors out.
 
-Where the package was built with it, the compiled fast path (`nic.fastpath`, `_txpath.c`)
-sends the common Tx descriptor: no TSO, a well-formed frame that passes anti-spoof and goes to
-the agent. Every other descriptor comes back to the Python code here, the reference path, in
-order; both give the same frames and counters.
+Where the package was built with it, the compiled fast path (`nic.fastpath.TxPath`,
+`_nicpath.c`) sends the common Tx descriptor: no TSO, a well-formed frame that passes
+anti-spoof and goes to the agent. Every other descriptor comes back to the Python code here,
+the reference path, in order (`ipsec_offload.burst.reference_items`); both give the same
+frames and counters.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from ipsec_offload.burst import reference_items
 from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.nic import fastpath
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
@@ -196,22 +198,19 @@ class Nic:
 
     def _reference_descriptors(
         self, vsi: Vsi, descriptors: Iterable[TxDescriptor], out: NicOutput
-    ) -> Iterator[TxDescriptor]:
+    ) -> Iterable[TxDescriptor]:
         """The descriptors of a burst that the reference path must handle, in order: with the
         fast path, it sends each run of common ones (to `out.to_agent`) and yields the others."""
         fast = self._fast
         if fast is None:
-            yield from descriptors
-            return
+            return descriptors
+
+        def burst(descs: list[TxDescriptor], start: int) -> int:
+            veb = self.mode == _VEB
+            return fast.transmit(descs, start, vsi, self._by_addr, veb, self._meta, out.to_agent)
+
         descs = descriptors if isinstance(descriptors, list) else list(descriptors)
-        start = 0
-        while start < len(descs):
-            start = fast.transmit(
-                descs, start, vsi, self._by_addr, self.mode == _VEB, self._meta, out.to_agent
-            )
-            if start < len(descs):
-                yield descs[start]
-                start += 1
+        return reference_items(descs, burst)
 
     def _transmit_one(self, vsi: Vsi, desc: TxDescriptor, out: NicOutput) -> None:
         counters = vsi.counters

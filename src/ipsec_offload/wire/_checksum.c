@@ -2,10 +2,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#include "checksum.h"
+#include "wire/checksum.h"
 
 static PyObject *internet_checksum(PyObject *module, PyObject *data) {
     Py_buffer view;
+    (void)module;
     if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
         return NULL;
     unsigned value = csum_finish(csum_add(0, view.buf, (size_t)view.len));
@@ -20,7 +21,8 @@ static PyMethodDef checksum_methods[] = {
 };
 
 static struct PyModuleDef checksum_module = {
-    PyModuleDef_HEAD_INIT, "_checksum", "The Internet checksum in C.", -1, checksum_methods,
+    PyModuleDef_HEAD_INIT, .m_name = "_checksum", .m_doc = "The Internet checksum in C.",
+    .m_size = -1, .m_methods = checksum_methods,
 };
 
 PyMODINIT_FUNC PyInit__checksum(void) { return PyModule_Create(&checksum_module); }

@@ -21,7 +21,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "checksum.h"
+#include "wire/byteorder.h"
+#include "wire/checksum.h"
 
 #define ETH_HEADER_LEN 14
 #define MAX_VLANS 2
@@ -41,23 +42,6 @@
 
 /* ipsec_offload.errors.UsageError, looked up when the module loads. */
 static PyObject *usage_error;
-
-static inline unsigned rd16(const uint8_t *p) { return (unsigned)p[0] << 8 | p[1]; }
-
-static inline void wr16(uint8_t *p, unsigned v) {
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static inline void wr32(uint8_t *p, uint32_t v) {
-    wr16(p, v >> 16);
-    wr16(p + 2, v & 0xFFFF);
-}
-
-static inline void wr64(uint8_t *p, uint64_t v) {
-    wr32(p, (uint32_t)(v >> 32));
-    wr32(p + 4, (uint32_t)v);
-}
 
 /* `value` as an integer of `bits` bits (an int, bool or IntEnum in 0..2**bits-1) in *out;
  * 0, or -1 with the reference's UsageError set. */

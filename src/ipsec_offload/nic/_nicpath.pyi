@@ -1,4 +1,5 @@
 from collections.abc import Sequence
+from typing import Any
 
 from ipsec_offload.nic.descriptors import TxDescriptor
 from ipsec_offload.nic.nic import Vsi
@@ -17,3 +18,7 @@ class TxPath:
         to_agent: list[bytes],
     ) -> int: ...
     def descriptors(self, frames: Sequence[bytes], l2tag: int | None) -> list[TxDescriptor]: ...
+
+def plain_receive(
+    mac: bytes, events: list[Any], packet_type: type, frames: list[bytes], start: int
+) -> int: ...

@@ -1,4 +1,5 @@
-/* The NIC's compiled Tx fast path (see docs/performance.md).
+/* The NIC's compiled fast paths (see docs/performance.md): the Tx pipeline of the NIC model
+ * (`TxPath`) and the receive MAC filter of a plain NIC (`plain_receive`).
  *
  * Theory of operation: the FVL's Tx pipeline handles the common descriptor at line rate; this
  * module is that pipeline for the NIC model (nic.py), built the way the agent's fast path is
@@ -23,14 +24,22 @@
  * same order, and the same counters; the tests run the NIC tests both ways and compare them.
  *
  * `TxPath.descriptors` builds the TxDescriptors of a driver's burst (RingDriver.xmit_burst):
- * the frozen dataclass's slots are written directly, which is what its __init__ does at a
- * fraction of the cost.
+ * the frozen dataclass's slots are written directly (pyslots.h), which is what its __init__
+ * does at a fraction of the cost.
+ *
+ * `plain_receive` is the receive side of a NIC without offload, PlainDriver.receive: the MAC
+ * filter a NIC applies in hardware. Each bytes frame for the driver's MAC, broadcast or
+ * multicast becomes a PacketReceived(frame, None), the others are dropped; at the first frame
+ * that is not a non-empty bytes object it returns its position to the Python driver, the
+ * reference path, as TxPath.transmit does.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "pyslots.h"
+#include "wire/byteorder.h"
 
 #define ETH_VLAN 0x8100u
 #define ETH_QINQ 0x88A8u
@@ -47,18 +56,6 @@ static const char *const desc_field_names[DESC_FIELDS] = {"frame", "l2tag", "mss
 /* Attribute names, interned when the module loads. */
 static PyObject *s_mac, *s_vlan_key, *s_anti_spoof, *s_port_tag, *s_counters, *s_tx_packets,
     *s_tx_bytes, *s_tx_port_tagged;
-
-static inline unsigned rd16(const uint8_t *p) { return (unsigned)p[0] << 8 | p[1]; }
-
-static inline void wr16(uint8_t *p, unsigned v) {
-    p[0] = (uint8_t)(v >> 8);
-    p[1] = (uint8_t)v;
-}
-
-static inline void wr32(uint8_t *p, uint32_t v) {
-    wr16(p, v >> 16);
-    wr16(p + 2, v & 0xFFFF);
-}
 
 /* A VLAN stack as the switch compares it (a VlanKey): (TPID, VID) per tag, outermost first. */
 typedef struct {
@@ -187,11 +184,6 @@ static int not_initialised(const TxPath *self) {
     return -1;
 }
 
-/* A slot of a TxDescriptor: a borrowed reference, NULL when the slot is empty. */
-static inline PyObject *desc_field(const TxPath *self, PyObject *desc, int which) {
-    return *(PyObject **)((char *)desc + self->offsets[which]);
-}
-
 /* The destination of a frame, as the switch keys VSIs: (dst MAC, VlanKey). New reference. */
 static PyObject *switch_key(const uint8_t *dst, const Vlans *v) {
     PyObject *vlans = PyTuple_New(v->n);
@@ -256,9 +248,9 @@ static PyObject *tx_one(const TxPath *self, PyObject *desc, const VsiView *view,
 
     if (Py_TYPE(desc) != self->desc_type)
         Py_RETURN_NONE;
-    frame = desc_field(self, desc, DESC_FRAME);
-    l2tag = desc_field(self, desc, DESC_L2TAG);
-    mss = desc_field(self, desc, DESC_MSS);
+    frame = slot_get(desc, self->offsets[DESC_FRAME]);
+    l2tag = slot_get(desc, self->offsets[DESC_L2TAG]);
+    mss = slot_get(desc, self->offsets[DESC_MSS]);
     if (frame == NULL || l2tag == NULL || mss == NULL || !PyBytes_CheckExact(frame) ||
         small_uint(mss, 0, &zero))
         Py_RETURN_NONE;
@@ -380,15 +372,15 @@ static PyObject *TxPath_descriptors(TxPath *self, PyObject *args) {
     n = PySequence_Fast_GET_SIZE(seq);
     result = PyList_New(n);
     for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
-        PyObject *desc = self->desc_type->tp_alloc(self->desc_type, 0);
+        PyObject *desc, *values[DESC_FIELDS];
+        values[DESC_FRAME] = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
+        values[DESC_L2TAG] = Py_NewRef(l2tag);
+        values[DESC_MSS] = Py_NewRef(self->zero);
+        desc = new_record(self->desc_type, self->offsets, values, DESC_FIELDS);
         if (desc == NULL) {
             Py_CLEAR(result);
             break;
         }
-        *(PyObject **)((char *)desc + self->offsets[DESC_FRAME]) =
-            Py_NewRef(PySequence_Fast_GET_ITEM(seq, i));
-        *(PyObject **)((char *)desc + self->offsets[DESC_L2TAG]) = Py_NewRef(l2tag);
-        *(PyObject **)((char *)desc + self->offsets[DESC_MSS]) = Py_NewRef(self->zero);
         PyList_SET_ITEM(result, i, desc);
     }
     Py_DECREF(seq);
@@ -413,22 +405,18 @@ static int TxPath_init(TxPath *self, PyObject *args, PyObject *kwds) {
         PyErr_Format(PyExc_TypeError, "%s must not have a __post_init__", type->tp_name);
         return -1;
     }
-    /* Each field must be an object slot of the type (a `__slots__` entry): its member
-     * descriptor gives where the slot is in the object. */
+    /* Each field must be an object slot of the type (a `__slots__` entry); one that is not
+     * even an attribute of the type (a dataclass field without a default, no `__slots__`) is
+     * refused alike, with a TypeError */
     for (int i = 0; i < DESC_FIELDS; i++) {
-        PyObject *descr = PyObject_GetAttrString((PyObject *)type, desc_field_names[i]);
-        if (descr == NULL && !PyErr_ExceptionMatches(PyExc_AttributeError))
-            return -1;
-        PyErr_Clear();
-        if (descr == NULL || Py_TYPE(descr) != &PyMemberDescr_Type ||
-            ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
+        if (slot_offset(type, desc_field_names[i], &self->offsets[i]) == 0)
+            continue;
+        if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear();
             PyErr_Format(PyExc_TypeError, "%s.%s must be a __slots__ entry", type->tp_name,
                          desc_field_names[i]);
-            Py_XDECREF(descr);
-            return -1;
         }
-        self->offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
-        Py_DECREF(descr);
+        return -1;
     }
     zero = PyLong_FromLong(0);
     if (zero == NULL)
@@ -468,7 +456,7 @@ static PyMethodDef TxPath_methods[] = {
 };
 
 static PyTypeObject TxPathType = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ipsec_offload.nic._txpath.TxPath",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "ipsec_offload.nic._nicpath.TxPath",
     .tp_doc = "The NIC's compiled Tx fast path over a descriptor type.",
     .tp_basicsize = sizeof(TxPath),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
@@ -480,13 +468,75 @@ static PyTypeObject TxPathType = {
     .tp_methods = TxPath_methods,
 };
 
-static struct PyModuleDef txpath_module = {
-    PyModuleDef_HEAD_INIT, .m_name = "ipsec_offload.nic._txpath",
-    .m_doc = "The NIC's compiled Tx fast path (see nic.py and docs/performance.md).",
-    .m_size = -1,
+/* -- PlainDriver.receive ------------------------------------------------------------------- */
+
+/* The slots of PacketReceived that plain_receive writes. */
+enum { PACKET_FRAME, PACKET_RX, PACKET_FIELDS };
+static const char *const packet_names[PACKET_FIELDS] = {"frame", "rx"};
+
+/* frames[start:] onto `events` as PlainDriver.receive keeps them, while each is a non-empty
+ * bytes object; the position of the first frame left to the Python path. The driver's own
+ * arguments come first, so that the driver binds them once per burst. */
+static PyObject *plain_receive(PyObject *module, PyObject *args) {
+    PyObject *frames, *mac, *events, *event, *values[PACKET_FIELDS];
+    PyTypeObject *packet_type;
+    Py_ssize_t start, i, offsets[PACKET_FIELDS], mac_len;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!n", &PyBytes_Type, &mac, &PyList_Type, &events,
+                          &PyType_Type, &packet_type, &PyList_Type, &frames, &start))
+        return NULL;
+    if (start < 0 || start > PyList_GET_SIZE(frames)) {
+        PyErr_SetString(PyExc_IndexError, "start must be 0..len(frames)");
+        return NULL;
+    }
+    if (slot_offsets(packet_type, packet_names, PACKET_FIELDS, offsets))
+        return NULL;
+    mac_len = PyBytes_GET_SIZE(mac);
+    for (i = start; i < PyList_GET_SIZE(frames); i++) {
+        PyObject *frame = PyList_GET_ITEM(frames, i);
+        const uint8_t *p;
+        Py_ssize_t len;
+        int for_mac;
+        if (!PyBytes_CheckExact(frame) || PyBytes_GET_SIZE(frame) == 0)
+            break;
+        p = (const uint8_t *)PyBytes_AS_STRING(frame);
+        len = PyBytes_GET_SIZE(frame);
+        for_mac = mac_len == (len < 6 ? len : 6) && /* frame[:6] == mac */
+                  memcmp(p, PyBytes_AS_STRING(mac), (size_t)mac_len) == 0;
+        if (!for_mac && !(p[0] & 1)) /* nor a group address */
+            continue;
+        values[PACKET_FRAME] = Py_NewRef(frame);
+        values[PACKET_RX] = Py_NewRef(Py_None);
+        event = new_record(packet_type, offsets, values, PACKET_FIELDS);
+        if (event == NULL)
+            return NULL;
+        if (PyList_Append(events, event) < 0) {
+            Py_DECREF(event);
+            return NULL;
+        }
+        Py_DECREF(event);
+    }
+    return PyLong_FromSsize_t(i);
+}
+
+static PyMethodDef nicpath_functions[] = {
+    {"plain_receive", plain_receive, METH_VARARGS,
+     "plain_receive(mac, events, packet_type, frames, start) -> int: append a\n"
+     "packet_type(frame, None) to events for each of frames[start:] for mac, broadcast or\n"
+     "multicast, while each is a non-empty bytes object; the position of the first frame left\n"
+     "to the Python path."},
+    {NULL, NULL, 0, NULL},
 };
 
-PyMODINIT_FUNC PyInit__txpath(void) {
+static struct PyModuleDef nicpath_module = {
+    PyModuleDef_HEAD_INIT, .m_name = "ipsec_offload.nic._nicpath",
+    .m_doc = "The NIC's compiled fast paths (see nic.py, driver/plain.py and "
+             "docs/performance.md).",
+    .m_size = -1,
+    .m_methods = nicpath_functions,
+};
+
+PyMODINIT_FUNC PyInit__nicpath(void) {
     PyObject *module;
     static const char *const names[] = {"mac",      "vlan_key",   "anti_spoof", "port_tag",
                                         "counters", "tx_packets", "tx_bytes",
@@ -500,7 +550,7 @@ PyMODINIT_FUNC PyInit__txpath(void) {
     }
     if (PyType_Ready(&TxPathType) < 0)
         return NULL;
-    module = PyModule_Create(&txpath_module);
+    module = PyModule_Create(&nicpath_module);
     if (module == NULL)
         return NULL;
     if (PyModule_AddType(module, &TxPathType) < 0) {
