@@ -10,6 +10,7 @@ The stacks' PlainDriver keeps its frames with the NIC's compiled receive filter
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -326,7 +327,11 @@ def bursts(draw: st.DrawFn, sender: Sender) -> list[Event]:
     ]
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("FAST_PATH_EXAMPLES", "80")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(st.data())
 def test_both_paths_agree_on_random_bursts(data: st.DataObject) -> None:
     with pytest.MonkeyPatch.context() as monkeypatch:

@@ -7,6 +7,7 @@ against a loop of `xmit`, and a `PlainDriver`'s receive filter against its Pytho
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import struct
 from collections.abc import Iterator
@@ -170,7 +171,11 @@ def _apply(nic: Nic, step: tuple[str, int, Any]) -> tuple[Any, ...]:
 
 
 @given(mode=st.sampled_from(SwitchMode), steps=st.lists(_step(), max_size=8))
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("FAST_PATH_EXAMPLES", "500")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 def test_fast_path_equals_reference(mode: SwitchMode, steps: list[tuple[str, int, Any]]) -> None:
     require_built(fastpath.NIC_PATH_BUILT, "the NIC's compiled module (nic/_nicpath.c)")
     fast = _nic(mode)
