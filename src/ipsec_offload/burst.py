@@ -10,7 +10,7 @@ every layer (wire, crypto, agent, nic, driver, host, ...), and imports none of t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -19,18 +19,19 @@ Burst = Callable[[list[T], int], int]
 """A compiled path over a burst: (items, start) -> the position of the first item it left."""
 
 
-def reference_items(items: list[T], fast: Burst[T] | None) -> Iterator[T]:
+def reference_items(items: Iterable[T], fast: Burst[T] | None) -> Iterator[T]:
     """The items of a burst the Python reference path must handle, in order: with a compiled
-    path, it handles each run of common items and yields the others, one at a time (it is not
-    called again once no item is left)."""
+    path, it handles each run of common items (over the items as a list) and yields the
+    others, one at a time (it is not called again once no item is left)."""
     if fast is None:
         yield from items
         return
+    burst = items if type(items) is list else list(items)
     position = 0
-    while position < len(items):
-        position = fast(items, position)
-        if position < len(items):
-            yield items[position]
+    while position < len(burst):
+        position = fast(burst, position)
+        if position < len(burst):
+            yield burst[position]
             position += 1
 
 

@@ -566,12 +566,10 @@ def _reference_frames(
     frames: Iterable[bytes], fast: _Burst | None, out: list[bytes]
 ) -> Iterable[bytes]:
     """The frames of a burst that the reference path must handle, in order: with the fast
-    path, it handles each run of common frames (appending to `out`) and yields the others
-    (`reference_items`, over the frames as a list)."""
+    path, it handles each run of common frames (appending to `out`) and yields the others."""
     if fast is None:
         return frames
-    burst = frames if type(frames) is list else list(frames)
-    return reference_items(burst, lambda items, start: fast(items, start, out))
+    return reference_items(frames, lambda burst, start: fast(burst, start, out))
 
 
 _HANDLERS: dict[int, _Handler] = {

@@ -40,7 +40,7 @@ class PlainDriver:
         the common ones)."""
         fast = self._fast_receive
         burst = None if fast is None else partial(fast, self.mac, self._events, PacketReceived)
-        for frame in reference_items(list(frames), burst):
+        for frame in reference_items(frames, burst):
             if frame[:6] == self.mac or frame[0] & 1:
                 self._events.append(PacketReceived(frame, None))
 

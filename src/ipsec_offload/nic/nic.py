@@ -209,8 +209,7 @@ class Nic:
             veb = self.mode == _VEB
             return fast.transmit(descs, start, vsi, self._by_addr, veb, self._meta, out.to_agent)
 
-        descs = descriptors if isinstance(descriptors, list) else list(descriptors)
-        return reference_items(descs, burst)
+        return reference_items(descriptors, burst)
 
     def _transmit_one(self, vsi: Vsi, desc: TxDescriptor, out: NicOutput) -> None:
         counters = vsi.counters
