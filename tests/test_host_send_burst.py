@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -126,6 +127,19 @@ def test_the_offloaded_burst_goes_down_in_one_call(monkeypatch: pytest.MonkeyPat
     assert host.counters.tx_esp_offloaded == len(PAYLOADS)
     assert [d.payload for d in bed.delivered(peer)] == PAYLOADS
     assert host.states[next(iter(host.states))].offload == Offload.DEVICE
+
+
+def test_a_burst_the_frame_builder_refuses_but_send_udp_takes_is_sent() -> None:
+    """A sequence that is not a list or tuple: datagram by datagram, with no error."""
+    bed_a, host_a, peer_a, _ = _bed("offloaded IPv4")
+    bed_b, host_b, peer_b, _ = _bed("offloaded IPv4")
+    host_a.send_udp_burst(peer_a.addresses[4], 1000, 53, deque(PAYLOADS), bed_a.now)
+    for payload in PAYLOADS:
+        host_b.send_udp(peer_b.addresses[4], 1000, 53, payload, bed_b.now)
+    bed_a.settle(host_a)
+    bed_b.settle(host_b)
+    assert _snapshot(bed_a, host_a, peer_a) == _snapshot(bed_b, host_b, peer_b)
+    assert [d.payload for d in bed_a.delivered(peer_a)] == PAYLOADS
 
 
 def test_the_peer_sends_a_clear_burst_in_one_call() -> None:

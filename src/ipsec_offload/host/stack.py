@@ -366,10 +366,10 @@ class HostStack:
         try:
             frames = build_udp_frames(l2, src, dst_b, ip_id, esp, src_port, dst_port, payloads)
         except UsageError:
-            # say which datagram is wrong as send_udp does, after sending those before it
+            # send_udp says which datagram is wrong, after sending those before it
             for payload in payloads:
                 self.send_udp(dst_b, src_port, dst_port, payload, now)
-            raise
+            return
         if v4:
             self._ip_id = (self._ip_id + count) & 0xFFFF
         if state is None:

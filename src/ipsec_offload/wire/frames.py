@@ -65,7 +65,8 @@ def _check_burst(
     dst_port: int,
     payloads: Sequence[Payload],
 ) -> int:
-    """Check the arguments that hold for the whole burst; returns the largest payload."""
+    """Check the arguments that hold for the whole burst; returns the most payload bytes
+    one datagram may carry."""
     for name, value in (("l2", l2), ("src", src), ("dst", dst)):
         if not isinstance(value, bytes):
             raise UsageError(f"{name} is a {type(value).__name__}; give bytes")
