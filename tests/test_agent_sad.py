@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -156,8 +158,11 @@ def test_agent_sad_capacity_and_reuse_through_config() -> None:
 # -- the SAD table the compiled fast path looks packets up in ---------------------------------
 
 _SPIS = st.integers(1, 6)
-_DOMAINS = st.sampled_from([None, Domain(VF_MAC, ()), DOMAIN, Domain(VF_MAC, ((0x88A8, 7),))])
-_DSTS = st.sampled_from([LOCAL4, PEER4, bytes(16)])
+QINQ = Domain(VF_MAC, ((0x88A8, 7), (0x8100, 100)))
+QINQ_OTHER = Domain(VF_MAC, ((0x88A8, 7), (0x8100, 101)))
+IPV6_ZERO, IPV6_ONE = bytes(16), bytes(15) + b"\x01"
+_DOMAINS = st.sampled_from([None, Domain(VF_MAC, ()), DOMAIN, Domain(VF_MAC, ((0x88A8, 7),)), QINQ])
+_DSTS = st.sampled_from([LOCAL4, PEER4, IPV6_ZERO, IPV6_ONE])
 
 
 @settings(max_examples=300, deadline=None)
@@ -172,7 +177,8 @@ def test_table_agrees_with_the_dict(
     ops: list[tuple[str, int, Domain | None, bytes]], capacity: int
 ) -> None:
     """Random adds and removes in a small SAD (long probe runs, wrap-around, deletions that
-    shift runs back): the table finds exactly what the dict finds, one key or a burst."""
+    shift runs back), with narrow keys (IPv4, at most one VLAN) and wide ones (IPv6 or two
+    VLANs) side by side: the table finds exactly what the dict finds, one key or a burst."""
     require_fast_path()
     sad = SecurityAssociationDatabase(capacity)
     table = sad.table
@@ -187,8 +193,14 @@ def test_table_agrees_with_the_dict(
         probes = [
             (IN, spi, dst, mac, vlans)
             for spi in range(1, 7)
-            for dst in (LOCAL4, PEER4, bytes(16))
-            for mac, vlans in ((VF_MAC, ()), (VF_MAC, DOMAIN.vlans), (HOST_MAC, ()))
+            for dst in (LOCAL4, PEER4, IPV6_ZERO, IPV6_ONE)
+            for mac, vlans in (
+                (VF_MAC, ()),
+                (VF_MAC, DOMAIN.vlans),
+                (VF_MAC, QINQ.vlans),
+                (VF_MAC, QINQ_OTHER.vlans),
+                (HOST_MAC, ()),
+            )
         ]
         expected = [sad.lookup(*probe) for probe in probes]
         assert table.lookup_burst(probes) == [0 if sa is None else sa.index for sa in expected]
@@ -216,6 +228,80 @@ def test_table_refuses_bad_keys_and_duplicates() -> None:
         with pytest.raises((TypeError, OverflowError)):
             table.get(bad)
     assert table.get((IN, 0x10, LOCAL4)) is sad.get(1)
+
+
+@pytest.mark.parametrize("dst", [LOCAL4, IPV6_ZERO], ids=["narrow", "wide"])
+def test_table_full_then_half_removed(dst: bytes) -> None:
+    """A full table of 4,096 SAs (runs that cross lines), half of them removed in random
+    order, then added back under other SPIs: after each step every key finds its SA and no
+    removed key finds any."""
+    require_fast_path()
+    from ipsec_offload.agent.fastpath import SadTable
+
+    assert SadTable is not None
+    rng = random.Random(dst)
+    capacity = 4096
+    table = SadTable(capacity)
+    live = {(IN, spi, dst): spi for spi in rng.sample(range(1, 1 << 32), capacity)}
+    for index, key in enumerate(live, 1):
+        table.insert(key, index, index)
+    removed = rng.sample(sorted(live), capacity // 2)
+    indexes = {key: index for index, key in enumerate(live, 1)}
+    for key in removed:
+        table.remove(key)
+    fresh = [(IN, spi, dst) for spi in rng.sample(range(1, 1 << 32), capacity // 2)]
+    for key in removed:
+        indexes.pop(key)
+    free = sorted(set(range(1, capacity + 1)) - set(indexes.values()))
+    for key, index in zip(fresh, free, strict=True):
+        if key in indexes:
+            continue
+        table.insert(key, index, index)
+        indexes[key] = index
+    assert len(table) == len(indexes)
+    for key, index in indexes.items():
+        assert table.get(key) == index
+    assert all(table.get(key) is None for key in removed if key not in indexes)
+    probes = [(IN, key[1], dst, VF_MAC, ()) for key in list(indexes) + removed]
+    expected = list(indexes.values()) + [indexes.get(key, 0) for key in removed]
+    assert table.lookup_burst(probes) == expected
+
+
+def test_table_takes_only_free_indexes_of_its_capacity() -> None:
+    """The table holds its SAs by SA index, as the SAD's entries: an index outside 1 ..
+    capacity, or one in use, is refused and changes nothing."""
+    require_fast_path()
+    sad = SecurityAssociationDatabase(4)
+    table = sad.table
+    assert table is not None
+    sad.insert(_sa(1, 0x10))
+    for index in (0, 1, 5):
+        with pytest.raises(ValueError, match=r"not a free index of 1 \.\. 4"):
+            table.insert((IN, 0x20, LOCAL4), _sa(index, 0x20), index)
+    assert len(table) == 1
+    assert table.get((IN, 0x20, LOCAL4)) is None
+    assert table.lookup_burst([(IN, 0x10, LOCAL4, VF_MAC, ()), (IN, 0x20, LOCAL4, VF_MAC, ())]) == [
+        1,
+        0,
+    ]
+
+
+def test_table_not_initialised() -> None:
+    """A table made without its capacity says so instead of crashing."""
+    require_fast_path()
+    from ipsec_offload.agent.fastpath import SadTable
+
+    assert SadTable is not None
+    table = SadTable.__new__(SadTable)
+    for call in (
+        lambda: table.get((IN, 0x10, LOCAL4)),
+        lambda: table.remove((IN, 0x10, LOCAL4)),
+        lambda: table.insert((IN, 0x10, LOCAL4), _sa(1, 0x10), 1),
+        lambda: table.lookup_burst([]),
+    ):
+        with pytest.raises(ValueError, match="not initialised"):
+            call()
+    assert len(table) == 0
 
 
 def test_lookup_burst_without_the_table(monkeypatch: pytest.MonkeyPatch) -> None:

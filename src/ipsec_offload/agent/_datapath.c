@@ -64,56 +64,78 @@ static PyObject *vlan_key(const Frame *f) {
 
 /* -- the SAD's hash table ---------------------------------------------------------------- */
 
-/* Theory of operation: the SAD's index as the engine holds it, beside the dict the reference
- * path uses (SecurityAssociationDatabase keeps both). A fixed table of 64-byte slots, one cache
- * line each: the key's hash, the key packed into 40 bytes, the SA. Its size is the power of two
- * at least twice the SAD's capacity, so it is never more than half full; open addressing with
- * linear probing, deletion by shifting the next slots back (no tombstones). A burst is looked
- * up in passes: the first hashes every frame's keys, the second loads their slots, the third
- * probes them in order. The memory latency of a large table then overlaps across the burst, as
- * a hardware pipeline keeps many lookups in flight; the second pass is the real lookup, so a
- * change to the SAD between two frames of a burst is seen as it happens. */
+/* Theory of operation: the SAD as the engine holds it, beside the dict the reference path
+ * uses (SecurityAssociationDatabase keeps both). The SAs sit in an array by SA index (the
+ * SAD's entries, 1..capacity), and two hash indexes map a packed key to an SA index, one per
+ * key width as a hardware table has them: narrow keys (an IPv4 destination and at most one
+ * VLAN, 24 bytes) two to a 64-byte line, wide keys (an IPv6 destination or two VLANs, 40
+ * bytes) one to a line. Each index has at least twice as many lines as the SAD has entries,
+ * so that a narrow key is in its home line all but about 3 times in 100. An index is open addressing
+ * with linear probing over its entries in order, deletion by shifting the next entries back
+ * (no tombstones). A burst is looked up in passes: the first hashes every key, the second
+ * loads each key's home line, the third probes them in order. The memory latency of a large
+ * table then overlaps across the burst, as a hardware pipeline keeps many lookups in flight;
+ * the third pass is the real lookup, so a change to the SAD between two frames of a burst is
+ * seen as it happens. */
 
 #define KEY_LEN 40
-#define LOAD_INVERSE 2 /* the table is at most half full */
-#define DIR_INBOUND 0  /* wire.config.Direction */
+#define NARROW_KEY_LEN 24
+#define LINE 64
+#define LINES_PER_SA 2
+#define DIR_INBOUND 0 /* wire.config.Direction */
 #define DIR_OUTBOUND 1
 
+/* An entry of an index: the low half of its key's hash (which holds its home line's number),
+ * its SA index (0: empty), its key. */
 typedef struct {
-    uint64_t hash; /* 0: empty */
-    uint8_t key[KEY_LEN];
-    PyObject *sa;  /* strong reference */
-    uint64_t index; /* the SA's index, what the hardware lookup yields (SA_INDEX) */
-} Slot;
+    uint32_t hash;
+    uint32_t index;
+    uint8_t key[];
+} Entry;
+
+/* A hash index of one key width: `mask + 1` lines of `1 << shift` entries of `size` bytes.
+ * With one entry to a line a probe goes on to the next line about a third of the time, so
+ * that line is loaded with the home line (`next_too`). */
+typedef struct {
+    uint8_t *lines;
+    uint64_t mask, entry_mask;
+    unsigned shift;
+    unsigned next_too;
+    size_t size, key_len;
+} Index;
 
 typedef struct {
     PyObject_HEAD
-    Slot *slots;
-    uint64_t mask;
+    PyObject **sas; /* by SA index, strong references; NULL until initialised */
+    Index narrow, wide;
     Py_ssize_t capacity, used;
     Py_ssize_t naive; /* SAs under a naive key: none, and no lookup tries that key */
 } SadTable;
 
 static PyTypeObject SadTableType;
 
-/* The packed key: direction, address length, whether it has a domain, VLAN count, SPI,
- * destination, and for the extended key the local MAC and the VLANs' (TPID, VID). */
+/* The packed key: direction, address length, whether it has a domain, VLAN count; SPI; the
+ * destination's first 4 bytes; for the extended key the local MAC and the first VLAN's (TPID,
+ * VID); then the rest of an IPv6 destination and the second VLAN. A narrow key is all zeros
+ * after its first NARROW_KEY_LEN bytes. */
 static void pack_key(uint8_t key[KEY_LEN], int direction, uint32_t spi, const uint8_t *dst,
                      Py_ssize_t addr_len, const uint8_t *mac, int nvlans, const unsigned *tpid,
                      const unsigned *vid) {
+    static const int vlan_at[MAX_VLANS] = {18, 36};
     memset(key, 0, KEY_LEN);
     key[0] = (uint8_t)direction;
     key[1] = (uint8_t)addr_len;
     key[2] = mac != NULL;
     wr32(key + 4, spi);
-    memcpy(key + 8, dst, (size_t)addr_len);
+    memcpy(key + 8, dst, 4);
+    memcpy(key + 24, dst + 4, (size_t)addr_len - 4);
     if (mac == NULL)
         return;
     key[3] = (uint8_t)nvlans;
-    memcpy(key + 24, mac, 6);
+    memcpy(key + 12, mac, 6);
     for (int i = 0; i < nvlans; i++) {
-        wr16(key + 30 + 4 * i, tpid[i]);
-        wr16(key + 32 + 4 * i, vid[i]);
+        wr16(key + vlan_at[i], tpid[i]);
+        wr16(key + vlan_at[i] + 2, vid[i]);
     }
 }
 
@@ -124,16 +146,38 @@ static uint64_t key_hash(const uint8_t key[KEY_LEN]) {
         h = (h ^ word) * 0x9E3779B97F4A7C15u;
         h ^= h >> 31;
     }
-    return h | (uint64_t)1 << 63; /* never 0, the mark of an empty slot; the index is the low bits */
+    return h;
 }
 
-static Slot *table_find(const SadTable *t, const uint8_t key[KEY_LEN], uint64_t h) {
-    for (uint64_t i = h & t->mask;; i = (i + 1) & t->mask) {
-        Slot *slot = &t->slots[i];
-        if (slot->hash == 0)
+/* The index a packed key belongs in. */
+static const Index *index_of(const SadTable *t, const uint8_t key[KEY_LEN]) {
+    return key[1] == 4 && key[3] <= 1 ? &t->narrow : &t->wide;
+}
+
+static Entry *entry_at(const Index *x, uint64_t position) {
+    return (Entry *)(x->lines + position * x->size);
+}
+
+/* Where a key hashed to `h` starts its probe: the first entry of its home line. */
+static uint64_t home(const Index *x, uint64_t h) { return (h & x->mask) << x->shift; }
+
+/* Whether an entry's key is `key`. Each width's length is a constant, so that the compiler
+ * compares the words inline: a call to memcmp made the probe pass too long to overlap the
+ * burst's cache misses (docs/performance.md, "SAD lookups"). */
+static int key_equal(const Index *x, const uint8_t *entry_key, const uint8_t key[KEY_LEN]) {
+    if (x->key_len == NARROW_KEY_LEN)
+        return memcmp(entry_key, key, NARROW_KEY_LEN) == 0;
+    return memcmp(entry_key, key, KEY_LEN) == 0;
+}
+
+static Entry *table_find(const SadTable *t, const uint8_t key[KEY_LEN], uint64_t h) {
+    const Index *x = index_of(t, key);
+    for (uint64_t p = home(x, h);; p = (p + 1) & x->entry_mask) {
+        Entry *e = entry_at(x, p);
+        if (e->index == 0)
             return NULL;
-        if (slot->hash == h && memcmp(slot->key, key, KEY_LEN) == 0)
-            return slot;
+        if (e->hash == (uint32_t)h && key_equal(x, e->key, key))
+            return e;
     }
 }
 
@@ -143,31 +187,37 @@ typedef struct {
     uint64_t hash[2];
 } Probe;
 
-/* Bring a burst's slots into the cache, between hashing and probing: the slot of each probe
- * and the next (at half load a probe goes on to the next slot about a third of the time), and
- * the naive key's while some SA is under one. Plain loads in a tight loop, so that the
- * processor keeps many misses in flight: on the virtual machine measured they did better,
- * and more reliably, than prefetch instructions (docs/performance.md, "SAD lookups"). */
-static void touch_slots(const SadTable *t, const Probe *probes, Py_ssize_t n) {
-    volatile uint64_t sink;
-    uint64_t seen = 0;
+/* Load a hashed key's home line and the next (`next_too`; otherwise the home line again, which
+ * costs nothing and keeps the loop free of branches): their first bytes, XORed. */
+static uint8_t load_home(const SadTable *t, const uint8_t key[KEY_LEN], uint64_t h) {
+    const Index *x = index_of(t, key);
+    uint64_t line = h & x->mask;
+    return x->lines[line * LINE] ^ x->lines[((line + x->next_too) & x->mask) * LINE];
+}
+
+/* Bring a burst's home lines into the cache, between hashing and probing (the naive key's too
+ * while some SA is under one). Plain loads in a tight loop, so that the processor keeps many
+ * misses in flight: on the virtual machine measured they did better, and more reliably, than
+ * prefetch instructions (docs/performance.md, "SAD lookups"). */
+static void touch_lines(const SadTable *t, const Probe *probes, Py_ssize_t n) {
+    volatile uint8_t sink;
+    uint8_t seen = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        uint64_t h = probes[i].hash[0];
-        seen += t->slots[h & t->mask].hash + t->slots[(h + 1) & t->mask].hash;
+        seen ^= load_home(t, probes[i].key[0], probes[i].hash[0]);
         if (t->naive)
-            seen += t->slots[probes[i].hash[1] & t->mask].hash;
+            seen ^= load_home(t, probes[i].key[1], probes[i].hash[1]);
     }
     sink = seen;
     (void)sink;
 }
 
-/* SecurityAssociationDatabase.lookup of a hashed probe: the extended key first, then
- * the naive key. The SA's slot, or NULL when there is no SA. */
-static const Slot *probe_slot(const SadTable *t, const Probe *p) {
-    const Slot *slot = table_find(t, p->key[0], p->hash[0]);
-    if (slot == NULL && t->naive)
-        slot = table_find(t, p->key[1], p->hash[1]);
-    return slot;
+/* SecurityAssociationDatabase.lookup of a hashed probe: the extended key first, then the
+ * naive key. The SA index, 0 when there is no SA. */
+static uint32_t probe_index(const SadTable *t, const Probe *p) {
+    const Entry *e = table_find(t, p->key[0], p->hash[0]);
+    if (e == NULL && t->naive)
+        e = table_find(t, p->key[1], p->hash[1]);
+    return e == NULL ? 0 : e->index;
 }
 
 /* The key of a Python SAD index key: (direction, SPI, destination) or (direction, SPI,
@@ -210,28 +260,42 @@ bad:
     return -1;
 }
 
+/* Whether the table is initialised and not cleared: 0, or -1 with an error set. */
+static int table_ready(const SadTable *t) {
+    if (t->sas != NULL)
+        return 0;
+    PyErr_SetString(PyExc_ValueError, "the SAD table is not initialised");
+    return -1;
+}
+
 static PyObject *SadTable_insert(SadTable *self, PyObject *args) {
     PyObject *tuple, *sa;
     uint8_t key[KEY_LEN];
-    uint64_t h, i;
+    uint64_t h, p;
     unsigned long index;
-    if (!PyArg_ParseTuple(args, "OOk", &tuple, &sa, &index) || pack_tuple(tuple, key, 0))
+    const Index *x;
+    Entry *e;
+    if (!PyArg_ParseTuple(args, "OOk", &tuple, &sa, &index) || table_ready(self) ||
+        pack_tuple(tuple, key, 0))
         return NULL;
+    if (index < 1 || index > (unsigned long)self->capacity || self->sas[index] != NULL) {
+        PyErr_Format(PyExc_ValueError, "SA index %lu is not a free index of 1 .. %zd", index,
+                     self->capacity);
+        return NULL;
+    }
     h = key_hash(key);
     if (table_find(self, key, h) != NULL) {
         PyErr_SetObject(PyExc_KeyError, tuple);
         return NULL;
     }
-    if (self->used >= self->capacity) {
-        PyErr_SetString(PyExc_OverflowError, "the SAD table is full");
-        return NULL;
-    }
-    for (i = h & self->mask; self->slots[i].hash != 0; i = (i + 1) & self->mask)
+    x = index_of(self, key);
+    for (p = home(x, h); entry_at(x, p)->index != 0; p = (p + 1) & x->entry_mask)
         ;
-    self->slots[i].hash = h;
-    memcpy(self->slots[i].key, key, KEY_LEN);
-    self->slots[i].sa = Py_NewRef(sa);
-    self->slots[i].index = index;
+    e = entry_at(x, p);
+    e->hash = (uint32_t)h;
+    e->index = (uint32_t)index;
+    memcpy(e->key, key, x->key_len);
+    self->sas[index] = Py_NewRef(sa);
     self->used++;
     self->naive += key[2] == 0;
     Py_RETURN_NONE;
@@ -239,48 +303,54 @@ static PyObject *SadTable_insert(SadTable *self, PyObject *args) {
 
 static PyObject *SadTable_remove(SadTable *self, PyObject *tuple) {
     uint8_t key[KEY_LEN];
-    Slot *slot;
-    uint64_t i, j, home;
-    if (pack_tuple(tuple, key, 0))
+    uint64_t h, i, j;
+    uint32_t index;
+    const Index *x;
+    Entry *e;
+    if (table_ready(self) || pack_tuple(tuple, key, 0))
         return NULL;
-    slot = table_find(self, key, key_hash(key));
-    if (slot == NULL) {
+    h = key_hash(key);
+    e = table_find(self, key, h);
+    if (e == NULL) {
         PyErr_SetObject(PyExc_KeyError, tuple);
         return NULL;
     }
-    Py_CLEAR(slot->sa);
+    index = e->index;
     self->used--;
     self->naive -= key[2] == 0;
-    /* shift back every following slot of the run whose home is not between the hole and it */
-    i = (uint64_t)(slot - self->slots);
-    for (j = (i + 1) & self->mask; self->slots[j].hash != 0; j = (j + 1) & self->mask) {
-        home = self->slots[j].hash & self->mask;
-        if (((j - home) & self->mask) >= ((j - i) & self->mask)) {
-            self->slots[i] = self->slots[j];
+    /* shift back every following entry of the run whose home is not between the hole and it */
+    x = index_of(self, key);
+    i = (uint64_t)((uint8_t *)e - x->lines) / x->size;
+    for (j = (i + 1) & x->entry_mask; entry_at(x, j)->index != 0; j = (j + 1) & x->entry_mask) {
+        uint64_t from = home(x, entry_at(x, j)->hash);
+        if (((j - from) & x->entry_mask) >= ((j - i) & x->entry_mask)) {
+            memcpy(entry_at(x, i), entry_at(x, j), x->size);
             i = j;
         }
     }
-    memset(&self->slots[i], 0, sizeof(Slot));
+    memset(entry_at(x, i), 0, x->size);
+    Py_CLEAR(self->sas[index]);
     Py_RETURN_NONE;
 }
 
 static PyObject *SadTable_get(SadTable *self, PyObject *tuple) {
     uint8_t key[KEY_LEN];
-    Slot *slot;
-    if (pack_tuple(tuple, key, 0))
+    const Entry *e;
+    if (table_ready(self) || pack_tuple(tuple, key, 0))
         return NULL;
-    slot = table_find(self, key, key_hash(key));
-    return Py_NewRef(slot == NULL ? Py_None : slot->sa);
+    e = table_find(self, key, key_hash(key));
+    return Py_NewRef(e == NULL ? Py_None : self->sas[e->index]);
 }
 
 /* The SA index of each packet key (direction, SPI, destination, MAC, VLAN key) of a burst
  * (0: none), as the engine's lookup stage yields it: the extended key first, then the naive
- * key. In passes, so that the cache misses of a large table overlap across the burst: hash
- * every key, bring their slots into the cache, then probe them. */
+ * key. In the passes of the theory of operation. */
 static PyObject *SadTable_lookup_burst(SadTable *self, PyObject *keys) {
     Py_ssize_t n;
     Probe *probes = NULL;
     PyObject *result = NULL;
+    if (table_ready(self))
+        return NULL;
     if (!PyList_Check(keys)) {
         PyErr_SetString(PyExc_TypeError, "lookup_burst takes a list of keys");
         return NULL;
@@ -300,11 +370,10 @@ static PyObject *SadTable_lookup_burst(SadTable *self, PyObject *keys) {
         probes[i].hash[0] = key_hash(probes[i].key[0]);
         probes[i].hash[1] = key_hash(probes[i].key[1]);
     }
-    touch_slots(self, probes, n);
+    touch_lines(self, probes, n);
     result = PyList_New(n);
     for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
-        const Slot *slot = probe_slot(self, &probes[i]);
-        PyObject *index = PyLong_FromUnsignedLongLong(slot == NULL ? 0 : slot->index);
+        PyObject *index = PyLong_FromUnsignedLong(probe_index(self, &probes[i]));
         if (index == NULL)
             Py_CLEAR(result);
         else
@@ -315,67 +384,82 @@ done:
     return result;
 }
 
-/* The table's memory, zeroed. A large table is random access over many pages: on Linux it
- * asks for transparent huge pages, so that a lookup costs one cache miss, not a TLB miss too. */
+/* An index's memory, zeroed. A large one is random access over many pages: on Linux it asks
+ * for transparent huge pages, so that a lookup costs one cache miss, not a TLB miss too. */
 #define HUGE_PAGE (2u << 20)
-static void *table_alloc(size_t bytes) {
+static int index_alloc(Index *x, uint64_t lines, unsigned shift, size_t key_len) {
+    size_t bytes = lines * LINE;
+    x->mask = lines - 1;
+    x->entry_mask = (lines << shift) - 1;
+    x->shift = shift;
+    x->next_too = shift == 0;
+    x->size = LINE >> shift;
+    x->key_len = key_len;
 #ifdef __linux__
     if (bytes >= HUGE_PAGE) {
         void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED)
-            return NULL;
-        madvise(p, bytes, MADV_HUGEPAGE);
-        return p;
+        x->lines = p == MAP_FAILED ? NULL : p;
+        if (x->lines != NULL)
+            madvise(p, bytes, MADV_HUGEPAGE);
+        return x->lines == NULL ? -1 : 0;
     }
 #endif
-    return PyMem_Calloc(1, bytes);
+    x->lines = PyMem_Calloc(1, bytes);
+    return x->lines == NULL ? -1 : 0;
 }
 
-static void table_free(void *p, size_t bytes) {
-    if (p == NULL)
+static void index_free(Index *x) {
+    size_t bytes = (x->mask + 1) * LINE;
+    if (x->lines == NULL)
         return;
 #ifdef __linux__
-    if (bytes >= HUGE_PAGE) {
-        munmap(p, bytes);
-        return;
-    }
+    if (bytes >= HUGE_PAGE)
+        munmap(x->lines, bytes);
+    else
 #endif
-    PyMem_Free(p);
+        PyMem_Free(x->lines);
+    x->lines = NULL;
 }
+
+static int SadTable_clear(SadTable *self);
 
 static int SadTable_init(SadTable *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"capacity", NULL};
     Py_ssize_t capacity;
-    uint64_t size = 2;
+    uint64_t lines = 1;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "n", kwlist, &capacity))
         return -1;
-    if (capacity < 1 || capacity > (1 << 24) || self->slots != NULL) {
+    if (capacity < 1 || capacity > (1 << 24) || self->sas != NULL) {
         PyErr_SetString(PyExc_ValueError, "capacity must be 1 .. 2^24, set once");
         return -1;
     }
-    while (size < LOAD_INVERSE * (uint64_t)capacity)
-        size *= 2;
-    self->slots = table_alloc(size * sizeof(Slot));
-    if (self->slots == NULL) {
+    while (lines < LINES_PER_SA * (uint64_t)capacity)
+        lines *= 2;
+    self->capacity = capacity;
+    self->sas = PyMem_Calloc((size_t)capacity + 1, sizeof *self->sas);
+    if (self->sas == NULL || index_alloc(&self->narrow, lines, 1, NARROW_KEY_LEN) ||
+        index_alloc(&self->wide, lines, 0, KEY_LEN)) {
+        SadTable_clear(self);
         PyErr_NoMemory();
         return -1;
     }
-    self->mask = size - 1;
-    self->capacity = capacity;
     return 0;
 }
 
 static int SadTable_traverse(SadTable *self, visitproc visit, void *arg) {
-    for (uint64_t i = 0; self->slots != NULL && i <= self->mask; i++)
-        Py_VISIT(self->slots[i].sa);
+    for (Py_ssize_t i = 1; self->sas != NULL && i <= self->capacity; i++)
+        Py_VISIT(self->sas[i]);
     return 0;
 }
 
+/* Drops every SA and the indexes: a cleared table is as one never initialised. */
 static int SadTable_clear(SadTable *self) {
-    for (uint64_t i = 0; self->slots != NULL && i <= self->mask; i++) {
-        Py_CLEAR(self->slots[i].sa);
-        self->slots[i].hash = 0;
-    }
+    for (Py_ssize_t i = 1; self->sas != NULL && i <= self->capacity; i++)
+        Py_CLEAR(self->sas[i]);
+    PyMem_Free(self->sas);
+    self->sas = NULL;
+    index_free(&self->narrow);
+    index_free(&self->wide);
     self->used = self->naive = 0;
     return 0;
 }
@@ -383,7 +467,6 @@ static int SadTable_clear(SadTable *self) {
 static void SadTable_dealloc(SadTable *self) {
     PyObject_GC_UnTrack(self);
     SadTable_clear(self);
-    table_free(self->slots, (self->mask + 1) * sizeof(Slot));
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -432,10 +515,10 @@ static void frame_probe(const Frame *f, int direction, const uint8_t *mac, Probe
 static PyObject *sad_lookup(const SadTable *t, int direction, const Frame *f,
                             const uint8_t *mac) {
     Probe p;
-    const Slot *slot;
+    uint32_t index;
     frame_probe(f, direction, mac, &p);
-    slot = probe_slot(t, &p);
-    return slot == NULL ? NULL : slot->sa;
+    index = probe_index(t, &p);
+    return index == 0 ? NULL : t->sas[index];
 }
 
 typedef struct {
@@ -773,8 +856,8 @@ error:
 typedef PyObject *(*FrameFn)(Datapath *, PyObject *);
 
 /* The first passes over a burst (see the SAD table): hash its frames' SAD keys and bring their
- * slots into the cache. */
-static int cache_slots(Datapath *self, PyObject *frames, int tx) {
+ * home lines into the cache. */
+static int cache_lines(Datapath *self, PyObject *frames, int tx) {
     Frame f;
     uint32_t word;
     Py_ssize_t n = 0, size = PyList_GET_SIZE(frames);
@@ -789,7 +872,7 @@ static int cache_slots(Datapath *self, PyObject *frames, int tx) {
             continue;
         frame_probe(&f, tx ? DIR_OUTBOUND : DIR_INBOUND, tx ? f.p + 6 : f.p, &probes[n++]);
     }
-    touch_slots(self->table, probes, n);
+    touch_lines(self->table, probes, n);
     PyMem_Free(probes);
     return 0;
 }
@@ -830,9 +913,9 @@ static PyObject *burst(Datapath *self, PyObject *args, FrameFn fn, PyObject *cou
         PyErr_SetString(PyExc_IndexError, "start must be 0..len(frames)");
         return NULL;
     }
-    /* a burst's slots are cached once, by the call that starts it; the calls that go on
+    /* a burst's lines are cached once, by the call that starts it; the calls that go on
      * after a frame the reference path took find the rest of them cached already */
-    if (start == 0 && cache_slots(self, frames, fn == tx_frame))
+    if (start == 0 && cache_lines(self, frames, fn == tx_frame))
         return NULL;
     for (i = start; i < n; i++) {
         PyObject *frame = PyList_GET_ITEM(frames, i);
@@ -896,7 +979,7 @@ static int Datapath_init(Datapath *self, PyObject *args, PyObject *kwds) {
             &tx_encrypted, &rx_esp, &rx_ok, &meta, &config, &ivdb, &PyType_Type,
             &sa_type, &PyType_Type, &replay_type, &PyType_Type, &aead_type))
         return -1;
-    if (table->slots == NULL) {
+    if (table->sas == NULL) {
         PyErr_SetString(PyExc_ValueError, "the SAD table is not initialised");
         return -1;
     }

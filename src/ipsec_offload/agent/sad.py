@@ -157,8 +157,9 @@ class SecurityAssociationDatabase:
 
     def lookup_burst(self, keys: list[PacketKey]) -> list[int]:
         """The SA index (0: none) of each packet key of a burst, as the engine's lookup stage
-        yields it: in the SAD table, which prefetches the whole burst's slots before it probes
-        them (or one by one in the dict, where the compiled fast path is not built)."""
+        yields it: in the SAD table, which brings the whole burst's home lines into the cache
+        before it probes them (or one by one in the dict, where the compiled fast path is not
+        built)."""
         if self._table is not None:
             return self._table.lookup_burst(keys)
         return [0 if (sa := self.lookup(*key)) is None else sa.index for key in keys]
