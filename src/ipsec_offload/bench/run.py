@@ -288,13 +288,40 @@ def _datapath(settings: Settings, size: int, algorithm: Algorithm) -> list[Figur
 
 
 def _lookups(settings: Settings) -> list[Figure]:
-    """SAD lookups at two sizes, a burst at a time as the engine looks them up, with traffic on
-    every SA of the larger one and on as many as the smaller one holds; a plain dict at the
-    same sizes (one lookup at a time) is the floor under a lookup that does not pipeline."""
+    """SAD lookups (`_sad_lookups`) of IPv4 keys, the bench's traffic, which the target is set
+    on, and of IPv6 keys; a plain dict at the same sizes (one lookup at a time) is the floor
+    under a lookup that does not pipeline."""
+    small, large = settings.sad_sizes
+    figures = _sad_lookups(settings, 4) + _sad_lookups(settings, 16)
+    floor = _costs(
+        {str(n): workloads.dict_lookups(n, settings.lookups) for n in (small, large)},
+        settings.rounds,
+    )
+    floor_base = Figure(
+        f"dict_lookup/{small}", f"dict lookup (floor), {small:,} keys", floor[str(small)], "ns"
+    )
+    return [
+        *figures,
+        floor_base,
+        Figure(
+            f"dict_lookup/{large}",
+            f"dict lookup (floor), {large:,} keys",
+            floor[str(large)],
+            "ns",
+            ratios=(Ratio(floor_base.id, floor[str(large)] / floor_base.value),),
+        ),
+    ]
+
+
+def _sad_lookups(settings: Settings, dst_len: int) -> list[Figure]:
+    """SAD lookups of keys with `dst_len`-byte destinations at two sizes, a burst at a time as
+    the engine looks them up, with traffic on every SA of the larger one and on as many as the
+    smaller one holds; the 1.3 target is on IPv4 keys."""
     small, large = settings.sad_sizes
     lookups, batch = settings.lookups, settings.batch
-    sad_small, keys_small = workloads.populated_sad(small)
-    sad_large, keys_large = workloads.populated_sad(large)
+    family, what = ("", "") if dst_len == 4 else ("ipv6/", ", IPv6")
+    sad_small, keys_small = workloads.populated_sad(small, dst_len)
+    sad_large, keys_large = workloads.populated_sad(large, dst_len)
     active = f"{large}/active_{small}"
     sad = _costs(
         {
@@ -305,38 +332,25 @@ def _lookups(settings: Settings) -> list[Figure]:
         settings.rounds,
     )
     del sad_small, sad_large, keys_small, keys_large
-    floor = _costs(
-        {str(n): workloads.dict_lookups(n, settings.lookups) for n in (small, large)},
-        settings.rounds,
-    )
-    target = Target(1.3, at_most=True)
-    sad_base = Figure(f"sad_lookup/{small}", f"SAD lookup, {small:,} SAs", sad[str(small)], "ns")
-    floor_base = Figure(
-        f"dict_lookup/{small}", f"dict lookup (floor), {small:,} keys", floor[str(small)], "ns"
+    target = Target(1.3, at_most=True) if dst_len == 4 else None
+    base = Figure(
+        f"sad_lookup/{family}{small}", f"SAD lookup{what}, {small:,} SAs", sad[str(small)], "ns"
     )
     return [
-        sad_base,
+        base,
         Figure(
-            f"sad_lookup/{large}",
-            f"SAD lookup, {large:,} SAs",
+            f"sad_lookup/{family}{large}",
+            f"SAD lookup{what}, {large:,} SAs",
             sad[str(large)],
             "ns",
-            ratios=(Ratio(sad_base.id, sad[str(large)] / sad_base.value, target),),
+            ratios=(Ratio(base.id, sad[str(large)] / base.value, target),),
         ),
         Figure(
-            f"sad_lookup/{active}",
-            f"SAD lookup, {large:,} SAs, {small:,} in use",
+            f"sad_lookup/{family}{active}",
+            f"SAD lookup{what}, {large:,} SAs, {small:,} in use",
             sad[active],
             "ns",
-            ratios=(Ratio(sad_base.id, sad[active] / sad_base.value, target),),
-        ),
-        floor_base,
-        Figure(
-            f"dict_lookup/{large}",
-            f"dict lookup (floor), {large:,} keys",
-            floor[str(large)],
-            "ns",
-            ratios=(Ratio(floor_base.id, floor[str(large)] / floor_base.value),),
+            ratios=(Ratio(base.id, sad[active] / base.value, target),),
         ),
     ]
 

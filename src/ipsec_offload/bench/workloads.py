@@ -255,16 +255,16 @@ SadKey = tuple[int, bytes, bytes]
 """An outbound SA's SPI, destination address and domain MAC."""
 
 
-def populated_sad(n: int) -> tuple[SecurityAssociationDatabase, list[SadKey]]:
-    """A SAD of `n` outbound SAs with random SPIs, destinations and domain MACs, inserted
-    directly (not through ADD_SA frames, which would take minutes for a million), and their
-    keys in random order."""
+def populated_sad(n: int, dst_len: int = 4) -> tuple[SecurityAssociationDatabase, list[SadKey]]:
+    """A SAD of `n` outbound SAs with random SPIs, `dst_len`-byte destinations (4: IPv4, 16:
+    IPv6) and domain MACs, inserted directly (not through ADD_SA frames, which would take
+    minutes for a million), and their keys in random order."""
     rng = random.Random(n)
     material = key_material(Algorithm.AES_GCM_128)
     sad = SecurityAssociationDatabase(n)
     with _no_collection():
         spis = rng.sample(range(1, 1 << 32), n)
-        keys = [(spi, rng.randbytes(4), rng.randbytes(6)) for spi in spis]
+        keys = [(spi, rng.randbytes(dst_len), rng.randbytes(6)) for spi in spis]
         for spi, dst, mac in keys:
             sad.insert(
                 SecurityAssociation(
