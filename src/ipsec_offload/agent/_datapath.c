@@ -187,26 +187,32 @@ typedef struct {
     uint64_t hash[2];
 } Probe;
 
-/* Load a hashed key's home line and the next (`next_too`; otherwise the home line again, which
- * costs nothing and keeps the loop free of branches): their first bytes, XORed. */
-static uint8_t load_home(const SadTable *t, const uint8_t key[KEY_LEN], uint64_t h) {
-    const Index *x = index_of(t, key);
-    uint64_t line = h & x->mask;
-    return x->lines[line * LINE] ^ x->lines[((line + x->next_too) & x->mask) * LINE];
+#define PROBE_LINES 4 /* the most lines a probe reads first: two keys, two lines each */
+
+/* The lines a hashed probe reads first, written to `lines`; how many. Each key's home line
+ * (the naive key's only while some SA is under one), and for a wide key the next line too. */
+static Py_ssize_t probe_lines(const SadTable *t, const Probe *p, const uint8_t **lines) {
+    Py_ssize_t n = 0;
+    for (int k = 0; k <= (t->naive != 0); k++) {
+        const Index *x = index_of(t, p->key[k]);
+        uint64_t line = p->hash[k] & x->mask;
+        lines[n++] = x->lines + line * LINE;
+        if (x->next_too)
+            lines[n++] = x->lines + ((line + 1) & x->mask) * LINE;
+    }
+    return n;
 }
 
-/* Bring a burst's home lines into the cache, between hashing and probing (the naive key's too
- * while some SA is under one). Plain loads in a tight loop, so that the processor keeps many
- * misses in flight: on the virtual machine measured they did better, and more reliably, than
- * prefetch instructions (docs/performance.md, "SAD lookups"). */
-static void touch_lines(const SadTable *t, const Probe *probes, Py_ssize_t n) {
+/* Bring a burst's lines into the cache, between hashing and probing: one plain load each, in a
+ * loop as short as it can be, so that the processor keeps as many misses in flight as it can
+ * (a loop that found each line from its key held a third as many). On the virtual machine
+ * measured, loads did better, and more reliably, than prefetch instructions
+ * (docs/performance.md, "SAD lookups"). */
+static void touch_lines(const uint8_t *const *lines, Py_ssize_t n) {
     volatile uint8_t sink;
     uint8_t seen = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        seen ^= load_home(t, probes[i].key[0], probes[i].hash[0]);
-        if (t->naive)
-            seen ^= load_home(t, probes[i].key[1], probes[i].hash[1]);
-    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        seen ^= *lines[i];
     sink = seen;
     (void)sink;
 }
@@ -346,8 +352,9 @@ static PyObject *SadTable_get(SadTable *self, PyObject *tuple) {
  * (0: none), as the engine's lookup stage yields it: the extended key first, then the naive
  * key. In the passes of the theory of operation. */
 static PyObject *SadTable_lookup_burst(SadTable *self, PyObject *keys) {
-    Py_ssize_t n;
+    Py_ssize_t n, nlines = 0;
     Probe *probes = NULL;
+    const uint8_t **lines;
     PyObject *result = NULL;
     if (table_ready(self))
         return NULL;
@@ -356,9 +363,10 @@ static PyObject *SadTable_lookup_burst(SadTable *self, PyObject *keys) {
         return NULL;
     }
     n = PyList_GET_SIZE(keys);
-    probes = PyMem_Malloc(sizeof *probes * (size_t)(n ? n : 1));
+    probes = PyMem_Malloc((sizeof *probes + PROBE_LINES * sizeof *lines) * (size_t)(n ? n : 1));
     if (probes == NULL)
         return PyErr_NoMemory();
+    lines = (const uint8_t **)(probes + n);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *key = PyList_GET_ITEM(keys, i);
         if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 5) {
@@ -369,8 +377,9 @@ static PyObject *SadTable_lookup_burst(SadTable *self, PyObject *keys) {
             goto done;
         probes[i].hash[0] = key_hash(probes[i].key[0]);
         probes[i].hash[1] = key_hash(probes[i].key[1]);
+        nlines += probe_lines(self, &probes[i], lines + nlines);
     }
-    touch_lines(self, probes, n);
+    touch_lines(lines, nlines);
     result = PyList_New(n);
     for (Py_ssize_t i = 0; result != NULL && i < n; i++) {
         PyObject *index = PyLong_FromUnsignedLong(probe_index(self, &probes[i]));
@@ -859,10 +868,11 @@ typedef PyObject *(*FrameFn)(Datapath *, PyObject *);
  * home lines into the cache. */
 static int cache_lines(Datapath *self, PyObject *frames, int tx) {
     Frame f;
+    Probe probe;
     uint32_t word;
-    Py_ssize_t n = 0, size = PyList_GET_SIZE(frames);
-    Probe *probes = PyMem_Malloc(sizeof *probes * (size_t)(size ? size : 1));
-    if (probes == NULL) {
+    Py_ssize_t nlines = 0, size = PyList_GET_SIZE(frames);
+    const uint8_t **lines = PyMem_Malloc(PROBE_LINES * sizeof *lines * (size_t)(size ? size : 1));
+    if (lines == NULL) {
         PyErr_NoMemory();
         return -1;
     }
@@ -870,10 +880,11 @@ static int cache_lines(Datapath *self, PyObject *frames, int tx) {
         PyObject *frame = PyList_GET_ITEM(frames, i);
         if (tx ? tx_headers(self, frame, &f, &word) : rx_headers(self, frame, &f))
             continue;
-        frame_probe(&f, tx ? DIR_OUTBOUND : DIR_INBOUND, tx ? f.p + 6 : f.p, &probes[n++]);
+        frame_probe(&f, tx ? DIR_OUTBOUND : DIR_INBOUND, tx ? f.p + 6 : f.p, &probe);
+        nlines += probe_lines(self->table, &probe, lines + nlines);
     }
-    touch_lines(self->table, probes, n);
-    PyMem_Free(probes);
+    touch_lines(lines, nlines);
+    PyMem_Free(lines);
     return 0;
 }
 
