@@ -69,8 +69,9 @@ static PyObject *vlan_key(const Frame *f) {
  * SAD's entries, 1..capacity), and two hash indexes map a packed key to an SA index, one per
  * key width as a hardware table has them: narrow keys (an IPv4 destination and at most one
  * VLAN, 24 bytes) two to a 64-byte line, wide keys (an IPv6 destination or two VLANs, 40
- * bytes) one to a line. Each index has at least twice as many lines as the SAD has entries,
- * so that a narrow key is in its home line all but about 3 times in 100. An index is open addressing
+ * bytes) one to a line. The narrow index has at least twice as many lines as the SAD has
+ * entries and the wide one four times, so that a narrow key is in its home line all but about
+ * 3 times in 100, and a wide one all but about 1 in 8. An index is open addressing
  * with linear probing over its entries in order, deletion by shifting the next entries back
  * (no tombstones). A burst is looked up in passes: the first hashes every key, the second
  * loads each key's home line, the third probes them in order. The memory latency of a large
@@ -81,7 +82,8 @@ static PyObject *vlan_key(const Frame *f) {
 #define KEY_LEN 40
 #define NARROW_KEY_LEN 24
 #define LINE 64
-#define LINES_PER_SA 2
+#define NARROW_LINES_PER_SA 2
+#define WIDE_LINES_PER_SA 4
 #define DIR_INBOUND 0 /* wire.config.Direction */
 #define DIR_OUTBOUND 1
 
@@ -93,14 +95,11 @@ typedef struct {
     uint8_t key[];
 } Entry;
 
-/* A hash index of one key width: `mask + 1` lines of `1 << shift` entries of `size` bytes.
- * With one entry to a line a probe goes on to the next line about a third of the time, so
- * that line is loaded with the home line (`next_too`). */
+/* A hash index of one key width: `mask + 1` lines of `1 << shift` entries of `size` bytes. */
 typedef struct {
     uint8_t *lines;
     uint64_t mask, entry_mask;
     unsigned shift;
-    unsigned next_too;
     size_t size, key_len;
 } Index;
 
@@ -187,18 +186,15 @@ typedef struct {
     uint64_t hash[2];
 } Probe;
 
-#define PROBE_LINES 4 /* the most lines a probe reads first: two keys, two lines each */
+#define PROBE_LINES 2 /* the most lines a probe reads first: its two keys' home lines */
 
-/* The lines a hashed probe reads first, written to `lines`; how many. Each key's home line
- * (the naive key's only while some SA is under one), and for a wide key the next line too. */
+/* The lines a hashed probe reads first, written to `lines`; how many. Its extended key's home
+ * line, and its naive key's while some SA is under one. */
 static Py_ssize_t probe_lines(const SadTable *t, const Probe *p, const uint8_t **lines) {
     Py_ssize_t n = 0;
     for (int k = 0; k <= (t->naive != 0); k++) {
         const Index *x = index_of(t, p->key[k]);
-        uint64_t line = p->hash[k] & x->mask;
-        lines[n++] = x->lines + line * LINE;
-        if (x->next_too)
-            lines[n++] = x->lines + ((line + 1) & x->mask) * LINE;
+        lines[n++] = (const uint8_t *)entry_at(x, home(x, p->hash[k]));
     }
     return n;
 }
@@ -401,7 +397,6 @@ static int index_alloc(Index *x, uint64_t lines, unsigned shift, size_t key_len)
     x->mask = lines - 1;
     x->entry_mask = (lines << shift) - 1;
     x->shift = shift;
-    x->next_too = shift == 0;
     x->size = LINE >> shift;
     x->key_len = key_len;
 #ifdef __linux__
@@ -435,19 +430,21 @@ static int SadTable_clear(SadTable *self);
 static int SadTable_init(SadTable *self, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"capacity", NULL};
     Py_ssize_t capacity;
-    uint64_t lines = 1;
+    uint64_t narrow = 1, wide = 1;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "n", kwlist, &capacity))
         return -1;
     if (capacity < 1 || capacity > (1 << 24) || self->sas != NULL) {
         PyErr_SetString(PyExc_ValueError, "capacity must be 1 .. 2^24, set once");
         return -1;
     }
-    while (lines < LINES_PER_SA * (uint64_t)capacity)
-        lines *= 2;
+    while (narrow < NARROW_LINES_PER_SA * (uint64_t)capacity)
+        narrow *= 2;
+    while (wide < WIDE_LINES_PER_SA * (uint64_t)capacity)
+        wide *= 2;
     self->capacity = capacity;
     self->sas = PyMem_Calloc((size_t)capacity + 1, sizeof *self->sas);
-    if (self->sas == NULL || index_alloc(&self->narrow, lines, 1, NARROW_KEY_LEN) ||
-        index_alloc(&self->wide, lines, 0, KEY_LEN)) {
+    if (self->sas == NULL || index_alloc(&self->narrow, narrow, 1, NARROW_KEY_LEN) ||
+        index_alloc(&self->wide, wide, 0, KEY_LEN)) {
         SadTable_clear(self);
         PyErr_NoMemory();
         return -1;
