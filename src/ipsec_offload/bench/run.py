@@ -15,7 +15,7 @@ import gc
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 
@@ -292,23 +292,21 @@ def _lookups(settings: Settings) -> list[Figure]:
     on, and of IPv6 keys; a plain dict at the same sizes (one lookup at a time) is the floor
     under a lookup that does not pipeline."""
     small, large = settings.sad_sizes
-    figures = _sad_lookups(settings, 4) + _sad_lookups(settings, 16)
     floor = _costs(
         {str(n): workloads.dict_lookups(n, settings.lookups) for n in (small, large)},
         settings.rounds,
     )
-    floor_base = Figure(
-        f"dict_lookup/{small}", f"dict lookup (floor), {small:,} keys", floor[str(small)], "ns"
-    )
     return [
-        *figures,
-        floor_base,
-        Figure(
-            f"dict_lookup/{large}",
-            f"dict lookup (floor), {large:,} keys",
-            floor[str(large)],
-            "ns",
-            ratios=(Ratio(floor_base.id, floor[str(large)] / floor_base.value),),
+        *_sad_lookups(settings, 4),
+        *_sad_lookups(settings, 16),
+        *_against(
+            Figure(
+                f"dict_lookup/{small}",
+                f"dict lookup (floor), {small:,} keys",
+                floor[str(small)],
+                "ns",
+            ),
+            [(f"dict_lookup/{large}", f"dict lookup (floor), {large:,} keys", floor[str(large)])],
         ),
     ]
 
@@ -332,25 +330,31 @@ def _sad_lookups(settings: Settings, dst_len: int) -> list[Figure]:
         settings.rounds,
     )
     del sad_small, sad_large, keys_small, keys_large
-    target = Target(1.3, at_most=True) if dst_len == 4 else None
-    base = Figure(
-        f"sad_lookup/{family}{small}", f"SAD lookup{what}, {small:,} SAs", sad[str(small)], "ns"
+    return _against(
+        Figure(
+            f"sad_lookup/{family}{small}", f"SAD lookup{what}, {small:,} SAs", sad[str(small)], "ns"
+        ),
+        [
+            (f"sad_lookup/{family}{large}", f"SAD lookup{what}, {large:,} SAs", sad[str(large)]),
+            (
+                f"sad_lookup/{family}{active}",
+                f"SAD lookup{what}, {large:,} SAs, {small:,} in use",
+                sad[active],
+            ),
+        ],
+        Target(1.3, at_most=True) if dst_len == 4 else None,
     )
+
+
+def _against(
+    base: Figure, rows: Sequence[tuple[str, str, float]], target: Target | None = None
+) -> list[Figure]:
+    """`base`, then a figure in ns for each (id, what, value) of `rows` as a ratio to it."""
     return [
         base,
-        Figure(
-            f"sad_lookup/{family}{large}",
-            f"SAD lookup{what}, {large:,} SAs",
-            sad[str(large)],
-            "ns",
-            ratios=(Ratio(base.id, sad[str(large)] / base.value, target),),
-        ),
-        Figure(
-            f"sad_lookup/{family}{active}",
-            f"SAD lookup{what}, {large:,} SAs, {small:,} in use",
-            sad[active],
-            "ns",
-            ratios=(Ratio(base.id, sad[active] / base.value, target),),
+        *(
+            Figure(id_, what, value, "ns", ratios=(Ratio(base.id, value / base.value, target),))
+            for id_, what, value in rows
         ),
     ]
 
