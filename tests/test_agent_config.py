@@ -619,6 +619,13 @@ def test_agent_config_rejects_impossible_sizes() -> None:
             AgentConfig(**kwargs)
 
 
+@pytest.mark.parametrize("field", ["meta_ethertype", "config_ethertype"])
+@pytest.mark.parametrize("value", [-1, 0x1_0000])
+def test_agent_config_rejects_ethertypes_beyond_16_bits(field: str, value: int) -> None:
+    with pytest.raises(UsageError, match=f"AgentConfig.{field} must be an EtherType"):
+        AgentConfig(**{field: value})
+
+
 def test_dump_has_no_key_material() -> None:
     agent = IpsecAgent()
     add_sa(agent, OUT, 0xABC, PEER4, local_mac=VF_MAC, vlans=(VLAN_Q,), seq=9)

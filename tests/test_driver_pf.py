@@ -223,6 +223,11 @@ def body(message: ConfigMessage) -> bytes:
     return build_config(message)
 
 
+def test_channel_refuses_a_config_ethertype_beyond_16_bits() -> None:
+    with pytest.raises(UsageError, match="ConfigChannel config_ethertype must be an EtherType"):
+        ConfigChannel(bytes(6), bytes(6), config_ethertype=0x1_0000)
+
+
 @pytest.mark.parametrize(
     ("state", "event", "expected"),
     [

@@ -341,8 +341,9 @@ def test_a_vsi_the_fast_path_cannot_read_sends_everything_to_the_reference_path(
     assert len(calls) == 2
 
 
-def test_no_fast_path_for_a_metadata_ethertype_beyond_16_bits() -> None:
-    assert Nic(meta_ethertype=0x1_0000)._fast is None
+def test_a_metadata_ethertype_beyond_16_bits_is_refused() -> None:
+    with pytest.raises(UsageError, match="Nic meta_ethertype must be an EtherType"):
+        Nic(meta_ethertype=0x1_0000)
 
 
 # -- the descriptors of a burst -----------------------------------------------------------------

@@ -72,6 +72,7 @@ from ipsec_offload.wire.ethernet import (
     VlanKey,
     VlanTag,
     build_ethernet,
+    check_ethertype,
     ethernet_fields,
     vlan_key,
 )
@@ -142,6 +143,8 @@ class AgentConfig:
             raise UsageError("AgentConfig.ports must be 1 .. 256 (the header's port is a u8)")
         if self.hairpin_size < 0 or self.txn_memory < 0:
             raise UsageError("AgentConfig.hairpin_size and txn_memory must be >= 0")
+        check_ethertype(self.meta_ethertype, "AgentConfig.meta_ethertype")
+        check_ethertype(self.config_ethertype, "AgentConfig.config_ethertype")
 
 
 @dataclass(slots=True)

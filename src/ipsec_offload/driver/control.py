@@ -28,7 +28,7 @@ from ipsec_offload.wire.config import (
     build_config,
     parse_config,
 )
-from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, build_ethernet
+from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, build_ethernet, check_ethertype
 
 
 class Errno(IntEnum):
@@ -99,6 +99,9 @@ class ConfigChannel:
     next_txn_id: int = 1
     counters: ControlCounters = field(default_factory=ControlCounters)
     _pending: dict[int, _Pending] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_ethertype(self.config_ethertype, "ConfigChannel config_ethertype")
 
     def submit(self, opcode: Opcode, tlvs: tuple[Tlv, ...], now: float) -> tuple[int, bytes]:
         """Start a transaction; returns its txn_id and the config frame to send."""

@@ -43,6 +43,7 @@ from ipsec_offload.wire.ethernet import (
     EtherType,
     VlanKey,
     VlanTag,
+    check_ethertype,
     ethernet_fields,
     vlan_key,
 )
@@ -136,11 +137,11 @@ class Nic:
         self.mode = mode
         self.max_vsis = max_vsis
         self.counters = NicCounters()
-        self._meta = meta_ethertype
+        self._meta = check_ethertype(meta_ethertype, "Nic meta_ethertype")
         self._vsis: dict[int, Vsi] = {}
         self._by_addr: dict[_VsiAddr, Vsi] = {}
         self._fast: fastpath.TxPath | None = None
-        if fastpath.TxPath is not None and 0 <= meta_ethertype <= 0xFFFF:
+        if fastpath.TxPath is not None:
             self._fast = fastpath.TxPath(TxDescriptor)
 
     # -- configuration (the PF driver's admin queue) ------------------------------------

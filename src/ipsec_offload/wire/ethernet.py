@@ -105,6 +105,13 @@ class EthernetHeader:
         return 2 * _MAC_LEN + meta + _TAG.size * len(self.vlans) + _U16.size
 
 
+def check_ethertype(value: int, what: str) -> int:
+    """`value` if it is an EtherType (16 bits); UsageError naming `what` if it is not."""
+    if not 0 <= value <= 0xFFFF:
+        raise UsageError(f"{what} must be an EtherType, 0 .. 0xFFFF, not {value:#x}")
+    return value
+
+
 EthernetFields: TypeAlias = tuple[bytes, bytes, int, tuple[VlanTag, ...], int | None, int]
 """What `ethernet_fields` returns: dst, src, ethertype, vlans, metadata, header length."""
 
