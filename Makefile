@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml setup.py src/ipsec_offload/agent/_datapath.c | $(BIN)/python
+$(VENV)/.installed: pyproject.toml setup.py $(shell find src -name "*.c" -o -name "*.h") | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 

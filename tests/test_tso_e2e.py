@@ -46,8 +46,10 @@ PORT, UDP_PORT = 5001, 5000  # no dissector of tshark claims them
 _ESP = struct.Struct(">IIQ")
 
 
-def make_bed(*, ivdb: bool = True) -> tuple[Testbed, HostStack, HostStack]:
-    bed = Testbed(agent=AgentConfig(ivdb=ivdb))
+def make_bed(
+    *, ivdb: bool = True, own_sequence: bool = True
+) -> tuple[Testbed, HostStack, HostStack]:
+    bed = Testbed(agent=AgentConfig(ivdb=ivdb), own_sequence=own_sequence)
     host = bed.add_pf_host("host", HOST_MAC, ipv4="192.0.2.1", ipv6="2001:db8::1")
     peer = bed.add_peer("peer", PEER_MAC, ipv4="192.0.2.2", ipv6="2001:db8::2")
     return bed, host, peer
@@ -208,19 +210,34 @@ def test_edge_sizes(family: int, size: int, mss: int, segments: int) -> None:
     assert out_sa(bed, sas).packets == segments
 
 
-def test_64kib_is_two_tso_sends_numbered_once_each_by_the_stack() -> None:
-    """The stack numbers each TSO send once (its IVs 1 and 2); the agent numbers segments."""
+def test_64kib_is_two_tso_sends_each_reserving_a_number_per_segment() -> None:
+    """The stack reserves one number per segment of each TSO send, as Linux's
+    xfrm_replay_overflow_offload does (its IVs 1 and 45); the agent numbers the segments
+    within them, so its counter is never above the stack's."""
     bed, host, peer = make_bed()
     sas = bed.secure(host, peer)
     bed.captures["nic-to-agent"].clear()
     host.send_tcp(addr(peer, 4), 40000, PORT, data_of(65536), bed.now, mss=1460)
     bed.settle(host)
-    assert host.states[sas.a_out.handle].oseq == 2
+    assert host.states[sas.a_out.handle].oseq == 45
     to_agent = bed.captures["nic-to-agent"].records
     stack_ivs = [int.from_bytes(r.frame[20 + 20 + 8 : 20 + 20 + 16]) for r in to_agent]
     # 44 full segments fit one send; each segment leaves the NIC with its send's IV
-    assert stack_ivs == [1] * 44 + [2]
+    assert stack_ivs == [1] * 44 + [45]
     assert [e.iv for e in wire_esp(bed)] == list(range(1, 46))
+    assert out_sa(bed, sas).ivdb == host.states[sas.a_out.handle].oseq + 1
+
+
+def test_naive_hand_over_numbers_each_tso_send_once() -> None:
+    """Without the stack's ownership (`--naive seq-handover`) each TSO send takes one number
+    and the agent runs ahead of the stack: the state the next issue's fault reuses."""
+    bed, host, peer = make_bed(own_sequence=False)
+    sas = bed.secure(host, peer)
+    host.send_tcp(addr(peer, 4), 40000, PORT, data_of(65536), bed.now, mss=1460)
+    bed.settle(host)
+    assert host.states[sas.a_out.handle].oseq == 2
+    assert [e.iv for e in wire_esp(bed)] == list(range(1, 46))
+    assert out_sa(bed, sas).ivdb == 46
 
 
 # -- no (SA, sequence number) twice, whatever the mix -------------------------------------
@@ -281,8 +298,31 @@ def test_no_sequence_number_twice_across_any_mix(ops: list[_Op], start: int) -> 
 
 
 @pytest.mark.parametrize("esn", [False, True], ids=["32-bit", "esn-64-bit"])
-def test_sequence_exhaustion_drops_segments_and_never_wraps(esn: bool) -> None:
+def test_stack_drops_a_tso_send_it_has_no_numbers_for(esn: bool) -> None:
+    """The stack reserves every segment's number before the send goes down: a TSO send that
+    needs more numbers than are left is dropped whole (counted), never wrapped or split, and
+    the numbers left still serve smaller sends up to the last."""
     bed, host, peer = make_bed()
+    sas = bed.secure(host, peer, esn=esn)
+    limit = (1 << 64 if esn else 1 << 32) - 1
+    host.states[sas.a_out.handle].oseq = limit - 3
+    peer.states[sas.b_in.handle].replay = ReplayWindow(64, esn, limit - 3)
+    host.send_tcp(addr(peer, 4), 40000, PORT, data_of(5 * 100), bed.now, mss=100)
+    bed.settle(host)
+    assert host.counters.drops == {"out_seq_exhausted": 1} and wire_esp(bed) == []
+    for n in range(4):
+        host.send_udp(addr(peer, 4), 40001, UDP_PORT, b"small %d" % n, bed.now)
+        bed.settle(host)
+    assert [e.iv for e in wire_esp(bed)] == [limit - 2, limit - 1, limit]
+    assert host.counters.drops == {"out_seq_exhausted": 2}
+    assert bed.agent.counters.drops[DropReason.SEQ_EXHAUSTED] == 0
+    assert [d.payload for d in bed.delivered(peer)] == [b"small 0", b"small 1", b"small 2"]
+
+
+@pytest.mark.parametrize("esn", [False, True], ids=["32-bit", "esn-64-bit"])
+def test_agent_exhaustion_drops_segments_and_never_wraps(esn: bool) -> None:
+    """Where the agent runs ahead of a naive stack, it drops at the end of its numbers."""
+    bed, host, peer = make_bed(own_sequence=False)
     sas = bed.secure(host, peer, esn=esn)
     limit = (1 << 64 if esn else 1 << 32) - 1
     # the stack's counter near the end; the agent keeps its numbers (above its IVDB)

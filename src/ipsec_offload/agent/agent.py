@@ -115,6 +115,9 @@ class AgentConfig:
     """Build-time parameters of the agent (the hardware's fixed sizes among them)."""
 
     mac: bytes = DEFAULT_AGENT_MAC
+    pf_mac: bytes | None = None
+    """The PF driver's MAC: config frames from any other source are ignored and counted
+    (spec 9, invariant 3). None accepts any source, as in spec 1.0."""
     sad_size: int = 4096
     max_replay_window: int = 4096
     default_replay_window: int = 64
@@ -133,6 +136,8 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if len(self.mac) != 6:
             raise UsageError("AgentConfig.mac must be 6 bytes")
+        if self.pf_mac is not None and len(self.pf_mac) != 6:
+            raise UsageError("AgentConfig.pf_mac must be 6 bytes (or None to accept any source)")
         if not 1 <= self.sad_size < 1 << 24:
             raise UsageError("AgentConfig.sad_size must be 1 .. 2^24-1 (SA_INDEX is 24 bits)")
         if not 0 <= self.default_replay_window <= self.max_replay_window <= MAX_WINDOW_SIZE:
@@ -222,6 +227,10 @@ class IpsecAgent:
             return
         if metadata is None:
             if ethertype == self.config.config_ethertype and not vlans and dst == self.config.mac:
+                pf_mac = self.config.pf_mac
+                if pf_mac is not None and src != pf_mac:
+                    self.counters.drops[DropReason.CONFIG_NOT_FROM_PF] += 1
+                    return
                 self._config_frame(frame, src, l2_len, out)
                 return
             self.counters.paths[Path.TX_UNTAGGED] += 1

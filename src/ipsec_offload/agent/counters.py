@@ -30,6 +30,8 @@ class DropReason(IntEnum):
     """A config frame from the host with the reply bit set."""
     TOO_LARGE = 10
     """The encrypted frame would exceed the IP length field."""
+    CONFIG_NOT_FROM_PF = 11
+    """A config frame from a source other than the PF's MAC (when the agent is given it)."""
 
 
 class Path(IntEnum):

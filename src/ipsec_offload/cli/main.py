@@ -125,6 +125,12 @@ class _Progress:
     help="The agent's own MAC address (config frames must be sent to it).",
 )
 @click.option(
+    "--pf-mac",
+    default=None,
+    help="The PF driver's MAC: config frames from any other source are ignored and counted"
+    " (default: accept any source).",
+)
+@click.option(
     "--kek",
     "keks",
     multiple=True,
@@ -139,6 +145,7 @@ def agent(
     wire_out: Path,
     esp_sa: Path | None,
     agent_mac: str,
+    pf_mac: str | None,
     keks: tuple[str, ...],
     sad_size: int,
 ) -> None:
@@ -151,6 +158,7 @@ def agent(
             wire_out=wire_out,
             esp_sa=esp_sa,
             agent_mac=agent_mac,
+            pf_mac=pf_mac,
             keks=keks,
             sad_size=sad_size,
         )

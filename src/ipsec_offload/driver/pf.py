@@ -17,7 +17,8 @@ negative errno; -ETIMEDOUT after the channel's bounded retries) and TLVs.
   queue) and no offload. In VEPA mode the PF registers every local address for the hairpin.
 
 Each design choice of the deck can be switched off to watch it fail: `extended_key`
-(domain fields on SAs), `ownership_db` (clean-up), `port_tagging` (untrusted VFs), `hairpin`.
+(domain fields on SAs), `ownership_db` (clean-up), `port_tagging` (untrusted VFs), `hairpin`,
+`vf_filter` (the NIC's Tx EtherType filter on trusted VFs' config and metadata frames).
 
 The VF lifecycle as the PF sees it is the table `VF_TRANSITIONS`:
 
@@ -55,7 +56,7 @@ from ipsec_offload.driver.ring import (
     add_sa_request,
 )
 from ipsec_offload.errors import ParseError, UsageError
-from ipsec_offload.nic.admin import AdminCommand, SetPortTag
+from ipsec_offload.nic.admin import AdminCommand, SetPortTag, SetTxEtherTypeFilter
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
 from ipsec_offload.wire.config import (
     AddSaRequest,
@@ -206,7 +207,9 @@ class PfDriver(RingDriver):
         ownership_db: bool = True,
         port_tagging: bool = True,
         hairpin: bool = False,
+        vf_filter: bool = True,
         config_ethertype: int = EtherType.CONFIG,
+        meta_ethertype: int = EtherType.META,
     ) -> None:
         super().__init__(mac, vlans)
         self.vsi_id = vsi_id
@@ -215,6 +218,7 @@ class PfDriver(RingDriver):
         self.ownership_db = ownership_db
         self.port_tagging = port_tagging
         self.hairpin = hairpin
+        self.vf_filter = vf_filter
         self.channel = ConfigChannel(
             mac, agent_mac, port, timeout, retries, config_ethertype=config_ethertype
         )
@@ -227,6 +231,7 @@ class PfDriver(RingDriver):
         self._mailbox_out: list[tuple[int, bytes]] = []
         self._admin: list[AdminCommand] = []
         self._config_ethertype = config_ethertype
+        self._agent_ethertypes = frozenset((config_ethertype, meta_ethertype))
         self._local: set[tuple[bytes, tuple[VlanTag, ...]]] = set()
 
     # -- agent transactions -------------------------------------------------------------
@@ -382,8 +387,13 @@ class PfDriver(RingDriver):
         self._apply_trust(vf)
 
     def _apply_trust(self, vf: VfInfo) -> None:
+        """Untrusted: the port tag (its frames are data to the agent). Trusted: the Tx
+        EtherType filter, so that only the PF talks to the agent (spec 9, invariant 3)."""
         word = None if vf.trusted or not self.port_tagging else UNTRUSTED_PORT_TAG
         self._admin.append(SetPortTag(vf.vsi_id, word))
+        filtered = vf.trusted and self.vf_filter
+        ethertypes = self._agent_ethertypes if filtered else frozenset[int]()
+        self._admin.append(SetTxEtherTypeFilter(vf.vsi_id, ethertypes))
 
     def vf_flr(self, vf_id: int, now: float) -> None:
         """A function-level reset from the hypervisor: the VM was destroyed or reset."""
@@ -508,6 +518,7 @@ class PfDriver(RingDriver):
     def _vf_disable(self, vf: VfInfo, message: MailboxMessage | None, now: float) -> None:
         self._register_local(vf.mac, vf.vlans, now, add=False)
         self._admin.append(SetPortTag(vf.vsi_id, None))
+        self._admin.append(SetTxEtherTypeFilter(vf.vsi_id, frozenset()))
 
     def _vf_notify_pf_reset(self, vf: VfInfo, message: MailboxMessage | None, now: float) -> None:
         vf.deferred_request = None

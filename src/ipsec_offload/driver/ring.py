@@ -9,7 +9,7 @@ SA_EXPIRED are dropped and counted.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ipsec_offload.errors import ParseError, UsageError
@@ -40,8 +40,18 @@ class OffloadState:
     esn: bool = False
     replay_window: int = 64
     seq: int | None = None
+    """The SEQ TLV to send (None: the agent's default), when `handover_seq` is not given."""
     lifetime_packets: int = 0
     lifetime_bytes: int = 0
+    handover_seq: Callable[[], int | None] | None = field(default=None, compare=False)
+    """Reads the stack's live state at the moment an ADD_SA is built (Linux hands the driver
+    the `struct xfrm_state` itself): outbound the next sequence number, inbound the highest
+    accepted, None while they are the agent's defaults. Every add and re-install (after a
+    PF or VF reset) carries it, so the agent never starts below the stack (spec 9)."""
+
+    def seq_now(self) -> int | None:
+        """The SEQ an ADD_SA of this state carries now."""
+        return self.seq if self.handover_seq is None else self.handover_seq()
 
 
 def add_sa_request(
@@ -62,7 +72,7 @@ def add_sa_request(
         wrapped_key=wrapped_key,
         kek_id=kek_id,
         esn=state.esn,
-        seq=state.seq,
+        seq=state.seq_now(),
         replay_window=state.replay_window if state.direction == Direction.INBOUND else None,
         lifetime_packets=state.lifetime_packets or None,
         lifetime_bytes=state.lifetime_bytes or None,

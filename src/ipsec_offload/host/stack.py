@@ -31,7 +31,7 @@ delivers to applications and the outcome of state operations are its own `events
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -220,11 +220,16 @@ class HostStack:
         ipv4: str | None = None,
         ipv6: str | None = None,
         vlans: tuple[VlanTag, ...] = (),
+        own_sequence: bool = True,
     ) -> None:
         if ipv4 is None and ipv6 is None:
             raise UsageError(f"host {name}: give it an IPv4 or an IPv6 address (or both)")
         self.name = name
         self.device = device
+        self.own_sequence = own_sequence
+        """The stack owns sequence numbers and replay windows, as Linux does (spec 9): one
+        number per segment of a TSO send, SEQ on every (re-)install, and the replay check
+        for packets the agent decrypted too. False is the naive hand-over to the device."""
         self.mac = mac
         self.vlans = vlans
         self.addresses: dict[int, bytes] = {}
@@ -281,7 +286,8 @@ class HostStack:
         self.states[state.handle] = state
         if offload and self.device.hw_esp_offload:
             state.offload = Offload.PENDING
-            self.device.xdo_dev_state_add(_offload_state(state), now)
+            handover = partial(_handover_seq, state) if self.own_sequence else None
+            self.device.xdo_dev_state_add(_offload_state(state, handover), now)
         else:
             self._events.append(StateResult(now, state.handle, "add", 0, Offload.SOFTWARE))
 
@@ -497,12 +503,15 @@ class HostStack:
         if state.lifetime_packets and state.packets >= state.lifetime_packets:
             self.counters.drop("out_state_expired")
             return
+        segments = 1 if tso is None else tso.segments
         seq = state.oseq + 1
-        if seq > _SEQ_LIMIT[state.esn]:
+        # Linux's xfrm_replay_overflow_offload: a GSO send takes one number per segment
+        last = state.oseq + (segments if self.own_sequence else 1)
+        if last > _SEQ_LIMIT[state.esn]:
             self.counters.drop("out_seq_exhausted")
             return
-        state.oseq = seq
-        state.packets += 1 if tso is None else tso.segments
+        state.oseq = last
+        state.packets += segments
         state.bytes += len(payload)
         if self._offloaded(state):
             esp = esp_header(state.spi, seq & _SEQ_MASK) + explicit_iv(seq)
@@ -703,24 +712,33 @@ class HostStack:
             self.counters.drop("in_no_state")
             return
         offloaded = rx is not None and rx.ipsec and rx.status == _RX_OK
-        protected = body[_ESP_HEADER_END:]
+        replay = state.replay
+        assert replay is not None
+        # Linux checks the window for packets the device decrypted too (CRYPTO_DONE)
+        checked = not offloaded or self.own_sequence
+        full = replay.check(seq) if checked else seq
+        if full is None:
+            self.counters.drop("in_replay")
+            return
         try:
             if offloaded:
-                _, next_header, payload_len = esp_trailer_fields(protected)
-                plaintext = bytes(protected)
+                plaintext = bytes(body[_ESP_HEADER_END:])
+                _, next_header, payload_len = esp_trailer_fields(plaintext)
                 self.counters.rx_esp_offloaded += 1
             else:
-                plaintext, payload_len, next_header = self._decrypt(state, seq, body)
+                plaintext, payload_len, next_header = _open(state, full, body)
                 self.counters.rx_esp_software += 1
         except AuthenticationError:
             self.counters.drop("in_auth_failed")
             return
         except ParseError:
+            # the ICV verified (here or in the agent): the number is used up all the same
+            if checked:
+                replay.accept(full)
             self.counters.drop("in_malformed")
             return
-        except _Replay:
-            self.counters.drop("in_replay")
-            return
+        if checked:
+            replay.accept(full)
         state.packets += 1
         state.bytes += payload_len
         payload = memoryview(plaintext)[:payload_len]
@@ -728,23 +746,6 @@ class HostStack:
             self._deliver(src, dst, next_header, payload, state, offloaded, now)
             return
         self._input_tunnel(next_header, payload, state, offloaded, now)
-
-    @staticmethod
-    def _decrypt(state: XfrmState, seq: int, body: memoryview) -> tuple[bytes, int, int]:
-        """Check `seq` (the ESP header's) against the replay window and open the packet."""
-        assert state.replay is not None
-        full = state.replay.check(seq)
-        if full is None:
-            raise _Replay
-        iv = bytes(body[ESP_HEADER_LEN:_ESP_HEADER_END])
-        sealed = body[_ESP_HEADER_END:]
-        try:
-            result = esp_open(state.aead, state.spi, full, state.esn, iv, sealed)
-        except ParseError:
-            state.replay.accept(full)
-            raise
-        state.replay.accept(full)
-        return result
 
     def _input_tunnel(
         self, next_header: int, inner: memoryview, state: XfrmState, offloaded: bool, now: float
@@ -861,15 +862,18 @@ class HostStack:
         }
 
 
-class _Replay(Exception):
-    """Internal: the software replay window refused a packet."""
+def _open(state: XfrmState, full_seq: int, body: memoryview) -> tuple[bytes, int, int]:
+    """Open the ESP packet `body` of `state` numbered `full_seq` (its replay check passed):
+    (plaintext with trailer, payload length, next header)."""
+    iv = bytes(body[ESP_HEADER_LEN:_ESP_HEADER_END])
+    return esp_open(state.aead, state.spi, full_seq, state.esn, iv, body[_ESP_HEADER_END:])
 
 
 def _addr(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else ipaddress.ip_address(value).packed
 
 
-def _offload_state(state: XfrmState) -> OffloadState:
+def _offload_state(state: XfrmState, handover: Callable[[], int | None] | None) -> OffloadState:
     return OffloadState(
         handle=state.handle,
         direction=state.direction,
@@ -882,4 +886,14 @@ def _offload_state(state: XfrmState) -> OffloadState:
         replay_window=state.replay_window,
         lifetime_packets=state.lifetime_packets,
         lifetime_bytes=state.lifetime_bytes,
+        handover_seq=handover,
     )
+
+
+def _handover_seq(state: XfrmState) -> int | None:
+    """The SEQ an (re-)install of `state` carries: outbound the next sequence number, inbound
+    the highest accepted; None while that is the agent's default (1, 0)."""
+    if state.direction == _OUTBOUND:
+        return state.oseq + 1 if state.oseq else None
+    assert state.replay is not None
+    return state.replay.highest or None

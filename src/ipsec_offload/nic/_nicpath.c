@@ -7,8 +7,10 @@
  * order, every descriptor that is the common case:
  *
  *   an exact TxDescriptor without TSO (mss 0) whose frame is a bytes object with an Ethernet
- *   header Nic._transmit_one parses (at most two VLAN tags, none truncated), that passes the
- *   VSI's anti-spoof check (or the VSI has none), and that the switch sends toward the agent:
+ *   header Nic._transmit_one parses (at most two VLAN tags, none truncated) and carries IPv4
+ *   or IPv6 (any other EtherType, which the VSI's Tx EtherType filter may drop, goes to the
+ *   reference path), that passes the VSI's anti-spoof check (or the VSI has none), and that
+ *   the switch sends toward the agent:
  *   any frame in VEPA mode; in VEB mode a unicast frame whose destination (MAC and VLANs) is
  *   no other VSI's. Its metadata word (the VSI's port tag, or else the descriptor's L2TAG)
  *   must be a 32-bit word or None.
@@ -43,6 +45,8 @@
 
 #define ETH_VLAN 0x8100u
 #define ETH_QINQ 0x88A8u
+#define ETH_IPV4 0x0800u
+#define ETH_IPV6 0x86DDu
 #define MAC_LEN 6
 #define MAC_END 12 /* where the tags begin: after the destination and source MAC */
 #define ETH_MIN_LEN 14
@@ -277,6 +281,8 @@ static PyObject *tx_one(const TxPath *self, PyObject *desc, const VsiView *view,
         et = rd16(p + off + 4);
         off += 4;
     }
+    if (et != ETH_IPV4 && et != ETH_IPV6)
+        Py_RETURN_NONE; /* not IP data: the VSI's Tx EtherType filter is the reference path's */
     if (view->anti_spoof &&
         (memcmp(p + MAC_LEN, view->mac, MAC_LEN) != 0 || !vlans_equal(&v, &view->vlans)))
         Py_RETURN_NONE;

@@ -13,4 +13,13 @@ class SetPortTag:
     word: int | None
 
 
-AdminCommand = SetPortTag
+@dataclass(frozen=True, slots=True)
+class SetTxEtherTypeFilter:
+    """Drop every frame a VSI sends with one of these EtherTypes, before the switch (FVL's Tx
+    EtherType filter, which keeps a VF's PAUSE frames off the port); empty: filter nothing."""
+
+    vsi_id: int
+    ethertypes: frozenset[int]
+
+
+AdminCommand = SetPortTag | SetTxEtherTypeFilter

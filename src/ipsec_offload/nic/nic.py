@@ -36,6 +36,7 @@ from typing import Any
 from ipsec_offload.burst import reference_items
 from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.nic import fastpath
+from ipsec_offload.nic.admin import AdminCommand, SetPortTag
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
 from ipsec_offload.nic.tso import TsoDrop, tso_segment
 from ipsec_offload.wire.addr import mac_to_str
@@ -78,6 +79,8 @@ class VsiCounters:
     tx_spoofed: int = 0
     tx_malformed: int = 0
     tx_port_tagged: int = 0
+    tx_ethertype_filtered: int = 0
+    """Frames the VSI's Tx EtherType filter dropped (a VF's config or metadata frames)."""
     tso_sends: int = 0
     """TSO descriptors segmented."""
     tso_segments: int = 0
@@ -100,6 +103,9 @@ class Vsi:
     """Metadata word forced onto every frame this VSI sends (untrusted VFs)."""
     anti_spoof: bool = True
     """Drop frames whose source MAC or VLAN stack is not the VSI's."""
+    tx_ethertype_filter: frozenset[int] = frozenset()
+    """EtherTypes dropped on Tx, before the switch (the outer one, or the one after the
+    VLAN tags): the PF sets the agent's config and metadata EtherTypes on trusted VFs."""
     counters: VsiCounters = field(default_factory=VsiCounters)
 
     @property
@@ -179,6 +185,19 @@ class Nic:
     def vsis(self) -> list[Vsi]:
         return [self._vsis[i] for i in sorted(self._vsis)]
 
+    def execute(self, command: AdminCommand) -> None:
+        """Carry out a command from the PF driver's admin queue."""
+        if isinstance(command, SetPortTag):
+            self.set_port_tag(command.vsi_id, command.word)
+        else:
+            self.set_tx_ethertype_filter(command.vsi_id, command.ethertypes)
+
+    def set_tx_ethertype_filter(self, vsi_id: int, ethertypes: Iterable[int]) -> None:
+        """Drop the VSI's Tx frames of these EtherTypes (none: stop filtering)."""
+        self.vsi(vsi_id).tx_ethertype_filter = frozenset(
+            check_ethertype(value, "a Tx EtherType filter entry") for value in ethertypes
+        )
+
     def set_port_tag(self, vsi_id: int, word: int | None) -> None:
         """Force (or, with None, stop forcing) a metadata word on every frame the VSI sends."""
         if word is not None and not 0 <= word <= 0xFFFFFFFF:
@@ -216,13 +235,17 @@ class Nic:
         counters = vsi.counters
         frame = desc.frame
         try:
-            dst, src, _, vlans, _, _ = ethernet_fields(frame, -1)
+            dst, src, ethertype, vlans, _, _ = ethernet_fields(frame, -1)
         except ParseError:
             counters.tx_malformed += 1
             return
         vlans_key = vlan_key(vlans)
         if vsi.anti_spoof and (src != vsi.mac or vlans_key != vsi.vlan_key):
             counters.tx_spoofed += 1
+            return
+        if ethertype in vsi.tx_ethertype_filter:
+            # spec 9 invariant 3: a VF's config or metadata frame never reaches the agent
+            counters.tx_ethertype_filtered += 1
             return
         word = desc.l2tag if vsi.port_tag is None else vsi.port_tag
         frames = [frame]

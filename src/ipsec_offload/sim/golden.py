@@ -77,6 +77,13 @@ def parse_keks(specs: Iterable[str]) -> dict[int, bytes]:
     return keks
 
 
+def _mac_option(option: str, text: str) -> bytes:
+    try:
+        return mac_from_str(text)
+    except (UsageError, ValueError) as exc:
+        raise UsageError(f"{option} {text!r}: {exc}") from None
+
+
 def run_golden(
     *,
     host_in: Path,
@@ -87,13 +94,13 @@ def run_golden(
     agent_mac: str,
     keks: Iterable[str],
     sad_size: int,
+    pf_mac: str | None = None,
 ) -> str:
     """The `ipsec-offload agent` command: returns a one-paragraph summary."""
-    try:
-        mac = mac_from_str(agent_mac)
-    except (UsageError, ValueError) as exc:
-        raise UsageError(f"--agent-mac {agent_mac!r}: {exc}") from None
-    agent = IpsecAgent(AgentConfig(mac=mac, keks=parse_keks(keks), sad_size=sad_size))
+    mac = _mac_option("--agent-mac", agent_mac)
+    pf = None if pf_mac is None else _mac_option("--pf-mac", pf_mac)
+    config = AgentConfig(mac=mac, pf_mac=pf, keks=parse_keks(keks), sad_size=sad_size)
+    agent = IpsecAgent(config)
     host_records = read_pcap(host_in)
     wire_records = read_pcap(wire_in) if wire_in is not None else []
     result = replay(agent, host_records, wire_records)

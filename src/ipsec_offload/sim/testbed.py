@@ -177,6 +177,7 @@ class Testbed:
         seed: int = 1,
         max_events: int = 10_000_000,
         capture: bool = True,
+        own_sequence: bool = True,
     ) -> None:
         self.agent = IpsecAgent(agent)
         self.nic = Nic(mode=mode, meta_ethertype=self.agent.config.meta_ethertype)
@@ -188,6 +189,8 @@ class Testbed:
         self.rng = random.Random(seed)
         self.max_events = max_events
         self.capture = capture
+        self.own_sequence = own_sequence
+        """Passed to every host stack (HostStack.own_sequence)."""
         self.captures: dict[str, LinkCapture] = {name: LinkCapture() for name in LINKS + TAPS}
         self.link_drops: dict[str, int] = dict.fromkeys(LINKS, 0)
         self.faults: list[Fault] = []
@@ -215,6 +218,7 @@ class Testbed:
         ownership_db: bool = True,
         port_tagging: bool = True,
         hairpin: bool = True,
+        vf_filter: bool = True,
         timeout: float = 0.001,
         retries: int = 3,
         port: int = 0,
@@ -237,10 +241,12 @@ class Testbed:
             ownership_db=ownership_db,
             port_tagging=port_tagging,
             hairpin=hairpin and self.nic.mode == SwitchMode.VEPA,
+            vf_filter=vf_filter,
             config_ethertype=self.agent.config.config_ethertype,
+            meta_ethertype=self.agent.config.meta_ethertype,
         )
         self.pf = driver
-        stack = HostStack(name, driver, mac_b, ipv4=ipv4, ipv6=ipv6, vlans=vlans)
+        stack = self._stack(name, driver, mac_b, ipv4, ipv6, vlans)
         self._add(Endpoint(stack, driver, vsi.vsi_id))
         driver.probe(self.now)
         driver.register_own_address(self.now)
@@ -276,7 +282,7 @@ class Testbed:
         else:
             vsi_id = info.vsi_id
         driver = VfDriver(vf, mac_b, vlans, kek=kek)
-        stack = HostStack(name, driver, mac_b, ipv4=ipv4, ipv6=ipv6, vlans=vlans)
+        stack = self._stack(name, driver, mac_b, ipv4, ipv6, vlans)
         self._add(Endpoint(stack, driver, vsi_id, vf))
         driver.start(self.now)
         self.settle(stack, self.endpoints[self.pf_name()].stack)
@@ -355,9 +361,22 @@ class Testbed:
         """A remote host on the wire doing ESP in software (on a VLAN if `vlans`)."""
         mac_b = _mac(mac)
         driver = PlainDriver(mac_b)
-        stack = HostStack(name, driver, mac_b, ipv4=ipv4, ipv6=ipv6, vlans=vlans)
+        stack = self._stack(name, driver, mac_b, ipv4, ipv6, vlans)
         self._add(Endpoint(stack, driver, None))
         return stack
+
+    def _stack(
+        self,
+        name: str,
+        driver: PfDriver | VfDriver | PlainDriver,
+        mac: bytes,
+        ipv4: str | None,
+        ipv6: str | None,
+        vlans: tuple[VlanTag, ...],
+    ) -> HostStack:
+        return HostStack(
+            name, driver, mac, ipv4=ipv4, ipv6=ipv6, vlans=vlans, own_sequence=self.own_sequence
+        )
 
     def _add(self, ep: Endpoint) -> None:
         """Join a host to the L2 domain of its VLAN stack: hosts there learn each other."""
@@ -583,7 +602,7 @@ class Testbed:
                 self._schedule(self.mailbox_delay, _OTHER, partial(self._to_pf, driver.vf_id, data))
             return
         for command in driver.admin_commands():
-            self.nic.set_port_tag(command.vsi_id, command.word)
+            self.nic.execute(command)
         for vf, data in driver.mailbox_messages():
             self._schedule(self.mailbox_delay, _OTHER, partial(self._to_vf, vf, data))
         deadline = driver.next_timer()
