@@ -464,3 +464,32 @@ def test_unwritable_output(tmp_path: Path) -> None:
     ho = tmp_path / "no-such-dir" / "HO.pcap"
     result = invoke("--host-in", host_in, "--host-out", ho, "--wire-out", tmp_path / "WO.pcap")
     assert_clean_error(result, str(ho))
+
+
+def test_agent_command_takes_config_from_the_pf_mac_alone(tmp_path: Path) -> None:
+    """Spec 9 invariant 3: given `--pf-mac`, the golden agent answers config frames from that
+    source as before, and ignores (without a reply) and counts those from any other."""
+    kek = ("--kek", f"{KEK_ID}:{KEK.hex()}")
+    for name in ("pf", "all", "other"):
+        (tmp_path / name).mkdir()
+    result, ho, wo, _ = run_hand_built(tmp_path / "pf", *kek, "--pf-mac", HOST_MAC.hex(":"))
+    assert result.exit_code == 0, result.output
+    assert "SAD holds 2 SAs" in result.output and "drops: none" in result.output
+    _, ho_all, wo_all, _ = run_hand_built(tmp_path / "all", *kek)
+    assert (ho.read_bytes(), wo.read_bytes()) == (ho_all.read_bytes(), wo_all.read_bytes())
+
+    other = "02:00:00:00:00:99"
+    result, ho, wo, _ = run_hand_built(tmp_path / "other", *kek, "--pf-mac", other)
+    assert result.exit_code == 0, result.output
+    assert "SAD holds 0 SAs" in result.output
+    assert "CONFIG_NOT_FROM_PF=2" in result.output
+    assert [r.time for r in read_pcap(ho)] == [T_PLAIN, T_TIE]  # no replies; NO_SA at T_TIE
+    assert [r.frame for r in read_pcap(wo)] == [bypass_frame(with_tag=False)]
+
+
+def test_bad_pf_mac(tmp_path: Path) -> None:
+    host_in, _wire_in = write_inputs(tmp_path)
+    ho, wo = tmp_path / "HO.pcap", tmp_path / "WO.pcap"
+    result = invoke("--host-in", host_in, "--host-out", ho, "--wire-out", wo, "--pf-mac", "pf")
+    assert_clean_error(result, "--pf-mac", "'pf'")
+    assert not ho.exists()

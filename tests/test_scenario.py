@@ -110,7 +110,7 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
         load_scenario(tmp_path / "absent.toml")
     result = CliRunner().invoke(main, ["run", "nonexistent-scenario"])
     assert result.exit_code == 1
-    assert "nor a built-in (default, basic)" in result.output
+    assert "nor a built-in (default, basic, faults)" in result.output
 
 
 def test_a_vm_booting_on_a_busy_vf_is_a_scenario_error() -> None:

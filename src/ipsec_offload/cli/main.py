@@ -41,7 +41,7 @@ def main() -> None:
 )
 @click.option("--timeline", default=40, show_default=True, help="Timeline lines to print.")
 def run(scenario: str | None, out: Path, naive: tuple[str, ...], timeline: int) -> None:
-    """Run SCENARIO (a TOML file, or a built-in: default, basic) and print its summary.
+    """Run SCENARIO (a TOML file, or a built-in: default, basic, faults) and print its summary.
 
     Without SCENARIO, the built-in default tells the deck's whole story on one port.
     """

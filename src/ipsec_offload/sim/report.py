@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
+from ipsec_offload.agent.counters import DropReason
 from ipsec_offload.agent.counters import Path as AgentPath
 from ipsec_offload.errors import ParseError, UsageError
-from ipsec_offload.host.xfrm import Offload
+from ipsec_offload.agent.sad import SecurityAssociation
+from ipsec_offload.host.xfrm import Offload, XfrmState
 from ipsec_offload.sim.espsa import write_esp_sa
 from ipsec_offload.sim.pcap import PcapRecord, write_pcap
 from ipsec_offload.sim.runner import FORGED_PAYLOAD, ScenarioRun, TimelineEntry, results_of
@@ -116,14 +119,36 @@ def _false_match(run: ScenarioRun, flows: dict[str, Any]) -> dict[str, str]:
     return _challenge(name, HELD if got == sent else FAILED, observed)
 
 
-def _live_sas(bed: Testbed) -> dict[tuple[int, int, bytes], set[bytes]]:
-    """(SPI, direction, destination) of every offloaded state of a live host -> its MACs."""
-    live: dict[tuple[int, int, bytes], set[bytes]] = {}
-    for ep in bed.endpoints.values():
+@dataclass(frozen=True, slots=True)
+class SadDiff:
+    """The agent's SAD against the states the live hosts hold as offloaded (spec 9, 4)."""
+
+    held: int
+    """States the hosts hold as offloaded."""
+    orphans: list[SecurityAssociation]
+    """SAs in the agent that no live host holds as offloaded in their domain."""
+    missing: list[tuple[str, XfrmState]]
+    """(host, state) held as offloaded that the agent does not have."""
+
+
+def sad_diff(bed: Testbed) -> SadDiff:
+    """Match every agent SA to a state held as offloaded by (direction, SPI, destination)
+    and its domain's MAC (an SA with the naive key matches any host's state)."""
+    held: dict[tuple[int, int, bytes], dict[bytes, tuple[str, XfrmState]]] = {}
+    for name, ep in bed.endpoints.items():
         for state in ep.stack.states.values():
             if state.offload == Offload.DEVICE:
-                live.setdefault((state.spi, state.direction, state.dst), set()).add(ep.stack.mac)
-    return live
+                key = (state.direction, state.spi, state.dst)
+                held.setdefault(key, {})[ep.stack.mac] = (name, state)
+    count = sum(len(by_mac) for by_mac in held.values())
+    orphans = []
+    for sa in bed.agent.sad:
+        by_mac = held.get((sa.direction, sa.spi, sa.dst), {})
+        mac = next(iter(by_mac), b"") if sa.domain is None else sa.domain.mac
+        if by_mac.pop(mac, None) is None:
+            orphans.append(sa)
+    missing = [entry for by_mac in held.values() for entry in by_mac.values()]
+    return SadDiff(count, orphans, missing)
 
 
 def _abandoned(run: ScenarioRun) -> dict[str, str]:
@@ -132,19 +157,28 @@ def _abandoned(run: ScenarioRun) -> dict[str, str]:
     if not resets:
         return _challenge(name, ABSENT, "no VM destroyed, VF reset or removed")
     bed = run.bed
-    live = _live_sas(bed)
-    orphans = []
-    for sa in bed.agent.sad:
-        owners = live.get((sa.spi, sa.direction, sa.dst), set())
-        if not owners or (sa.domain is not None and sa.domain.mac not in owners):
-            orphans.append(sa)
+    diff = sad_diff(bed)
     removed = bed.pf.pf_counters.cleanup_removed if bed.pf is not None else 0
     observed = (
         f"{len(resets)} VM/VF reset(s); SAs removed by the PF's clean-up: {removed}; "
-        f"orphans left in the agent SAD: {len(orphans)} (SAD holds {len(bed.agent.sad)}, "
-        f"live offloaded SAs: {sum(len(macs) for macs in live.values())})"
+        f"orphans left in the agent SAD: {len(diff.orphans)} (SAD holds {len(bed.agent.sad)}, "
+        f"live offloaded SAs: {diff.held})"
     )
-    return _challenge(name, HELD if not orphans else FAILED, observed)
+    return _challenge(name, HELD if not diff.orphans else FAILED, observed)
+
+
+def _one_view(run: ScenarioRun) -> dict[str, str]:
+    """Spec 9 invariant 4: at the end, the agent holds exactly what the stacks offload."""
+    diff = sad_diff(run.bed)
+    orphans = ", ".join(f"{sa.index} (SPI 0x{sa.spi:x})" for sa in diff.orphans[:4])
+    missing = ", ".join(f"{host} SPI 0x{state.spi:x}" for host, state in diff.missing[:4])
+    observed = (
+        f"agent SAD {len(run.bed.agent.sad)}, held as offloaded by the hosts {diff.held}; "
+        f"in the agent only: {len(diff.orphans)}{f' [{orphans}]' if orphans else ''}; "
+        f"held but not in the agent: {len(diff.missing)}{f' [{missing}]' if missing else ''}"
+    )
+    agreed = not diff.orphans and not diff.missing
+    return _challenge("One view of the SAD", HELD if agreed else FAILED, observed)
 
 
 def _malicious(run: ScenarioRun) -> dict[str, str]:
@@ -167,11 +201,14 @@ def _malicious(run: ScenarioRun) -> dict[str, str]:
             removed += sum(counts)
         obeyed += hit
         dropped += not hit
+    vsis = bed.nic.vsis
     observed = (
         f"{len(run.injections)} crafted frame(s): obeyed by the agent {obeyed} "
         f"(SAs removed: {removed}), carried to the wire as data {carried}, dropped {dropped}; "
-        f"frames port-tagged by the NIC: "
-        f"{sum(v.counters.tx_port_tagged for v in bed.nic.vsis)}"
+        f"port-tagged by the NIC: {sum(v.counters.tx_port_tagged for v in vsis)}, "
+        f"dropped by its Tx EtherType filter: "
+        f"{sum(v.counters.tx_ethertype_filtered for v in vsis)}; config ignored by the agent "
+        f"(not from the PF): {bed.agent.counters.drops[DropReason.CONFIG_NOT_FROM_PF]}"
     )
     return _challenge(name, HELD if not obeyed else FAILED, observed)
 

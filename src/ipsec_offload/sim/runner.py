@@ -6,19 +6,32 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ipsec_offload.agent.agent import AgentConfig
 from ipsec_offload.driver.vf import Kek
-from ipsec_offload.errors import IpsecOffloadError, ScenarioError
+from ipsec_offload.errors import IpsecOffloadError, ParseError, ScenarioError
 from ipsec_offload.host.stack import HostStack
 from ipsec_offload.host.xfrm import Mode
 from ipsec_offload.nic.nic import SwitchMode
 from ipsec_offload.sim.scenario import NAIVE_SWITCHES, FlowSpec, HostSpec, Scenario, VmSpec
 from ipsec_offload.sim.testbed import SaBundle, Testbed
-from ipsec_offload.wire.config import Algorithm, ConfigMessage, Opcode, build_config
-from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, VlanTag, build_ethernet
-from ipsec_offload.wire.ip import IpProto, IPv4Header, build_ipv4
+from ipsec_offload.wire.config import (
+    Algorithm,
+    ConfigMessage,
+    Opcode,
+    build_config,
+    parse_config_header,
+)
+from ipsec_offload.wire.ethernet import (
+    EthernetHeader,
+    EtherType,
+    VlanTag,
+    build_ethernet,
+    parse_ethernet,
+)
+from ipsec_offload.wire.ip import IpProto, IPv4Header, build_ipv4, ipv4_fields, ipv6_upper_layer
 from ipsec_offload.wire.metadata import TxMetadata, build_tx_metadata
 from ipsec_offload.wire.transport import TcpFlags
 
@@ -56,6 +69,15 @@ class Injection:
     sad_before: int
 
 
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """ESP frames an attacker on the wire sent again toward a host."""
+
+    time: float
+    target: str
+    frames: int
+
+
 @dataclass(slots=True)
 class ScenarioRun:
     """A scenario built on a testbed, ready to run (and, after `run`, its results)."""
@@ -69,6 +91,7 @@ class ScenarioRun:
     flows: list[FlowRecord] = field(default_factory=list)
     events: list[TimelineEntry] = field(default_factory=list)
     injections: list[Injection] = field(default_factory=list)
+    replays: list[Replay] = field(default_factory=list)
     destroyed: list[str] = field(default_factory=list)
     end_time: float = 0.0
 
@@ -94,16 +117,26 @@ def prepare(scenario: Scenario, source: str, naive: Iterable[str] = ()) -> Scena
             source, "--naive", f"{', '.join(sorted(unknown))}: use {', '.join(NAIVE_SWITCHES)}"
         )
     port = scenario.port
+    pf = scenario.pf
+    # spec 9 invariant 3: the agent takes config from the PF alone. Its source check backs
+    # both the port tag and the Tx EtherType filter: switching off either switches it off
+    # too, so that the failure each guards against shows.
+    open_plane = not switches.isdisjoint(("port-tag", "vf-filter"))
+    pf_mac = None if open_plane else _mac(port.pf_mac or pf.mac)
     agent = AgentConfig(
         mac=_mac(port.agent_mac),
+        pf_mac=pf_mac,
         sad_size=port.sad_size,
         max_replay_window=port.max_replay_window,
         keks={int(k): bytes.fromhex(v) for k, v in port.keks.items()},
         ivdb="ivdb" not in switches,
     )
-    bed = Testbed(agent=agent, mode=SwitchMode.VEPA if port.mode == "vepa" else SwitchMode.VEB)
+    bed = Testbed(
+        agent=agent,
+        mode=SwitchMode.VEPA if port.mode == "vepa" else SwitchMode.VEB,
+        own_sequence="seq-handover" not in switches,
+    )
     run = ScenarioRun(scenario, source, switches, bed)
-    pf = scenario.pf
     run.hosts[pf.name] = bed.add_pf_host(
         pf.name,
         pf.mac,
@@ -114,6 +147,7 @@ def prepare(scenario: Scenario, source: str, naive: Iterable[str] = ()) -> Scena
         ownership_db="ownership-db" not in switches,
         port_tagging="port-tag" not in switches,
         hairpin="hairpin" not in switches,
+        vf_filter="vf-filter" not in switches,
     )
     run.note(pf.name, f"PF up on a {port.mode.upper()} port")
     for peer in scenario.peer:
@@ -259,8 +293,16 @@ def _event(run: ScenarioRun, index: int) -> None:
         bed.reset_pf()
         run.note(run.scenario.pf.name, "PF driver reloads: REMOVE_ALL_SAS, SAs re-added")
     elif event.action == "lose_config":
-        bed.lose("nic-to-agent", event.count, lambda f: f[12:14] == b"\x88\xb6")
-        run.note("link", f"the next {event.count} config frame(s) toward the agent are lost")
+        opcode = None if event.opcode is None else Opcode[event.opcode.upper()]
+        bed.lose("nic-to-agent", event.count, partial(_config_request, bed, opcode))
+        which = "config" if event.opcode is None else event.opcode.upper()
+        run.note("link", f"the next {event.count} {which} frame(s) toward the agent are lost")
+    elif event.action == "replay_wire":
+        host = _host(run, target, where)
+        frames = _esp_toward(bed, host.mac, event.count)
+        run.replays.append(Replay(bed.now, target, len(frames)))
+        bed.wire_inject(frames)
+        run.note("wire", f"an attacker replays {len(frames)} ESP frame(s) toward {target}")
     else:
         assert event.frame is not None
         vm = _host(run, target, where)
@@ -271,6 +313,36 @@ def _event(run: ScenarioRun, index: int) -> None:
             )
             bed.inject(vm, frame)
         run.note(target, f"malicious VF posts {event.count} crafted {event.frame} frame(s)")
+
+
+def _config_request(bed: Testbed, opcode: Opcode | None, frame: bytes) -> bool:
+    """Is `frame` a config request to the agent (of `opcode`, when one is given)?"""
+    try:
+        eth = parse_ethernet(frame)
+        if eth.ethertype != bed.agent.config.config_ethertype or eth.metadata is not None:
+            return False
+        header = parse_config_header(memoryview(frame)[eth.header_len :])
+    except ParseError:
+        return False
+    return not header.is_reply and (opcode is None or header.opcode == opcode)
+
+
+def _esp_toward(bed: Testbed, mac: bytes, count: int) -> list[bytes]:
+    """The last `count` ESP frames that came from the wire toward the host at `mac`."""
+    found = []
+    for record in bed.captures["wire-to-agent"]:
+        try:
+            eth = parse_ethernet(record.frame)
+            if eth.dst != mac:
+                continue
+            packet = memoryview(record.frame)[eth.header_len :]
+            if eth.ethertype == EtherType.IPV4 and ipv4_fields(packet)[6] == IpProto.ESP:
+                found.append(record.frame)
+            elif eth.ethertype == EtherType.IPV6 and ipv6_upper_layer(packet)[0] == IpProto.ESP:
+                found.append(record.frame)
+        except ParseError:
+            continue
+    return found[-count:]
 
 
 def _crafted(run: ScenarioRun, vm: HostStack, kind: str) -> bytes:

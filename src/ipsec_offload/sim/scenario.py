@@ -25,8 +25,16 @@ from pydantic import (
 
 from ipsec_offload.errors import ScenarioError
 
-NAIVE_SWITCHES = ("sa-key", "ownership-db", "port-tag", "hairpin", "ivdb")
-"""The deck's fixes `run --naive` can switch off, one at a time."""
+NAIVE_SWITCHES = (
+    "sa-key",
+    "ownership-db",
+    "port-tag",
+    "hairpin",
+    "ivdb",
+    "vf-filter",
+    "seq-handover",
+)
+"""The deck's fixes and spec 9's `run --naive` can switch off (any number at once)."""
 
 
 class _Model(BaseModel):
@@ -110,16 +118,20 @@ class HostSpec(_Model):
 class PortSpec(_Model):
     mode: Literal["veb", "vepa"] = "veb"
     agent_mac: Mac = "02:00:00:00:00:01"
+    pf_mac: Mac | None = Field(
+        default=None,
+        description="the PF MAC the agent takes config frames from (default: the PF's)",
+    )
     sad_size: int = Field(default=4096, ge=1, le=(1 << 24) - 1)
     max_replay_window: int = Field(default=4096, ge=0, le=1 << 31)
     keks: dict[str, str] = Field(
         default_factory=dict, description="KEK id (decimal text) -> key in hex (16/24/32 bytes)"
     )
 
-    @field_validator("agent_mac")
+    @field_validator("agent_mac", "pf_mac")
     @classmethod
-    def _check_mac(cls, value: str) -> str:
-        return _mac(value)
+    def _check_mac(cls, value: str | None) -> str | None:
+        return None if value is None else _mac(value)
 
     @field_validator("keks")
     @classmethod
@@ -177,12 +189,29 @@ class FlowSpec(_Model):
     sa: str | None = Field(default=None, description='the SA it uses, or "none" for clear')
 
 
+ConfigOpcodeName = Literal[
+    "add_sa",
+    "remove_sa",
+    "remove_all_sas",
+    "add_local_addr",
+    "remove_local_addr",
+    "get_sa_stats",
+    "get_caps",
+]
+"""Config opcodes by the names `lose_config` takes (spec 4): `Opcode` members, lower case."""
+
+
 class EventSpec(_Model):
     at: float = Field(ge=0.0)
-    action: Literal["destroy_vm", "reset_vf", "remove_vf", "reset_pf", "inject", "lose_config"]
+    action: Literal[
+        "destroy_vm", "reset_vf", "remove_vf", "reset_pf", "inject", "lose_config", "replay_wire"
+    ]
     target: str | None = None
     frame: Literal["remove_all_sas", "add_sa", "forged_offload"] | None = None
     count: int = Field(default=1, ge=1, le=1000)
+    opcode: ConfigOpcodeName | None = Field(
+        default=None, description="lose_config: only config requests with this opcode"
+    )
 
 
 class Scenario(_Model):
@@ -207,7 +236,7 @@ def load_scenario(path: Path) -> Scenario:
     return parse_scenario(text, str(path))
 
 
-BUILTIN = ("default", "basic")
+BUILTIN = ("default", "basic", "faults")
 """Scenarios shipped with the package: `default` tells the deck's whole story."""
 
 
@@ -323,6 +352,7 @@ def _check_references(scenario: Scenario, source: str) -> None:
                 f"no SA between {flow.source} and {flow.to} over IPv{flow.family}"
                 ' (add one under [[sa]], or set sa = "none" for clear traffic)',
             )
+    behind_nic = {scenario.pf.name} | {v.name for v in scenario.vm}
     for i, event in enumerate(scenario.event):
         needs_vm = event.action in ("destroy_vm", "reset_vf", "inject")
         if needs_vm and event.target not in {v.name for v in scenario.vm}:
@@ -331,6 +361,13 @@ def _check_references(scenario: Scenario, source: str) -> None:
             fail(f"event[{i}].target", f"remove_vf needs a VM's name, not {event.target!r}")
         if event.action == "inject" and event.frame is None:
             fail(f"event[{i}].frame", "inject needs frame = remove_all_sas, add_sa, forged_offload")
+        if event.action == "replay_wire" and event.target not in behind_nic:
+            fail(
+                f"event[{i}].target",
+                f"replay_wire needs the PF's or a VM's name, not {event.target!r}",
+            )
+        if event.opcode is not None and event.action != "lose_config":
+            fail(f"event[{i}].opcode", "only lose_config takes an opcode")
 
 
 def _family_address(host: HostSpec, family: int) -> str | None:
