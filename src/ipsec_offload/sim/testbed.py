@@ -6,17 +6,27 @@ agent from the host side before those from the wire, then first scheduled first)
 is the same every time. The testbed is the only place where the sans-IO cores meet: it moves
 descriptors from drivers to the NIC, frames from the NIC to the agent and on to the wire, and
 back; it fires the drivers' retransmission timers; it records every frame on the NIC-agent
-link and the agent-wire link for pcap files; and it can lose chosen frames on a link.
+link and the agent-wire link for pcap files.
+
+Faults (spec section 9) act on the four link directions and on the two directions of the
+mailbox alike: a `Fault` loses, duplicates (carries twice, back to back) or delays (carries
+`seconds` later, so that later items overtake it) the next items its `match` selects. One
+`_carry` applies them where a link ends. A link's capture is taken at the agent, as the golden
+model needs it (spec section 8): what reached the agent, after the link's faults and at the
+time it arrived (a lost frame is absent, a duplicated one twice, a delayed one late), and what
+the agent emitted, before them. The mailbox log likewise holds what was delivered.
 """
 
 from __future__ import annotations
 
 import heapq
 import ipaddress
+import math
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from functools import partial
 from typing import Any
 
@@ -36,11 +46,17 @@ from ipsec_offload.wire.config import Algorithm, Direction
 from ipsec_offload.wire.ethernet import VlanTag, vlan_key
 
 LINKS = ("nic-to-agent", "agent-to-nic", "wire-to-agent", "agent-to-wire")
-"""The link directions the testbed records and can inject loss on."""
+"""The link directions the testbed records and can inject faults on."""
+MAILBOX_LINKS = ("vf-to-pf", "pf-to-vf")
+"""The two directions of the mailbox, fault targets like the links (a fault's `match` gets
+the message bytes)."""
+FAULT_TARGETS = LINKS + MAILBOX_LINKS
 TAPS = ("agent-hairpin",)
 """What the testbed records besides the links: frames the agent turned around (encrypted)."""
 
 _HOST_FIRST, _WIRE_SECOND, _OTHER = 0, 1, 2
+_ARRIVAL_ORDER = {"nic-to-agent": _HOST_FIRST, "wire-to-agent": _WIRE_SECOND}
+"""Where a link's delayed frame goes among the events of its new time (default `_OTHER`)."""
 _PCAP_TIME_LIMIT = 2**32
 
 
@@ -99,13 +115,27 @@ class LinkCapture(PcapSink):
         super().write(path)
 
 
+class FaultKind(Enum):
+    """What a fault does to an item (frame or mailbox message) it selects."""
+
+    LOSE = "lose"
+    DUPLICATE = "duplicate"
+    """Carry it twice, back to back."""
+    DELAY = "delay"
+    """Carry it `Fault.seconds` later than it would be: later items overtake it."""
+
+
 @dataclass(slots=True)
 class Fault:
-    """Lose the next `count` frames on `link` for which `match` is true."""
+    """Act on the next `count` items on `link` (a link direction or a mailbox direction)
+    for which `match` is true."""
 
     link: str
     count: int
     match: Callable[[bytes], bool]
+    kind: FaultKind = FaultKind.LOSE
+    seconds: float = 0.0
+    """How much later a DELAY fault carries the item."""
 
 
 @dataclass(slots=True)
@@ -189,7 +219,12 @@ class Testbed:
         self.max_events = max_events
         self.capture = capture
         self.captures: dict[str, LinkCapture] = {name: LinkCapture() for name in LINKS + TAPS}
-        self.link_drops: dict[str, int] = dict.fromkeys(LINKS, 0)
+        self.link_drops: dict[str, int] = dict.fromkeys(FAULT_TARGETS, 0)
+        """Frames (mailbox messages) lost by a fault, per link (`FAULT_TARGETS`)."""
+        self.link_duplicates: dict[str, int] = dict.fromkeys(FAULT_TARGETS, 0)
+        """Frames (mailbox messages) carried twice by a fault, per link."""
+        self.link_delays: dict[str, int] = dict.fromkeys(FAULT_TARGETS, 0)
+        """Frames (mailbox messages) carried late by a fault, per link."""
         self.faults: list[Fault] = []
         self.endpoints: dict[str, Endpoint] = {}
         self.retired: dict[str, Endpoint] = {}
@@ -529,11 +564,38 @@ class Testbed:
         gone = self.retired.get(stack.name)
         return gone.log if gone is not None and gone.stack is stack else self.endpoint(stack).log
 
+    # -- faults and attacks -----------------------------------------------------------------
+
     def lose(self, link: str, count: int = 1, match: Callable[[bytes], bool] | None = None) -> None:
-        """Lose the next `count` frames on a link (those `match` selects, default all)."""
-        if link not in LINKS:
-            raise UsageError(f"unknown link {link!r}: use one of {', '.join(LINKS)}")
-        self.faults.append(Fault(link, count, match or (lambda _frame: True)))
+        """Lose the next `count` frames on a link, or messages in a mailbox direction (those
+        `match` selects, default all)."""
+        self._fault(Fault(link, count, match or _every, FaultKind.LOSE))
+
+    def duplicate(
+        self, link: str, count: int = 1, match: Callable[[bytes], bool] | None = None
+    ) -> None:
+        """Carry each of the next `count` frames (messages) on a link twice, back to back."""
+        self._fault(Fault(link, count, match or _every, FaultKind.DUPLICATE))
+
+    def delay(
+        self,
+        link: str,
+        count: int,
+        seconds: float,
+        match: Callable[[bytes], bool] | None = None,
+    ) -> None:
+        """Carry each of the next `count` frames (messages) on a link `seconds` later than it
+        would be; what follows it on the link meanwhile overtakes it."""
+        if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds > 0):
+            raise UsageError(f"delay of {seconds!r} seconds: give a number above 0")
+        self._fault(Fault(link, count, match or _every, FaultKind.DELAY, float(seconds)))
+
+    def _fault(self, fault: Fault) -> None:
+        if fault.link not in FAULT_TARGETS:
+            raise UsageError(f"unknown link {fault.link!r}: use one of {', '.join(FAULT_TARGETS)}")
+        if not isinstance(fault.count, int) or fault.count < 1:
+            raise UsageError(f"a fault's count is {fault.count!r}: give how many items, 1 or more")
+        self.faults.append(fault)
 
     # -- the plumbing ---------------------------------------------------------------------
 
@@ -541,21 +603,38 @@ class Testbed:
         self._seq += 1
         heapq.heappush(self._queue, (self.now + delay, prio, self._seq, action))
 
-    def _carry(self, link: str, frames: Iterable[bytes]) -> list[bytes]:
-        """Frames that survive the link's faults."""
-        if not self.faults:
-            return list(frames)
-        kept = []
-        for frame in frames:
-            fault = next((f for f in self.faults if f.link == link and f.match(frame)), None)
+    def _carry(self, link: str, items: list[bytes], onward: Callable[[list[bytes]], None]) -> None:
+        """Hand `items` (frames or mailbox messages) at the end of `link` to `onward`, through
+        the link's faults."""
+        if self.faults:
+            items = self._faulted(link, items, onward)
+        if items:
+            onward(items)
+
+    def _faulted(
+        self, link: str, items: list[bytes], onward: Callable[[list[bytes]], None]
+    ) -> list[bytes]:
+        """The items to hand on now: without a lost one, with a duplicated one twice in a row
+        and without a delayed one, which is handed on alone when its delay is over."""
+        carried = []
+        for item in items:
+            fault = next((f for f in self.faults if f.link == link and f.match(item)), None)
             if fault is None:
-                kept.append(frame)
+                carried.append(item)
                 continue
             fault.count -= 1
             if fault.count <= 0:
                 self.faults.remove(fault)
-            self.link_drops[link] += 1
-        return kept
+            if fault.kind == FaultKind.LOSE:
+                self.link_drops[link] += 1
+            elif fault.kind == FaultKind.DUPLICATE:
+                self.link_duplicates[link] += 1
+                carried += (item, item)
+            else:
+                self.link_delays[link] += 1
+                order = _ARRIVAL_ORDER.get(link, _OTHER)
+                self._schedule(fault.seconds, order, partial(onward, [item]))
+        return carried
 
     def _record(self, link: str, frames: Iterable[bytes]) -> None:
         if self.capture:
@@ -597,17 +676,25 @@ class Testbed:
             self._schedule(deadline - self.now, _OTHER, ep.timer)
 
     def _to_pf(self, vf: int, data: bytes) -> None:
-        self.mailbox_log.append(MailboxRecord(self.now, vf, True, data))
+        self._carry("vf-to-pf", [data], partial(self._pf_mailbox, vf))
+
+    def _pf_mailbox(self, vf: int, messages: list[bytes]) -> None:
         pf = self._pf()
-        pf.mailbox_receive(vf, data, self.now)
+        for data in messages:
+            self.mailbox_log.append(MailboxRecord(self.now, vf, True, data))
+            pf.mailbox_receive(vf, data, self.now)
         self._flush(self.endpoints[self.pf_name()])
 
     def _to_vf(self, vf: int, data: bytes) -> None:
-        self.mailbox_log.append(MailboxRecord(self.now, vf, False, data))
-        for ep in self.endpoints.values():
-            if ep.vf == vf and isinstance(ep.driver, VfDriver):
-                ep.driver.mailbox_receive(data, self.now)
-                self._flush(ep)
+        self._carry("pf-to-vf", [data], partial(self._vf_mailbox, vf))
+
+    def _vf_mailbox(self, vf: int, messages: list[bytes]) -> None:
+        for data in messages:
+            self.mailbox_log.append(MailboxRecord(self.now, vf, False, data))
+            for ep in self.endpoints.values():
+                if ep.vf == vf and isinstance(ep.driver, VfDriver):
+                    ep.driver.mailbox_receive(data, self.now)
+                    self._flush(ep)
 
     def _timer(self, ep: Endpoint) -> None:
         ep.timer = None
@@ -623,12 +710,16 @@ class Testbed:
             self._schedule(self.link_delay, _HOST_FIRST, lambda: self._agent_host(frames))
 
     def _agent_host(self, frames: list[bytes]) -> None:
-        frames = self._carry("nic-to-agent", frames)
+        self._carry("nic-to-agent", frames, self._host_side_in)
+
+    def _host_side_in(self, frames: list[bytes]) -> None:
         self._record("nic-to-agent", frames)
         self._agent_out(self.agent.from_host(frames, self.now))
 
     def _agent_wire(self, frames: list[bytes]) -> None:
-        frames = self._carry("wire-to-agent", frames)
+        self._carry("wire-to-agent", frames, self._wire_side_in)
+
+    def _wire_side_in(self, frames: list[bytes]) -> None:
         self._record("wire-to-agent", frames)
         self._agent_out(self.agent.from_wire(frames, self.now))
 
@@ -636,12 +727,14 @@ class Testbed:
         self._record("agent-to-nic", out.to_host)
         self._record("agent-to-wire", out.to_wire)
         self._record("agent-hairpin", out.hairpin)
-        to_host = self._carry("agent-to-nic", out.to_host)
-        to_wire = self._carry("agent-to-wire", out.to_wire)
-        if to_host:
-            self._schedule(self.link_delay, _OTHER, lambda: self._from_agent(to_host))
-        if to_wire:
-            self._schedule(self.link_delay, _OTHER, lambda: self._peers_rx(to_wire))
+        self._carry("agent-to-nic", out.to_host, self._toward_nic)
+        self._carry("agent-to-wire", out.to_wire, self._toward_wire)
+
+    def _toward_nic(self, frames: list[bytes]) -> None:
+        self._schedule(self.link_delay, _OTHER, lambda: self._from_agent(frames))
+
+    def _toward_wire(self, frames: list[bytes]) -> None:
+        self._schedule(self.link_delay, _OTHER, lambda: self._peers_rx(frames))
 
     def _from_agent(self, frames: list[bytes]) -> None:
         self._nic_rx(self.nic.from_agent(frames, self.now).rx)
@@ -661,6 +754,10 @@ class Testbed:
             if isinstance(ep.driver, PlainDriver):
                 ep.driver.receive(frames, self.now)
                 self._flush(ep)
+
+
+def _every(_item: bytes) -> bool:
+    return True
 
 
 def _mac(text: str) -> bytes:
