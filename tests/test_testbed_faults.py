@@ -1,5 +1,6 @@
 """The testbed's faults (spec section 9): lost, duplicated and delayed frames on every link and
-messages in both mailbox directions.
+messages in both mailbox directions, an attacker on the wire, SAs that start mid-stream and
+the keys of every SA.
 
 What each shows is read from the captures, the mailbox log and the components' state."""
 
@@ -15,11 +16,13 @@ from ipsec_offload.errors import UsageError
 from ipsec_offload.host.stack import HostStack
 from ipsec_offload.host.xfrm import Offload
 from ipsec_offload.sim.golden import replay
-from ipsec_offload.sim.testbed import FAULT_TARGETS, SaBundle, Testbed
-from ipsec_offload.wire.config import Opcode, parse_config_header
+from ipsec_offload.sim.testbed import FAULT_TARGETS, SaBundle, SaKey, Testbed
+from ipsec_offload.wire.config import Algorithm, Opcode, parse_config_header
 from ipsec_offload.wire.ethernet import EtherType, parse_ethernet
 from ipsec_offload.wire.mailbox import MbxOpcode, decode_handle_tlvs, parse_mailbox
 from ipsec_offload.wire.packet import find_esp
+
+SEQ_MASK = 0xFFFF_FFFF
 
 
 def two_hosts(**secure: object) -> tuple[Testbed, HostStack, HostStack, SaBundle]:
@@ -236,3 +239,106 @@ def test_a_fault_must_name_a_link_a_count_and_a_delay(
     with pytest.raises(UsageError, match=message):
         call(bed)
     assert not bed.faults
+
+
+# -- an attacker on the wire ------------------------------------------------------------------
+
+
+def test_an_attacker_replays_the_last_frame_toward_a_host() -> None:
+    bed, host, peer, _ = two_hosts()
+    send(bed, peer, host, b"first", b"second")
+    send(bed, host, peer, b"answer")  # toward the peer: not toward the host
+    toward = bed.wire_frames_to(host)
+    assert toward == [r.frame for r in bed.captures["wire-to-agent"].records]
+    assert bed.wire_frames_to("host", last=1) == toward[1:]
+    assert bed.wire_frames_to(host, last=5) == toward and bed.wire_frames_to(host, last=0) == []
+    bed.wire_inject(toward[1:])
+    assert bed.wire_injections == toward[1:]
+    assert bed.captures["wire-to-agent"].records[-1].frame == toward[1]
+    assert payloads(bed, host) == [b"first", b"second"]  # the agent's window refused it
+    assert bed.agent.counters.rx_status[3] == 1  # REPLAY
+    bed.lose("wire-to-agent", 1)
+    bed.wire_inject(toward[:1])  # subject to the link's faults, remembered all the same
+    assert bed.wire_injections == toward[1:] + toward[:1]
+    assert len(bed.captures["wire-to-agent"]) == 3
+
+
+def test_wire_frames_to_a_destroyed_vm_and_bad_arguments() -> None:
+    bed, vm, peer = vm_and_peer()
+    bed.secure(vm, peer)
+    send(bed, peer, vm, b"to the vm")
+    bed.destroy_vm(vm)
+    assert len(bed.wire_frames_to("vm")) == 1
+    with pytest.raises(UsageError, match="no host named 'nobody'"):
+        bed.wire_frames_to("nobody")
+    with pytest.raises(UsageError, match="last=-1"):
+        bed.wire_frames_to("vm", last=-1)
+    with pytest.raises(UsageError, match="as bytes"):
+        bed.wire_inject([bytearray(60)])  # type: ignore[list-item]
+    with pytest.raises(UsageError, match="capture=True"):
+        Testbed(capture=False).wire_frames_to(vm)
+
+
+# -- SAs that start mid-stream ---------------------------------------------------------------
+
+
+def first_esp(bed: Testbed, link: str) -> tuple[int, int]:
+    found = find_esp(bed.captures[link].records[0].frame)
+    assert found is not None
+    return found.seq, found.iv
+
+
+def test_an_sa_starting_mid_stream_sends_seq_start_plus_one_first() -> None:
+    bed, host, peer, bundle = two_hosts(seq_start=1000)
+    assert bundle.a_out.oseq == bundle.b_out.oseq == 1000
+    assert bundle.a_in.replay is not None and bundle.a_in.replay.highest == 1000
+    send(bed, host, peer, b"out")
+    send(bed, peer, host, b"back")
+    assert first_esp(bed, "agent-to-wire") == first_esp(bed, "wire-to-agent") == (1001, 1001)
+    assert payloads(bed, peer) == [b"out"] and payloads(bed, host) == [b"back"]
+
+
+@pytest.mark.parametrize("offload_a", [True, False])
+def test_an_esn_sa_crosses_2_to_the_32(offload_a: bool) -> None:
+    start = 2**32 - 3
+    bed, host, peer, _ = two_hosts(esn=True, seq_start=start, offload_a=offload_a)
+    data = [b"packet %d" % i for i in range(6)]
+    send(bed, host, peer, *data)
+    found = [find_esp(r.frame) for r in bed.captures["agent-to-wire"].records]
+    ivs = [f.iv for f in found if f is not None]
+    assert ivs == list(range(start + 1, start + 7))
+    assert [f.seq for f in found if f is not None] == [iv & SEQ_MASK for iv in ivs]
+    assert payloads(bed, peer) == data
+    if not offload_a:  # the host's inbound window crosses too (in software)
+        send(bed, peer, host, *data)
+        assert payloads(bed, host) == data
+
+
+@pytest.mark.parametrize(
+    ("esn", "seq_start"),
+    [(False, 2**32 - 1), (False, -1), (True, 2**64 - 1)],
+)
+def test_seq_start_leaves_room_for_a_first_packet(esn: bool, seq_start: int) -> None:
+    bed = Testbed()
+    host = bed.add_pf_host("host", "02:00:00:00:01:00", ipv4="192.0.2.1")
+    peer = bed.add_peer("peer", "02:00:00:00:02:00", ipv4="192.0.2.2")
+    with pytest.raises(UsageError, match=f"seq_start {seq_start}: with .* use 0 .. "):
+        bed.secure(host, peer, esn=esn, seq_start=seq_start)
+    assert not bed.sa_keys and not host.states
+
+
+# -- the keys of every SA -----------------------------------------------------------------------
+
+
+def test_sa_keys_holds_every_sa_also_once_its_host_is_gone() -> None:
+    bed, vm, peer = vm_and_peer()
+    first = bed.secure(vm, peer)
+    second = bed.secure(vm, peer, family=4, algorithm=Algorithm.AES_GCM_256, esn=True)
+    bed.destroy_vm(vm)
+    expected = {
+        (s.src, s.dst, s.spi): SaKey(s.key_material, s.algorithm, s.esn)
+        for s in (first.a_out, first.b_out, second.a_out, second.b_out)
+    }
+    assert bed.sa_keys == expected
+    assert bed.sa_keys[second.b_out.src, second.b_out.dst, second.b_out.spi].esn
+    assert len(bed.esp_sa_entries()) == 4  # the peer's states, as before

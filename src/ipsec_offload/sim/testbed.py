@@ -14,7 +14,9 @@ mailbox alike: a `Fault` loses, duplicates (carries twice, back to back) or dela
 `_carry` applies them where a link ends. A link's capture is taken at the agent, as the golden
 model needs it (spec section 8): what reached the agent, after the link's faults and at the
 time it arrived (a lost frame is absent, a duplicated one twice, a delayed one late), and what
-the agent emitted, before them. The mailbox log likewise holds what was delivered.
+the agent emitted, before them. The mailbox log likewise holds what was delivered. An attacker
+on the wire injects frames as a peer's (`wire_inject`); `secure` records every SA's keys in
+`sa_keys` so that an observer can check the wire (`sim/observer.py`).
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from ipsec_offload.agent.agent import AgentConfig, AgentOutput, IpsecAgent
+from ipsec_offload.agent.replay import ReplayWindow
 from ipsec_offload.driver.pf import PfDriver, VfState
 from ipsec_offload.driver.plain import PlainDriver
 from ipsec_offload.driver.ring import RingDriver
@@ -44,6 +47,7 @@ from ipsec_offload.sim.espsa import EspSaEntry
 from ipsec_offload.sim.pcap import PcapRecord, PcapSink
 from ipsec_offload.wire.config import Algorithm, Direction
 from ipsec_offload.wire.ethernet import VlanTag, vlan_key
+from ipsec_offload.wire.packet import find_esp
 
 LINKS = ("nic-to-agent", "agent-to-nic", "wire-to-agent", "agent-to-wire")
 """The link directions the testbed records and can inject faults on."""
@@ -58,6 +62,7 @@ _HOST_FIRST, _WIRE_SECOND, _OTHER = 0, 1, 2
 _ARRIVAL_ORDER = {"nic-to-agent": _HOST_FIRST, "wire-to-agent": _WIRE_SECOND}
 """Where a link's delayed frame goes among the events of its new time (default `_OTHER`)."""
 _PCAP_TIME_LIMIT = 2**32
+_SEQ_LIMIT = {False: 2**32 - 1, True: 2**64 - 1}
 
 
 class LinkCapture(PcapSink):
@@ -136,6 +141,15 @@ class Fault:
     kind: FaultKind = FaultKind.LOSE
     seconds: float = 0.0
     """How much later a DELAY fault carries the item."""
+
+
+class SaKey(NamedTuple):
+    """An SA's keys as `Testbed.sa_keys` keeps them."""
+
+    key_material: bytes
+    """Key || 4-byte salt (RFC 4106)."""
+    algorithm: Algorithm
+    esn: bool
 
 
 @dataclass(slots=True)
@@ -226,6 +240,11 @@ class Testbed:
         self.link_delays: dict[str, int] = dict.fromkeys(FAULT_TARGETS, 0)
         """Frames (mailbox messages) carried late by a fault, per link."""
         self.faults: list[Fault] = []
+        self.wire_injections: list[bytes] = []
+        """Every frame an attacker put on the wire (`wire_inject`), as given."""
+        self.sa_keys: dict[tuple[bytes, bytes, int], SaKey] = {}
+        """The keys of every SA `secure` created, by (IP source, IP destination, SPI); kept
+        when the hosts are gone. A later SA of the same three replaces an earlier one."""
         self.endpoints: dict[str, Endpoint] = {}
         self.retired: dict[str, Endpoint] = {}
         """Hosts that are gone (destroyed VMs), kept for what they received."""
@@ -420,6 +439,15 @@ class Testbed:
         except KeyError:
             raise UsageError(f"no host named {name!r} on this testbed") from None
 
+    def _stack(self, host: HostStack | str) -> HostStack:
+        """A host on this testbed, live or destroyed."""
+        if isinstance(host, HostStack):
+            return host
+        ep = self.endpoints.get(host, self.retired.get(host))
+        if ep is None:
+            raise UsageError(f"no host named {host!r} on this testbed, live or destroyed")
+        return ep.stack
+
     # -- security associations ------------------------------------------------------------
 
     def secure(
@@ -436,15 +464,27 @@ class Testbed:
         offload_b: bool = False,
         protocol: int | None = None,
         spis: tuple[int, int] | None = None,
+        seq_start: int = 0,
     ) -> SaBundle:
         """Create, install and wait for a pair of SAs (a->b and b->a) with policies between
         a's and b's addresses of `family` (4 or 6). Keys come from the seeded generator, SPIs
         too unless `spis` (a->b, b->a) names them; offload is asked where the host's device
-        has it."""
+        has it. Every SA's keys go into `sa_keys`.
+
+        `seq_start` starts the SAs mid-stream: both outbound states have used the numbers up
+        to it (the first packet carries `seq_start` + 1) and both inbound windows have seen
+        them (to let an ESN SA cross 2^32 within a few packets)."""
         size = 4 if family == 4 else 16
         a_addr, b_addr = a.addresses.get(size), b.addresses.get(size)
         if a_addr is None or b_addr is None:
             raise UsageError(f"{a.name} and {b.name} both need an IPv{family} address")
+        last = _SEQ_LIMIT[esn] - 1
+        if not 0 <= seq_start <= last:
+            bits = "64-bit sequence numbers (ESN)" if esn else "32-bit sequence numbers (no ESN)"
+            raise UsageError(
+                f"seq_start {seq_start}: with {bits} use 0 .. {last:#x}, so that the first"
+                " packet's number, seq_start + 1, fits"
+            )
         key_len = 16 if algorithm == Algorithm.AES_GCM_128 else 32
         ab_key = self.rng.randbytes(key_len + 4)
         ba_key = self.rng.randbytes(key_len + 4)
@@ -456,11 +496,14 @@ class Testbed:
         }
         ab_spi, ba_spi = spis if spis is not None else (self._spi(), self._spi())
         self._used_spis.update((ab_spi, ba_spi))
+        self.sa_keys[a_addr, b_addr, ab_spi] = SaKey(ab_key, algorithm, esn)
+        self.sa_keys[b_addr, a_addr, ba_spi] = SaKey(ba_key, algorithm, esn)
+        new = partial(self._state, common=common, seq_start=seq_start)
         bundle = SaBundle(
-            a_out=self._state(Direction.OUTBOUND, ab_spi, a_addr, b_addr, ab_key, common),
-            a_in=self._state(Direction.INBOUND, ba_spi, b_addr, a_addr, ba_key, common),
-            b_out=self._state(Direction.OUTBOUND, ba_spi, b_addr, a_addr, ba_key, common),
-            b_in=self._state(Direction.INBOUND, ab_spi, a_addr, b_addr, ab_key, common),
+            a_out=new(Direction.OUTBOUND, ab_spi, a_addr, b_addr, ab_key),
+            a_in=new(Direction.INBOUND, ba_spi, b_addr, a_addr, ba_key),
+            b_out=new(Direction.OUTBOUND, ba_spi, b_addr, a_addr, ba_key),
+            b_in=new(Direction.INBOUND, ab_spi, a_addr, b_addr, ab_key),
         )
         for stack, out, inn, offload, peer in (
             (a, bundle.a_out, bundle.a_in, offload_a, b_addr),
@@ -493,10 +536,16 @@ class Testbed:
         dst: bytes,
         key: bytes,
         common: dict[str, Any],
+        seq_start: int,
     ) -> XfrmState:
         handle = self._next_handle
         self._next_handle += 1
-        return XfrmState(handle, direction, spi, src, dst, key_material=key, **common)
+        state = XfrmState(handle, direction, spi, src, dst, key_material=key, **common)
+        if direction == Direction.OUTBOUND:
+            state.oseq = seq_start
+        else:
+            state.replay = ReplayWindow(state.replay_window, state.esn, seq_start)
+        return state
 
     def esp_sa_entries(self) -> list[EspSaEntry]:
         """Every SA of every host, once each, for Wireshark's esp_sa file."""
@@ -596,6 +645,34 @@ class Testbed:
         if not isinstance(fault.count, int) or fault.count < 1:
             raise UsageError(f"a fault's count is {fault.count!r}: give how many items, 1 or more")
         self.faults.append(fault)
+
+    def wire_inject(self, frames: Iterable[bytes]) -> None:
+        """An attacker on the wire: `frames` reach the agent as a peer's would (recorded on
+        wire-to-agent, subject to its faults) and are remembered in `wire_injections`."""
+        burst = list(frames)
+        if not all(isinstance(frame, bytes) for frame in burst):
+            raise UsageError("wire_inject takes frames as bytes")
+        self.wire_injections.extend(burst)
+        self._schedule(self.link_delay, _WIRE_SECOND, lambda: self._agent_wire(burst))
+        if not self._running:
+            self.run()
+
+    def wire_frames_to(self, host: HostStack | str, last: int | None = None) -> list[bytes]:
+        """The ESP frames captured on wire-to-agent so far whose destination MAC is `host`'s
+        (a live or a destroyed one), oldest first; with `last`, only the last that many: what
+        an attacker on the wire replays."""
+        if not self.capture:
+            raise UsageError("this Testbed keeps no frames: make it with capture=True")
+        if last is not None and last < 0:
+            raise UsageError(f"last={last}: give how many frames, 0 or more (None: all)")
+        mac = self._stack(host).mac
+        meta = self.agent.config.meta_ethertype
+        frames = []
+        for record in self.captures["wire-to-agent"].records:
+            esp = find_esp(record.frame, meta)
+            if esp is not None and esp.eth.dst == mac:
+                frames.append(record.frame)
+        return frames if last is None else frames[max(0, len(frames) - last) :]
 
     # -- the plumbing ---------------------------------------------------------------------
 
