@@ -94,6 +94,8 @@ def test_replay_reproduces_a_run_with_losses_and_retransmissions() -> None:
         "agent-to-nic": 2,
         "wire-to-agent": 1,
         "agent-to-wire": 0,
+        "vf-to-pf": 0,
+        "pf-to-vf": 0,
     }
     assert bed.agent.counters.paths[AgentPath.CONFIG_RETRANSMIT] == 2
     assert len(bed.captures["agent-to-wire"]) == 4

@@ -6,21 +6,34 @@ agent from the host side before those from the wire, then first scheduled first)
 is the same every time. The testbed is the only place where the sans-IO cores meet: it moves
 descriptors from drivers to the NIC, frames from the NIC to the agent and on to the wire, and
 back; it fires the drivers' retransmission timers; it records every frame on the NIC-agent
-link and the agent-wire link for pcap files; and it can lose chosen frames on a link.
+link and the agent-wire link for pcap files.
+
+Faults (spec section 9) act on the four link directions and on the two directions of the
+mailbox alike: a `Fault` loses, duplicates (carries twice, back to back) or delays (carries
+`seconds` later, so that later items overtake it) the next items its `match` selects. One
+`_carry` applies them where a link ends. A link's capture is taken at the agent, as the golden
+model needs it (spec section 8): what reached the agent, after the link's faults and at the
+time it arrived (a lost frame is absent, a duplicated one twice, a delayed one late), and what
+the agent emitted, before them. The mailbox log likewise holds what was delivered. An attacker
+on the wire injects frames as a peer's (`wire_inject`); `secure` records every SA's keys in
+`sa_keys` so that an observer can check the wire (`sim/observer.py`).
 """
 
 from __future__ import annotations
 
 import heapq
 import ipaddress
+import math
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from ipsec_offload.agent.agent import AgentConfig, AgentOutput, IpsecAgent
+from ipsec_offload.agent.replay import ReplayWindow
 from ipsec_offload.driver.pf import PfDriver, VfState
 from ipsec_offload.driver.plain import PlainDriver
 from ipsec_offload.driver.ring import RingDriver
@@ -34,14 +47,22 @@ from ipsec_offload.sim.espsa import EspSaEntry
 from ipsec_offload.sim.pcap import PcapRecord, PcapSink
 from ipsec_offload.wire.config import Algorithm, Direction
 from ipsec_offload.wire.ethernet import VlanTag, vlan_key
+from ipsec_offload.wire.packet import find_esp
 
 LINKS = ("nic-to-agent", "agent-to-nic", "wire-to-agent", "agent-to-wire")
-"""The link directions the testbed records and can inject loss on."""
+"""The link directions the testbed records and can inject faults on."""
+MAILBOX_LINKS = ("vf-to-pf", "pf-to-vf")
+"""The two directions of the mailbox, fault targets like the links (a fault's `match` gets
+the message bytes)."""
+FAULT_TARGETS = LINKS + MAILBOX_LINKS
 TAPS = ("agent-hairpin",)
 """What the testbed records besides the links: frames the agent turned around (encrypted)."""
 
 _HOST_FIRST, _WIRE_SECOND, _OTHER = 0, 1, 2
+_ARRIVAL_ORDER = {"nic-to-agent": _HOST_FIRST, "wire-to-agent": _WIRE_SECOND}
+"""Where a link's delayed frame goes among the events of its new time (default `_OTHER`)."""
 _PCAP_TIME_LIMIT = 2**32
+_SEQ_LIMIT = {False: 2**32 - 1, True: 2**64 - 1}
 
 
 class LinkCapture(PcapSink):
@@ -99,13 +120,36 @@ class LinkCapture(PcapSink):
         super().write(path)
 
 
+class FaultKind(Enum):
+    """What a fault does to an item (frame or mailbox message) it selects."""
+
+    LOSE = "lose"
+    DUPLICATE = "duplicate"
+    """Carry it twice, back to back."""
+    DELAY = "delay"
+    """Carry it `Fault.seconds` later than it would be: later items overtake it."""
+
+
 @dataclass(slots=True)
 class Fault:
-    """Lose the next `count` frames on `link` for which `match` is true."""
+    """Act on the next `count` items on `link` (a link direction or a mailbox direction)
+    for which `match` is true."""
 
     link: str
     count: int
     match: Callable[[bytes], bool]
+    kind: FaultKind = FaultKind.LOSE
+    seconds: float = 0.0
+    """How much later a DELAY fault carries the item."""
+
+
+class SaKey(NamedTuple):
+    """An SA's keys as `Testbed.sa_keys` keeps them."""
+
+    key_material: bytes
+    """Key || 4-byte salt (RFC 4106)."""
+    algorithm: Algorithm
+    esn: bool
 
 
 @dataclass(slots=True)
@@ -192,8 +236,18 @@ class Testbed:
         self.own_sequence = own_sequence
         """Passed to every host stack (HostStack.own_sequence)."""
         self.captures: dict[str, LinkCapture] = {name: LinkCapture() for name in LINKS + TAPS}
-        self.link_drops: dict[str, int] = dict.fromkeys(LINKS, 0)
+        self.link_drops: dict[str, int] = dict.fromkeys(FAULT_TARGETS, 0)
+        """Frames (mailbox messages) lost by a fault, per link (`FAULT_TARGETS`)."""
+        self.link_duplicates: dict[str, int] = dict.fromkeys(FAULT_TARGETS, 0)
+        """Frames (mailbox messages) carried twice by a fault, per link."""
+        self.link_delays: dict[str, int] = dict.fromkeys(FAULT_TARGETS, 0)
+        """Frames (mailbox messages) carried late by a fault, per link."""
         self.faults: list[Fault] = []
+        self.wire_injections: list[bytes] = []
+        """Every frame an attacker put on the wire (`wire_inject`), as given."""
+        self.sa_keys: dict[tuple[bytes, bytes, int], SaKey] = {}
+        """The keys of every SA `secure` created, by (IP source, IP destination, SPI); kept
+        when the hosts are gone. A later SA of the same three replaces an earlier one."""
         self.endpoints: dict[str, Endpoint] = {}
         self.retired: dict[str, Endpoint] = {}
         """Hosts that are gone (destroyed VMs), kept for what they received."""
@@ -404,6 +458,15 @@ class Testbed:
         except KeyError:
             raise UsageError(f"no host named {name!r} on this testbed") from None
 
+    def _stack(self, host: HostStack | str) -> HostStack:
+        """A host on this testbed, live or destroyed."""
+        if isinstance(host, HostStack):
+            return host
+        ep = self.endpoints.get(host, self.retired.get(host))
+        if ep is None:
+            raise UsageError(f"no host named {host!r} on this testbed, live or destroyed")
+        return ep.stack
+
     # -- security associations ------------------------------------------------------------
 
     def secure(
@@ -420,15 +483,27 @@ class Testbed:
         offload_b: bool = False,
         protocol: int | None = None,
         spis: tuple[int, int] | None = None,
+        seq_start: int = 0,
     ) -> SaBundle:
         """Create, install and wait for a pair of SAs (a->b and b->a) with policies between
         a's and b's addresses of `family` (4 or 6). Keys come from the seeded generator, SPIs
         too unless `spis` (a->b, b->a) names them; offload is asked where the host's device
-        has it."""
+        has it. Every SA's keys go into `sa_keys`.
+
+        `seq_start` starts the SAs mid-stream: both outbound states have used the numbers up
+        to it (the first packet carries `seq_start` + 1) and both inbound windows have seen
+        them (to let an ESN SA cross 2^32 within a few packets)."""
         size = 4 if family == 4 else 16
         a_addr, b_addr = a.addresses.get(size), b.addresses.get(size)
         if a_addr is None or b_addr is None:
             raise UsageError(f"{a.name} and {b.name} both need an IPv{family} address")
+        last = _SEQ_LIMIT[esn] - 1
+        if not 0 <= seq_start <= last:
+            bits = "64-bit sequence numbers (ESN)" if esn else "32-bit sequence numbers (no ESN)"
+            raise UsageError(
+                f"seq_start {seq_start}: with {bits} use 0 .. {last:#x}, so that the first"
+                " packet's number, seq_start + 1, fits"
+            )
         key_len = 16 if algorithm == Algorithm.AES_GCM_128 else 32
         ab_key = self.rng.randbytes(key_len + 4)
         ba_key = self.rng.randbytes(key_len + 4)
@@ -440,11 +515,14 @@ class Testbed:
         }
         ab_spi, ba_spi = spis if spis is not None else (self._spi(), self._spi())
         self._used_spis.update((ab_spi, ba_spi))
+        self.sa_keys[a_addr, b_addr, ab_spi] = SaKey(ab_key, algorithm, esn)
+        self.sa_keys[b_addr, a_addr, ba_spi] = SaKey(ba_key, algorithm, esn)
+        new = partial(self._state, common=common, seq_start=seq_start)
         bundle = SaBundle(
-            a_out=self._state(Direction.OUTBOUND, ab_spi, a_addr, b_addr, ab_key, common),
-            a_in=self._state(Direction.INBOUND, ba_spi, b_addr, a_addr, ba_key, common),
-            b_out=self._state(Direction.OUTBOUND, ba_spi, b_addr, a_addr, ba_key, common),
-            b_in=self._state(Direction.INBOUND, ab_spi, a_addr, b_addr, ab_key, common),
+            a_out=new(Direction.OUTBOUND, ab_spi, a_addr, b_addr, ab_key),
+            a_in=new(Direction.INBOUND, ba_spi, b_addr, a_addr, ba_key),
+            b_out=new(Direction.OUTBOUND, ba_spi, b_addr, a_addr, ba_key),
+            b_in=new(Direction.INBOUND, ab_spi, a_addr, b_addr, ab_key),
         )
         for stack, out, inn, offload, peer in (
             (a, bundle.a_out, bundle.a_in, offload_a, b_addr),
@@ -477,10 +555,16 @@ class Testbed:
         dst: bytes,
         key: bytes,
         common: dict[str, Any],
+        seq_start: int,
     ) -> XfrmState:
         handle = self._next_handle
         self._next_handle += 1
-        return XfrmState(handle, direction, spi, src, dst, key_material=key, **common)
+        state = XfrmState(handle, direction, spi, src, dst, key_material=key, **common)
+        if direction == Direction.OUTBOUND:
+            state.oseq = seq_start
+        else:
+            state.replay = ReplayWindow(state.replay_window, state.esn, seq_start)
+        return state
 
     def esp_sa_entries(self) -> list[EspSaEntry]:
         """Every SA of every host, once each, for Wireshark's esp_sa file."""
@@ -548,11 +632,66 @@ class Testbed:
         gone = self.retired.get(stack.name)
         return gone.log if gone is not None and gone.stack is stack else self.endpoint(stack).log
 
+    # -- faults and attacks -----------------------------------------------------------------
+
     def lose(self, link: str, count: int = 1, match: Callable[[bytes], bool] | None = None) -> None:
-        """Lose the next `count` frames on a link (those `match` selects, default all)."""
-        if link not in LINKS:
-            raise UsageError(f"unknown link {link!r}: use one of {', '.join(LINKS)}")
-        self.faults.append(Fault(link, count, match or (lambda _frame: True)))
+        """Lose the next `count` frames on a link, or messages in a mailbox direction (those
+        `match` selects, default all)."""
+        self._fault(Fault(link, count, match or _every, FaultKind.LOSE))
+
+    def duplicate(
+        self, link: str, count: int = 1, match: Callable[[bytes], bool] | None = None
+    ) -> None:
+        """Carry each of the next `count` frames (messages) on a link twice, back to back."""
+        self._fault(Fault(link, count, match or _every, FaultKind.DUPLICATE))
+
+    def delay(
+        self,
+        link: str,
+        count: int,
+        seconds: float,
+        match: Callable[[bytes], bool] | None = None,
+    ) -> None:
+        """Carry each of the next `count` frames (messages) on a link `seconds` later than it
+        would be; what follows it on the link meanwhile overtakes it."""
+        if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds > 0):
+            raise UsageError(f"delay of {seconds!r} seconds: give a number above 0")
+        self._fault(Fault(link, count, match or _every, FaultKind.DELAY, float(seconds)))
+
+    def _fault(self, fault: Fault) -> None:
+        if fault.link not in FAULT_TARGETS:
+            raise UsageError(f"unknown link {fault.link!r}: use one of {', '.join(FAULT_TARGETS)}")
+        if not isinstance(fault.count, int) or fault.count < 1:
+            raise UsageError(f"a fault's count is {fault.count!r}: give how many items, 1 or more")
+        self.faults.append(fault)
+
+    def wire_inject(self, frames: Iterable[bytes]) -> None:
+        """An attacker on the wire: `frames` reach the agent as a peer's would (recorded on
+        wire-to-agent, subject to its faults) and are remembered in `wire_injections`."""
+        burst = list(frames)
+        if not all(isinstance(frame, bytes) for frame in burst):
+            raise UsageError("wire_inject takes frames as bytes")
+        self.wire_injections.extend(burst)
+        self._schedule(self.link_delay, _WIRE_SECOND, lambda: self._agent_wire(burst))
+        if not self._running:
+            self.run()
+
+    def wire_frames_to(self, host: HostStack | str, last: int | None = None) -> list[bytes]:
+        """The ESP frames captured on wire-to-agent so far whose destination MAC is `host`'s
+        (a live or a destroyed one), oldest first; with `last`, only the last that many: what
+        an attacker on the wire replays."""
+        if not self.capture:
+            raise UsageError("this Testbed keeps no frames: make it with capture=True")
+        if last is not None and last < 0:
+            raise UsageError(f"last={last}: give how many frames, 0 or more (None: all)")
+        mac = self._stack(host).mac
+        meta = self.agent.config.meta_ethertype
+        frames = []
+        for record in self.captures["wire-to-agent"].records:
+            esp = find_esp(record.frame, meta)
+            if esp is not None and esp.eth.dst == mac:
+                frames.append(record.frame)
+        return frames if last is None else frames[max(0, len(frames) - last) :]
 
     # -- the plumbing ---------------------------------------------------------------------
 
@@ -560,21 +699,38 @@ class Testbed:
         self._seq += 1
         heapq.heappush(self._queue, (self.now + delay, prio, self._seq, action))
 
-    def _carry(self, link: str, frames: Iterable[bytes]) -> list[bytes]:
-        """Frames that survive the link's faults."""
-        if not self.faults:
-            return list(frames)
-        kept = []
-        for frame in frames:
-            fault = next((f for f in self.faults if f.link == link and f.match(frame)), None)
+    def _carry(self, link: str, items: list[bytes], onward: Callable[[list[bytes]], None]) -> None:
+        """Hand `items` (frames or mailbox messages) at the end of `link` to `onward`, through
+        the link's faults."""
+        if self.faults:
+            items = self._faulted(link, items, onward)
+        if items:
+            onward(items)
+
+    def _faulted(
+        self, link: str, items: list[bytes], onward: Callable[[list[bytes]], None]
+    ) -> list[bytes]:
+        """The items to hand on now: without a lost one, with a duplicated one twice in a row
+        and without a delayed one, which is handed on alone when its delay is over."""
+        carried = []
+        for item in items:
+            fault = next((f for f in self.faults if f.link == link and f.match(item)), None)
             if fault is None:
-                kept.append(frame)
+                carried.append(item)
                 continue
             fault.count -= 1
             if fault.count <= 0:
                 self.faults.remove(fault)
-            self.link_drops[link] += 1
-        return kept
+            if fault.kind == FaultKind.LOSE:
+                self.link_drops[link] += 1
+            elif fault.kind == FaultKind.DUPLICATE:
+                self.link_duplicates[link] += 1
+                carried += (item, item)
+            else:
+                self.link_delays[link] += 1
+                order = _ARRIVAL_ORDER.get(link, _OTHER)
+                self._schedule(fault.seconds, order, partial(onward, [item]))
+        return carried
 
     def _record(self, link: str, frames: Iterable[bytes]) -> None:
         if self.capture:
@@ -616,17 +772,25 @@ class Testbed:
             self._schedule(deadline - self.now, _OTHER, ep.timer)
 
     def _to_pf(self, vf: int, data: bytes) -> None:
-        self.mailbox_log.append(MailboxRecord(self.now, vf, True, data))
+        self._carry("vf-to-pf", [data], partial(self._pf_mailbox, vf))
+
+    def _pf_mailbox(self, vf: int, messages: list[bytes]) -> None:
         pf = self._pf()
-        pf.mailbox_receive(vf, data, self.now)
+        for data in messages:
+            self.mailbox_log.append(MailboxRecord(self.now, vf, True, data))
+            pf.mailbox_receive(vf, data, self.now)
         self._flush(self.endpoints[self.pf_name()])
 
     def _to_vf(self, vf: int, data: bytes) -> None:
-        self.mailbox_log.append(MailboxRecord(self.now, vf, False, data))
-        for ep in self.endpoints.values():
-            if ep.vf == vf and isinstance(ep.driver, VfDriver):
-                ep.driver.mailbox_receive(data, self.now)
-                self._flush(ep)
+        self._carry("pf-to-vf", [data], partial(self._vf_mailbox, vf))
+
+    def _vf_mailbox(self, vf: int, messages: list[bytes]) -> None:
+        for data in messages:
+            self.mailbox_log.append(MailboxRecord(self.now, vf, False, data))
+            for ep in self.endpoints.values():
+                if ep.vf == vf and isinstance(ep.driver, VfDriver):
+                    ep.driver.mailbox_receive(data, self.now)
+                    self._flush(ep)
 
     def _timer(self, ep: Endpoint) -> None:
         ep.timer = None
@@ -642,12 +806,16 @@ class Testbed:
             self._schedule(self.link_delay, _HOST_FIRST, lambda: self._agent_host(frames))
 
     def _agent_host(self, frames: list[bytes]) -> None:
-        frames = self._carry("nic-to-agent", frames)
+        self._carry("nic-to-agent", frames, self._host_side_in)
+
+    def _host_side_in(self, frames: list[bytes]) -> None:
         self._record("nic-to-agent", frames)
         self._agent_out(self.agent.from_host(frames, self.now))
 
     def _agent_wire(self, frames: list[bytes]) -> None:
-        frames = self._carry("wire-to-agent", frames)
+        self._carry("wire-to-agent", frames, self._wire_side_in)
+
+    def _wire_side_in(self, frames: list[bytes]) -> None:
         self._record("wire-to-agent", frames)
         self._agent_out(self.agent.from_wire(frames, self.now))
 
@@ -655,12 +823,14 @@ class Testbed:
         self._record("agent-to-nic", out.to_host)
         self._record("agent-to-wire", out.to_wire)
         self._record("agent-hairpin", out.hairpin)
-        to_host = self._carry("agent-to-nic", out.to_host)
-        to_wire = self._carry("agent-to-wire", out.to_wire)
-        if to_host:
-            self._schedule(self.link_delay, _OTHER, lambda: self._from_agent(to_host))
-        if to_wire:
-            self._schedule(self.link_delay, _OTHER, lambda: self._peers_rx(to_wire))
+        self._carry("agent-to-nic", out.to_host, self._toward_nic)
+        self._carry("agent-to-wire", out.to_wire, self._toward_wire)
+
+    def _toward_nic(self, frames: list[bytes]) -> None:
+        self._schedule(self.link_delay, _OTHER, lambda: self._from_agent(frames))
+
+    def _toward_wire(self, frames: list[bytes]) -> None:
+        self._schedule(self.link_delay, _OTHER, lambda: self._peers_rx(frames))
 
     def _from_agent(self, frames: list[bytes]) -> None:
         self._nic_rx(self.nic.from_agent(frames, self.now).rx)
@@ -680,6 +850,10 @@ class Testbed:
             if isinstance(ep.driver, PlainDriver):
                 ep.driver.receive(frames, self.now)
                 self._flush(ep)
+
+
+def _every(_item: bytes) -> bool:
+    return True
 
 
 def _mac(text: str) -> bytes:

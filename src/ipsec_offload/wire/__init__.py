@@ -5,6 +5,7 @@
 - `ip`: IPv4, IPv6, extension headers, the Internet checksum
 - `transport`: UDP, ICMP/ICMPv6 echo, TCP and their pseudo-header checksums
 - `esp`: ESP header and trailer
+- `packet`: the ESP packet inside a whole frame, for readers of captures
 - `config`: config frames, TLVs and typed message bodies
 - `addr`: text forms of MAC and IP addresses
 """
