@@ -4,14 +4,14 @@ agent counters and a timeline of the control plane; as data (report.json) and as
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ipsec_offload.agent.counters import DropReason
 from ipsec_offload.agent.counters import Path as AgentPath
-from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.agent.sad import SecurityAssociation
+from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.host.xfrm import Offload, XfrmState
 from ipsec_offload.sim.espsa import write_esp_sa
 from ipsec_offload.sim.pcap import PcapRecord, write_pcap
@@ -24,6 +24,7 @@ from ipsec_offload.wire.config import (
     Opcode,
     decode_count,
     parse_config,
+    parse_config_header,
 )
 from ipsec_offload.wire.ethernet import EtherType, parse_ethernet
 from ipsec_offload.wire.mailbox import MbxOpcode, parse_mailbox
@@ -187,6 +188,7 @@ def _malicious(run: ScenarioRun) -> dict[str, str]:
         return _challenge(name, ABSENT, "no VF crafted frames")
     bed = run.bed
     wire = [r.frame for r in bed.captures["agent-to-wire"].records]
+    replies = _config_replies(bed)
     obeyed = carried = dropped = removed = 0
     for injection in run.injections:
         vm_mac = injection.frame[6:12]
@@ -196,9 +198,11 @@ def _malicious(run: ScenarioRun) -> dict[str, str]:
         if injection.kind == "forged_offload":
             hit = any(f[6:12] == vm_mac and FORGED_PAYLOAD not in f for f in wire)
         else:
-            counts = _config_replies_to(bed, vm_mac)
-            hit = bool(counts)
-            removed += sum(counts)
+            l2_len = parse_ethernet(injection.frame).header_len
+            header = parse_config_header(memoryview(injection.frame)[l2_len:])
+            count = replies.get((vm_mac, header.txn_id))
+            hit = count is not None
+            removed += count or 0
         obeyed += hit
         dropped += not hit
     vsis = bed.nic.vsis
@@ -213,21 +217,22 @@ def _malicious(run: ScenarioRun) -> dict[str, str]:
     return _challenge(name, HELD if not obeyed else FAILED, observed)
 
 
-def _config_replies_to(bed: Testbed, mac: bytes) -> list[int]:
-    """The COUNT (or 0) of each config reply the agent sent to `mac`."""
-    counts = []
+def _config_replies(bed: Testbed) -> dict[tuple[bytes, int], int]:
+    """(destination MAC, txn_id) of each config reply the agent sent -> its COUNT (0 for a
+    reply without one); a resent reply is the same reply."""
+    replies = {}
     for record in bed.captures["agent-to-nic"].records:
         try:
             eth = parse_ethernet(record.frame)
-            if eth.dst != mac or eth.ethertype != EtherType.CONFIG:
+            if eth.ethertype != EtherType.CONFIG:
                 continue
             reply = parse_config(memoryview(record.frame)[eth.header_len :])
             ok = reply.status == ConfigStatus.OK
             is_count = reply.base_opcode == Opcode.REMOVE_ALL_SAS
-            counts.append(decode_count(reply.tlvs) if ok and is_count else 0)
+            replies[(eth.dst, reply.txn_id)] = decode_count(reply.tlvs) if ok and is_count else 0
         except ParseError:
             continue
-    return counts
+    return replies
 
 
 def _east_west(run: ScenarioRun, flows: dict[str, Any]) -> dict[str, str]:

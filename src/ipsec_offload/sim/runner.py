@@ -31,7 +31,7 @@ from ipsec_offload.wire.ethernet import (
     build_ethernet,
     parse_ethernet,
 )
-from ipsec_offload.wire.ip import IpProto, IPv4Header, build_ipv4, ipv4_fields, ipv6_upper_layer
+from ipsec_offload.wire.ip import IpProto, IPv4Header, build_ipv4
 from ipsec_offload.wire.metadata import TxMetadata, build_tx_metadata
 from ipsec_offload.wire.transport import TcpFlags
 
@@ -298,8 +298,7 @@ def _event(run: ScenarioRun, index: int) -> None:
         which = "config" if event.opcode is None else event.opcode.upper()
         run.note("link", f"the next {event.count} {which} frame(s) toward the agent are lost")
     elif event.action == "replay_wire":
-        host = _host(run, target, where)
-        frames = _esp_toward(bed, host.mac, event.count)
+        frames = bed.wire_frames_to(_host(run, target, where), event.count)
         run.replays.append(Replay(bed.now, target, len(frames)))
         bed.wire_inject(frames)
         run.note("wire", f"an attacker replays {len(frames)} ESP frame(s) toward {target}")
@@ -327,31 +326,14 @@ def _config_request(bed: Testbed, opcode: Opcode | None, frame: bytes) -> bool:
     return not header.is_reply and (opcode is None or header.opcode == opcode)
 
 
-def _esp_toward(bed: Testbed, mac: bytes, count: int) -> list[bytes]:
-    """The last `count` ESP frames that came from the wire toward the host at `mac`."""
-    found = []
-    for record in bed.captures["wire-to-agent"]:
-        try:
-            eth = parse_ethernet(record.frame)
-            if eth.dst != mac:
-                continue
-            packet = memoryview(record.frame)[eth.header_len :]
-            if eth.ethertype == EtherType.IPV4 and ipv4_fields(packet)[6] == IpProto.ESP:
-                found.append(record.frame)
-            elif eth.ethertype == EtherType.IPV6 and ipv6_upper_layer(packet)[0] == IpProto.ESP:
-                found.append(record.frame)
-        except ParseError:
-            continue
-    return found[-count:]
-
-
 def _crafted(run: ScenarioRun, vm: HostStack, kind: str) -> bytes:
     """What a malicious VF driver writes on its own Tx ring."""
     agent_mac = run.bed.agent.config.mac
     if kind in ("remove_all_sas", "add_sa"):
         opcode = Opcode.REMOVE_ALL_SAS if kind == "remove_all_sas" else Opcode.ADD_SA
         header = EthernetHeader(agent_mac, vm.mac, EtherType.CONFIG, vm.vlans)
-        return build_ethernet(header) + build_config(ConfigMessage(opcode, 0xBAD, ()))
+        txn_id = 0xBAD0 + len(run.injections)  # each its own: the agent caches replies
+        return build_ethernet(header) + build_config(ConfigMessage(opcode, txn_id, ()))
     # A forged Tx metadata tag with OFFLOAD=1 naming the PF host's first outbound SA.
     victim = run.hosts[run.scenario.pf.name]
     state = next((s for s in victim.states.values() if s.direction == 1 and len(s.dst) == 4), None)
@@ -402,7 +384,11 @@ def _belongs(record: FlowRecord, protocol: int, src_port: int) -> bool:
 
 
 def _complete(record: FlowRecord, got: list[Any]) -> bool:
-    if record.spec.protocol == "tcp":
+    flow = record.spec
+    if flow.protocol == "tcp":
         stream = b"".join(d.payload for d in sorted(got, key=lambda d: d.tcp_seq or 0))
         return stream == b"".join(record.payloads)
-    return sorted(d.payload for d in got) == sorted(record.payloads)
+    sent = record.payloads
+    if flow.protocol == "udp" and flow.tso:  # each send arrives as datagrams of `mss` bytes
+        sent = [p[i : i + flow.mss] for p in sent for i in range(0, len(p), flow.mss)]
+    return sorted(d.payload for d in got) == sorted(sent)

@@ -300,7 +300,7 @@ class Testbed:
             meta_ethertype=self.agent.config.meta_ethertype,
         )
         self.pf = driver
-        stack = self._stack(name, driver, mac_b, ipv4, ipv6, vlans)
+        stack = self._new_stack(name, driver, mac_b, ipv4, ipv6, vlans)
         self._add(Endpoint(stack, driver, vsi.vsi_id))
         driver.probe(self.now)
         driver.register_own_address(self.now)
@@ -336,7 +336,7 @@ class Testbed:
         else:
             vsi_id = info.vsi_id
         driver = VfDriver(vf, mac_b, vlans, kek=kek)
-        stack = self._stack(name, driver, mac_b, ipv4, ipv6, vlans)
+        stack = self._new_stack(name, driver, mac_b, ipv4, ipv6, vlans)
         self._add(Endpoint(stack, driver, vsi_id, vf))
         driver.start(self.now)
         self.settle(stack, self.endpoints[self.pf_name()].stack)
@@ -415,11 +415,11 @@ class Testbed:
         """A remote host on the wire doing ESP in software (on a VLAN if `vlans`)."""
         mac_b = _mac(mac)
         driver = PlainDriver(mac_b)
-        stack = self._stack(name, driver, mac_b, ipv4, ipv6, vlans)
+        stack = self._new_stack(name, driver, mac_b, ipv4, ipv6, vlans)
         self._add(Endpoint(stack, driver, None))
         return stack
 
-    def _stack(
+    def _new_stack(
         self,
         name: str,
         driver: PfDriver | VfDriver | PlainDriver,
