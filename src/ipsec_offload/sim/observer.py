@@ -47,6 +47,7 @@ from ipsec_offload.wire.ip import IpProto
 from ipsec_offload.wire.packet import EspFrame, find_esp
 
 __all__ = [
+    "ESP_LINKS",
     "CraftedConfigObeyed",
     "NonceReuse",
     "ObserverSummary",
