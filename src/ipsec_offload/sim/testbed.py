@@ -111,6 +111,12 @@ class LinkCapture(PcapSink):
         self._catch_up()
         return super().__iter__()
 
+    def since(self, start: int) -> list[PcapRecord]:
+        """The records from the `start`-th on (0: all of them): a reader that keeps its place
+        reads each record once, however long the capture grows."""
+        self._catch_up()
+        return self._records[start:]
+
     def clear(self) -> None:
         self._bursts.clear()
         super().clear()
