@@ -92,6 +92,7 @@ def test_run_basic_writes_the_documented_outputs(tmp_path: Path) -> None:
     assert all(flow["complete"] for flow in report["flows"].values())
     assert sum(f["delivered"] for f in report["flows"].values()) == 70
     assert [c["outcome"] for c in report["challenges"]] == ["not exercised"] * 5
+    assert [c["outcome"] for c in report["invariants"]] == ["held", "not exercised", "held"]
 
 
 CHALLENGES = [
@@ -109,32 +110,85 @@ def test_default_run_tells_every_challenge_held(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [c["challenge"] for c in report["challenges"]] == CHALLENGES
     assert [c["outcome"] for c in report["challenges"]] == ["held"] * 5
-    for i, name in enumerate(CHALLENGES, 1):
+    assert [c["outcome"] for c in report["invariants"]] == ["held", "not exercised", "held"]
+    for i, name in enumerate(CHALLENGES + INVARIANTS, 1):
         assert f"{i}. {name}" in result.output
     assert all(flow["complete"] for flow in report["flows"].values())
     assert report["agent"]["counters"]["paths"]["HAIRPIN"] == 30
     assert "Control-plane timeline" in result.output
 
 
+INVARIANTS = ["No nonce twice", "No replay accepted", "One view of the SAD"]
+
+
+def failed_lines(report: dict[str, list[dict[str, str]]]) -> set[str]:
+    lines = report["challenges"] + report["invariants"]
+    return {c["challenge"] for c in lines if c["outcome"] == "FAILED"}
+
+
 @pytest.mark.parametrize(
-    ("switch", "broken"),
+    ("scenario", "switch", "broken"),
     [
-        ("sa-key", {"False match across SAD domains"}),
-        ("ownership-db", {"Abandoned SAs"}),
-        # The crafted REMOVE_ALL_SAS also takes the TSO flow's SA away mid-stream.
-        ("port-tag", {"Malicious VF", "TSO sequence numbers (IVDB)"}),
-        ("hairpin", {"East-west VM traffic"}),
-        ("ivdb", {"TSO sequence numbers (IVDB)"}),
+        ("default", "sa-key", {"False match across SAD domains"}),
+        # the orphans are in the agent, and in no host's view of it
+        ("default", "ownership-db", {"Abandoned SAs", "One view of the SAD"}),
+        # The crafted REMOVE_ALL_SAS also takes the TSO flow's SA away mid-stream, and every
+        # host still believes its SAs offloaded.
+        (
+            "default",
+            "port-tag",
+            {"Malicious VF", "TSO sequence numbers (IVDB)", "One view of the SAD"},
+        ),
+        ("default", "hairpin", {"East-west VM traffic"}),
+        ("default", "ivdb", {"TSO sequence numbers (IVDB)", "No nonce twice"}),
+        # the default story has no trusted VF's crafted config, nor TSO before a reset
+        ("default", "vf-filter", set()),
+        ("default", "seq-handover", set()),
+        (
+            "faults",
+            "seq-handover",
+            {"TSO sequence numbers (IVDB)", "No nonce twice", "No replay accepted"},
+        ),
+        ("faults", "vf-filter", {"Malicious VF", "One view of the SAD"}),
+        ("faults", "ivdb", {"TSO sequence numbers (IVDB)", "No nonce twice"}),
     ],
 )
-def test_each_naive_switch_shows_its_failure(tmp_path: Path, switch: str, broken: set[str]) -> None:
-    result = run("--naive", switch, "--out", str(tmp_path / "out"))
+def test_each_naive_switch_shows_its_failure(
+    tmp_path: Path, scenario: str, switch: str, broken: set[str]
+) -> None:
+    result = run(scenario, "--naive", switch, "--out", str(tmp_path / "out"))
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["naive"] == [switch]
-    failed = {c["challenge"] for c in report["challenges"] if c["outcome"] == "FAILED"}
-    assert failed == broken
+    assert failed_lines(report) == broken
     assert f"(naive: {switch})" in result.output
+
+
+def test_faults_run_holds_every_line_with_its_numbers(tmp_path: Path) -> None:
+    """The built-in `faults` story (docs/tutorial.md): every line held, from the wire."""
+    result = run("faults", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert failed_lines(report) == set()
+    lines = {c["challenge"]: c["observed"] for c in report["challenges"] + report["invariants"]}
+    assert "dropped by its Tx EtherType filter: 2" in lines["Malicious VF"]
+    assert "reused: 0" in lines["TSO sequence numbers (IVDB)"]
+    assert "used twice: 0" in lines["No nonce twice"]
+    assert "replayed: 5; payloads delivered twice: 0" in lines["No replay accepted"]
+    assert "agent SAD 2, held as offloaded by the hosts 2" in lines["One view of the SAD"]
+    assert all(flow["complete"] for flow in report["flows"].values())
+    assert report["agent"]["counters"]["rx_status"]["REPLAY"] == 5
+    assert report["link_drops"]["nic-to-agent"] == 24
+    lost = [e for e in report["timeline"] if e["what"].startswith("lost state")]
+    assert len(lost) == 6  # both states of the PF host, vm1 and vm2 fell back to software
+
+
+def test_naive_seq_handover_reuses_nonces_in_the_faults_run(tmp_path: Path) -> None:
+    result = run("faults", "--naive", "seq-handover", "--out", str(tmp_path / "out"))
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    lines = {c["challenge"]: c["observed"] for c in report["invariants"]}
+    assert "used twice: 34" in lines["No nonce twice"], result.output
+    assert "payloads delivered twice: 5" in lines["No replay accepted"]
 
 
 def test_naive_sa_key_fails_as_the_deck_predicts(tmp_path: Path) -> None:

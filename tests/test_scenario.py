@@ -78,6 +78,25 @@ BAD = [
     ),
     ('ipv4 = "10.0.0.2"', 'ipv6 = "2001:db8::2"', "sa[0].family", "peer has no IPv4"),
     ("[pf]", "[pff]", "pff", "unknown key"),
+    (
+        "[[sa]]",
+        '[[event]]\nat = 0.1\naction = "replay_wire"\ntarget = "peer"\n\n[[sa]]',
+        "event[0].target",
+        "the PF's or a VM's name",
+    ),
+    (
+        "[[sa]]",
+        '[[event]]\nat = 0.1\naction = "reset_pf"\nopcode = "add_sa"\n\n[[sa]]',
+        "event[0].opcode",
+        "only lose_config",
+    ),
+    (
+        "[[sa]]",
+        '[[event]]\nat = 0.1\naction = "lose_config"\nopcode = "add_sas"\n\n[[sa]]',
+        "event[0].opcode",
+        "'add_sa'",
+    ),
+    ("[pf]", '[port]\npf_mac = "02:00:00:00:00"\n\n[pf]', "port.pf_mac", "not a MAC"),
 ]
 
 

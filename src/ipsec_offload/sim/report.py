@@ -14,6 +14,7 @@ from ipsec_offload.agent.sad import SecurityAssociation
 from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.host.xfrm import Offload, XfrmState
 from ipsec_offload.sim.espsa import write_esp_sa
+from ipsec_offload.sim.observer import ObserverSummary, WireObserver
 from ipsec_offload.sim.pcap import PcapRecord, write_pcap
 from ipsec_offload.sim.runner import FORGED_PAYLOAD, ScenarioRun, TimelineEntry, results_of
 from ipsec_offload.sim.testbed import Testbed
@@ -48,6 +49,7 @@ def build_report(run: ScenarioRun) -> dict[str, Any]:
         "naive": sorted(run.naive),
         "simulated_seconds": round(bed.now, 9),
         "challenges": challenges(run, flows),
+        "invariants": invariants(run),
         "flows": flows,
         "sas": _sas(run),
         "agent": bed.agent.dump(),
@@ -166,6 +168,42 @@ def _abandoned(run: ScenarioRun) -> dict[str, str]:
         f"live offloaded SAs: {diff.held})"
     )
     return _challenge(name, HELD if not diff.orphans else FAILED, observed)
+
+
+# -- spec 9's invariants ----------------------------------------------------------------------
+
+
+def invariants(run: ScenarioRun) -> list[dict[str, str]]:
+    """Spec 9's invariants over the whole run, from the wire and the deliveries (the wire
+    observer) and the SADs at the end. The fourth, only the PF configures the agent, is the
+    Malicious VF challenge."""
+    observer = WireObserver(run.bed)
+    observer.check()
+    seen = observer.summary()
+    return [_no_nonce_twice(seen), _no_replay(run, seen), _one_view(run)]
+
+
+def _no_nonce_twice(seen: ObserverSummary) -> dict[str, str]:
+    name = "No nonce twice"
+    if not seen.esp_frames:
+        return _challenge(name, ABSENT, "no ESP frame on the wire")
+    observed = (
+        f"ESP frames on the wire and the hairpin, every SA: {seen.esp_frames}; "
+        f"(key, IV) nonces: {seen.pairs}; used twice: {seen.nonce_reuse}"
+    )
+    return _challenge(name, HELD if not seen.nonce_reuse else FAILED, observed)
+
+
+def _no_replay(run: ScenarioRun, seen: ObserverSummary) -> dict[str, str]:
+    name = "No replay accepted"
+    replayed = sum(replay.frames for replay in run.replays)
+    if not replayed and not seen.replays_delivered:
+        return _challenge(name, ABSENT, "no frame replayed on the wire")
+    observed = (
+        f"frames an attacker replayed: {replayed}; payloads delivered twice: "
+        f"{seen.replays_delivered} (of {seen.deliveries} deliveries)"
+    )
+    return _challenge(name, HELD if not seen.replays_delivered else FAILED, observed)
 
 
 def _one_view(run: ScenarioRun) -> dict[str, str]:
@@ -428,7 +466,11 @@ def summary(report: dict[str, Any], out: Path | None, timeline_lines: int = 40) 
     ]
     lines += [f"  {line}" for line in report["description"].splitlines()]
     lines += ["", "The deck's challenges:"]
-    for i, c in enumerate(report["challenges"], 1):
+    rows = report["challenges"]
+    for i, c in enumerate(rows, 1):
+        lines.append(f"  {i}. {c['challenge']:<32} {c['outcome'].upper():<14} {c['observed']}")
+    lines += ["", "Spec 9's invariants (the fourth, only the PF configures, is challenge 3):"]
+    for i, c in enumerate(report["invariants"], len(rows) + 1):
         lines.append(f"  {i}. {c['challenge']:<32} {c['outcome'].upper():<14} {c['observed']}")
     lines += ["", "Flows:", f"  {'flow':<30}{'sent':>6}{'delivered':>11}{'by agent':>10}  complete"]
     for name, f in report["flows"].items():

@@ -236,9 +236,13 @@ def _host(run: ScenarioRun, name: str, where: str) -> HostStack:
 
 
 def payload_of(flow: int, n: int, size: int) -> bytes:
-    """The deterministic payload of packet `n` of flow `flow`."""
-    stamp = f"flow {flow} packet {n} ".encode()
-    return (stamp * (size // len(stamp) + 1))[:size]
+    """The deterministic payload of packet `n` of flow `flow`: "flow F packet N at K " stamps,
+    K the stamp's byte offset, so that the segments of a large send differ from each other
+    too (no two deliveries of a run are alike)."""
+    out = bytearray()
+    while len(out) < size:
+        out += f"flow {flow} packet {n} at {len(out)} ".encode()
+    return bytes(out[:size])
 
 
 def _send(run: ScenarioRun, record: FlowRecord, n: int) -> None:
