@@ -153,10 +153,9 @@ def replay_after_vf_reset(bed: Testbed) -> tuple[HostStack, list[bytes]]:
     for payload in sent:
         peer.send_udp(vm.addresses[4], 7, 7, payload, bed.now)
         bed.settle(peer)
-    captured = [r.frame for r in bed.captures["wire-to-agent"]]
+    captured = bed.wire_frames_to(vm)
     bed.reset_vf(vm)
-    bed.at(bed.now, lambda: bed._agent_wire(captured))  # an attacker on the wire
-    bed.run()
+    bed.wire_inject(captured)  # an attacker on the wire
     return vm, sent
 
 
@@ -183,11 +182,10 @@ def test_the_stack_checks_packets_the_agent_decrypted() -> None:
     for n in range(3):
         peer.send_udp(vm.addresses[4], 7, 7, b"datagram %d" % n, bed.now)
         bed.settle(peer)
-    captured = [r.frame for r in bed.captures["wire-to-agent"]]
+    captured = bed.wire_frames_to(vm)
     inbound = next(sa for sa in bed.agent.sad if sa.direction == Direction.INBOUND)
     inbound.replay = ReplayWindow(64, False)
-    bed.at(bed.now, lambda: bed._agent_wire(captured))
-    bed.run()
+    bed.wire_inject(captured)
     assert [d.payload for d in bed.delivered(vm)] == [b"datagram %d" % n for n in range(3)]
     assert bed.agent.counters.rx_status[RxStatus.OK] == 6
     assert vm.counters.drops == {"in_replay": 3}
