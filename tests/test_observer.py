@@ -176,7 +176,12 @@ def test_a_replay_through_a_window_that_is_off_is_delivered_twice(window: int) -
         return
     (replay,) = found
     assert isinstance(replay, ReplayDelivered)
-    assert (replay.host, replay.payload, replay.src, replay.src_port) == (
+    assert (
+        replay.host,
+        replay.delivery.payload,
+        replay.delivery.src,
+        replay.delivery.src_port,
+    ) == (
         "host",
         b"only once",
         peer.addresses[4],

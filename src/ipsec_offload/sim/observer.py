@@ -96,23 +96,18 @@ class NonceReuse:
 class ReplayDelivered:
     """A delivery a host had made before, made again: spec 9.2 broken."""
 
-    time: float
     host: str
-    protocol: int
-    src: bytes
-    dst: bytes
-    src_port: int
-    dst_port: int
-    payload: bytes
-    tcp_seq: int | None
+    delivery: Delivered
+    """The second delivery (its time, addresses, ports, payload)."""
 
     def __str__(self) -> str:
-        tcp = "" if self.tcp_seq is None else f" TCP seq {self.tcp_seq}"
+        d = self.delivery
+        tcp = "" if d.tcp_seq is None else f" TCP seq {d.tcp_seq}"
         return (
-            f"{self.time:.6f}s {self.host}: replay delivered, {_name(IpProto, self.protocol)}"
-            f" {ip_to_str(self.src)} port {self.src_port} -> {ip_to_str(self.dst)} port"
-            f" {self.dst_port}{tcp}: the same {len(self.payload)}-byte payload"
-            f" {self.payload[:16]!r} a second time"
+            f"{d.time:.6f}s {self.host}: replay delivered, {_name(IpProto, d.protocol)}"
+            f" {ip_to_str(d.src)} port {d.src_port} -> {ip_to_str(d.dst)} port"
+            f" {d.dst_port}{tcp}: the same {len(d.payload)}-byte payload"
+            f" {d.payload[:16]!r} a second time"
         )
 
 
@@ -321,17 +316,5 @@ class WireObserver:
             if delivery not in self._deliveries:
                 self._deliveries.add(delivery)
                 continue
-            found.append(
-                ReplayDelivered(
-                    event.time,
-                    name,
-                    event.protocol,
-                    event.src,
-                    event.dst,
-                    event.src_port,
-                    event.dst_port,
-                    event.payload,
-                    event.tcp_seq,
-                )
-            )
+            found.append(ReplayDelivered(name, event))
         self._logs[id(ep)] = (ep, len(log))
