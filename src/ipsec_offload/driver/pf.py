@@ -1,8 +1,9 @@
 """The PF driver: the xdo_dev_* calls, the agent's config channel, and the VFs' proxy.
 
 Theory of operation: the PF driver is the only party that talks to the agent. Every agent
-transaction (`_request`) carries a continuation that runs with the reply's return code (0 or a
-negative errno; -ETIMEDOUT after the channel's bounded retries) and TLVs.
+transaction (`AgentControl.request`, control.py) carries a continuation that runs with the
+reply's return code (0 or a negative errno; -ETIMEDOUT after the channel's bounded retries)
+and TLVs.
 
 - Its own host stack calls `xdo_dev_state_add` and friends; each becomes a config frame on the
   Tx ring and, when the reply arrives, an event with the call's return value.
@@ -38,15 +39,14 @@ The VF lifecycle as the PF sees it is the table `VF_TRANSITIONS`:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from enum import IntEnum
 from typing import Any
 
-from ipsec_offload.driver.control import Completion, ConfigChannel, Errno
+from ipsec_offload.driver.control import AgentControl, ConfigChannel, Errno, reply_sa_index
 from ipsec_offload.driver.ownership import PF_OWNER, Ownership, OwnershipDb
 from ipsec_offload.driver.ring import (
-    CapsDone,
+    DriverEvent,
     OffloadLost,
     OffloadState,
     RingDriver,
@@ -66,8 +66,6 @@ from ipsec_offload.wire.config import (
     Opcode,
     Tlv,
     decode_add_sa,
-    decode_caps,
-    decode_sa_index,
     decode_sa_stats,
     encode_add_sa,
     encode_local_addr,
@@ -90,9 +88,6 @@ DEFAULT_AGENT_MAC = bytes.fromhex("020000000001")
 UNTRUSTED_PORT_TAG = build_tx_metadata(TxMetadata(offload=False))
 """The metadata word the NIC forces on an untrusted VF's frames: OFFLOAD=0, bypass."""
 CLEANUP_RETRIES = 3
-
-_Then = Callable[[int, tuple[Tlv, ...] | None, float], None]
-"""A transaction's continuation: (return code, reply TLVs or None, time of completion)."""
 
 
 class VfState(IntEnum):
@@ -222,47 +217,47 @@ class PfDriver(RingDriver):
         self.channel = ConfigChannel(
             mac, agent_mac, port, timeout, retries, config_ethertype=config_ethertype
         )
-        self.caps: Caps | None = None
+        self.control = AgentControl(self.channel, self._send_config, self._emit)
         self.db = OwnershipDb()
         self.vfs: dict[int, VfInfo] = {}
         self.pf_counters = PfCounters()
-        self._txn: dict[int, _Then] = {}
         self._own: dict[int, OffloadState] = {}
         self._mailbox_out: list[tuple[int, bytes]] = []
         self._admin: list[AdminCommand] = []
-        self._config_ethertype = config_ethertype
         self._agent_ethertypes = frozenset((config_ethertype, meta_ethertype))
         self._local: set[tuple[bytes, tuple[VlanTag, ...]]] = set()
 
-    # -- agent transactions -------------------------------------------------------------
+    # -- the agent's config channel -------------------------------------------------------
 
-    def _request(self, opcode: Opcode, tlvs: tuple[Tlv, ...], now: float, then: _Then) -> None:
-        txn_id, frame = self.channel.submit(opcode, tlvs, now)
-        self._txn[txn_id] = then
-        self._tx.append(TxDescriptor(frame))
+    @property
+    def caps(self) -> Caps | None:
+        """What the agent answered to GET_CAPS (None: not asked, or no answer yet)."""
+        return self.control.caps
 
-    def _complete(self, done: Completion, now: float) -> None:
-        then = self._txn.pop(done.txn_id, None)
-        if then is not None:
-            tlvs = done.reply.tlvs if done.reply is not None and done.rc == 0 else None
-            then(done.rc, tlvs, now)
+    @caps.setter
+    def caps(self, caps: Caps | None) -> None:
+        self.control.caps = caps
 
-    def _control_frame(self, desc: RxDescriptor, eth: EthernetHeader, now: float) -> bool:
-        if eth.ethertype != self._config_ethertype or eth.src != self.agent_mac:
-            return False
-        done = self.channel.on_reply(memoryview(desc.frame)[eth.header_len :])
-        if done is not None:
-            self._complete(done, now)
-        return True
+    def probe(self, now: float) -> None:
+        """Ask the agent what it can do (GET_CAPS); completes with CapsDone."""
+        self.control.probe(now)
 
     def next_timer(self) -> float | None:
-        return self.channel.next_deadline()
+        """When `handle_timer` next has work (a config frame to resend or give up), or None."""
+        return self.control.next_timer()
 
     def handle_timer(self, now: float) -> None:
-        resend, done = self.channel.on_timer(now)
-        self._tx.extend(TxDescriptor(frame) for frame in resend)
-        for completion in done:
-            self._complete(completion, now)
+        """Resend the config frames that are due; time out those out of retries."""
+        self.control.handle_timer(now)
+
+    def _control_frame(self, desc: RxDescriptor, eth: EthernetHeader, now: float) -> bool:
+        return self.control.receive(eth, desc.frame, now)
+
+    def _send_config(self, frame: bytes) -> None:
+        self._tx.append(TxDescriptor(frame))
+
+    def _emit(self, event: DriverEvent) -> None:
+        self._events.append(event)
 
     def _keyed(self, request: AddSaRequest, mac: bytes, vlans: tuple[VlanTag, ...]) -> AddSaRequest:
         """The request with the SA's key as the design wants it: the extended key adds the
@@ -273,18 +268,6 @@ class PfDriver(RingDriver):
         return replace(request, src=None, local_mac=None, vlans=())
 
     # -- the PF's own xdo_dev_* operations ----------------------------------------------
-
-    def probe(self, now: float) -> None:
-        """Ask the agent what it can do (GET_CAPS); completes with CapsDone."""
-
-        def then(rc: int, tlvs: tuple[Tlv, ...] | None, now: float) -> None:
-            try:
-                self.caps = decode_caps(tlvs) if tlvs is not None else self.caps
-            except ParseError:
-                rc = -Errno.EINVAL
-            self._events.append(CapsDone(rc, self.caps if rc == 0 else None))
-
-        self._request(Opcode.GET_CAPS, (), now, then)
 
     def xdo_dev_state_add(self, state: OffloadState, now: float) -> None:
         """Offload a state; completes with StateAddDone (rc 0 or a negative errno)."""
@@ -299,7 +282,7 @@ class PfDriver(RingDriver):
 
     def _offload_own(self, state: OffloadState, now: float, *, lost_on_failure: bool) -> None:
         def then(rc: int, tlvs: tuple[Tlv, ...] | None, now: float) -> None:
-            index = _sa_index(tlvs) if rc == 0 else None
+            index = reply_sa_index(tlvs) if rc == 0 else None
             if index is None:
                 rc = rc or -Errno.EINVAL
                 self._own.pop(state.handle, None)
@@ -311,7 +294,7 @@ class PfDriver(RingDriver):
             self._events.append(StateAddDone(state.handle, 0, index))
 
         request = self._keyed(add_sa_request(state), self.mac, self.vlans)
-        self._request(Opcode.ADD_SA, encode_add_sa(request), now, then)
+        self.control.request(Opcode.ADD_SA, encode_add_sa(request), now, then)
 
     def _refuse(self, state: OffloadState) -> int:
         """-EOPNOTSUPP for what the agent's capabilities rule out, without asking it."""
@@ -336,7 +319,7 @@ class PfDriver(RingDriver):
                 self.db.remove(index)
             self._events.append(StateDeleteDone(handle, rc))
 
-        self._request(Opcode.REMOVE_SA, encode_sa_index(index), now, then)
+        self.control.request(Opcode.REMOVE_SA, encode_sa_index(index), now, then)
 
     def xdo_dev_state_free(self, handle: int) -> None:
         """Forget a state after its delete completed (Linux frees driver memory here)."""
@@ -357,7 +340,7 @@ class PfDriver(RingDriver):
                 rc, stats = -Errno.EINVAL, None
             self._events.append(StatsDone(handle, rc, stats))
 
-        self._request(Opcode.GET_SA_STATS, encode_sa_index(index), now, then)
+        self.control.request(Opcode.GET_SA_STATS, encode_sa_index(index), now, then)
 
     # -- the hypervisor's side: VFs and their VSIs ---------------------------------------
 
@@ -420,7 +403,7 @@ class PfDriver(RingDriver):
         else:
             self._local.discard(key)
         opcode = Opcode.ADD_LOCAL_ADDR if add else Opcode.REMOVE_LOCAL_ADDR
-        self._request(opcode, encode_local_addr(LocalAddr(mac, vlans)), now, _ignore)
+        self.control.request(opcode, encode_local_addr(LocalAddr(mac, vlans)), now, _ignore)
 
     def _vf(self, vf_id: int) -> VfInfo:
         vf = self.vfs.get(vf_id)
@@ -555,7 +538,7 @@ class PfDriver(RingDriver):
         def then(rc: int, tlvs: tuple[Tlv, ...] | None, now: float) -> None:
             vf.inflight -= 1
             vf.pending_handles.discard(handle)
-            index = _sa_index(tlvs) if rc == 0 else None
+            index = reply_sa_index(tlvs) if rc == 0 else None
             if index is not None:
                 self.db.add(Ownership(index, vf.vf_id, handle, vf.mac, vlan_key(vf.vlans)))
             if vf.state == VfState.ACTIVE:
@@ -569,7 +552,7 @@ class PfDriver(RingDriver):
                 self.pf_counters.orphans_left += 1
             self._cleanup_progress(vf, now)
 
-        self._request(Opcode.ADD_SA, encode_add_sa(request), now, then)
+        self.control.request(Opcode.ADD_SA, encode_add_sa(request), now, then)
 
     def _vf_proxy_del(self, vf: VfInfo, message: MailboxMessage | None, now: float) -> None:
         assert message is not None
@@ -594,7 +577,7 @@ class PfDriver(RingDriver):
                 self._reply(vf, request_message, -rc)
             self._cleanup_progress(vf, now)
 
-        self._request(Opcode.REMOVE_SA, encode_sa_index(index), now, then)
+        self.control.request(Opcode.REMOVE_SA, encode_sa_index(index), now, then)
 
     def _handle_index(self, owner: int, handle: int) -> int | None:
         entry = self.db.lookup(owner, handle)
@@ -626,7 +609,7 @@ class PfDriver(RingDriver):
                 self.pf_counters.cleanup_failed += 1
             self._cleanup_progress(vf, now)
 
-        self._request(Opcode.REMOVE_SA, encode_sa_index(index), now, then)
+        self.control.request(Opcode.REMOVE_SA, encode_sa_index(index), now, then)
 
     def _cleanup_progress(self, vf: VfInfo, now: float) -> None:
         """Finish a clean-up once the agent confirmed every removal of the domain."""
@@ -643,8 +626,7 @@ class PfDriver(RingDriver):
         """The PF driver reloads (panic, rmmod/insmod): flush the port, re-add its own SAs,
         tell every VF. In-flight transactions are abandoned."""
         self.pf_counters.pf_resets += 1
-        self._txn.clear()
-        self.channel.abandon()
+        self.control.abandon()
         self.sa_index.clear()
         self.db.clear()
         own = list(self._own.values())
@@ -653,7 +635,7 @@ class PfDriver(RingDriver):
             for state in own:
                 self._offload_own(state, now, lost_on_failure=True)
 
-        self._request(Opcode.REMOVE_ALL_SAS, (), now, then)
+        self.control.request(Opcode.REMOVE_ALL_SAS, (), now, then)
         for vf in self.vfs.values():
             self._input(vf, VfInput.PF_RESET, None, now)
 
@@ -678,10 +660,3 @@ class PfDriver(RingDriver):
 def _ignore(_rc: int, _tlvs: tuple[Tlv, ...] | None, _now: float) -> None:
     """Continuation of a transaction whose outcome changes nothing (hairpin table entries:
     EXISTS or NOT_FOUND mean the agent already holds what the PF wants)."""
-
-
-def _sa_index(tlvs: tuple[Tlv, ...] | None) -> int | None:
-    try:
-        return None if tlvs is None else decode_sa_index(tlvs)
-    except ParseError:
-        return None
