@@ -39,34 +39,27 @@ The VF lifecycle as the PF sees it is the table `VF_TRANSITIONS`:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from typing import Any
 
 from ipsec_offload.driver.control import AgentControl, ConfigChannel, Errno, reply_sa_index
-from ipsec_offload.driver.ownership import PF_OWNER, Ownership, OwnershipDb
+from ipsec_offload.driver.own_states import OwnStates
+from ipsec_offload.driver.ownership import Ownership, OwnershipDb, with_sa_key
 from ipsec_offload.driver.ring import (
     DriverEvent,
-    OffloadLost,
     OffloadState,
     RingDriver,
-    StateAddDone,
-    StateDeleteDone,
-    StatsDone,
-    add_sa_request,
 )
 from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.nic.admin import AdminCommand, SetPortTag, SetTxEtherTypeFilter
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
 from ipsec_offload.wire.config import (
-    AddSaRequest,
     Caps,
-    Direction,
     LocalAddr,
     Opcode,
     Tlv,
     decode_add_sa,
-    decode_sa_stats,
     encode_add_sa,
     encode_local_addr,
     encode_sa_index,
@@ -219,9 +212,17 @@ class PfDriver(RingDriver):
         )
         self.control = AgentControl(self.channel, self._send_config, self._emit)
         self.db = OwnershipDb()
+        self.own_states = OwnStates(
+            self.control,
+            self.db,
+            self.sa_index,
+            self._emit,
+            mac,
+            vlans,
+            extended_key=extended_key,
+        )
         self.vfs: dict[int, VfInfo] = {}
         self.pf_counters = PfCounters()
-        self._own: dict[int, OffloadState] = {}
         self._mailbox_out: list[tuple[int, bytes]] = []
         self._admin: list[AdminCommand] = []
         self._agent_ethertypes = frozenset((config_ethertype, meta_ethertype))
@@ -259,88 +260,23 @@ class PfDriver(RingDriver):
     def _emit(self, event: DriverEvent) -> None:
         self._events.append(event)
 
-    def _keyed(self, request: AddSaRequest, mac: bytes, vlans: tuple[VlanTag, ...]) -> AddSaRequest:
-        """The request with the SA's key as the design wants it: the extended key adds the
-        domain (MAC and VLANs); the naive key is only SPI, destination and protocol, so it
-        carries no source address either."""
-        if self.extended_key:
-            return replace(request, local_mac=mac, vlans=vlans)
-        return replace(request, src=None, local_mac=None, vlans=())
-
     # -- the PF's own xdo_dev_* operations ----------------------------------------------
 
     def xdo_dev_state_add(self, state: OffloadState, now: float) -> None:
         """Offload a state; completes with StateAddDone (rc 0 or a negative errno)."""
-        if state.handle in self.sa_index or state.handle in self._own:
-            raise UsageError(f"xfrm state {state.handle} is already offloaded")
-        refusal = self._refuse(state)
-        if refusal:
-            self._events.append(StateAddDone(state.handle, refusal, None))
-            return
-        self._own[state.handle] = state
-        self._offload_own(state, now, lost_on_failure=False)
-
-    def _offload_own(self, state: OffloadState, now: float, *, lost_on_failure: bool) -> None:
-        def then(rc: int, tlvs: tuple[Tlv, ...] | None, now: float) -> None:
-            index = reply_sa_index(tlvs) if rc == 0 else None
-            if index is None:
-                rc = rc or -Errno.EINVAL
-                self._own.pop(state.handle, None)
-                event = OffloadLost(state.handle, rc) if lost_on_failure else None
-                self._events.append(event or StateAddDone(state.handle, rc, None))
-                return
-            self.sa_index[state.handle] = index
-            self.db.add(Ownership(index, PF_OWNER, state.handle, self.mac, vlan_key(self.vlans)))
-            self._events.append(StateAddDone(state.handle, 0, index))
-
-        request = self._keyed(add_sa_request(state), self.mac, self.vlans)
-        self.control.request(Opcode.ADD_SA, encode_add_sa(request), now, then)
-
-    def _refuse(self, state: OffloadState) -> int:
-        """-EOPNOTSUPP for what the agent's capabilities rule out, without asking it."""
-        caps = self.caps
-        if caps is None:
-            return 0
-        if state.algorithm not in caps.algorithms:
-            return -Errno.EOPNOTSUPP
-        if state.direction == Direction.INBOUND and state.replay_window > caps.max_replay_window:
-            return -Errno.EOPNOTSUPP
-        return 0
+        self.own_states.xdo_dev_state_add(state, now)
 
     def xdo_dev_state_delete(self, handle: int, now: float) -> None:
         """Remove an offloaded state from the agent; completes with StateDeleteDone."""
-        index = self.sa_index.get(handle)
-        if index is None:
-            self._events.append(StateDeleteDone(handle, -Errno.ENOENT))
-            return
-
-        def then(rc: int, _tlvs: tuple[Tlv, ...] | None, now: float) -> None:
-            if rc in (0, -Errno.ENOENT):
-                self.db.remove(index)
-            self._events.append(StateDeleteDone(handle, rc))
-
-        self.control.request(Opcode.REMOVE_SA, encode_sa_index(index), now, then)
+        self.own_states.xdo_dev_state_delete(handle, now)
 
     def xdo_dev_state_free(self, handle: int) -> None:
         """Forget a state after its delete completed (Linux frees driver memory here)."""
-        self.sa_index.pop(handle, None)
-        self._own.pop(handle, None)
+        self.own_states.xdo_dev_state_free(handle)
 
     def xdo_dev_state_update_stats(self, handle: int, now: float) -> None:
         """Fetch the agent's counters of a state; completes with StatsDone."""
-        index = self.sa_index.get(handle)
-        if index is None:
-            self._events.append(StatsDone(handle, -Errno.ENOENT, None))
-            return
-
-        def then(rc: int, tlvs: tuple[Tlv, ...] | None, now: float) -> None:
-            try:
-                stats = decode_sa_stats(tlvs) if tlvs is not None else None
-            except ParseError:
-                rc, stats = -Errno.EINVAL, None
-            self._events.append(StatsDone(handle, rc, stats))
-
-        self.control.request(Opcode.GET_SA_STATS, encode_sa_index(index), now, then)
+        self.own_states.xdo_dev_state_update_stats(handle, now)
 
     # -- the hypervisor's side: VFs and their VSIs ---------------------------------------
 
@@ -530,7 +466,7 @@ class PfDriver(RingDriver):
         if len(self.db.owned_by(vf.vf_id)) + len(vf.pending_handles) >= vf.quota:
             self._reply(vf, message, Errno.ENOSPC)
             return
-        request = self._keyed(request, vf.mac, vf.vlans)
+        request = with_sa_key(request, vf.mac, vf.vlans, extended_key=self.extended_key)
         request_message = message
         vf.pending_handles.add(handle)
         vf.inflight += 1
@@ -627,13 +563,12 @@ class PfDriver(RingDriver):
         tell every VF. In-flight transactions are abandoned."""
         self.pf_counters.pf_resets += 1
         self.control.abandon()
-        self.sa_index.clear()
         self.db.clear()
-        own = list(self._own.values())
+        own = self.own_states.lose_all()
 
         def then(rc: int, _tlvs: tuple[Tlv, ...] | None, now: float) -> None:
             for state in own:
-                self._offload_own(state, now, lost_on_failure=True)
+                self.own_states.reinstall(state, now)
 
         self.control.request(Opcode.REMOVE_ALL_SAS, (), now, then)
         for vf in self.vfs.values():
