@@ -70,14 +70,6 @@ class OwnershipDb:
     def owned_by(self, owner: int) -> list[Ownership]:
         return sorted(self._by_owner.get(owner, {}).values(), key=lambda e: e.sa_index)
 
-    def forget_owner(self, owner: int) -> list[Ownership]:
-        """Drop an owner's entries without touching the agent (what a design without the
-        database ends up doing: the SAs stay in the agent as orphans)."""
-        entries = self.owned_by(owner)
-        for entry in entries:
-            self.remove(entry.sa_index)
-        return entries
-
     def clear(self) -> None:
         self._by_index.clear()
         self._by_owner.clear()

@@ -41,11 +41,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
+from functools import partial
 from typing import Any
 
+from ipsec_offload.driver.cleanup import CLEANUP_RETRIES, DomainCleanup
 from ipsec_offload.driver.control import AgentControl, ConfigChannel, Errno, reply_sa_index
 from ipsec_offload.driver.own_states import OwnStates
 from ipsec_offload.driver.ownership import Ownership, OwnershipDb, with_sa_key
+from ipsec_offload.driver.pf_counters import PfCounters
 from ipsec_offload.driver.ring import (
     DriverEvent,
     OffloadState,
@@ -80,7 +83,6 @@ from ipsec_offload.wire.metadata import TxMetadata, build_tx_metadata
 DEFAULT_AGENT_MAC = bytes.fromhex("020000000001")
 UNTRUSTED_PORT_TAG = build_tx_metadata(TxMetadata(offload=False))
 """The metadata word the NIC forces on an untrusted VF's frames: OFFLOAD=0, bypass."""
-CLEANUP_RETRIES = 3
 
 
 class VfState(IntEnum):
@@ -167,17 +169,6 @@ class VfInfo:
     pending_handles: set[int] = field(default_factory=set)
 
 
-@dataclass(slots=True)
-class PfCounters:
-    mailbox_in: int = 0
-    mailbox_errors: int = 0
-    mailbox_ignored: int = 0
-    cleanup_removed: int = 0
-    cleanup_failed: int = 0
-    orphans_left: int = 0
-    pf_resets: int = 0
-
-
 class PfDriver(RingDriver):
     """The PF driver of one port."""
 
@@ -223,6 +214,9 @@ class PfDriver(RingDriver):
         )
         self.vfs: dict[int, VfInfo] = {}
         self.pf_counters = PfCounters()
+        self.cleanup = DomainCleanup(
+            self.control, self.db, self.pf_counters, ownership_db=ownership_db
+        )
         self._mailbox_out: list[tuple[int, bytes]] = []
         self._admin: list[AdminCommand] = []
         self._agent_ethertypes = frozenset((config_ethertype, meta_ethertype))
@@ -475,17 +469,16 @@ class PfDriver(RingDriver):
             vf.inflight -= 1
             vf.pending_handles.discard(handle)
             index = reply_sa_index(tlvs) if rc == 0 else None
+            entry = None
             if index is not None:
-                self.db.add(Ownership(index, vf.vf_id, handle, vf.mac, vlan_key(vf.vlans)))
+                entry = Ownership(index, vf.vf_id, handle, vf.mac, vlan_key(vf.vlans))
+                self.db.add(entry)
             if vf.state == VfState.ACTIVE:
                 errno = 0 if index is not None else -(rc or -Errno.EINVAL)
                 body = encode_handle(index) if index is not None else b""
                 self._reply(vf, request_message, errno, body)
-            elif index is not None and self.ownership_db:
-                self._remove_for_cleanup(vf, index, now, CLEANUP_RETRIES)
-            elif index is not None:
-                self.db.remove(index)
-                self.pf_counters.orphans_left += 1
+            elif entry is not None:  # added after the clean-up of its domain began
+                self._clean_up(vf, [entry], now)
             self._cleanup_progress(vf, now)
 
         self.control.request(Opcode.ADD_SA, encode_add_sa(request), now, then)
@@ -522,30 +515,15 @@ class PfDriver(RingDriver):
     # -- clean-up of a domain ---------------------------------------------------------------
 
     def _vf_clean_up(self, vf: VfInfo, message: MailboxMessage | None, now: float) -> None:
-        if not self.ownership_db:
-            # The naive design: nothing records which SAs were this VF's. They stay.
-            self.pf_counters.orphans_left += len(self.db.forget_owner(vf.vf_id))
-        else:
-            for entry in self.db.owned_by(vf.vf_id):
-                self._remove_for_cleanup(vf, entry.sa_index, now, CLEANUP_RETRIES)
+        self._clean_up(vf, self.db.owned_by(vf.vf_id), now)
         self._cleanup_progress(vf, now)
 
-    def _remove_for_cleanup(self, vf: VfInfo, index: int, now: float, tries: int) -> None:
-        vf.inflight += 1
+    def _clean_up(self, vf: VfInfo, entries: list[Ownership], now: float) -> None:
+        vf.inflight += self.cleanup.clean_up(entries, now, partial(self._removed, vf))
 
-        def then(rc: int, _tlvs: tuple[Tlv, ...] | None, now: float) -> None:
-            vf.inflight -= 1
-            if rc in (0, -Errno.ENOENT):
-                self.db.remove(index)
-                self.pf_counters.cleanup_removed += 1
-            elif tries > 1:
-                self._remove_for_cleanup(vf, index, now, tries - 1)
-            else:
-                self.db.remove(index)
-                self.pf_counters.cleanup_failed += 1
-            self._cleanup_progress(vf, now)
-
-        self.control.request(Opcode.REMOVE_SA, encode_sa_index(index), now, then)
+    def _removed(self, vf: VfInfo, now: float) -> None:
+        vf.inflight -= 1
+        self._cleanup_progress(vf, now)
 
     def _cleanup_progress(self, vf: VfInfo, now: float) -> None:
         """Finish a clean-up once the agent confirmed every removal of the domain."""
@@ -595,3 +573,16 @@ class PfDriver(RingDriver):
 def _ignore(_rc: int, _tlvs: tuple[Tlv, ...] | None, _now: float) -> None:
     """Continuation of a transaction whose outcome changes nothing (hairpin table entries:
     EXISTS or NOT_FOUND mean the agent already holds what the PF wants)."""
+
+
+__all__ = [
+    "CLEANUP_RETRIES",
+    "DEFAULT_AGENT_MAC",
+    "UNTRUSTED_PORT_TAG",
+    "VF_TRANSITIONS",
+    "PfCounters",
+    "PfDriver",
+    "VfInfo",
+    "VfInput",
+    "VfState",
+]
