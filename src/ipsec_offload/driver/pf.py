@@ -17,8 +17,8 @@ bounded retries) and TLVs. The other parts build on it, and none of them knows t
   removed, every SA of its domain is removed from the agent, the ownership database
   (`OwnershipDb`, ownership.py) telling which; the VF proxy answers the VF's
   REQUEST_RESOURCES only once the agent has answered for all of them.
-- PF reset (`reset`): flush the port with REMOVE_ALL_SAS, re-add the PF's own SAs, tell the VFs,
-  which re-add theirs.
+- `Resync` (resync.py): recovery of the whole port. After a PF reset (`reset`) it flushes the
+  port with REMOVE_ALL_SAS, re-adds the PF's own SAs and tells the VFs, which re-add theirs.
 
 The facade owns the rings (`RingDriver`) and wires the parts together at construction; its
 public API is the driver's. Each design choice of the deck can be switched off to watch it
@@ -37,12 +37,13 @@ from ipsec_offload.driver.control import AgentControl, ConfigChannel
 from ipsec_offload.driver.own_states import OwnStates
 from ipsec_offload.driver.ownership import OwnershipDb
 from ipsec_offload.driver.pf_counters import PfCounters
+from ipsec_offload.driver.resync import Resync
 from ipsec_offload.driver.ring import DriverEvent, OffloadState, RingDriver
 from ipsec_offload.driver.vf_proxy import VF_TRANSITIONS, VfInfo, VfInput, VfProxy, VfState
 from ipsec_offload.driver.vsi_setup import UNTRUSTED_PORT_TAG, VsiSetup
 from ipsec_offload.nic.admin import AdminCommand
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
-from ipsec_offload.wire.config import Caps, Opcode, Tlv
+from ipsec_offload.wire.config import Caps
 from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, VlanTag
 
 DEFAULT_AGENT_MAC = bytes.fromhex("020000000001")
@@ -98,6 +99,9 @@ class PfDriver(RingDriver):
             self.vsis,
             self.pf_counters,
             extended_key=extended_key,
+        )
+        self.resync = Resync(
+            self.control, self.db, self.own_states, self.vf_proxy, self.pf_counters
         )
 
     # -- what it was built with and what it holds -------------------------------------------
@@ -233,17 +237,7 @@ class PfDriver(RingDriver):
     def reset(self, now: float) -> None:
         """The PF driver reloads (panic, rmmod/insmod): flush the port, re-add its own SAs,
         tell every VF. In-flight transactions are abandoned."""
-        self.pf_counters.pf_resets += 1
-        self.control.abandon()
-        self.db.clear()
-        own = self.own_states.lose_all()
-
-        def then(rc: int, _tlvs: tuple[Tlv, ...] | None, now: float) -> None:
-            for state in own:
-                self.own_states.reinstall(state, now)
-
-        self.control.request(Opcode.REMOVE_ALL_SAS, (), now, then)
-        self.vf_proxy.pf_reset(now)
+        self.resync.pf_reset(now)
 
     # -- state dump -------------------------------------------------------------------------
 
