@@ -154,8 +154,8 @@ class VfInfo:
 
 
 class VfProxy:
-    """The PF's side of its VFs: the VF lifecycle table driven by the mailbox and the
-    hypervisor, SAs proxied to the agent, and the VFs' VSI settings."""
+    """The PF's side of its VFs: the VF lifecycle table, driven by the mailbox and the
+    hypervisor, and the SAs it proxies to the agent for them."""
 
     def __init__(
         self,
