@@ -53,6 +53,7 @@ from ipsec_offload.wire.config import (
 )
 from ipsec_offload.wire.ethernet import VlanTag, vlan_key
 from ipsec_offload.wire.mailbox import (
+    MAILBOX_MAX,
     MailboxMessage,
     MbxOpcode,
     build_mailbox,
@@ -234,7 +235,7 @@ class VfProxy:
         try:
             message = parse_mailbox(data)
         except ParseError:
-            errno = Errno.EMSGSIZE if len(data) > 512 else Errno.EINVAL
+            errno = Errno.EMSGSIZE if len(data) > MAILBOX_MAX else Errno.EINVAL
             self._reply_raw(vf, MbxOpcode.ERROR, peek_msg_id(data), errno)
             return
         opcode = message.opcode
