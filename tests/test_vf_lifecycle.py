@@ -63,7 +63,7 @@ def apply(pf: PfDriver, what: VfInput) -> None:
     else:
         if what == VfInput.CLEANUP_DONE_REQUESTED:
             vf.deferred_request = 3
-        pf._input(vf, what, None, 0.0)
+        pf.vf_proxy.step(vf, what, None, 0.0)
 
 
 @pytest.mark.parametrize("state", list(VfState))

@@ -1,10 +1,11 @@
 """The PF driver's side of the agent's config channel (spec section 4).
 
-Theory of operation: each request gets a fresh txn_id and waits in a table of pending
-transactions with a deadline. A reply with a pending txn_id completes it; a reply nobody waits
-for (a late duplicate) is counted and ignored. When a deadline passes the same frame is sent
-again with the same txn_id (the agent answers a repeat with its remembered reply, so a retry
-never acts twice); after `retries` resends the transaction completes with -ETIMEDOUT.
+Theory of operation: `ConfigChannel` moves the frames. Each request gets a fresh txn_id and
+waits in a table of pending transactions with a deadline. A reply with a pending txn_id
+completes it; a reply nobody waits for (a late duplicate) is counted and ignored. When a
+deadline passes the same frame is sent again with the same txn_id (the agent answers a repeat
+with its remembered reply, so a retry never acts twice); after `retries` resends the
+transaction completes with -ETIMEDOUT.
 
     state     input            next      action
     (none)    submit           PENDING   send frame, deadline = now + timeout
@@ -12,20 +13,30 @@ never acts twice); after `retries` resends the transaction completes with -ETIME
     PENDING   deadline, n<max  PENDING   resend the same frame, n += 1
     PENDING   deadline, n=max  DONE      complete with -ETIMEDOUT
     DONE      reply(txn_id)    DONE      count a stray reply
+
+`AgentControl` is what the rest of the PF driver talks to the agent through: every request
+carries a continuation (`Then`), kept by txn_id beside the channel's table, that runs once with
+the return code (0 or a negative errno) and the reply's TLVs. It consumes the config frames the
+agent sends, runs the channel's timer, and holds what GET_CAPS told of the agent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from ipsec_offload.driver.ring import CapsDone, DriverEvent
 from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.wire.config import (
+    Caps,
     ConfigMessage,
     ConfigStatus,
     Opcode,
     Tlv,
     build_config,
+    decode_caps,
+    decode_sa_index,
     parse_config,
 )
 from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, build_ethernet, check_ethertype
@@ -163,3 +174,82 @@ class ConfigChannel:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+
+Then = Callable[[int, tuple[Tlv, ...] | None, float], None]
+"""A transaction's continuation: (return code, reply TLVs or None, time of completion)."""
+
+
+class AgentControl:
+    """The PF driver's transactions with the agent, each with its continuation."""
+
+    def __init__(
+        self,
+        channel: ConfigChannel,
+        send: Callable[[bytes], None],
+        emit: Callable[[DriverEvent], None],
+    ) -> None:
+        self.channel = channel
+        self.caps: Caps | None = None
+        """What the agent answered to GET_CAPS (None: not asked, or no answer yet)."""
+        self._send = send
+        self._emit = emit
+        self._then: dict[int, Then] = {}
+
+    def request(self, opcode: Opcode, tlvs: tuple[Tlv, ...], now: float, then: Then) -> None:
+        """Send a request to the agent; `then` runs once, with the reply or the time-out."""
+        txn_id, frame = self.channel.submit(opcode, tlvs, now)
+        self._then[txn_id] = then
+        self._send(frame)
+
+    def receive(self, eth: EthernetHeader, frame: bytes, now: float) -> bool:
+        """Consume a config frame from the agent (True); any other frame is not ours (False)."""
+        if eth.ethertype != self.channel.config_ethertype or eth.src != self.channel.agent_mac:
+            return False
+        done = self.channel.on_reply(memoryview(frame)[eth.header_len :])
+        if done is not None:
+            self._complete(done, now)
+        return True
+
+    def next_timer(self) -> float | None:
+        """When `handle_timer` next has work, or None."""
+        return self.channel.next_deadline()
+
+    def handle_timer(self, now: float) -> None:
+        """Resend what is due and complete what has timed out."""
+        resend, done = self.channel.on_timer(now)
+        for frame in resend:
+            self._send(frame)
+        for completion in done:
+            self._complete(completion, now)
+
+    def abandon(self) -> None:
+        """Forget every transaction under way, and its continuation (a driver reload)."""
+        self._then.clear()
+        self.channel.abandon()
+
+    def probe(self, now: float) -> None:
+        """Ask the agent what it can do (GET_CAPS); completes with CapsDone."""
+
+        def then(rc: int, tlvs: tuple[Tlv, ...] | None, now: float) -> None:
+            try:
+                self.caps = decode_caps(tlvs) if tlvs is not None else self.caps
+            except ParseError:
+                rc = -Errno.EINVAL
+            self._emit(CapsDone(rc, self.caps if rc == 0 else None))
+
+        self.request(Opcode.GET_CAPS, (), now, then)
+
+    def _complete(self, done: Completion, now: float) -> None:
+        then = self._then.pop(done.txn_id, None)
+        if then is not None:
+            tlvs = done.reply.tlvs if done.reply is not None and done.rc == 0 else None
+            then(done.rc, tlvs, now)
+
+
+def reply_sa_index(tlvs: tuple[Tlv, ...] | None) -> int | None:
+    """The SA_INDEX in an ADD_SA reply's TLVs (None: no reply, or no valid index in it)."""
+    try:
+        return None if tlvs is None else decode_sa_index(tlvs)
+    except ParseError:
+        return None

@@ -1,15 +1,32 @@
-"""The PF's SA ownership database (spec section 6): agent SA index -> domain, owner, handle."""
+"""The PF's SA ownership database (spec section 6): agent SA index -> domain, owner, handle.
+
+An SA's domain is its owner's MAC and VLANs (spec section 5). The PF puts the domain on every
+ADD_SA it sends (`with_sa_key`) and records here whose SA the agent gave each index to, so that
+it can clean up one domain although the agent removes only one SA or a whole port.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ipsec_offload.wire.addr import mac_to_str
-from ipsec_offload.wire.ethernet import VlanKey
+from ipsec_offload.wire.config import AddSaRequest
+from ipsec_offload.wire.ethernet import VlanKey, VlanTag
 
 PF_OWNER = -1
 """The owner id of the PF's own SAs; VFs are owners 0, 1, 2, ..."""
+
+
+def with_sa_key(
+    request: AddSaRequest, mac: bytes, vlans: tuple[VlanTag, ...], *, extended_key: bool
+) -> AddSaRequest:
+    """The request with the SA's key as the design wants it: the extended key adds the domain
+    (MAC and VLANs); the naive key is only SPI, destination and protocol, so it carries no
+    source address either."""
+    if extended_key:
+        return replace(request, local_mac=mac, vlans=vlans)
+    return replace(request, src=None, local_mac=None, vlans=())
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,14 +69,6 @@ class OwnershipDb:
 
     def owned_by(self, owner: int) -> list[Ownership]:
         return sorted(self._by_owner.get(owner, {}).values(), key=lambda e: e.sa_index)
-
-    def forget_owner(self, owner: int) -> list[Ownership]:
-        """Drop an owner's entries without touching the agent (what a design without the
-        database ends up doing: the SAs stay in the agent as orphans)."""
-        entries = self.owned_by(owner)
-        for entry in entries:
-            self.remove(entry.sa_index)
-        return entries
 
     def clear(self) -> None:
         self._by_index.clear()
