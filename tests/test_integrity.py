@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
+from functools import partial
 
 import pytest
 
@@ -21,6 +22,7 @@ from ipsec_offload.agent.counters import DropReason
 from ipsec_offload.agent.replay import ReplayWindow
 from ipsec_offload.host.stack import HostStack
 from ipsec_offload.host.xfrm import Offload
+from ipsec_offload.sim.report import SadDiff, sad_diff
 from ipsec_offload.sim.testbed import SaBundle, Testbed
 from ipsec_offload.wire.config import (
     ConfigMessage,
@@ -29,8 +31,10 @@ from ipsec_offload.wire.config import (
     build_config,
     decode_add_sa,
     parse_config,
+    parse_config_header,
 )
 from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, build_ethernet, parse_ethernet
+from ipsec_offload.wire.mailbox import MbxOpcode, parse_mailbox
 from ipsec_offload.wire.metadata import RxStatus, TxMetadata, build_tx_metadata
 
 pytestmark = pytest.mark.usefixtures("agent_path", "nic_path")
@@ -246,3 +250,36 @@ def test_the_agent_ignores_config_not_from_the_pf() -> None:
     assert len(bed.agent.sad) == 4
     assert bed.agent.counters.drops[DropReason.CONFIG_NOT_FROM_PF] == 1
     assert not [r for r in bed.captures["agent-to-nic"] if r.frame[:6] == vm.mac]
+
+
+# -- a PF reset whose flush is lost once -----------------------------------------------------
+
+
+def test_vfs_re_add_only_after_the_flush_so_a_resent_flush_takes_nothing_away() -> None:
+    """The PF tells its VFs of its reset once REMOVE_ALL_SAS is answered. Were they told at
+    once, a VF's re-add could reach the agent before the resend of a lost flush and be taken
+    away by it, while the VM believes its SAs offloaded."""
+    bed = bed_with()
+    vm, peer, sas = setup(bed, True, False)
+    bed.lose("nic-to-agent", 1, partial(is_flush, False))
+    bed.reset_pf()
+    bed.run(until=bed.now + 0.01)
+    to_vfs = [r for r in bed.mailbox_log if not r.to_pf]
+    told = [r.time for r in to_vfs if parse_mailbox(r.data).opcode == MbxOpcode.EVENT_PF_RESET]
+    answered = [r.time for r in bed.captures["agent-to-nic"] if is_flush(True, r.frame)]
+    assert len(told) == 1 and len(answered) == 1 and told[0] > answered[0]
+    states = (vm.states[sas.a_out.handle], vm.states[sas.a_in.handle])
+    assert {s.offload for s in states} == {Offload.DEVICE}
+    assert sad_diff(bed) == SadDiff(2, [], [])
+    vm.send_udp(peer.addresses[4], 1, 2, b"after the reset", bed.now)
+    bed.settle(vm)
+    assert [d.payload for d in bed.delivered(peer)] == [b"after the reset"]
+
+
+def is_flush(reply: bool, frame: bytes) -> bool:
+    """Is `frame` a REMOVE_ALL_SAS request (or, with `reply`, its reply)?"""
+    eth = parse_ethernet(frame)
+    if eth.ethertype != EtherType.CONFIG:
+        return False
+    header = parse_config_header(memoryview(frame)[eth.header_len :])
+    return header.is_reply == reply and header.base_opcode == Opcode.REMOVE_ALL_SAS

@@ -5,8 +5,13 @@ The transactions under way are abandoned with their continuations, the ownership
 emptied, and the PF flushes its port with REMOVE_ALL_SAS. Once the agent has answered, the PF
 re-installs its own stack's states (`OwnStates.reinstall`: each ADD_SA is built then, SEQ read
 from the stack's live state); one the agent refuses is reported as OffloadLost, so that the
-stack carries it in software. Every VF is told at once (EVENT_PF_RESET, `VfProxy.pf_reset`)
-and re-adds its own SAs through the mailbox.
+stack carries it in software. The VFs are back in INIT at once (`VfProxy.pf_reset`: their
+requests are refused meanwhile) and are told once the flush is answered (EVENT_PF_RESET,
+`VfProxy.announce_pf_reset`); each then re-adds its own SAs through the mailbox. Had the VFs
+been told at once, a re-add could reach the agent before a resend of a lost REMOVE_ALL_SAS,
+which would take it away while the VF's stack believes it offloaded. A flush that fails
+(-ETIMEDOUT) leaves the old SAs in the agent: each re-add then meets EXISTS and its state
+falls back to software, which is safe (its numbers continue from the stack's counter).
 
 This is the part of the PF that keeps the agent's SAD equal to the set of SAs the stacks hold
 as offloaded (spec 9, invariant 4) across port-wide faults.
@@ -50,6 +55,7 @@ class Resync:
         def then(rc: int, _tlvs: tuple[Tlv, ...] | None, now: float) -> None:
             for state in own:
                 self._own_states.reinstall(state, now)
+            self._vf_proxy.announce_pf_reset()
 
         self._control.request(Opcode.REMOVE_ALL_SAS, (), now, then)
         self._vf_proxy.pf_reset(now)

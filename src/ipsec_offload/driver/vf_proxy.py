@@ -24,7 +24,7 @@ REQUEST_RESOURCES that came in meanwhile.
     RESETTING  CLEANUP_DONE             -                      INIT
     RESETTING  CLEANUP_DONE_REQUESTED   grant the deferred     ACTIVE
     any        REMOVE                   clean up               REMOVING -> DISABLED
-    any        PF_RESET                 forget, notify         INIT
+    any        PF_RESET                 forget                 INIT
 
 An untrusted VF gets no offload (-EOPNOTSUPP). When a VF is enabled, its trust changes or it
 is removed, the proxy has its VSI set up accordingly (`vsi_setup.py`: the port tag or the Tx
@@ -98,14 +98,14 @@ VF_TRANSITIONS: dict[tuple[VfState, VfInput], tuple[str, VfState]] = {
     (_S.INIT, _I.RESET): ("ack", _S.INIT),
     (_S.INIT, _I.FLR): ("nothing", _S.INIT),
     (_S.INIT, _I.REMOVE): ("disable", _S.DISABLED),
-    (_S.INIT, _I.PF_RESET): ("notify_pf_reset", _S.INIT),
+    (_S.INIT, _I.PF_RESET): ("forget", _S.INIT),
     (_S.ACTIVE, _I.REQUEST_RESOURCES): ("grant", _S.ACTIVE),
     (_S.ACTIVE, _I.ADD_SA): ("proxy_add", _S.ACTIVE),
     (_S.ACTIVE, _I.DEL_SA): ("proxy_del", _S.ACTIVE),
     (_S.ACTIVE, _I.RESET): ("ack_and_clean_up", _S.RESETTING),
     (_S.ACTIVE, _I.FLR): ("clean_up", _S.RESETTING),
     (_S.ACTIVE, _I.REMOVE): ("clean_up", _S.REMOVING),
-    (_S.ACTIVE, _I.PF_RESET): ("notify_pf_reset", _S.INIT),
+    (_S.ACTIVE, _I.PF_RESET): ("forget", _S.INIT),
     (_S.RESETTING, _I.REQUEST_RESOURCES): ("defer", _S.RESETTING),
     (_S.RESETTING, _I.ADD_SA): ("refuse_ebusy", _S.RESETTING),
     (_S.RESETTING, _I.DEL_SA): ("refuse_ebusy", _S.RESETTING),
@@ -114,7 +114,7 @@ VF_TRANSITIONS: dict[tuple[VfState, VfInput], tuple[str, VfState]] = {
     (_S.RESETTING, _I.REMOVE): ("nothing", _S.REMOVING),
     (_S.RESETTING, _I.CLEANUP_DONE): ("nothing", _S.INIT),
     (_S.RESETTING, _I.CLEANUP_DONE_REQUESTED): ("grant_deferred", _S.ACTIVE),
-    (_S.RESETTING, _I.PF_RESET): ("notify_pf_reset", _S.INIT),
+    (_S.RESETTING, _I.PF_RESET): ("forget", _S.INIT),
     (_S.REMOVING, _I.REQUEST_RESOURCES): ("refuse_ebusy", _S.REMOVING),
     (_S.REMOVING, _I.ADD_SA): ("refuse_ebusy", _S.REMOVING),
     (_S.REMOVING, _I.DEL_SA): ("refuse_ebusy", _S.REMOVING),
@@ -213,9 +213,18 @@ class VfProxy:
         self.step(self._vf(vf_id), VfInput.REMOVE, None, now)
 
     def pf_reset(self, now: float) -> None:
-        """The PF reset: every VF forgets what was under way and is told (EVENT_PF_RESET)."""
+        """The PF reset: every VF forgets what was under way and is back in INIT, refusing
+        SAs, until `announce_pf_reset` tells it to start again."""
         for vf in self.vfs.values():
             self.step(vf, VfInput.PF_RESET, None, now)
+
+    def announce_pf_reset(self) -> None:
+        """Tell every VF of the PF reset (EVENT_PF_RESET), once the port is flushed: a VF
+        re-adds its SAs only then, so that no flush still under way takes them away."""
+        event = build_mailbox(MailboxMessage(MbxOpcode.EVENT_PF_RESET, 0))
+        for vf in self.vfs.values():
+            if vf.state != VfState.DISABLED:
+                self._mailbox_out.append((vf.vf_id, event))
 
     def _vf(self, vf_id: int) -> VfInfo:
         vf = self.vfs.get(vf_id)
@@ -310,12 +319,10 @@ class VfProxy:
         self._vsis.register_local(vf.mac, vf.vlans, now, add=False)
         self._vsis.release(vf.vsi_id)
 
-    def _vf_notify_pf_reset(self, vf: VfInfo, message: MailboxMessage | None, now: float) -> None:
+    def _vf_forget(self, vf: VfInfo, message: MailboxMessage | None, now: float) -> None:
         vf.deferred_request = None
         vf.pending_handles.clear()
         vf.inflight = 0
-        event = MailboxMessage(MbxOpcode.EVENT_PF_RESET, 0)
-        self._mailbox_out.append((vf.vf_id, build_mailbox(event)))
 
     def _vf_proxy_add(self, vf: VfInfo, message: MailboxMessage | None, now: float) -> None:
         assert message is not None
