@@ -283,3 +283,35 @@ def is_flush(reply: bool, frame: bytes) -> bool:
         return False
     header = parse_config_header(memoryview(frame)[eth.header_len :])
     return header.is_reply == reply and header.base_opcode == Opcode.REMOVE_ALL_SAS
+
+
+# -- a duplicated mailbox message ------------------------------------------------------------
+
+
+def test_a_duplicated_add_sa_mailbox_message_is_answered_once() -> None:
+    """The PF takes a copy of a VF's ADD_SA (the same msg_id) as the message it has: while
+    the original is with the agent the copy is dropped (the one reply answers both), never
+    answered with EEXIST: the VF's state stays offloaded and its traffic protected."""
+    bed = bed_with()
+    vm = bed.add_vm("vm", 0, VM_MAC, ipv4="10.0.0.2")
+    peer = bed.add_peer("peer", PEER_MAC, ipv4="10.0.0.9")
+    bed.duplicate("vf-to-pf", 2, lambda m: parse_mailbox(m).opcode == MbxOpcode.ADD_SA)
+    sas = bed.secure(vm, peer)
+    assert {vm.states[sas.a_out.handle].offload, vm.states[sas.a_in.handle].offload} == {
+        Offload.DEVICE
+    }
+    assert bed.pf is not None and bed.pf.pf_counters.mailbox_duplicates == 2
+    replies = [parse_mailbox(r.data) for r in bed.mailbox_log if not r.to_pf]
+    adds = [m for m in replies if m.base_opcode == MbxOpcode.ADD_SA]
+    assert [m.status for m in adds] == [0, 0]
+    assert len(bed.agent.sad) == 2
+    vm.send_udp(peer.addresses[4], 1, 2, b"protected", bed.now)
+    bed.settle(vm)
+    assert [d.payload for d in bed.delivered(peer)] == [b"protected"]
+    # a copy that arrives after the reply gets the same reply again
+    log = [(r, parse_mailbox(r.data)) for r in bed.mailbox_log]
+    add = [(r, m) for r, m in log if r.to_pf and m.opcode == MbxOpcode.ADD_SA][-1]
+    reply = next(r for r, m in log if not r.to_pf and m.is_reply and m.msg_id == add[1].msg_id)
+    bed.pf.mailbox_receive(0, add[0].data, bed.now)
+    assert bed.pf.mailbox_messages() == [(0, reply.data)]
+    assert len(bed.agent.sad) == 2 and bed.pf.pf_counters.mailbox_duplicates == 3

@@ -14,6 +14,8 @@ class PfCounters:
     """Mailbox replies with an error status."""
     mailbox_ignored: int = 0
     """Messages from an unknown or DISABLED VF, and inputs VF_TRANSITIONS has no step for."""
+    mailbox_duplicates: int = 0
+    """Copies of a message already taken (same msg_id): answered with its reply, not acted on."""
     cleanup_removed: int = 0
     cleanup_failed: int = 0
     """SAs of a cleaned-up domain the agent would not remove, given up after the retries."""

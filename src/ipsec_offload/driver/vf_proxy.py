@@ -33,6 +33,7 @@ EtherType filter, and its address in the agent's hairpin table).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import IntEnum
 from functools import partial
@@ -128,6 +129,9 @@ VF_TRANSITIONS: dict[tuple[VfState, VfInput], tuple[str, VfState]] = {
 """(state, input) -> (action, next state). A pair not in the table is ignored and counted
 (DISABLED answers nothing: the VF has no mailbox)."""
 
+ANSWERS_KEPT = 64
+"""How many of a VF's latest msg_ids the PF remembers with their replies."""
+
 _MESSAGE_INPUT = {
     MbxOpcode.REQUEST_RESOURCES: VfInput.REQUEST_RESOURCES,
     MbxOpcode.ADD_SA: VfInput.ADD_SA,
@@ -152,6 +156,9 @@ class VfInfo:
     deferred_request: int | None = None
     """msg_id of a REQUEST_RESOURCES waiting for the clean-up to finish."""
     pending_handles: set[int] = field(default_factory=set)
+    answered: OrderedDict[int, bytes | None] = field(default_factory=OrderedDict)
+    """The VF's recent msg_ids -> the reply sent (None: not yet), so that a duplicated
+    message is answered once (spec 9: a mailbox message may arrive twice)."""
 
 
 class VfProxy:
@@ -205,8 +212,11 @@ class VfProxy:
         self._vsis.set_trust(vf.vsi_id, trusted)
 
     def vf_flr(self, vf_id: int, now: float) -> None:
-        """A function-level reset from the hypervisor: the VM was destroyed or reset."""
-        self.step(self._vf(vf_id), VfInput.FLR, None, now)
+        """A function-level reset from the hypervisor: the VM was destroyed or reset (a new
+        VF driver numbers its messages from 1 again)."""
+        vf = self._vf(vf_id)
+        vf.answered.clear()
+        self.step(vf, VfInput.FLR, None, now)
 
     def remove_vf(self, vf_id: int, now: float) -> None:
         """Remove a VF: its SAs are cleaned up, then it is DISABLED."""
@@ -216,6 +226,7 @@ class VfProxy:
         """The PF reset: every VF forgets what was under way and is back in INIT, refusing
         SAs, until `announce_pf_reset` tells it to start again."""
         for vf in self.vfs.values():
+            vf.answered.clear()
             self.step(vf, VfInput.PF_RESET, None, now)
 
     def announce_pf_reset(self) -> None:
@@ -251,6 +262,16 @@ class VfProxy:
         if message.is_reply or opcode not in _MESSAGE_INPUT:
             self._reply_raw(vf, MbxOpcode.ERROR, message.msg_id, Errno.EINVAL)
             return
+        if message.msg_id in vf.answered:
+            # a copy: its reply again once there is one, never a second action
+            self._counters.mailbox_duplicates += 1
+            reply = vf.answered[message.msg_id]
+            if reply is not None:
+                self._mailbox_out.append((vf.vf_id, reply))
+            return
+        vf.answered[message.msg_id] = None
+        if len(vf.answered) > ANSWERS_KEPT:
+            vf.answered.popitem(last=False)
         self.step(vf, _MESSAGE_INPUT[MbxOpcode(opcode)], message, now)
 
     def mailbox_messages(self) -> list[tuple[int, bytes]]:
@@ -266,8 +287,10 @@ class VfProxy:
     ) -> None:
         if errno:
             self._counters.mailbox_errors += 1
-        reply = MailboxMessage(opcode | MbxOpcode.REPLY, msg_id, body, abs(errno))
-        self._mailbox_out.append((vf.vf_id, build_mailbox(reply)))
+        reply = build_mailbox(MailboxMessage(opcode | MbxOpcode.REPLY, msg_id, body, abs(errno)))
+        if msg_id in vf.answered:
+            vf.answered[msg_id] = reply
+        self._mailbox_out.append((vf.vf_id, reply))
 
     # -- the VF state machine ---------------------------------------------------------------
 
