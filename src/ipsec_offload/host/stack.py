@@ -55,7 +55,7 @@ from ipsec_offload.driver.ring import (
 )
 from ipsec_offload.errors import AuthenticationError, ParseError, UsageError
 from ipsec_offload.host import fastpath
-from ipsec_offload.host.xfrm import Mode, Offload, XfrmPolicy, XfrmState
+from ipsec_offload.host.xfrm import Mode, Offload, SequenceOwnership, XfrmPolicy, XfrmState
 from ipsec_offload.nic.tso import L4Header, segment_l4
 from ipsec_offload.wire.addr import ip_to_str
 from ipsec_offload.wire.config import Algorithm, Direction, SaStats
@@ -103,7 +103,6 @@ DEFAULT_MSS = 1400
 """TCP payload bytes per segment unless told otherwise: a segment with ESP (header, IV, up to
 5 bytes of trailer, ICV) and its IPv4 or IPv6 and TCP headers fits a 1500-byte MTU."""
 
-_SEQ_LIMIT = {False: (1 << 32) - 1, True: (1 << 64) - 1}
 _ECHO_REQUEST = {4: IcmpType.ECHO_REQUEST, 16: Icmpv6Type.ECHO_REQUEST}
 _ECHO_REPLY = {4: IcmpType.ECHO_REPLY, 16: Icmpv6Type.ECHO_REPLY}
 _ICMP = {4: IpProto.ICMP, 16: IpProto.ICMPV6}
@@ -226,10 +225,7 @@ class HostStack:
             raise UsageError(f"host {name}: give it an IPv4 or an IPv6 address (or both)")
         self.name = name
         self.device = device
-        self.own_sequence = own_sequence
-        """The stack owns sequence numbers and replay windows, as Linux does (spec 9): one
-        number per segment of a TSO send, SEQ on every (re-)install, and the replay check
-        for packets the agent decrypted too. False is the naive hand-over to the device."""
+        self._sequences = SequenceOwnership(own_sequence)
         self.mac = mac
         self.vlans = vlans
         self.addresses: dict[int, bytes] = {}
@@ -269,6 +265,17 @@ class HostStack:
                 delivered_type=Delivered,
             )
 
+    @property
+    def own_sequence(self) -> bool:
+        """The stack owns sequence numbers and replay windows, as Linux does (spec 9): one
+        number per segment of a TSO send, SEQ on every (re-)install, and the replay check
+        for packets the agent decrypted too. False is the naive hand-over to the device."""
+        return self._sequences.owned
+
+    @own_sequence.setter
+    def own_sequence(self, owned: bool) -> None:
+        self._sequences.owned = owned
+
     # -- configuration --------------------------------------------------------------------
 
     def add_state(self, state: XfrmState, now: float, *, offload: bool = False) -> None:
@@ -286,7 +293,7 @@ class HostStack:
         self.states[state.handle] = state
         if offload and self.device.hw_esp_offload:
             state.offload = Offload.PENDING
-            handover = partial(_handover_seq, state) if self.own_sequence else None
+            handover = self._sequences.handover(state)
             self.device.xdo_dev_state_add(_offload_state(state, handover), now)
         else:
             self._events.append(StateResult(now, state.handle, "add", 0, Offload.SOFTWARE))
@@ -368,7 +375,7 @@ class HostStack:
         l2 = self._l2_header(mac, _ETHERTYPE[len(dst_b)])
         v4 = len(dst_b) == 4
         ip_id = (self._ip_id + 1) & 0xFFFF
-        esp = None if state is None else (state.spi, state.oseq + 1)
+        esp = None if state is None else (state.spi, state.next_seq)
         try:
             frames = build_udp_frames(l2, src, dst_b, ip_id, esp, src_port, dst_port, payloads)
         except UsageError:
@@ -382,9 +389,8 @@ class HostStack:
             self.device.xmit_burst(frames)
             self.counters.tx_plain += count
             return
-        state.oseq += count
-        state.packets += count
-        state.bytes += UDP_HEADER_LEN * count + sum(map(len, payloads))
+        nbytes = UDP_HEADER_LEN * count + sum(map(len, payloads))
+        self._sequences.reserve(state, count, count, nbytes)
         self.device.xmit_burst(frames, self._tx_offload(state, _UDP, len(l2), 20 if v4 else 40))
         self.counters.tx_esp_offloaded += count
 
@@ -394,8 +400,7 @@ class HostStack:
         return (
             state.mode == _TRANSPORT
             and self._offloaded(state)
-            and (not state.lifetime_packets or state.packets + count <= state.lifetime_packets)
-            and state.oseq + count <= _SEQ_LIMIT[state.esn]
+            and self._sequences.refusal(state, count, count) is None
         )
 
     def send_tcp(
@@ -500,19 +505,12 @@ class HostStack:
     ) -> None:
         """Protect `payload` with `state`; `tso` (only for an offloaded state) makes it one
         large send for the device to segment, numbered once here and per segment by the agent."""
-        if state.lifetime_packets and state.packets >= state.lifetime_packets:
-            self.counters.drop("out_state_expired")
-            return
         segments = 1 if tso is None else tso.segments
-        seq = state.oseq + 1
-        # Linux's xfrm_replay_overflow_offload: a GSO send takes one number per segment
-        last = state.oseq + (segments if self.own_sequence else 1)
-        if last > _SEQ_LIMIT[state.esn]:
-            self.counters.drop("out_seq_exhausted")
+        refusal = self._sequences.refusal(state, 1, segments)
+        if refusal is not None:
+            self.counters.drop(refusal)
             return
-        state.oseq = last
-        state.packets += segments
-        state.bytes += len(payload)
+        seq = self._sequences.reserve(state, 1, segments, len(payload))
         if self._offloaded(state):
             esp = esp_header(state.spi, seq & _SEQ_MASK) + explicit_iv(seq)
             offload = (state, next_header)
@@ -714,8 +712,7 @@ class HostStack:
         offloaded = rx is not None and rx.ipsec and rx.status == _RX_OK
         replay = state.replay
         assert replay is not None
-        # Linux checks the window for packets the device decrypted too (CRYPTO_DONE)
-        checked = not offloaded or self.own_sequence
+        checked = self._sequences.checks(offloaded)
         full = replay.check(seq) if checked else seq
         if full is None:
             self.counters.drop("in_replay")
@@ -888,12 +885,3 @@ def _offload_state(state: XfrmState, handover: Callable[[], int | None] | None) 
         lifetime_bytes=state.lifetime_bytes,
         handover_seq=handover,
     )
-
-
-def _handover_seq(state: XfrmState) -> int | None:
-    """The SEQ an (re-)install of `state` carries: outbound the next sequence number, inbound
-    the highest accepted; None while that is the agent's default (1, 0)."""
-    if state.direction == _OUTBOUND:
-        return state.oseq + 1 if state.oseq else None
-    assert state.replay is not None
-    return state.replay.highest or None

@@ -1,8 +1,10 @@
-"""The xfrm-like stack's objects: states (SAs) and selector policies."""
+"""The xfrm-like stack's objects: states (SAs) and selector policies, and who owns a state's
+sequence numbers and replay window (`SequenceOwnership`)."""
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -12,6 +14,9 @@ from ipsec_offload.errors import UsageError
 from ipsec_offload.wire.config import Algorithm, Direction
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_SEQ_LIMIT = {False: (1 << 32) - 1, True: (1 << 64) - 1}
+"""The last sequence number of a state without and with ESN (RFC 4303 3.3.3: never cycled)."""
 
 
 class Mode(IntEnum):
@@ -76,6 +81,77 @@ class XfrmState:
         if self._aead is None:
             self._aead = EspAead(self.algorithm, self.key_material)
         return self._aead
+
+    @property
+    def next_seq(self) -> int:
+        """Outbound: the sequence number (and IV) the next packet takes."""
+        return self.oseq + 1
+
+    def handover_seq(self) -> int | None:
+        """The SEQ an (re-)install of this state carries: outbound the next sequence number,
+        inbound the highest accepted; None while that is the agent's default (1, 0)."""
+        if self.direction == Direction.OUTBOUND:
+            return self.next_seq if self.oseq else None
+        assert self.replay is not None
+        return self.replay.highest or None
+
+
+class SequenceOwnership:
+    """Who owns the states' sequence numbers and replay windows: the stack, as in Linux (spec
+    section 9, invariants 1 and 2), or, in the naive design, the device for what it handles.
+
+    When the stack owns them, a send takes its numbers from its state before it goes down, one
+    per segment of a TSO send (Linux's xfrm_replay_overflow_offload adds the segment count),
+    so the state's counter is never below a number the agent used; a received packet goes
+    through its state's replay window even when the agent decrypted it (Linux checks
+    CRYPTO_DONE packets too); and every install and re-install hands the device the state's
+    position (`XfrmState.handover_seq`). `owned` False is the naive design: a TSO send takes
+    one number, packets the agent decrypted pass unchecked, and an install carries no SEQ.
+
+    A send is `refusal` (may it go?) then `reserve` (take its numbers, count it), apart so that
+    a burst is checked before its frames are built and reserved once they are. A receive asks
+    `checks`, then calls `ReplayWindow.check` before opening the packet and
+    `ReplayWindow.accept` once its ICV verified.
+    """
+
+    __slots__ = ("owned",)
+
+    def __init__(self, owned: bool) -> None:
+        self.owned = owned
+
+    def refusal(self, state: XfrmState, sends: int, segments: int) -> str | None:
+        """Why `sends` sends of `segments` segments in all may not leave through the outbound
+        `state` now, as a drop reason: they would pass its packet lifetime
+        ("out_state_expired") or its last sequence number ("out_seq_exhausted"); None when
+        they may."""
+        if state.lifetime_packets and state.packets + sends > state.lifetime_packets:
+            return "out_state_expired"
+        if state.oseq + self._numbers(sends, segments) > _SEQ_LIMIT[state.esn]:
+            return "out_seq_exhausted"
+        return None
+
+    def reserve(self, state: XfrmState, sends: int, segments: int, nbytes: int) -> int:
+        """Take the sequence numbers of `sends` sends that `refusal` let go through `state`,
+        and count their `segments` packets and `nbytes` bytes; returns the first number."""
+        first = state.next_seq
+        state.oseq += self._numbers(sends, segments)
+        state.packets += segments
+        state.bytes += nbytes
+        return first
+
+    def checks(self, offloaded: bool) -> bool:
+        """Whether a received packet goes through its state's replay window (`offloaded`: the
+        agent decrypted it)."""
+        return self.owned or not offloaded
+
+    def handover(self, state: XfrmState) -> Callable[[], int | None] | None:
+        """Where an add of `state` to the device reads its SEQ from
+        (`OffloadState.handover_seq`); None: nowhere, the agent starts at its default."""
+        return state.handover_seq if self.owned else None
+
+    def _numbers(self, sends: int, segments: int) -> int:
+        """The sequence numbers `sends` sends of `segments` segments in all take."""
+        return segments if self.owned else sends
 
 
 @dataclass(frozen=True, slots=True)
