@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
@@ -55,10 +55,13 @@ from ipsec_offload.driver.ring import (
 )
 from ipsec_offload.errors import AuthenticationError, ParseError, UsageError
 from ipsec_offload.host import fastpath
+from ipsec_offload.host.events import Delivered, StackCounters, StackEvent, StateResult
+from ipsec_offload.host.sad import Sad
+from ipsec_offload.host.spd import Spd
 from ipsec_offload.host.xfrm import Mode, Offload, SequenceOwnership, XfrmPolicy, XfrmState
 from ipsec_offload.nic.tso import L4Header, segment_l4
 from ipsec_offload.wire.addr import ip_to_str
-from ipsec_offload.wire.config import Algorithm, Direction, SaStats
+from ipsec_offload.wire.config import Algorithm, SaStats
 from ipsec_offload.wire.esp import (
     ESP_HEADER_LEN,
     ESP_IV_LEN,
@@ -99,6 +102,16 @@ from ipsec_offload.wire.transport import (
     udp_fields,
 )
 
+__all__ = [
+    "DEFAULT_MSS",
+    "Delivered",
+    "HostStack",
+    "NetDevice",
+    "StackCounters",
+    "StackEvent",
+    "StateResult",
+]
+
 DEFAULT_MSS = 1400
 """TCP payload bytes per segment unless told otherwise: a segment with ESP (header, IV, up to
 5 bytes of trailer, ICV) and its IPv4 or IPv6 and TCP headers fits a 1500-byte MTU."""
@@ -120,7 +133,6 @@ _ETHERTYPE = {4: EtherType.IPV4, 16: EtherType.IPV6}
 # Enum members bound once: reading one off its class per packet costs a descriptor call.
 _UDP, _TCP, _ESP = IpProto.UDP, IpProto.TCP, IpProto.ESP
 _ICMP4, _ICMP6 = IpProto.ICMP, IpProto.ICMPV6
-_INBOUND, _OUTBOUND = Direction.INBOUND, Direction.OUTBOUND
 _TRANSPORT, _TUNNEL = Mode.TRANSPORT, Mode.TUNNEL
 _DEVICE = Offload.DEVICE
 _RX_OK = RxStatus.OK
@@ -143,68 +155,11 @@ class NetDevice(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Delivered:
-    """A packet the stack delivered to an application (UDP datagram, TCP segment or ICMP
-    echo; for an echo the ports are its identifier and sequence number)."""
-
-    time: float
-    protocol: int
-    src: bytes
-    dst: bytes
-    src_port: int
-    dst_port: int
-    payload: bytes
-    state: int | None
-    """The handle of the state it arrived through, None if it came in clear."""
-    offloaded: bool
-    """True when the agent decrypted it (Rx status OK)."""
-    tcp_seq: int | None = None
-    """A TCP segment's sequence number (None for other protocols)."""
-    tcp_flags: TcpFlags | None = None
-    """A TCP segment's flags (None for other protocols)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StateResult:
-    """The outcome of add_state or delete_state: the xdo_dev_* return value and where the
-    state's ESP work now happens (None: the state is gone)."""
-
-    time: float
-    handle: int
-    operation: str
-    rc: int
-    offload: Offload | None
-
-
-StackEvent = Delivered | StateResult
-
-
-@dataclass(frozen=True, slots=True)
 class _Tso:
     """A large send for the device to segment: its MSS and the segments it will give."""
 
     mss: int
     segments: int
-
-
-@dataclass(slots=True)
-class StackCounters:
-    tx_plain: int = 0
-    tx_esp_software: int = 0
-    tx_esp_offloaded: int = 0
-    tx_tso_sends: int = 0
-    """Large sends handed down to the device's TSO (also counted in tx_esp_offloaded)."""
-    tx_sw_segmented: int = 0
-    """Large sends the stack cut into segments itself."""
-    rx_delivered: int = 0
-    rx_esp_offloaded: int = 0
-    rx_esp_software: int = 0
-    offload_fallbacks: int = 0
-    offload_lost: int = 0
-    drops: dict[str, int] = field(default_factory=dict)
-
-    def drop(self, reason: str) -> None:
-        self.drops[reason] = self.drops.get(reason, 0) + 1
 
 
 class HostStack:
@@ -235,10 +190,11 @@ class HostStack:
                 self.addresses[len(packed)] = packed
         self.neighbors: dict[bytes, bytes] = {}
         """IP address -> MAC address (a static neighbour table)."""
-        self.states: dict[int, XfrmState] = {}
-        self.policies: list[XfrmPolicy] = []
+        self._sad = Sad(name)
+        self._spd = Spd(self._sad)
+        self.states = self._sad.states
+        self.policies = self._spd.policies
         self.counters = StackCounters()
-        self._inbound: dict[tuple[int, bytes], XfrmState] = {}
         self._events: list[StackEvent] = []
         self._ip_id = 0
         self._l2: dict[tuple[bytes, bytes, tuple[VlanTag, ...], int], bytes] = {}
@@ -250,10 +206,10 @@ class HostStack:
         self._rx_fast: fastpath.RxPath | None = None
         if fastpath.RxPath is not None:
             self._rx_fast = fastpath.RxPath(
-                inbound=self._inbound,
+                inbound=self._sad.inbound,
                 addresses=self.addresses,
                 counters=self.counters,
-                admits=self._admits,
+                admits=self._spd.admits,
                 transport=_TRANSPORT,
                 rx_ok=_RX_OK,
                 invalid_tag=InvalidTag,
@@ -280,17 +236,7 @@ class HostStack:
 
     def add_state(self, state: XfrmState, now: float, *, offload: bool = False) -> None:
         """Install a state; with `offload`, ask the device (outcome: a StateResult event)."""
-        if state.handle in self.states:
-            raise UsageError(f"host {self.name}: state handle {state.handle} is in use")
-        if state.direction == Direction.INBOUND:
-            key = (state.spi, state.dst)
-            if key in self._inbound:
-                raise UsageError(
-                    f"host {self.name}: an inbound state for SPI {state.spi:#x} "
-                    f"to {ip_to_str(state.dst)} exists"
-                )
-            self._inbound[key] = state
-        self.states[state.handle] = state
+        self._sad.add(state)
         if offload and self.device.hw_esp_offload:
             state.offload = Offload.PENDING
             handover = self._sequences.handover(state)
@@ -300,7 +246,7 @@ class HostStack:
 
     def delete_state(self, handle: int, now: float) -> None:
         """Remove a state; an offloaded one is removed from the device first."""
-        state = self._state(handle)
+        state = self._sad.get(handle)
         if state.offload == Offload.DEVICE:
             self.device.xdo_dev_state_delete(handle, now)
             return
@@ -309,26 +255,17 @@ class HostStack:
 
     def update_stats(self, handle: int, now: float) -> None:
         """Ask the device for an offloaded state's counters (xdo_dev_state_update_stats)."""
-        if self._state(handle).offload != Offload.DEVICE:
+        if self._sad.get(handle).offload != Offload.DEVICE:
             raise UsageError(f"host {self.name}: state {handle} is not offloaded")
         self.device.xdo_dev_state_update_stats(handle, now)
 
     def add_policy(self, policy: XfrmPolicy) -> None:
-        if policy.state not in self.states:
-            raise UsageError(f"host {self.name}: policy names unknown state {policy.state}")
-        self.policies.append(policy)
-
-    def _state(self, handle: int) -> XfrmState:
-        try:
-            return self.states[handle]
-        except KeyError:
-            raise UsageError(f"host {self.name}: no state with handle {handle}") from None
+        """Add a policy after the others; it must name a state of the stack."""
+        self._spd.add(policy)
 
     def _forget(self, state: XfrmState) -> None:
-        self.states.pop(state.handle, None)
-        if state.direction == Direction.INBOUND:
-            self._inbound.pop((state.spi, state.dst), None)
-        self.policies = [p for p in self.policies if p.state != state.handle]
+        self._sad.remove(state)
+        self._spd.remove_state(state.handle)
 
     # -- sending --------------------------------------------------------------------------
 
@@ -365,8 +302,7 @@ class HostStack:
         dst_b = _addr(dst)
         src = self._source(dst_b)
         mac = self.neighbors.get(dst_b)
-        policy = self._policy(_OUTBOUND, src, dst_b, _UDP)
-        state = None if policy is None else self.states[policy.state]
+        state = self._spd.output_state(src, dst_b, _UDP)
         count = len(payloads)
         if mac is None or (state is not None and not self._room_offloaded(state, count)):
             for payload in payloads:
@@ -476,12 +412,11 @@ class HostStack:
     def send_ip(self, dst: bytes, protocol: int, segment: bytes, now: float) -> None:
         """Send an upper-layer segment to `dst`, through IPsec if a policy selects it."""
         src = self._source(dst)
-        policy = self._policy(_OUTBOUND, src, dst, protocol)
-        if policy is None:
+        state = self._spd.output_state(src, dst, protocol)
+        if state is None:
             self._xmit_ip(src, dst, protocol, segment, None)
             self.counters.tx_plain += 1
             return
-        state = self.states[policy.state]
         if state.mode == _TUNNEL:
             inner = self._ip_header(src, dst, protocol, len(segment)) + segment
             self._xmit_esp(state, _IN_TUNNEL[len(dst)], inner)
@@ -491,11 +426,12 @@ class HostStack:
     def _tso_state(self, src: bytes, dst: bytes, protocol: int) -> XfrmState | None:
         """The state whose packets to `dst` may go down as TSO sends: a transport-mode state
         the device holds (tunnel-mode sends are segmented by the stack)."""
-        policy = self._policy(_OUTBOUND, src, dst, protocol)
-        if policy is None:
-            return None
-        state = self.states[policy.state]
-        return state if state.mode == _TRANSPORT and self._offloaded(state) else None
+        state = self._spd.output_state(src, dst, protocol)
+        return (
+            state
+            if state is not None and state.mode == _TRANSPORT and self._offloaded(state)
+            else None
+        )
 
     def _offloaded(self, state: XfrmState) -> bool:
         return state.offload == _DEVICE and self.device.xdo_dev_offload_ok(state.handle)
@@ -588,14 +524,6 @@ class HostStack:
         except KeyError:
             family = "IPv4" if len(dst) == 4 else "IPv6"
             raise UsageError(f"host {self.name} has no {family} address") from None
-
-    def _policy(
-        self, direction: Direction, src: bytes, dst: bytes, protocol: int
-    ) -> XfrmPolicy | None:
-        for policy in self.policies:
-            if policy.direction == direction and policy.selects(src, dst, protocol):
-                return policy
-        return None
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -705,7 +633,7 @@ class HostStack:
             # RFC 4106 section 3.1: the 8-byte IV follows the ESP header
             self.counters.drop("esp_malformed")
             return
-        state = self._inbound.get((spi, dst))
+        state = self._sad.inbound.get((spi, dst))
         if state is None:
             self.counters.drop("in_no_state")
             return
@@ -766,7 +694,7 @@ class HostStack:
         offloaded: bool,
         now: float,
     ) -> None:
-        if not self._admits(src, dst, protocol, state):
+        if not self._spd.admits(src, dst, protocol, state):
             self.counters.drop("in_policy_violation")
             return
         if transport_checksum(src, dst, protocol, segment) != 0:
@@ -811,12 +739,6 @@ class HostStack:
                 None if tcp is None else tcp.flags,
             )
         )
-
-    def _admits(self, src: bytes, dst: bytes, protocol: int, state: XfrmState | None) -> bool:
-        """The inbound policy check: a packet an inbound policy selects must have come
-        through the state the policy names (None: it came in clear)."""
-        policy = self._policy(_INBOUND, src, dst, protocol)
-        return policy is None or (state is not None and policy.state == state.handle)
 
     # -- sans-IO plumbing -----------------------------------------------------------------
 
