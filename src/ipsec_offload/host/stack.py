@@ -31,10 +31,9 @@ delivers to applications and the outcome of state operations are its own `events
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
@@ -42,26 +41,23 @@ from ipsec_offload.agent.replay import ReplayWindow
 from ipsec_offload.burst import reference_items
 from ipsec_offload.crypto.esp import esp_open, esp_seal, explicit_iv
 from ipsec_offload.crypto.gcm import EspAead
-from ipsec_offload.driver.control import Errno
 from ipsec_offload.driver.ring import (
-    DriverEvent,
     OffloadLost,
-    OffloadState,
     PacketReceived,
     StateAddDone,
     StateDeleteDone,
     StatsDone,
-    TxOffload,
 )
 from ipsec_offload.errors import AuthenticationError, ParseError, UsageError
 from ipsec_offload.host import fastpath
 from ipsec_offload.host.events import Delivered, StackCounters, StackEvent, StateResult
+from ipsec_offload.host.ip import ETHERTYPE, IpLayer
+from ipsec_offload.host.offload import DeviceOffload, NetDevice, offload_ok
 from ipsec_offload.host.sad import Sad
 from ipsec_offload.host.spd import Spd
-from ipsec_offload.host.xfrm import Mode, Offload, SequenceOwnership, XfrmPolicy, XfrmState
+from ipsec_offload.host.xfrm import Mode, SequenceOwnership, XfrmPolicy, XfrmState
 from ipsec_offload.nic.tso import L4Header, segment_l4
 from ipsec_offload.wire.addr import ip_to_str
-from ipsec_offload.wire.config import Algorithm, SaStats
 from ipsec_offload.wire.esp import (
     ESP_HEADER_LEN,
     ESP_IV_LEN,
@@ -69,23 +65,8 @@ from ipsec_offload.wire.esp import (
     esp_header,
     esp_trailer_fields,
 )
-from ipsec_offload.wire.ethernet import (
-    EthernetHeader,
-    EtherType,
-    VlanTag,
-    build_ethernet,
-    ethernet_fields,
-)
-from ipsec_offload.wire.frames import build_udp_frames
-from ipsec_offload.wire.ip import (
-    IpProto,
-    IPv6Header,
-    build_ipv6,
-    ipv4_fields,
-    ipv4_header,
-    ipv6_fields,
-    ipv6_upper_layer,
-)
+from ipsec_offload.wire.ethernet import VlanTag
+from ipsec_offload.wire.ip import IpProto
 from ipsec_offload.wire.metadata import RxMetadata, RxStatus
 from ipsec_offload.wire.transport import (
     UDP_HEADER_LEN,
@@ -121,45 +102,17 @@ _ECHO_REPLY = {4: IcmpType.ECHO_REPLY, 16: Icmpv6Type.ECHO_REPLY}
 _ICMP = {4: IpProto.ICMP, 16: IpProto.ICMPV6}
 _IN_TUNNEL = {4: IpProto.IPIP, 16: IpProto.IPV6}
 _INNER_VERSION: dict[int, int] = {IpProto.IPIP: 4, IpProto.IPV6: 6}
-_ETHERTYPE_VERSION: dict[int, int] = {EtherType.IPV4: 4, EtherType.IPV6: 6}
 _IP_PACKET_MAX = 0xFFFF
 _SEQ_MASK = 0xFFFF_FFFF
 _OFFLOAD_PREFIX = {4: 20 + ESP_HEADER_LEN + ESP_IV_LEN, 16: ESP_HEADER_LEN + ESP_IV_LEN}
 """Bytes of an offloaded large send before its L4 header that count against the IP length
 field: IPv4 header, ESP header and IV; IPv6 (whose payload length excludes its header): ESP."""
 _ESP_HEADER_END = ESP_HEADER_LEN + ESP_IV_LEN
-_ETHERTYPE = {4: EtherType.IPV4, 16: EtherType.IPV6}
-"""The EtherType of a packet by its address length."""
 # Enum members bound once: reading one off its class per packet costs a descriptor call.
 _UDP, _TCP, _ESP = IpProto.UDP, IpProto.TCP, IpProto.ESP
 _ICMP4, _ICMP6 = IpProto.ICMP, IpProto.ICMPV6
 _TRANSPORT, _TUNNEL = Mode.TRANSPORT, Mode.TUNNEL
-_DEVICE = Offload.DEVICE
 _RX_OK = RxStatus.OK
-
-
-class NetDevice(Protocol):
-    """What the stack needs of its device: Linux's xfrmdev_ops plus transmit."""
-
-    hw_esp_offload: bool
-    hw_tso: bool
-
-    def xmit(self, frame: bytes, offload: TxOffload | None = None, mss: int = 0) -> None: ...
-    def xmit_burst(self, frames: Sequence[bytes], offload: TxOffload | None = None) -> None: ...
-    def events(self) -> list[DriverEvent]: ...
-    def xdo_dev_state_add(self, state: OffloadState, now: float) -> None: ...
-    def xdo_dev_state_delete(self, handle: int, now: float) -> None: ...
-    def xdo_dev_state_free(self, handle: int) -> None: ...
-    def xdo_dev_offload_ok(self, handle: int) -> bool: ...
-    def xdo_dev_state_update_stats(self, handle: int, now: float) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Tso:
-    """A large send for the device to segment: its MSS and the segments it will give."""
-
-    mss: int
-    segments: int
 
 
 class HostStack:
@@ -176,33 +129,22 @@ class HostStack:
         vlans: tuple[VlanTag, ...] = (),
         own_sequence: bool = True,
     ) -> None:
-        if ipv4 is None and ipv6 is None:
-            raise UsageError(f"host {name}: give it an IPv4 or an IPv6 address (or both)")
-        self.name = name
-        self.device = device
-        self._sequences = SequenceOwnership(own_sequence)
-        self.mac = mac
-        self.vlans = vlans
-        self.addresses: dict[int, bytes] = {}
-        for text in (ipv4, ipv6):
-            if text is not None:
-                packed = ipaddress.ip_address(text).packed
-                self.addresses[len(packed)] = packed
-        self.neighbors: dict[bytes, bytes] = {}
-        """IP address -> MAC address (a static neighbour table)."""
-        self._sad = Sad(name)
-        self._spd = Spd(self._sad)
-        self.states = self._sad.states
-        self.policies = self._spd.policies
         self.counters = StackCounters()
         self._events: list[StackEvent] = []
-        self._ip_id = 0
-        self._l2: dict[tuple[bytes, bytes, tuple[VlanTag, ...], int], bytes] = {}
-        """Ethernet headers built so far, by (destination, source, VLANs, EtherType)."""
-        self._tx_offloads: dict[tuple[int, int, int, int], TxOffload] = {}
-        """The TxOffload of each (state handle, next header, L3 offset, ESP offset) so far."""
-        self.hw_stats: dict[int, SaStats | None] = {}
-        """The agent's counters of offloaded states, as update_stats last fetched them."""
+        self._sequences = SequenceOwnership(own_sequence)
+        self._ip = IpLayer(name, device, mac, vlans, ipv4, ipv6, self.counters)
+        self._sad = Sad(name)
+        self._spd = Spd(self._sad)
+        self._offload = DeviceOffload(
+            device, self._sad, self._spd, self._sequences, self.counters, self._events
+        )
+        self.name = name
+        self.device = device
+        self.addresses = self._ip.addresses
+        self.neighbors = self._ip.neighbors
+        self.states = self._sad.states
+        self.policies = self._spd.policies
+        self.hw_stats = self._offload.hw_stats
         self._rx_fast: fastpath.RxPath | None = None
         if fastpath.RxPath is not None:
             self._rx_fast = fastpath.RxPath(
@@ -232,40 +174,43 @@ class HostStack:
     def own_sequence(self, owned: bool) -> None:
         self._sequences.owned = owned
 
+    @property
+    def mac(self) -> bytes:
+        """The interface's MAC address."""
+        return self._ip.mac
+
+    @mac.setter
+    def mac(self, mac: bytes) -> None:
+        self._ip.mac = mac
+
+    @property
+    def vlans(self) -> tuple[VlanTag, ...]:
+        """The interface's VLAN tags, outermost first."""
+        return self._ip.vlans
+
+    @vlans.setter
+    def vlans(self, vlans: tuple[VlanTag, ...]) -> None:
+        self._ip.vlans = vlans
+
     # -- configuration --------------------------------------------------------------------
 
     def add_state(self, state: XfrmState, now: float, *, offload: bool = False) -> None:
         """Install a state; with `offload`, ask the device (outcome: a StateResult event)."""
-        self._sad.add(state)
-        if offload and self.device.hw_esp_offload:
-            state.offload = Offload.PENDING
-            handover = self._sequences.handover(state)
-            self.device.xdo_dev_state_add(_offload_state(state, handover), now)
-        else:
-            self._events.append(StateResult(now, state.handle, "add", 0, Offload.SOFTWARE))
+        self._offload.add_state(state, now, offload)
 
     def delete_state(self, handle: int, now: float) -> None:
-        """Remove a state; an offloaded one is removed from the device first."""
-        state = self._sad.get(handle)
-        if state.offload == Offload.DEVICE:
-            self.device.xdo_dev_state_delete(handle, now)
-            return
-        self._forget(state)
-        self._events.append(StateResult(now, handle, "delete", 0, None))
+        """Remove a state; an offloaded one is removed from the device first (outcome: a
+        StateResult event)."""
+        self._offload.delete_state(handle, now)
 
     def update_stats(self, handle: int, now: float) -> None:
-        """Ask the device for an offloaded state's counters (xdo_dev_state_update_stats)."""
-        if self._sad.get(handle).offload != Offload.DEVICE:
-            raise UsageError(f"host {self.name}: state {handle} is not offloaded")
-        self.device.xdo_dev_state_update_stats(handle, now)
+        """Ask the device for an offloaded state's counters (xdo_dev_state_update_stats); they
+        arrive in `hw_stats`."""
+        self._offload.update_stats(handle, now)
 
     def add_policy(self, policy: XfrmPolicy) -> None:
         """Add a policy after the others; it must name a state of the stack."""
         self._spd.add(policy)
-
-    def _forget(self, state: XfrmState) -> None:
-        self._sad.remove(state)
-        self._spd.remove_state(state.handle)
 
     # -- sending --------------------------------------------------------------------------
 
@@ -300,34 +245,31 @@ class HostStack:
         room for them all (lifetime, sequence numbers). Any other burst is sent datagram by
         datagram."""
         dst_b = _addr(dst)
-        src = self._source(dst_b)
-        mac = self.neighbors.get(dst_b)
+        src = self._ip.source(dst_b)
+        mac = self._ip.neighbors.get(dst_b)
         state = self._spd.output_state(src, dst_b, _UDP)
         count = len(payloads)
         if mac is None or (state is not None and not self._room_offloaded(state, count)):
             for payload in payloads:
                 self.send_udp(dst_b, src_port, dst_port, payload, now)
             return
-        l2 = self._l2_header(mac, _ETHERTYPE[len(dst_b)])
-        v4 = len(dst_b) == 4
-        ip_id = (self._ip_id + 1) & 0xFFFF
+        l2 = self._ip.l2_header(mac, ETHERTYPE[len(dst_b)])
         esp = None if state is None else (state.spi, state.next_seq)
         try:
-            frames = build_udp_frames(l2, src, dst_b, ip_id, esp, src_port, dst_port, payloads)
+            frames = self._ip.udp_frames(l2, src, dst_b, esp, src_port, dst_port, payloads)
         except UsageError:
             # send_udp says which datagram is wrong, after sending those before it
             for payload in payloads:
                 self.send_udp(dst_b, src_port, dst_port, payload, now)
             return
-        if v4:
-            self._ip_id = (self._ip_id + count) & 0xFFFF
         if state is None:
             self.device.xmit_burst(frames)
             self.counters.tx_plain += count
             return
         nbytes = UDP_HEADER_LEN * count + sum(map(len, payloads))
         self._sequences.reserve(state, count, count, nbytes)
-        self.device.xmit_burst(frames, self._tx_offload(state, _UDP, len(l2), 20 if v4 else 40))
+        tx = self._ip.tx_offload(state.handle, _UDP, len(l2), 20 if len(dst_b) == 4 else 40)
+        self.device.xmit_burst(frames, tx)
         self.counters.tx_esp_offloaded += count
 
     def _room_offloaded(self, state: XfrmState, count: int) -> bool:
@@ -335,7 +277,7 @@ class HostStack:
         transport-mode state the device holds, with the lifetime and sequence numbers for them."""
         return (
             state.mode == _TRANSPORT
-            and self._offloaded(state)
+            and offload_ok(self.device, state)
             and self._sequences.refusal(state, count, count) is None
         )
 
@@ -378,7 +320,7 @@ class HostStack:
         """Send `payload` behind `header`, cut into `mss`-byte segments (0: one segment)."""
         if mss < 0:
             raise UsageError(f"MSS {mss}: give 0 (no segmentation) or the bytes per segment")
-        src = self._source(dst)
+        src = self._ip.source(dst)
         device = self.device
         large = 0 < mss < len(payload)
         state = self._tso_state(src, dst, protocol) if large else None
@@ -395,7 +337,7 @@ class HostStack:
             raise UsageError(f"MSS {mss}: a segment must fit an IP packet; use at most {room}")
         for index, send in enumerate(segment_l4(header, payload, per_send, src, dst)):
             chunk = min(per_send, len(payload) - index * per_send)
-            self._xmit_esp(state, protocol, send, _Tso(mss, -(-chunk // mss)))
+            self._xmit_esp(state, protocol, send, mss, -(-chunk // mss))
 
     def send_echo(self, dst: str | bytes, ident: int, seq: int, payload: bytes, now: float) -> None:
         """Send an ICMP (or ICMPv6) echo request."""
@@ -405,20 +347,20 @@ class HostStack:
     def _send_icmp(
         self, dst: bytes, kind: int, ident: int, seq: int, payload: bytes, now: float
     ) -> None:
-        src = self._source(dst)
+        src = self._ip.source(dst)
         segment = build_icmp_echo(IcmpEcho(kind, 0, ident, seq), payload, src, dst)
         self.send_ip(dst, _ICMP[len(dst)], segment, now)
 
     def send_ip(self, dst: bytes, protocol: int, segment: bytes, now: float) -> None:
         """Send an upper-layer segment to `dst`, through IPsec if a policy selects it."""
-        src = self._source(dst)
+        src = self._ip.source(dst)
         state = self._spd.output_state(src, dst, protocol)
         if state is None:
-            self._xmit_ip(src, dst, protocol, segment, None)
+            self._ip.xmit(src, dst, protocol, segment)
             self.counters.tx_plain += 1
             return
         if state.mode == _TUNNEL:
-            inner = self._ip_header(src, dst, protocol, len(segment)) + segment
+            inner = self._ip.ip_header(src, dst, protocol, len(segment)) + segment
             self._xmit_esp(state, _IN_TUNNEL[len(dst)], inner)
         else:
             self._xmit_esp(state, protocol, segment)
@@ -429,101 +371,30 @@ class HostStack:
         state = self._spd.output_state(src, dst, protocol)
         return (
             state
-            if state is not None and state.mode == _TRANSPORT and self._offloaded(state)
+            if state is not None and state.mode == _TRANSPORT and offload_ok(self.device, state)
             else None
         )
 
-    def _offloaded(self, state: XfrmState) -> bool:
-        return state.offload == _DEVICE and self.device.xdo_dev_offload_ok(state.handle)
-
     def _xmit_esp(
-        self, state: XfrmState, next_header: int, payload: bytes, tso: _Tso | None = None
+        self, state: XfrmState, next_header: int, payload: bytes, mss: int = 0, segments: int = 1
     ) -> None:
-        """Protect `payload` with `state`; `tso` (only for an offloaded state) makes it one
-        large send for the device to segment, numbered once here and per segment by the agent."""
-        segments = 1 if tso is None else tso.segments
+        """Protect `payload` with `state`; `mss` (only for an offloaded state) makes it one
+        large send of `segments` segments for the device to cut, numbered here and per segment
+        by the agent."""
         refusal = self._sequences.refusal(state, 1, segments)
         if refusal is not None:
             self.counters.drop(refusal)
             return
         seq = self._sequences.reserve(state, 1, segments, len(payload))
-        if self._offloaded(state):
+        if offload_ok(self.device, state):
             esp = esp_header(state.spi, seq & _SEQ_MASK) + explicit_iv(seq)
-            offload = (state, next_header)
-            self._xmit_ip(state.src, state.dst, _ESP, payload, offload, tso, esp)
+            offload = (state.handle, next_header)
+            self._ip.xmit(state.src, state.dst, _ESP, payload, offload, esp, mss, segments)
             self.counters.tx_esp_offloaded += 1
             return
         sealed = esp_seal(state.aead, state.spi, seq, state.esn, payload, next_header)
-        self._xmit_ip(state.src, state.dst, _ESP, sealed, None)
+        self._ip.xmit(state.src, state.dst, _ESP, sealed)
         self.counters.tx_esp_software += 1
-
-    def _xmit_ip(
-        self,
-        src: bytes,
-        dst: bytes,
-        protocol: int,
-        body: bytes | memoryview,
-        offload: tuple[XfrmState, int] | None,
-        tso: _Tso | None = None,
-        esp: bytes = b"",
-    ) -> None:
-        """Send `esp` || `body` in an IP packet (`esp`: an offloaded send's ESP header and
-        IV)."""
-        mac = self.neighbors.get(dst)
-        if mac is None:
-            self.counters.drop("no_neighbor")
-            return
-        l2 = self._l2_header(mac, _ETHERTYPE[len(dst)])
-        length = len(esp) + len(body)
-        ip = self._ip_header(src, dst, protocol, length, 1 if tso is None else tso.segments)
-        frame = b"".join((l2, ip, esp, body))
-        if offload is None:
-            self.device.xmit(frame)
-            return
-        state, next_header = offload
-        tx = self._tx_offload(state, next_header, len(l2), len(ip))
-        if tso is None:
-            self.device.xmit(frame, tx)
-        else:
-            self.device.xmit(frame, tx, tso.mss)
-            self.counters.tx_tso_sends += 1
-
-    def _tx_offload(
-        self, state: XfrmState, next_header: int, l3_offset: int, esp_offset: int
-    ) -> TxOffload:
-        """The device's offload request for a send of `state`, built once per layout."""
-        key = (state.handle, next_header, l3_offset, esp_offset)
-        tx = self._tx_offloads.get(key)
-        if tx is None:
-            tx = self._tx_offloads[key] = TxOffload(*key)
-        return tx
-
-    def _l2_header(self, dst: bytes, ethertype: int) -> bytes:
-        """The Ethernet header from this host to `dst`, built once."""
-        key = (dst, self.mac, self.vlans, ethertype)
-        header = self._l2.get(key)
-        if header is None:
-            header = build_ethernet(EthernetHeader(dst, self.mac, ethertype, self.vlans))
-            self._l2[key] = header
-        return header
-
-    def _ip_header(
-        self, src: bytes, dst: bytes, protocol: int, length: int, packets: int = 1
-    ) -> bytes:
-        """An IP header; IPv4 takes the next identification, or `packets` of them for a TSO
-        send (the NIC numbers its segments on from the first)."""
-        if len(dst) == 16:
-            return build_ipv6(IPv6Header(src, dst, protocol, length))
-        ident = (self._ip_id + 1) & 0xFFFF
-        self._ip_id = (self._ip_id + packets) & 0xFFFF
-        return ipv4_header(src, dst, protocol, 20 + length, ident)
-
-    def _source(self, dst: bytes) -> bytes:
-        try:
-            return self.addresses[len(dst)]
-        except KeyError:
-            family = "IPv4" if len(dst) == 4 else "IPv6"
-            raise UsageError(f"host {self.name} has no {family} address") from None
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -536,60 +407,16 @@ class HostStack:
             if isinstance(event, PacketReceived):
                 self._input(event.frame, event.rx, now)
             elif isinstance(event, StateAddDone):
-                self._added(event, now)
+                self._offload.added(event, now)
             elif isinstance(event, StateDeleteDone):
-                self._deleted(event, now)
+                self._offload.deleted(event, now)
             elif isinstance(event, StatsDone):
-                self._stats(event)
+                self._offload.stats(event)
             elif isinstance(event, OffloadLost):
-                self._lost(event, now)
-
-    def _lost(self, event: OffloadLost, now: float) -> None:
-        """A reset took the state out of the agent and it could not be re-added."""
-        state = self.states.get(event.handle)
-        if state is not None and state.offload == Offload.DEVICE:
-            state.offload = Offload.SOFTWARE
-            state.add_rc = event.rc
-            self.counters.offload_lost += 1
-            self._events.append(StateResult(now, event.handle, "lost", event.rc, state.offload))
-
-    def _added(self, event: StateAddDone, now: float) -> None:
-        state = self.states.get(event.handle)
-        if state is None:
-            return
-        state.add_rc = event.rc
-        if event.rc == 0:
-            state.offload = Offload.DEVICE
-        elif event.rc == -Errno.EOPNOTSUPP:
-            state.offload = Offload.SOFTWARE
-            self.counters.offload_fallbacks += 1
-        else:
-            self._forget(state)
-            self._events.append(StateResult(now, event.handle, "add", event.rc, None))
-            return
-        self._events.append(StateResult(now, event.handle, "add", event.rc, state.offload))
-
-    def _deleted(self, event: StateDeleteDone, now: float) -> None:
-        state = self.states.get(event.handle)
-        if state is not None:
-            self.device.xdo_dev_state_free(event.handle)
-            self._forget(state)
-        self._events.append(StateResult(now, event.handle, "delete", event.rc, None))
-
-    def _stats(self, event: StatsDone) -> None:
-        self.hw_stats[event.handle] = event.stats
+                self._offload.lost(event, now)
 
     def _input(self, frame: bytes, rx: RxMetadata | None, now: float) -> None:
-        try:
-            _, _, ethertype, _, _, header_len = ethernet_fields(frame, -1)
-        except ParseError:
-            self.counters.drop("malformed")
-            return
-        version = _ETHERTYPE_VERSION.get(ethertype)
-        if version is None:
-            self.counters.drop("not_ip")
-            return
-        packet = self._packet(memoryview(frame)[header_len:], version, "")
+        packet = self._ip.receive(frame)
         if packet is None:
             return
         src, dst, protocol, body = packet
@@ -597,29 +424,6 @@ class HostStack:
             self._deliver(src, dst, protocol, body, None, False, now)
             return
         self._input_esp(src, dst, body, rx, now)
-
-    def _packet(
-        self, buf: memoryview, version: int, reason: str
-    ) -> tuple[bytes, bytes, int, memoryview] | None:
-        """(source, destination, upper-layer protocol, upper-layer bytes) of an IP packet for
-        this host; None after counting a drop (`reason` prefixes its name)."""
-        try:
-            if version == 4:
-                upper, _, end, _, _, _, protocol, _, src, dst = ipv4_fields(buf)
-            else:
-                _, payload_length, _, _, src, dst = ipv6_fields(buf)
-                protocol, upper = ipv6_upper_layer(buf)
-                end = 40 + payload_length
-        except ParseError:
-            self.counters.drop(reason + "malformed")
-            return None
-        if end > len(buf):
-            self.counters.drop(reason + "truncated")
-            return None
-        if dst not in self.addresses.values():
-            self.counters.drop(reason + "not_for_us")
-            return None
-        return src, dst, protocol, buf[upper:end]
 
     def _input_esp(
         self, src: bytes, dst: bytes, body: memoryview, rx: RxMetadata | None, now: float
@@ -679,7 +483,7 @@ class HostStack:
         if version is None:
             self.counters.drop("in_tunnel_not_ip")
             return
-        packet = self._packet(inner, version, "in_tunnel_")
+        packet = self._ip.packet(inner, version, "in_tunnel_")
         if packet is not None:
             src, dst, protocol, body = packet
             self._deliver(src, dst, protocol, body, state, offloaded, now)
@@ -744,7 +548,9 @@ class HostStack:
 
     def events(self) -> list[StackEvent]:
         """Take what the stack delivered and reported since the last call."""
-        events, self._events = self._events, []
+        # one list for the stack's life: its layers (and the compiled path) append to it
+        events = self._events.copy()
+        self._events.clear()
         return events
 
     def dump(self) -> dict[str, Any]:
@@ -790,20 +596,3 @@ def _open(state: XfrmState, full_seq: int, body: memoryview) -> tuple[bytes, int
 
 def _addr(value: str | bytes) -> bytes:
     return value if isinstance(value, bytes) else ipaddress.ip_address(value).packed
-
-
-def _offload_state(state: XfrmState, handover: Callable[[], int | None] | None) -> OffloadState:
-    return OffloadState(
-        handle=state.handle,
-        direction=state.direction,
-        spi=state.spi,
-        dst=state.dst,
-        src=state.src,
-        algorithm=Algorithm(state.algorithm),
-        key_material=state.key_material,
-        esn=state.esn,
-        replay_window=state.replay_window,
-        lifetime_packets=state.lifetime_packets,
-        lifetime_bytes=state.lifetime_bytes,
-        handover_seq=handover,
-    )
