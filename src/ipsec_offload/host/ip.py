@@ -8,7 +8,8 @@ upper-layer body and hands the frame to the device. An offloaded ESP send names 
 next header, and the device gets the `TxOffload` (where the IP and ESP headers start) with the
 frame, and the MSS when it is a large send for the device to cut (TSO: its segments take
 consecutive identifications from the first). Ethernet headers and TxOffloads are built once
-per layout and kept. `udp_frames` builds a burst of UDP datagrams in one call.
+per layout and kept. A burst of UDP datagrams is built in one call (`udp_frames`) and handed
+down in one (`xmit_burst`), where its datagrams take their identifications.
 
 On receive, `receive` takes an Ethernet frame to the (source, destination, protocol,
 upper-layer bytes) of an IP packet for this host, and `packet` does the IP part of it, for the
@@ -44,7 +45,7 @@ from ipsec_offload.wire.ip import (
     ipv6_upper_layer,
 )
 
-ETHERTYPE = {4: EtherType.IPV4, 16: EtherType.IPV6}
+_ETHERTYPE = {4: EtherType.IPV4, 16: EtherType.IPV6}
 """The EtherType of a packet by its address length."""
 _ETHERTYPE_VERSION: dict[int, int] = {EtherType.IPV4: 4, EtherType.IPV6: 6}
 
@@ -128,7 +129,7 @@ class IpLayer:
         if mac is None:
             self.counters.drop("no_neighbor")
             return
-        l2 = self.l2_header(mac, ETHERTYPE[len(dst)])
+        l2 = self._l2_header(mac, _ETHERTYPE[len(dst)])
         length = len(esp) + len(body)
         ip = self.ip_header(src, dst, protocol, length, segments)
         frame = b"".join((l2, ip, esp, body))
@@ -136,7 +137,7 @@ class IpLayer:
             self.device.xmit(frame)
             return
         handle, next_header = offload
-        tx = self.tx_offload(handle, next_header, len(l2), len(ip))
+        tx = self._tx_offload(handle, next_header, len(l2), len(ip))
         if not mss:
             self.device.xmit(frame, tx)
         else:
@@ -145,7 +146,7 @@ class IpLayer:
 
     def udp_frames(
         self,
-        l2: bytes,
+        mac: bytes,
         src: bytes,
         dst: bytes,
         esp: tuple[int, int] | None,
@@ -153,17 +154,35 @@ class IpLayer:
         dst_port: int,
         payloads: Sequence[bytes],
     ) -> list[bytes]:
-        """The frames of UDP datagrams behind the Ethernet header `l2`, and behind ESP with
-        `esp` (SPI, first sequence number), as `wire.frames.build_udp_frames` builds them;
-        they take the next IPv4 identifications. A UsageError, which takes nothing, for
-        datagrams it cannot build."""
-        ident = self._ident
-        frames = build_udp_frames(l2, src, dst, ident, esp, src_port, dst_port, payloads)
-        if len(dst) == 4:
-            self._ident = (ident + len(payloads)) & 0xFFFF
-        return frames
+        """The frames of UDP datagrams to `dst` through the neighbour `mac`, behind ESP with
+        `esp` (SPI, first sequence number), as `wire.frames.build_udp_frames` builds them,
+        numbered from the next IPv4 identification; `xmit_burst` takes the identifications
+        when it hands them down. A UsageError for datagrams it cannot build."""
+        l2 = self._l2_header(mac, _ETHERTYPE[len(dst)])
+        return build_udp_frames(l2, src, dst, self._ident, esp, src_port, dst_port, payloads)
 
-    def tx_offload(
+    def xmit_burst(
+        self,
+        mac: bytes,
+        dst: bytes,
+        frames: Sequence[bytes],
+        offload: tuple[int, int] | None = None,
+    ) -> None:
+        """Hand down, in one call, the `frames` `udp_frames` built for `mac` and `dst`; they
+        take their identifications. An offloaded ESP burst gives `offload` (its state's handle
+        and next header)."""
+        v4 = len(dst) == 4
+        if v4:
+            self._ident = (self._ident + len(frames)) & 0xFFFF
+        if offload is None:
+            self.device.xmit_burst(frames)
+            return
+        l3_offset = len(self._l2_header(mac, _ETHERTYPE[len(dst)]))
+        handle, next_header = offload
+        tx = self._tx_offload(handle, next_header, l3_offset, 20 if v4 else 40)
+        self.device.xmit_burst(frames, tx)
+
+    def _tx_offload(
         self, handle: int, next_header: int, l3_offset: int, esp_offset: int
     ) -> TxOffload:
         """The device's offload request for a send of the state `handle`, built once per
@@ -174,7 +193,7 @@ class IpLayer:
             tx = self._tx_offloads[key] = TxOffload(*key)
         return tx
 
-    def l2_header(self, dst: bytes, ethertype: int) -> bytes:
+    def _l2_header(self, dst: bytes, ethertype: int) -> bytes:
         """The Ethernet header from this host to `dst`, built once."""
         key = (dst, self.mac, self.vlans, ethertype)
         header = self._l2.get(key)

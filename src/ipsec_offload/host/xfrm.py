@@ -96,6 +96,15 @@ class XfrmState:
         return self.replay.highest or None
 
 
+class SendRefused(Exception):
+    """A send its state cannot take: its packet lifetime or its sequence numbers are used up.
+    `reason` is the drop's name."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class SequenceOwnership:
     """Who owns the states' sequence numbers and replay windows: the stack, as in Linux (spec
     section 9, invariants 1 and 2), or, in the naive design, the device for what it handles.
@@ -108,10 +117,9 @@ class SequenceOwnership:
     position (`XfrmState.handover_seq`). `owned` False is the naive design: a TSO send takes
     one number, packets the agent decrypted pass unchecked, and an install carries no SEQ.
 
-    A send is `refusal` (may it go?) then `reserve` (take its numbers, count it), apart so that
-    a burst is checked before its frames are built and reserved once they are. A receive asks
-    `checks`, then calls `ReplayWindow.check` before opening the packet and
-    `ReplayWindow.accept` once its ICV verified.
+    A send calls `reserve` before it goes down. A receive asks `checks`, then calls
+    `ReplayWindow.check` before opening the packet and `ReplayWindow.accept` once its ICV
+    verified.
     """
 
     __slots__ = ("owned",)
@@ -119,22 +127,18 @@ class SequenceOwnership:
     def __init__(self, owned: bool) -> None:
         self.owned = owned
 
-    def refusal(self, state: XfrmState, sends: int, segments: int) -> str | None:
-        """Why `sends` sends of `segments` segments in all may not leave through the outbound
-        `state` now, as a drop reason: they would pass its packet lifetime
-        ("out_state_expired") or its last sequence number ("out_seq_exhausted"); None when
-        they may."""
-        if state.lifetime_packets and state.packets + sends > state.lifetime_packets:
-            return "out_state_expired"
-        if state.oseq + self._numbers(sends, segments) > _SEQ_LIMIT[state.esn]:
-            return "out_seq_exhausted"
-        return None
-
     def reserve(self, state: XfrmState, sends: int, segments: int, nbytes: int) -> int:
-        """Take the sequence numbers of `sends` sends that `refusal` let go through `state`,
-        and count their `segments` packets and `nbytes` bytes; returns the first number."""
+        """Take from the outbound `state` the sequence numbers of `sends` sends of `segments`
+        segments in all, and count their segments and `nbytes` bytes; returns the first
+        number. SendRefused, and nothing taken, when they would pass the state's packet
+        lifetime ("out_state_expired") or its last sequence number ("out_seq_exhausted")."""
+        if state.lifetime_packets and state.packets + sends > state.lifetime_packets:
+            raise SendRefused("out_state_expired")
         first = state.next_seq
-        state.oseq += self._numbers(sends, segments)
+        last = state.oseq + (segments if self.owned else sends)
+        if last > _SEQ_LIMIT[state.esn]:
+            raise SendRefused("out_seq_exhausted")
+        state.oseq = last
         state.packets += segments
         state.bytes += nbytes
         return first
@@ -148,10 +152,6 @@ class SequenceOwnership:
         """Where an add of `state` to the device reads its SEQ from
         (`OffloadState.handover_seq`); None: nowhere, the agent starts at its default."""
         return state.handover_seq if self.owned else None
-
-    def _numbers(self, sends: int, segments: int) -> int:
-        """The sequence numbers `sends` sends of `segments` segments in all take."""
-        return segments if self.owned else sends
 
 
 @dataclass(frozen=True, slots=True)
