@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ipsec_offload.errors import UsageError
-from ipsec_offload.host import stack
+from ipsec_offload.host import ip
 from ipsec_offload.host.stack import HostStack
 from ipsec_offload.host.xfrm import Mode, Offload
 from ipsec_offload.sim.testbed import SaBundle, Testbed
@@ -92,7 +92,7 @@ def test_a_burst_is_a_loop_of_send_udp(
     case: str, builder: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if builder == "reference":
-        monkeypatch.setattr(stack, "build_udp_frames", reference_build_udp_frames)
+        monkeypatch.setattr(ip, "build_udp_frames", reference_build_udp_frames)
     bed_a, host_a, peer_a, size = _bed(case)
     bed_b, host_b, peer_b, _ = _bed(case)
     for _ in range(2):  # the second burst follows on from the state the first left

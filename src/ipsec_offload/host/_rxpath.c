@@ -1,4 +1,5 @@
-/* The host stack's compiled receive path (see host/stack.py and docs/performance.md).
+/* The host stack's compiled receive path (see host/stack.py, host/esp_input.py and
+ * docs/performance.md).
  *
  * Theory of operation: a software ESP peer spends its receive time in per-packet Python
  * (parsing, the replay window, the AEAD call, the checksum, building the event objects). This
@@ -65,10 +66,10 @@ static const char *const delivered_names[D_FIELDS] = {
 
 typedef struct {
     PyObject_HEAD
-    PyObject *inbound;   /* HostStack._inbound: (SPI, dst) -> XfrmState */
-    PyObject *addresses; /* HostStack.addresses */
+    PyObject *inbound;   /* Sad.inbound: (SPI, dst) -> XfrmState */
+    PyObject *addresses; /* HostStack.addresses (IpLayer.addresses) */
     PyObject *counters;  /* HostStack.counters (StackCounters) */
-    PyObject *admits;    /* HostStack._admits(src, dst, protocol, state) -> bool */
+    PyObject *admits;    /* Spd.admits(src, dst, protocol, state) -> bool */
     PyObject *transport; /* Mode.TRANSPORT */
     PyObject *rx_ok;     /* RxStatus.OK */
     PyObject *invalid_tag;
@@ -89,7 +90,7 @@ typedef struct {
     Py_ssize_t addr_len;
     uint8_t src[16], dst[16];
     int admitted;
-} Verdict; /* HostStack._admits for a state and addresses */
+} Verdict; /* Spd.admits for a state and addresses */
 
 typedef struct {
     Verdict v[MEMO_SIZE];
@@ -122,7 +123,7 @@ static PyObject *inbound_state(RxPath *self, Memo *memo, const Frame *f, uint32_
     return state;
 }
 
-/* HostStack._admits for a UDP packet from `src` to `dst` through `state`, from the memo or
+/* Spd.admits for a UDP packet from `src` to `dst` through `state`, from the memo or
  * asked once: 1 admitted, 0 not, -1 error. */
 static int admitted(RxPath *self, Memo *memo, PyObject *state, const Frame *f, PyObject *src,
                     PyObject *dst) {
@@ -155,7 +156,7 @@ static int admitted(RxPath *self, Memo *memo, PyObject *state, const Frame *f, P
     return ok;
 }
 
-/* Whether the frame's destination is one of the host's addresses (HostStack._packet). */
+/* Whether the frame's destination is one of the host's addresses (IpLayer.packet). */
 static int for_us(const RxPath *self, const Frame *f) {
     Py_ssize_t pos = 0;
     PyObject *key, *value;
@@ -209,7 +210,7 @@ static int state_view(const RxPath *self, PyObject *state, StateView *sv) {
 }
 
 /* The frame of a PacketReceived that is the common case as far as the event and its headers
- * tell (HostStack.poll, _input, _packet): 0 with `f` filled, or -1. */
+ * tell (HostStack.poll and _input, IpLayer.receive): 0 with `f` filled, or -1. */
 static int rx_headers(const RxPath *self, PyObject *event, Frame *f) {
     PyObject *frame, *rx, *ipsec, *status;
     int maybe_offloaded;
@@ -241,7 +242,7 @@ static int rx_headers(const RxPath *self, PyObject *event, Frame *f) {
     return 0;
 }
 
-/* Decrypt and deliver the packet of one event (HostStack._input_esp, _decrypt, _deliver).
+/* Decrypt and deliver the packet of one event (EspInput.input, Transport.deliver).
  * A new reference to its Delivered event; Py_None (new reference) when the event is not the
  * common case; NULL on error. */
 static PyObject *rx_event(RxPath *self, PyObject *event, PyObject *now, Memo *memo) {
@@ -504,7 +505,7 @@ static PyTypeObject RxPathType = {
 
 static struct PyModuleDef rxpath_module = {
     PyModuleDef_HEAD_INIT, .m_name = "ipsec_offload.host._rxpath",
-    .m_doc = "The host stack's compiled receive path (see host/stack.py, docs/performance.md).",
+    .m_doc = "The host stack's compiled receive path (see host/esp_input.py, docs/performance.md).",
     .m_size = -1,
 };
 

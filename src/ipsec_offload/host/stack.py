@@ -1,28 +1,31 @@
-"""The xfrm-like host network stack: IP, UDP, ICMP echo, ESP in software or offloaded.
+"""The xfrm-like host network stack: IP, UDP, TCP segments, ICMP echo and ESP, in software or
+offloaded, on one interface (MAC, VLAN stack, IPv4 and/or IPv6 address) bound to a network
+device (the PF or VF driver, or a plain NIC driver).
 
-Theory of operation: the stack owns one interface (MAC, VLAN stack, IPv4 and/or IPv6 address)
-bound to a network device (the PF or VF driver, or a plain NIC driver). States and policies
-work as Linux's xfrm does:
+Theory of operation: `HostStack` is the stack's face, and its layers, cut where Linux cuts
+its stack, do the work, each in a module of its own and each knowing only those below it:
 
-- `add_state(..., offload=True)` calls the device's xdo_dev_state_add. Until the reply
-  arrives the state is PENDING and traffic uses software. On 0 the state is offloaded; on
-  -EOPNOTSUPP it stays in software (Linux's fallback) and traffic still flows; any other
-  error removes the state, and the stack reports the error.
-- Sending: an outbound policy that selects the packet names the state that protects it. The
-  stack assigns the sequence number (the IV is the same 64-bit counter). An offloaded state's
-  packet goes down as L2 | IP | ESP | IV | plaintext with a TxOffload; the agent adds trailer
-  and ICV. A software state's packet is sealed here.
-- Large sends (`send_tcp`, `send_udp` with an MSS): on a transport-mode state offloaded to a
-  device with TSO, each large send (up to what the IP length field allows) goes down as one
-  frame with its MSS; the NIC segments it and the agent numbers every segment (spec section
-  7). Otherwise (software ESP, tunnel mode, no IPsec) the stack cuts the segments itself, with
-  the same rules as the NIC (`nic.tso.segment_l4`), and sends each as a packet of its own.
-- Receiving: Rx status OK means the agent decrypted in place; the stack strips ESP. A frame
-  without a status (NO_SA, or not looked at) is decrypted here if the stack holds the state.
-  Inbound policies then check the packet came through the state they name. Where the package
-  was built with it, the compiled receive path (`fastpath.RxPath`) delivers the common packet,
-  an in-order UDP datagram over a software transport-mode state, and hands every other event
-  to the code here, which is the reference for both.
+- `xfrm`: states and policies (`ip xfrm`), and `SequenceOwnership`: what a send takes from
+  its state (lifetime, sequence numbers, one per TSO segment), whether a received packet goes
+  through the state's replay window, the SEQ an install carries (spec section 9);
+- `sad`, `spd`: the state and policy databases;
+- `offload` (xfrm_device.c): a state's add, delete and stats toward the device and the
+  device's answers, and whether a send goes down for offload;
+- `ip`: the interface, neighbours, Ethernet and IP headers and transmit, the receive parse;
+- `esp_output` (xfrm_output): protect a packet with its state, in software or offloaded,
+  TSO for large sends;
+- `esp_input` (xfrm_input): find, check, open and hand up a received ESP packet;
+- `transport`: UDP, TCP and ICMP echo over IP, and the delivery of what arrives;
+- `events`: the events and counters the stack gives its user.
+
+A send goes transport -> (SPD) -> ESP output -> IP -> device. `poll` hands the device's events
+out: the answers to state operations to `offload`, received frames to the IP layer, then ESP
+packets to the ESP input and the others to the transport layer, which delivers them; the ESP
+input hands its decrypted packets up to it the same way. Where the package was built with it,
+the compiled receive path (`fastpath.RxPath`) delivers the common packet, an in-order UDP
+datagram over a software transport-mode state, on the same objects (the SAD's inbound table,
+the addresses, the counters, the SPD's check, the event list), and hands every other event to
+the code here, which is the reference for both.
 
 Sans-IO: the stack calls its device and reads the device's events in `poll(now)`; what it
 delivers to applications and the outcome of state operations are its own `events()`.
@@ -30,186 +33,59 @@ delivers to applications and the outcome of state operations are its own `events
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
 from ipsec_offload.agent.replay import ReplayWindow
 from ipsec_offload.burst import reference_items
-from ipsec_offload.crypto.esp import esp_open, esp_seal, explicit_iv
 from ipsec_offload.crypto.gcm import EspAead
-from ipsec_offload.driver.control import Errno
 from ipsec_offload.driver.ring import (
-    DriverEvent,
     OffloadLost,
-    OffloadState,
     PacketReceived,
     StateAddDone,
     StateDeleteDone,
     StatsDone,
-    TxOffload,
 )
-from ipsec_offload.errors import AuthenticationError, ParseError, UsageError
 from ipsec_offload.host import fastpath
-from ipsec_offload.host.xfrm import Mode, Offload, XfrmPolicy, XfrmState
-from ipsec_offload.nic.tso import L4Header, segment_l4
+from ipsec_offload.host.esp_input import EspInput
+from ipsec_offload.host.esp_output import EspOutput
+from ipsec_offload.host.events import Delivered, StackCounters, StackEvent, StateResult
+from ipsec_offload.host.ip import IpLayer
+from ipsec_offload.host.offload import DeviceOffload, NetDevice
+from ipsec_offload.host.sad import Sad
+from ipsec_offload.host.spd import Spd
+from ipsec_offload.host.transport import DEFAULT_MSS, Transport
+from ipsec_offload.host.xfrm import Mode, SequenceOwnership, XfrmPolicy, XfrmState
 from ipsec_offload.wire.addr import ip_to_str
-from ipsec_offload.wire.config import Algorithm, Direction, SaStats
-from ipsec_offload.wire.esp import (
-    ESP_HEADER_LEN,
-    ESP_IV_LEN,
-    esp_fields,
-    esp_header,
-    esp_trailer_fields,
-)
-from ipsec_offload.wire.ethernet import (
-    EthernetHeader,
-    EtherType,
-    VlanTag,
-    build_ethernet,
-    ethernet_fields,
-)
-from ipsec_offload.wire.frames import build_udp_frames
-from ipsec_offload.wire.ip import (
-    IpProto,
-    IPv6Header,
-    build_ipv6,
-    ipv4_fields,
-    ipv4_header,
-    ipv6_fields,
-    ipv6_upper_layer,
-)
+from ipsec_offload.wire.ethernet import VlanTag
+from ipsec_offload.wire.ip import IpProto
 from ipsec_offload.wire.metadata import RxMetadata, RxStatus
-from ipsec_offload.wire.transport import (
-    UDP_HEADER_LEN,
-    IcmpEcho,
-    IcmpType,
-    Icmpv6Type,
-    TcpFlags,
-    TcpHeader,
-    UdpHeader,
-    build_icmp_echo,
-    parse_icmp_echo,
-    parse_tcp,
-    transport_checksum,
-    udp_fields,
-)
+from ipsec_offload.wire.transport import TcpFlags
 
-DEFAULT_MSS = 1400
-"""TCP payload bytes per segment unless told otherwise: a segment with ESP (header, IV, up to
-5 bytes of trailer, ICV) and its IPv4 or IPv6 and TCP headers fits a 1500-byte MTU."""
+__all__ = [
+    "DEFAULT_MSS",
+    "Delivered",
+    "HostStack",
+    "NetDevice",
+    "StackCounters",
+    "StackEvent",
+    "StateResult",
+]
 
-_SEQ_LIMIT = {False: (1 << 32) - 1, True: (1 << 64) - 1}
-_ECHO_REQUEST = {4: IcmpType.ECHO_REQUEST, 16: Icmpv6Type.ECHO_REQUEST}
-_ECHO_REPLY = {4: IcmpType.ECHO_REPLY, 16: Icmpv6Type.ECHO_REPLY}
-_ICMP = {4: IpProto.ICMP, 16: IpProto.ICMPV6}
-_IN_TUNNEL = {4: IpProto.IPIP, 16: IpProto.IPV6}
-_INNER_VERSION: dict[int, int] = {IpProto.IPIP: 4, IpProto.IPV6: 6}
-_ETHERTYPE_VERSION: dict[int, int] = {EtherType.IPV4: 4, EtherType.IPV6: 6}
-_IP_PACKET_MAX = 0xFFFF
-_SEQ_MASK = 0xFFFF_FFFF
-_OFFLOAD_PREFIX = {4: 20 + ESP_HEADER_LEN + ESP_IV_LEN, 16: ESP_HEADER_LEN + ESP_IV_LEN}
-"""Bytes of an offloaded large send before its L4 header that count against the IP length
-field: IPv4 header, ESP header and IV; IPv6 (whose payload length excludes its header): ESP."""
-_ESP_HEADER_END = ESP_HEADER_LEN + ESP_IV_LEN
-_ETHERTYPE = {4: EtherType.IPV4, 16: EtherType.IPV6}
-"""The EtherType of a packet by its address length."""
-# Enum members bound once: reading one off its class per packet costs a descriptor call.
-_UDP, _TCP, _ESP = IpProto.UDP, IpProto.TCP, IpProto.ESP
-_ICMP4, _ICMP6 = IpProto.ICMP, IpProto.ICMPV6
-_INBOUND, _OUTBOUND = Direction.INBOUND, Direction.OUTBOUND
-_TRANSPORT, _TUNNEL = Mode.TRANSPORT, Mode.TUNNEL
-_DEVICE = Offload.DEVICE
-_RX_OK = RxStatus.OK
-
-
-class NetDevice(Protocol):
-    """What the stack needs of its device: Linux's xfrmdev_ops plus transmit."""
-
-    hw_esp_offload: bool
-    hw_tso: bool
-
-    def xmit(self, frame: bytes, offload: TxOffload | None = None, mss: int = 0) -> None: ...
-    def xmit_burst(self, frames: Sequence[bytes], offload: TxOffload | None = None) -> None: ...
-    def events(self) -> list[DriverEvent]: ...
-    def xdo_dev_state_add(self, state: OffloadState, now: float) -> None: ...
-    def xdo_dev_state_delete(self, handle: int, now: float) -> None: ...
-    def xdo_dev_state_free(self, handle: int) -> None: ...
-    def xdo_dev_offload_ok(self, handle: int) -> bool: ...
-    def xdo_dev_state_update_stats(self, handle: int, now: float) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    """A packet the stack delivered to an application (UDP datagram, TCP segment or ICMP
-    echo; for an echo the ports are its identifier and sequence number)."""
-
-    time: float
-    protocol: int
-    src: bytes
-    dst: bytes
-    src_port: int
-    dst_port: int
-    payload: bytes
-    state: int | None
-    """The handle of the state it arrived through, None if it came in clear."""
-    offloaded: bool
-    """True when the agent decrypted it (Rx status OK)."""
-    tcp_seq: int | None = None
-    """A TCP segment's sequence number (None for other protocols)."""
-    tcp_flags: TcpFlags | None = None
-    """A TCP segment's flags (None for other protocols)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StateResult:
-    """The outcome of add_state or delete_state: the xdo_dev_* return value and where the
-    state's ESP work now happens (None: the state is gone)."""
-
-    time: float
-    handle: int
-    operation: str
-    rc: int
-    offload: Offload | None
-
-
-StackEvent = Delivered | StateResult
-
-
-@dataclass(frozen=True, slots=True)
-class _Tso:
-    """A large send for the device to segment: its MSS and the segments it will give."""
-
-    mss: int
-    segments: int
-
-
-@dataclass(slots=True)
-class StackCounters:
-    tx_plain: int = 0
-    tx_esp_software: int = 0
-    tx_esp_offloaded: int = 0
-    tx_tso_sends: int = 0
-    """Large sends handed down to the device's TSO (also counted in tx_esp_offloaded)."""
-    tx_sw_segmented: int = 0
-    """Large sends the stack cut into segments itself."""
-    rx_delivered: int = 0
-    rx_esp_offloaded: int = 0
-    rx_esp_software: int = 0
-    offload_fallbacks: int = 0
-    offload_lost: int = 0
-    drops: dict[str, int] = field(default_factory=dict)
-
-    def drop(self, reason: str) -> None:
-        self.drops[reason] = self.drops.get(reason, 0) + 1
+_ESP = IpProto.ESP
 
 
 class HostStack:
-    """One host's network stack on one interface."""
+    """One host's network stack on one interface.
+
+    `addresses` (by length: 4 IPv4, 16 IPv6), `neighbors` (IP address -> MAC address, a
+    static table), `states` (by handle), `policies` (in order), `counters` and `hw_stats` are
+    the layers' own tables: change them in place. `mac`, `vlans` and `own_sequence` may be
+    set at any time; `name` and `device` are fixed.
+    """
 
     def __init__(
         self,
@@ -222,44 +98,43 @@ class HostStack:
         vlans: tuple[VlanTag, ...] = (),
         own_sequence: bool = True,
     ) -> None:
-        if ipv4 is None and ipv6 is None:
-            raise UsageError(f"host {name}: give it an IPv4 or an IPv6 address (or both)")
-        self.name = name
-        self.device = device
-        self.own_sequence = own_sequence
-        """The stack owns sequence numbers and replay windows, as Linux does (spec 9): one
-        number per segment of a TSO send, SEQ on every (re-)install, and the replay check
-        for packets the agent decrypted too. False is the naive hand-over to the device."""
-        self.mac = mac
-        self.vlans = vlans
-        self.addresses: dict[int, bytes] = {}
-        for text in (ipv4, ipv6):
-            if text is not None:
-                packed = ipaddress.ip_address(text).packed
-                self.addresses[len(packed)] = packed
-        self.neighbors: dict[bytes, bytes] = {}
-        """IP address -> MAC address (a static neighbour table)."""
-        self.states: dict[int, XfrmState] = {}
-        self.policies: list[XfrmPolicy] = []
-        self.counters = StackCounters()
-        self._inbound: dict[tuple[int, bytes], XfrmState] = {}
-        self._events: list[StackEvent] = []
-        self._ip_id = 0
-        self._l2: dict[tuple[bytes, bytes, tuple[VlanTag, ...], int], bytes] = {}
-        """Ethernet headers built so far, by (destination, source, VLANs, EtherType)."""
-        self._tx_offloads: dict[tuple[int, int, int, int], TxOffload] = {}
-        """The TxOffload of each (state handle, next header, L3 offset, ESP offset) so far."""
-        self.hw_stats: dict[int, SaStats | None] = {}
-        """The agent's counters of offloaded states, as update_stats last fetched them."""
+        counters = StackCounters()
+        events: list[StackEvent] = []
+        sequences = SequenceOwnership(own_sequence)
+        ip = IpLayer(name, device, mac, vlans, ipv4, ipv6, counters)
+        sad = Sad(name)
+        spd = Spd(sad)
+        offload = DeviceOffload(device, sad, spd, sequences, counters, events)
+        transport = Transport(ip, spd, EspOutput(ip, device, sequences, counters), counters, events)
+        esp_input = EspInput(sad.inbound, sequences, counters, ip.packet, transport.deliver)
+        self._name = name
+        self._device = device
+        self._sequences = sequences
+        self._ip = ip
+        self._offload = offload
+        self._spd = spd
+        self._transport = transport
+        self._events = events
+        """One list for the stack's life: the layers and the compiled path append to it."""
+        # what _input calls per frame, bound once
+        self._receive = ip.receive
+        self._deliver = transport.deliver
+        self._input_esp = esp_input.input
+        self.addresses = ip.addresses
+        self.neighbors = ip.neighbors
+        self.states = sad.states
+        self.policies = spd.policies
+        self.counters = counters
+        self.hw_stats = offload.hw_stats
         self._rx_fast: fastpath.RxPath | None = None
         if fastpath.RxPath is not None:
             self._rx_fast = fastpath.RxPath(
-                inbound=self._inbound,
-                addresses=self.addresses,
-                counters=self.counters,
-                admits=self._admits,
-                transport=_TRANSPORT,
-                rx_ok=_RX_OK,
+                inbound=sad.inbound,
+                addresses=ip.addresses,
+                counters=counters,
+                admits=spd.admits,
+                transport=Mode.TRANSPORT,
+                rx_ok=RxStatus.OK,
                 invalid_tag=InvalidTag,
                 packet_type=PacketReceived,
                 rx_type=RxMetadata,
@@ -269,59 +144,64 @@ class HostStack:
                 delivered_type=Delivered,
             )
 
+    @property
+    def name(self) -> str:
+        """The host's name, in errors and dumps."""
+        return self._name
+
+    @property
+    def device(self) -> NetDevice:
+        """The network device the interface is bound to."""
+        return self._device
+
+    @property
+    def mac(self) -> bytes:
+        """The interface's MAC address."""
+        return self._ip.mac
+
+    @mac.setter
+    def mac(self, mac: bytes) -> None:
+        self._ip.mac = mac
+
+    @property
+    def vlans(self) -> tuple[VlanTag, ...]:
+        """The interface's VLAN tags, outermost first."""
+        return self._ip.vlans
+
+    @vlans.setter
+    def vlans(self, vlans: tuple[VlanTag, ...]) -> None:
+        self._ip.vlans = vlans
+
+    @property
+    def own_sequence(self) -> bool:
+        """The stack owns sequence numbers and replay windows, as Linux does (spec 9): one
+        number per segment of a TSO send, SEQ on every (re-)install, and the replay check
+        for packets the agent decrypted too. False is the naive hand-over to the device."""
+        return self._sequences.owned
+
+    @own_sequence.setter
+    def own_sequence(self, owned: bool) -> None:
+        self._sequences.owned = owned
+
     # -- configuration --------------------------------------------------------------------
 
     def add_state(self, state: XfrmState, now: float, *, offload: bool = False) -> None:
         """Install a state; with `offload`, ask the device (outcome: a StateResult event)."""
-        if state.handle in self.states:
-            raise UsageError(f"host {self.name}: state handle {state.handle} is in use")
-        if state.direction == Direction.INBOUND:
-            key = (state.spi, state.dst)
-            if key in self._inbound:
-                raise UsageError(
-                    f"host {self.name}: an inbound state for SPI {state.spi:#x} "
-                    f"to {ip_to_str(state.dst)} exists"
-                )
-            self._inbound[key] = state
-        self.states[state.handle] = state
-        if offload and self.device.hw_esp_offload:
-            state.offload = Offload.PENDING
-            handover = partial(_handover_seq, state) if self.own_sequence else None
-            self.device.xdo_dev_state_add(_offload_state(state, handover), now)
-        else:
-            self._events.append(StateResult(now, state.handle, "add", 0, Offload.SOFTWARE))
+        self._offload.add_state(state, now, offload)
 
     def delete_state(self, handle: int, now: float) -> None:
-        """Remove a state; an offloaded one is removed from the device first."""
-        state = self._state(handle)
-        if state.offload == Offload.DEVICE:
-            self.device.xdo_dev_state_delete(handle, now)
-            return
-        self._forget(state)
-        self._events.append(StateResult(now, handle, "delete", 0, None))
+        """Remove a state and the policies that name it; an offloaded one is removed from the
+        device first (outcome: a StateResult event)."""
+        self._offload.delete_state(handle, now)
 
     def update_stats(self, handle: int, now: float) -> None:
-        """Ask the device for an offloaded state's counters (xdo_dev_state_update_stats)."""
-        if self._state(handle).offload != Offload.DEVICE:
-            raise UsageError(f"host {self.name}: state {handle} is not offloaded")
-        self.device.xdo_dev_state_update_stats(handle, now)
+        """Ask the device for an offloaded state's counters (xdo_dev_state_update_stats); they
+        arrive in `hw_stats`."""
+        self._offload.update_stats(handle, now)
 
     def add_policy(self, policy: XfrmPolicy) -> None:
-        if policy.state not in self.states:
-            raise UsageError(f"host {self.name}: policy names unknown state {policy.state}")
-        self.policies.append(policy)
-
-    def _state(self, handle: int) -> XfrmState:
-        try:
-            return self.states[handle]
-        except KeyError:
-            raise UsageError(f"host {self.name}: no state with handle {handle}") from None
-
-    def _forget(self, state: XfrmState) -> None:
-        self.states.pop(state.handle, None)
-        if state.direction == Direction.INBOUND:
-            self._inbound.pop((state.spi, state.dst), None)
-        self.policies = [p for p in self.policies if p.state != state.handle]
+        """Add a policy after the others; it must name a state of the stack."""
+        self._spd.add(policy)
 
     # -- sending --------------------------------------------------------------------------
 
@@ -337,7 +217,7 @@ class HostStack:
     ) -> None:
         """Send one UDP datagram; with `mss`, a large send cut into datagrams of `mss` payload
         bytes each (Linux's UDP_SEGMENT), by the NIC when the state allows TSO."""
-        self._send_l4(_addr(dst), _UDP, UdpHeader(src_port, dst_port), payload, mss, now)
+        self._transport.send_udp(dst, src_port, dst_port, payload, now, mss)
 
     def send_udp_burst(
         self,
@@ -355,48 +235,7 @@ class HostStack:
         when the datagrams go out in clear or through an offloaded transport-mode state with
         room for them all (lifetime, sequence numbers). Any other burst is sent datagram by
         datagram."""
-        dst_b = _addr(dst)
-        src = self._source(dst_b)
-        mac = self.neighbors.get(dst_b)
-        policy = self._policy(_OUTBOUND, src, dst_b, _UDP)
-        state = None if policy is None else self.states[policy.state]
-        count = len(payloads)
-        if mac is None or (state is not None and not self._room_offloaded(state, count)):
-            for payload in payloads:
-                self.send_udp(dst_b, src_port, dst_port, payload, now)
-            return
-        l2 = self._l2_header(mac, _ETHERTYPE[len(dst_b)])
-        v4 = len(dst_b) == 4
-        ip_id = (self._ip_id + 1) & 0xFFFF
-        esp = None if state is None else (state.spi, state.oseq + 1)
-        try:
-            frames = build_udp_frames(l2, src, dst_b, ip_id, esp, src_port, dst_port, payloads)
-        except UsageError:
-            # send_udp says which datagram is wrong, after sending those before it
-            for payload in payloads:
-                self.send_udp(dst_b, src_port, dst_port, payload, now)
-            return
-        if v4:
-            self._ip_id = (self._ip_id + count) & 0xFFFF
-        if state is None:
-            self.device.xmit_burst(frames)
-            self.counters.tx_plain += count
-            return
-        state.oseq += count
-        state.packets += count
-        state.bytes += UDP_HEADER_LEN * count + sum(map(len, payloads))
-        self.device.xmit_burst(frames, self._tx_offload(state, _UDP, len(l2), 20 if v4 else 40))
-        self.counters.tx_esp_offloaded += count
-
-    def _room_offloaded(self, state: XfrmState, count: int) -> bool:
-        """Whether `count` packets may go down through `state` as an offloaded burst: a
-        transport-mode state the device holds, with the lifetime and sequence numbers for them."""
-        return (
-            state.mode == _TRANSPORT
-            and self._offloaded(state)
-            and (not state.lifetime_packets or state.packets + count <= state.lifetime_packets)
-            and state.oseq + count <= _SEQ_LIMIT[state.esn]
-        )
+        self._transport.send_udp_burst(dst, src_port, dst_port, payloads, now)
 
     def send_tcp(
         self,
@@ -420,184 +259,26 @@ class HostStack:
         on the first). There is no connection state: no handshake, acknowledgment or
         retransmission. An offloaded transport-mode state hands the data down as TSO sends.
         """
-        header = TcpHeader(src_port, dst_port, seq, ack, flags, window)
-        self._send_l4(_addr(dst), _TCP, header, data, mss, now)
-        consumed = len(data) + bool(flags & TcpFlags.SYN) + bool(flags & TcpFlags.FIN)
-        return (seq + consumed) & _SEQ_MASK
-
-    def _send_l4(
-        self,
-        dst: bytes,
-        protocol: IpProto,
-        header: L4Header,
-        payload: bytes,
-        mss: int,
-        now: float,
-    ) -> None:
-        """Send `payload` behind `header`, cut into `mss`-byte segments (0: one segment)."""
-        if mss < 0:
-            raise UsageError(f"MSS {mss}: give 0 (no segmentation) or the bytes per segment")
-        src = self._source(dst)
-        device = self.device
-        large = 0 < mss < len(payload)
-        state = self._tso_state(src, dst, protocol) if large else None
-        if state is None or not device.hw_tso:
-            if large:
-                self.counters.tx_sw_segmented += 1
-            for segment in segment_l4(header, payload, mss or max(1, len(payload)), src, dst):
-                self.send_ip(dst, protocol, segment, now)
-            return
-        l4_len = header.header_len if isinstance(header, TcpHeader) else UDP_HEADER_LEN
-        room = _IP_PACKET_MAX - _OFFLOAD_PREFIX[len(dst)] - l4_len
-        per_send = room // mss * mss
-        if not per_send:
-            raise UsageError(f"MSS {mss}: a segment must fit an IP packet; use at most {room}")
-        for index, send in enumerate(segment_l4(header, payload, per_send, src, dst)):
-            chunk = min(per_send, len(payload) - index * per_send)
-            self._xmit_esp(state, protocol, send, _Tso(mss, -(-chunk // mss)))
+        return self._transport.send_tcp(
+            dst,
+            src_port,
+            dst_port,
+            data,
+            now,
+            seq=seq,
+            ack=ack,
+            flags=flags,
+            window=window,
+            mss=mss,
+        )
 
     def send_echo(self, dst: str | bytes, ident: int, seq: int, payload: bytes, now: float) -> None:
         """Send an ICMP (or ICMPv6) echo request."""
-        dst_b = _addr(dst)
-        self._send_icmp(dst_b, _ECHO_REQUEST[len(dst_b)], ident, seq, payload, now)
-
-    def _send_icmp(
-        self, dst: bytes, kind: int, ident: int, seq: int, payload: bytes, now: float
-    ) -> None:
-        src = self._source(dst)
-        segment = build_icmp_echo(IcmpEcho(kind, 0, ident, seq), payload, src, dst)
-        self.send_ip(dst, _ICMP[len(dst)], segment, now)
+        self._transport.send_echo(dst, ident, seq, payload, now)
 
     def send_ip(self, dst: bytes, protocol: int, segment: bytes, now: float) -> None:
         """Send an upper-layer segment to `dst`, through IPsec if a policy selects it."""
-        src = self._source(dst)
-        policy = self._policy(_OUTBOUND, src, dst, protocol)
-        if policy is None:
-            self._xmit_ip(src, dst, protocol, segment, None)
-            self.counters.tx_plain += 1
-            return
-        state = self.states[policy.state]
-        if state.mode == _TUNNEL:
-            inner = self._ip_header(src, dst, protocol, len(segment)) + segment
-            self._xmit_esp(state, _IN_TUNNEL[len(dst)], inner)
-        else:
-            self._xmit_esp(state, protocol, segment)
-
-    def _tso_state(self, src: bytes, dst: bytes, protocol: int) -> XfrmState | None:
-        """The state whose packets to `dst` may go down as TSO sends: a transport-mode state
-        the device holds (tunnel-mode sends are segmented by the stack)."""
-        policy = self._policy(_OUTBOUND, src, dst, protocol)
-        if policy is None:
-            return None
-        state = self.states[policy.state]
-        return state if state.mode == _TRANSPORT and self._offloaded(state) else None
-
-    def _offloaded(self, state: XfrmState) -> bool:
-        return state.offload == _DEVICE and self.device.xdo_dev_offload_ok(state.handle)
-
-    def _xmit_esp(
-        self, state: XfrmState, next_header: int, payload: bytes, tso: _Tso | None = None
-    ) -> None:
-        """Protect `payload` with `state`; `tso` (only for an offloaded state) makes it one
-        large send for the device to segment, numbered once here and per segment by the agent."""
-        if state.lifetime_packets and state.packets >= state.lifetime_packets:
-            self.counters.drop("out_state_expired")
-            return
-        segments = 1 if tso is None else tso.segments
-        seq = state.oseq + 1
-        # Linux's xfrm_replay_overflow_offload: a GSO send takes one number per segment
-        last = state.oseq + (segments if self.own_sequence else 1)
-        if last > _SEQ_LIMIT[state.esn]:
-            self.counters.drop("out_seq_exhausted")
-            return
-        state.oseq = last
-        state.packets += segments
-        state.bytes += len(payload)
-        if self._offloaded(state):
-            esp = esp_header(state.spi, seq & _SEQ_MASK) + explicit_iv(seq)
-            offload = (state, next_header)
-            self._xmit_ip(state.src, state.dst, _ESP, payload, offload, tso, esp)
-            self.counters.tx_esp_offloaded += 1
-            return
-        sealed = esp_seal(state.aead, state.spi, seq, state.esn, payload, next_header)
-        self._xmit_ip(state.src, state.dst, _ESP, sealed, None)
-        self.counters.tx_esp_software += 1
-
-    def _xmit_ip(
-        self,
-        src: bytes,
-        dst: bytes,
-        protocol: int,
-        body: bytes | memoryview,
-        offload: tuple[XfrmState, int] | None,
-        tso: _Tso | None = None,
-        esp: bytes = b"",
-    ) -> None:
-        """Send `esp` || `body` in an IP packet (`esp`: an offloaded send's ESP header and
-        IV)."""
-        mac = self.neighbors.get(dst)
-        if mac is None:
-            self.counters.drop("no_neighbor")
-            return
-        l2 = self._l2_header(mac, _ETHERTYPE[len(dst)])
-        length = len(esp) + len(body)
-        ip = self._ip_header(src, dst, protocol, length, 1 if tso is None else tso.segments)
-        frame = b"".join((l2, ip, esp, body))
-        if offload is None:
-            self.device.xmit(frame)
-            return
-        state, next_header = offload
-        tx = self._tx_offload(state, next_header, len(l2), len(ip))
-        if tso is None:
-            self.device.xmit(frame, tx)
-        else:
-            self.device.xmit(frame, tx, tso.mss)
-            self.counters.tx_tso_sends += 1
-
-    def _tx_offload(
-        self, state: XfrmState, next_header: int, l3_offset: int, esp_offset: int
-    ) -> TxOffload:
-        """The device's offload request for a send of `state`, built once per layout."""
-        key = (state.handle, next_header, l3_offset, esp_offset)
-        tx = self._tx_offloads.get(key)
-        if tx is None:
-            tx = self._tx_offloads[key] = TxOffload(*key)
-        return tx
-
-    def _l2_header(self, dst: bytes, ethertype: int) -> bytes:
-        """The Ethernet header from this host to `dst`, built once."""
-        key = (dst, self.mac, self.vlans, ethertype)
-        header = self._l2.get(key)
-        if header is None:
-            header = build_ethernet(EthernetHeader(dst, self.mac, ethertype, self.vlans))
-            self._l2[key] = header
-        return header
-
-    def _ip_header(
-        self, src: bytes, dst: bytes, protocol: int, length: int, packets: int = 1
-    ) -> bytes:
-        """An IP header; IPv4 takes the next identification, or `packets` of them for a TSO
-        send (the NIC numbers its segments on from the first)."""
-        if len(dst) == 16:
-            return build_ipv6(IPv6Header(src, dst, protocol, length))
-        ident = (self._ip_id + 1) & 0xFFFF
-        self._ip_id = (self._ip_id + packets) & 0xFFFF
-        return ipv4_header(src, dst, protocol, 20 + length, ident)
-
-    def _source(self, dst: bytes) -> bytes:
-        try:
-            return self.addresses[len(dst)]
-        except KeyError:
-            family = "IPv4" if len(dst) == 4 else "IPv6"
-            raise UsageError(f"host {self.name} has no {family} address") from None
-
-    def _policy(
-        self, direction: Direction, src: bytes, dst: bytes, protocol: int
-    ) -> XfrmPolicy | None:
-        for policy in self.policies:
-            if policy.direction == direction and policy.selects(src, dst, protocol):
-                return policy
-        return None
+        self._transport.send_ip(dst, protocol, segment, now)
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -606,64 +287,23 @@ class HostStack:
         common ones by the compiled receive path, where there is one)."""
         fast = self._rx_fast
         burst = None if fast is None else partial(fast.burst, now, self._events)
-        for event in reference_items(self.device.events(), burst):
+        offload = self._offload
+        for event in reference_items(self._device.events(), burst):
             if isinstance(event, PacketReceived):
                 self._input(event.frame, event.rx, now)
             elif isinstance(event, StateAddDone):
-                self._added(event, now)
+                offload.added(event, now)
             elif isinstance(event, StateDeleteDone):
-                self._deleted(event, now)
+                offload.deleted(event, now)
             elif isinstance(event, StatsDone):
-                self._stats(event)
+                offload.stats(event)
             elif isinstance(event, OffloadLost):
-                self._lost(event, now)
-
-    def _lost(self, event: OffloadLost, now: float) -> None:
-        """A reset took the state out of the agent and it could not be re-added."""
-        state = self.states.get(event.handle)
-        if state is not None and state.offload == Offload.DEVICE:
-            state.offload = Offload.SOFTWARE
-            state.add_rc = event.rc
-            self.counters.offload_lost += 1
-            self._events.append(StateResult(now, event.handle, "lost", event.rc, state.offload))
-
-    def _added(self, event: StateAddDone, now: float) -> None:
-        state = self.states.get(event.handle)
-        if state is None:
-            return
-        state.add_rc = event.rc
-        if event.rc == 0:
-            state.offload = Offload.DEVICE
-        elif event.rc == -Errno.EOPNOTSUPP:
-            state.offload = Offload.SOFTWARE
-            self.counters.offload_fallbacks += 1
-        else:
-            self._forget(state)
-            self._events.append(StateResult(now, event.handle, "add", event.rc, None))
-            return
-        self._events.append(StateResult(now, event.handle, "add", event.rc, state.offload))
-
-    def _deleted(self, event: StateDeleteDone, now: float) -> None:
-        state = self.states.get(event.handle)
-        if state is not None:
-            self.device.xdo_dev_state_free(event.handle)
-            self._forget(state)
-        self._events.append(StateResult(now, event.handle, "delete", event.rc, None))
-
-    def _stats(self, event: StatsDone) -> None:
-        self.hw_stats[event.handle] = event.stats
+                offload.lost(event, now)
 
     def _input(self, frame: bytes, rx: RxMetadata | None, now: float) -> None:
-        try:
-            _, _, ethertype, _, _, header_len = ethernet_fields(frame, -1)
-        except ParseError:
-            self.counters.drop("malformed")
-            return
-        version = _ETHERTYPE_VERSION.get(ethertype)
-        if version is None:
-            self.counters.drop("not_ip")
-            return
-        packet = self._packet(memoryview(frame)[header_len:], version, "")
+        """A received frame: its IP packet for this host goes to the ESP input or, in clear,
+        up to the transport layer."""
+        packet = self._receive(frame)
         if packet is None:
             return
         src, dst, protocol, body = packet
@@ -672,163 +312,16 @@ class HostStack:
             return
         self._input_esp(src, dst, body, rx, now)
 
-    def _packet(
-        self, buf: memoryview, version: int, reason: str
-    ) -> tuple[bytes, bytes, int, memoryview] | None:
-        """(source, destination, upper-layer protocol, upper-layer bytes) of an IP packet for
-        this host; None after counting a drop (`reason` prefixes its name)."""
-        try:
-            if version == 4:
-                upper, _, end, _, _, _, protocol, _, src, dst = ipv4_fields(buf)
-            else:
-                _, payload_length, _, _, src, dst = ipv6_fields(buf)
-                protocol, upper = ipv6_upper_layer(buf)
-                end = 40 + payload_length
-        except ParseError:
-            self.counters.drop(reason + "malformed")
-            return None
-        if end > len(buf):
-            self.counters.drop(reason + "truncated")
-            return None
-        if dst not in self.addresses.values():
-            self.counters.drop(reason + "not_for_us")
-            return None
-        return src, dst, protocol, buf[upper:end]
-
-    def _input_esp(
-        self, src: bytes, dst: bytes, body: memoryview, rx: RxMetadata | None, now: float
-    ) -> None:
-        try:
-            spi, seq = esp_fields(body)
-        except ParseError:
-            self.counters.drop("esp_malformed")
-            return
-        if len(body) < _ESP_HEADER_END:
-            # RFC 4106 section 3.1: the 8-byte IV follows the ESP header
-            self.counters.drop("esp_malformed")
-            return
-        state = self._inbound.get((spi, dst))
-        if state is None:
-            self.counters.drop("in_no_state")
-            return
-        offloaded = rx is not None and rx.ipsec and rx.status == _RX_OK
-        replay = state.replay
-        assert replay is not None
-        # Linux checks the window for packets the device decrypted too (CRYPTO_DONE)
-        checked = not offloaded or self.own_sequence
-        full = replay.check(seq) if checked else seq
-        if full is None:
-            self.counters.drop("in_replay")
-            return
-        try:
-            if offloaded:
-                plaintext = bytes(body[_ESP_HEADER_END:])
-                _, next_header, payload_len = esp_trailer_fields(plaintext)
-                self.counters.rx_esp_offloaded += 1
-            else:
-                plaintext, payload_len, next_header = _open(state, full, body)
-                self.counters.rx_esp_software += 1
-        except AuthenticationError:
-            self.counters.drop("in_auth_failed")
-            return
-        except ParseError:
-            # the ICV verified (here or in the agent): the number is used up all the same
-            if checked:
-                replay.accept(full)
-            self.counters.drop("in_malformed")
-            return
-        if checked:
-            replay.accept(full)
-        state.packets += 1
-        state.bytes += payload_len
-        payload = memoryview(plaintext)[:payload_len]
-        if state.mode == _TRANSPORT:
-            self._deliver(src, dst, next_header, payload, state, offloaded, now)
-            return
-        self._input_tunnel(next_header, payload, state, offloaded, now)
-
-    def _input_tunnel(
-        self, next_header: int, inner: memoryview, state: XfrmState, offloaded: bool, now: float
-    ) -> None:
-        version = _INNER_VERSION.get(next_header)
-        if version is None:
-            self.counters.drop("in_tunnel_not_ip")
-            return
-        packet = self._packet(inner, version, "in_tunnel_")
-        if packet is not None:
-            src, dst, protocol, body = packet
-            self._deliver(src, dst, protocol, body, state, offloaded, now)
-
-    def _deliver(
-        self,
-        src: bytes,
-        dst: bytes,
-        protocol: int,
-        segment: memoryview,
-        state: XfrmState | None,
-        offloaded: bool,
-        now: float,
-    ) -> None:
-        if not self._admits(src, dst, protocol, state):
-            self.counters.drop("in_policy_violation")
-            return
-        if transport_checksum(src, dst, protocol, segment) != 0:
-            self.counters.drop("bad_checksum")
-            return
-        handle = None if state is None else state.handle
-        tcp: TcpHeader | None = None
-        try:
-            if protocol == _UDP:
-                src_port, dst_port, length, _ = udp_fields(segment)
-                ports = (src_port, dst_port)
-                payload = bytes(segment[UDP_HEADER_LEN:length])
-            elif protocol == _TCP:
-                tcp = parse_tcp(segment)
-                ports = (tcp.src_port, tcp.dst_port)
-                payload = bytes(segment[tcp.header_len :])
-            elif protocol in (_ICMP4, _ICMP6):
-                echo = parse_icmp_echo(segment)
-                ports = (echo.ident, echo.seq)
-                payload = bytes(segment[8:])
-                if echo.type == _ECHO_REQUEST[len(src)]:
-                    self._send_icmp(src, _ECHO_REPLY[len(src)], echo.ident, echo.seq, payload, now)
-            else:
-                self.counters.drop("unknown_protocol")
-                return
-        except ParseError:
-            self.counters.drop("malformed")
-            return
-        self.counters.rx_delivered += 1
-        self._events.append(
-            Delivered(
-                now,
-                protocol,
-                src,
-                dst,
-                ports[0],
-                ports[1],
-                payload,
-                handle,
-                offloaded,
-                None if tcp is None else tcp.seq,
-                None if tcp is None else tcp.flags,
-            )
-        )
-
-    def _admits(self, src: bytes, dst: bytes, protocol: int, state: XfrmState | None) -> bool:
-        """The inbound policy check: a packet an inbound policy selects must have come
-        through the state the policy names (None: it came in clear)."""
-        policy = self._policy(_INBOUND, src, dst, protocol)
-        return policy is None or (state is not None and policy.state == state.handle)
-
     # -- sans-IO plumbing -----------------------------------------------------------------
 
     def events(self) -> list[StackEvent]:
         """Take what the stack delivered and reported since the last call."""
-        events, self._events = self._events, []
+        events = self._events.copy()
+        self._events.clear()
         return events
 
     def dump(self) -> dict[str, Any]:
+        """The stack's states and counters as plain data (no key material)."""
         return {
             "name": self.name,
             "states": [
@@ -860,40 +353,3 @@ class HostStack:
                 "drops": dict(sorted(self.counters.drops.items())),
             },
         }
-
-
-def _open(state: XfrmState, full_seq: int, body: memoryview) -> tuple[bytes, int, int]:
-    """Open the ESP packet `body` of `state` numbered `full_seq` (its replay check passed):
-    (plaintext with trailer, payload length, next header)."""
-    iv = bytes(body[ESP_HEADER_LEN:_ESP_HEADER_END])
-    return esp_open(state.aead, state.spi, full_seq, state.esn, iv, body[_ESP_HEADER_END:])
-
-
-def _addr(value: str | bytes) -> bytes:
-    return value if isinstance(value, bytes) else ipaddress.ip_address(value).packed
-
-
-def _offload_state(state: XfrmState, handover: Callable[[], int | None] | None) -> OffloadState:
-    return OffloadState(
-        handle=state.handle,
-        direction=state.direction,
-        spi=state.spi,
-        dst=state.dst,
-        src=state.src,
-        algorithm=Algorithm(state.algorithm),
-        key_material=state.key_material,
-        esn=state.esn,
-        replay_window=state.replay_window,
-        lifetime_packets=state.lifetime_packets,
-        lifetime_bytes=state.lifetime_bytes,
-        handover_seq=handover,
-    )
-
-
-def _handover_seq(state: XfrmState) -> int | None:
-    """The SEQ an (re-)install of `state` carries: outbound the next sequence number, inbound
-    the highest accepted; None while that is the agent's default (1, 0)."""
-    if state.direction == _OUTBOUND:
-        return state.oseq + 1 if state.oseq else None
-    assert state.replay is not None
-    return state.replay.highest or None

@@ -1,8 +1,10 @@
-"""The xfrm-like stack's objects: states (SAs) and selector policies."""
+"""The xfrm-like stack's objects: states (SAs) and selector policies, and who owns a state's
+sequence numbers and replay window (`SequenceOwnership`)."""
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -12,6 +14,9 @@ from ipsec_offload.errors import UsageError
 from ipsec_offload.wire.config import Algorithm, Direction
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_SEQ_LIMIT = {False: (1 << 32) - 1, True: (1 << 64) - 1}
+"""The last sequence number of a state without and with ESN (RFC 4303 3.3.3: never cycled)."""
 
 
 class Mode(IntEnum):
@@ -76,6 +81,77 @@ class XfrmState:
         if self._aead is None:
             self._aead = EspAead(self.algorithm, self.key_material)
         return self._aead
+
+    @property
+    def next_seq(self) -> int:
+        """Outbound: the sequence number (and IV) the next packet takes."""
+        return self.oseq + 1
+
+    def handover_seq(self) -> int | None:
+        """The SEQ an (re-)install of this state carries: outbound the next sequence number,
+        inbound the highest accepted; None while that is the agent's default (1, 0)."""
+        if self.direction == Direction.OUTBOUND:
+            return self.next_seq if self.oseq else None
+        assert self.replay is not None
+        return self.replay.highest or None
+
+
+class SendRefused(Exception):
+    """A send its state cannot take: its packet lifetime or its sequence numbers are used up.
+    `reason` is the drop's name."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SequenceOwnership:
+    """Who owns the states' sequence numbers and replay windows: the stack, as in Linux (spec
+    section 9, invariants 1 and 2), or, in the naive design, the device for what it handles.
+
+    When the stack owns them, a send takes its numbers from its state before it goes down, one
+    per segment of a TSO send (Linux's xfrm_replay_overflow_offload adds the segment count),
+    so the state's counter is never below a number the agent used; a received packet goes
+    through its state's replay window even when the agent decrypted it (Linux checks
+    CRYPTO_DONE packets too); and every install and re-install hands the device the state's
+    position (`XfrmState.handover_seq`). `owned` False is the naive design: a TSO send takes
+    one number, packets the agent decrypted pass unchecked, and an install carries no SEQ.
+
+    A send calls `reserve` before it goes down. A receive asks `checks`, then calls
+    `ReplayWindow.check` before opening the packet and `ReplayWindow.accept` once its ICV
+    verified.
+    """
+
+    __slots__ = ("owned",)
+
+    def __init__(self, owned: bool) -> None:
+        self.owned = owned
+
+    def reserve(self, state: XfrmState, sends: int, segments: int, nbytes: int) -> int:
+        """Take from the outbound `state` the sequence numbers of `sends` sends of `segments`
+        segments in all, and count their segments and `nbytes` bytes; returns the first
+        number. SendRefused, and nothing taken, when they would pass the state's packet
+        lifetime ("out_state_expired") or its last sequence number ("out_seq_exhausted")."""
+        if state.lifetime_packets and state.packets + sends > state.lifetime_packets:
+            raise SendRefused("out_state_expired")
+        first = state.next_seq
+        last = state.oseq + (segments if self.owned else sends)
+        if last > _SEQ_LIMIT[state.esn]:
+            raise SendRefused("out_seq_exhausted")
+        state.oseq = last
+        state.packets += segments
+        state.bytes += nbytes
+        return first
+
+    def checks(self, offloaded: bool) -> bool:
+        """Whether a received packet goes through its state's replay window (`offloaded`: the
+        agent decrypted it)."""
+        return self.owned or not offloaded
+
+    def handover(self, state: XfrmState) -> Callable[[], int | None] | None:
+        """Where an add of `state` to the device reads its SEQ from
+        (`OffloadState.handover_seq`); None: nowhere, the agent starts at its default."""
+        return state.handover_seq if self.owned else None
 
 
 @dataclass(frozen=True, slots=True)
