@@ -36,6 +36,7 @@ from ipsec_offload.wire.config import (
 from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, build_ethernet, parse_ethernet
 from ipsec_offload.wire.mailbox import MbxOpcode, parse_mailbox
 from ipsec_offload.wire.metadata import RxStatus, TxMetadata, build_tx_metadata
+from ipsec_offload.wire.packet import find_esp
 
 pytestmark = pytest.mark.usefixtures("agent_path", "nic_path")
 
@@ -261,12 +262,16 @@ def test_vfs_re_add_only_after_the_flush_so_a_resent_flush_takes_nothing_away() 
     away by it, while the VM believes its SAs offloaded."""
     bed = bed_with()
     vm, peer, sas = setup(bed, True, False)
-    bed.lose("nic-to-agent", 1, partial(is_flush, False))
+    bed.lose("nic-to-agent", 1, partial(is_config, Opcode.REMOVE_ALL_SAS, False))
     bed.reset_pf()
     bed.run(until=bed.now + 0.01)
     to_vfs = [r for r in bed.mailbox_log if not r.to_pf]
     told = [r.time for r in to_vfs if parse_mailbox(r.data).opcode == MbxOpcode.EVENT_PF_RESET]
-    answered = [r.time for r in bed.captures["agent-to-nic"] if is_flush(True, r.frame)]
+    answered = [
+        r.time
+        for r in bed.captures["agent-to-nic"]
+        if is_config(Opcode.REMOVE_ALL_SAS, True, r.frame)
+    ]
     assert len(told) == 1 and len(answered) == 1 and told[0] > answered[0]
     states = (vm.states[sas.a_out.handle], vm.states[sas.a_in.handle])
     assert {s.offload for s in states} == {Offload.DEVICE}
@@ -276,13 +281,13 @@ def test_vfs_re_add_only_after_the_flush_so_a_resent_flush_takes_nothing_away() 
     assert [d.payload for d in bed.delivered(peer)] == [b"after the reset"]
 
 
-def is_flush(reply: bool, frame: bytes) -> bool:
-    """Is `frame` a REMOVE_ALL_SAS request (or, with `reply`, its reply)?"""
+def is_config(opcode: Opcode, reply: bool, frame: bytes) -> bool:
+    """Is `frame` a config request of `opcode` (or, with `reply`, a reply to one)?"""
     eth = parse_ethernet(frame)
     if eth.ethertype != EtherType.CONFIG:
         return False
     header = parse_config_header(memoryview(frame)[eth.header_len :])
-    return header.is_reply == reply and header.base_opcode == Opcode.REMOVE_ALL_SAS
+    return header.is_reply == reply and header.base_opcode == opcode
 
 
 # -- a duplicated mailbox message ------------------------------------------------------------
@@ -315,3 +320,29 @@ def test_a_duplicated_add_sa_mailbox_message_is_answered_once() -> None:
     bed.pf.mailbox_receive(0, add[0].data, bed.now)
     assert bed.pf.mailbox_messages() == [(0, reply.data)]
     assert len(bed.agent.sad) == 2 and bed.pf.pf_counters.mailbox_duplicates == 3
+
+
+# -- a first add that fails -------------------------------------------------------------------
+
+
+def test_a_first_add_that_times_out_sends_nothing_in_clear() -> None:
+    """The policies of a state whose add failed stay, as Linux's do: what they select is
+    dropped (`out_no_state`), never sent in clear; a new pair of states replaces them."""
+    bed = bed_with()
+    host = bed.endpoint("pf").stack
+    peer = bed.add_peer("peer", PEER_MAC, ipv4="10.0.0.9")
+    bed.lose("nic-to-agent", 8, partial(is_config, Opcode.ADD_SA, False))
+    bed.secure(host, peer)
+    bed.run(until=bed.now + 0.01)
+    assert sorted(r.rc for r in bed.results(host)) == [-110, -110] and not host.states
+    host.send_udp(peer.addresses[4], 1, 2, b"never in clear", bed.now)
+    host.send_udp(peer.addresses[4], 1, 2, b"nor this" * 200, bed.now, mss=500)
+    bed.settle(host)
+    assert host.counters.drops == {"out_no_state": 5}
+    assert [r for r in bed.captures["agent-to-wire"] if find_esp(r.frame) is None] == []
+    assert bed.delivered(peer) == []
+    sas = bed.secure(host, peer)
+    assert [p.state for p in host.policies] == [sas.a_out.handle, sas.a_in.handle]
+    host.send_udp(peer.addresses[4], 1, 2, b"protected", bed.now)
+    bed.settle(host)
+    assert [d.payload for d in bed.delivered(peer)] == [b"protected"]

@@ -270,8 +270,13 @@ def test_wrong_kek_is_key_unwrap_failed_and_einval() -> None:
     peer = bed.add_peer("peer", "02:00:00:00:02:01", ipv4="10.0.1.1")
     sas = bed.secure(vm, peer)
     assert sorted(r.rc for r in bed.results(vm)) == [-22, -22]
-    assert sas.a_out.handle not in vm.states and not vm.policies  # the xfrm add failed
+    assert sas.a_out.handle not in vm.states  # the xfrm add failed
     assert len(bed.agent.sad) == 0
+    # its policies stay, as Linux's do: what they select is dropped, never sent in clear
+    assert [p.state for p in vm.policies] == [sas.a_out.handle, sas.a_in.handle]
+    vm.send_udp("10.0.1.1", 1, 2, b"never in clear", bed.now)
+    bed.settle(vm)
+    assert vm.counters.drops == {"out_no_state": 1} and udp_payloads(bed, peer) == []
 
 
 # -- 5. hostile mailbox ---------------------------------------------------------------------------

@@ -8,12 +8,14 @@ was to be offloaded, the device is told and its answers handled:
   and every re-install the driver makes after a reset read from the state where the stack
   owns sequence numbers (`SequenceOwnership.handover`). Until the reply arrives the state is
   PENDING and traffic uses software. On 0 the state is offloaded; on -EOPNOTSUPP it stays in
-  software (Linux's fallback) and traffic still flows; any other error removes the state, and
-  the stack reports the error.
+  software (Linux's fallback) and traffic still flows; any other error removes the state
+  (Linux's xfrm_state_add fails) and the stack reports the error. Its policies stay: what
+  they select is dropped, never sent in clear, until a new state takes their place.
 - A state the device lost for good (a reset, and the re-add failed) falls back to software,
   and carries on from the state's own sequence numbers and window.
 - `delete_state` removes an offloaded state from the device first, and frees it when the
-  device answered. Removing a state removes the policies that name it.
+  device answered; the state goes with the policies that name it (as a key manager deletes
+  a child SA with its policies).
 - `update_stats` asks the device for an offloaded state's counters, kept in `hw_stats`.
 
 Each outcome is a `StateResult` event. `offload_ok` is the per-packet question of the ESP
@@ -130,7 +132,7 @@ class DeviceOffload:
             state.offload = Offload.SOFTWARE
             self._counters.offload_fallbacks += 1
         else:
-            self._forget(state)
+            self._sad.remove(state)  # its policies stay, and block
             self._events.append(StateResult(now, event.handle, "add", event.rc, None))
             return
         self._events.append(StateResult(now, event.handle, "add", event.rc, state.offload))

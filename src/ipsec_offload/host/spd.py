@@ -3,16 +3,20 @@ they were added, the first that selects a packet in its direction deciding (Linu
 xfrm_policy_lookup, without priorities).
 
 Outbound, the policy names the state that must protect the packet (`output_state`); none
-sends it in clear. Inbound, a packet a policy selects must have come through the state it
-names (`admits`); the compiled receive path (`_rxpath.c`) asks `admits` too. The list of
-policies is one object for the stack's life (`HostStack.policies`), changed in place.
+sends it in clear. A policy can outlive its state: when a state's add fails, its policies
+stay, as Linux's do when the key manager's xfrm_state_add fails, and the packets they select
+are dropped (`out_no_state`, Linux's XfrmOutNoStates), never sent in clear. Inbound, a packet
+a policy selects must have come through the state it names (`admits`); the compiled receive
+path (`_rxpath.c`) asks `admits` too. A policy with the selector of one already there
+replaces it (`ip xfrm policy update`). The list of policies is one object for the stack's
+life (`HostStack.policies`), changed in place.
 """
 
 from __future__ import annotations
 
 from ipsec_offload.errors import UsageError
 from ipsec_offload.host.sad import Sad
-from ipsec_offload.host.xfrm import XfrmPolicy, XfrmState
+from ipsec_offload.host.xfrm import SendRefused, XfrmPolicy, XfrmState
 from ipsec_offload.wire.config import Direction
 
 _INBOUND, _OUTBOUND = Direction.INBOUND, Direction.OUTBOUND
@@ -28,9 +32,15 @@ class Spd:
         self.policies: list[XfrmPolicy] = []
 
     def add(self, policy: XfrmPolicy) -> None:
-        """Add a policy after the others; it must name a state of the SAD."""
+        """Add a policy after the others, or in place of the one with its direction and
+        selector; it must name a state of the SAD."""
         if policy.state not in self._sad.states:
             raise UsageError(f"host {self._sad.name}: policy names unknown state {policy.state}")
+        selector = policy.selector
+        for i, old in enumerate(self.policies):
+            if old.selector == selector:
+                self.policies[i] = policy
+                return
         self.policies.append(policy)
 
     def remove_state(self, handle: int) -> None:
@@ -47,9 +57,15 @@ class Spd:
         return None
 
     def output_state(self, src: bytes, dst: bytes, protocol: int) -> XfrmState | None:
-        """The state that must protect an outbound packet, None to send it in clear."""
+        """The state that must protect an outbound packet, None to send it in clear;
+        SendRefused when a policy selects it but its state is gone."""
         policy = self.lookup(_OUTBOUND, src, dst, protocol)
-        return None if policy is None else self._sad.states[policy.state]
+        if policy is None:
+            return None
+        state = self._sad.states.get(policy.state)
+        if state is None:
+            raise SendRefused("out_no_state")
+        return state
 
     def admits(self, src: bytes, dst: bytes, protocol: int, state: XfrmState | None) -> bool:
         """The inbound policy check: a packet an inbound policy selects must have come

@@ -118,7 +118,10 @@ class Transport:
         src = self._source(dst_b)
         ip = self._ip
         mac = ip.neighbors.get(dst_b)
-        state = self._output_state(src, dst_b, _UDP)
+        try:
+            state = self._output_state(src, dst_b, _UDP)
+        except SendRefused:  # a policy without its state: each datagram's drop is counted
+            mac = state = None
         if mac is None or (state is not None and not self._esp.offloadable(state)):
             self._send_each(dst_b, src_port, dst_port, payloads, now)
             return
@@ -174,7 +177,11 @@ class Transport:
     def send_ip(self, dst: bytes, protocol: int, segment: bytes, now: float) -> None:
         """`HostStack.send_ip`."""
         src = self._source(dst)
-        state = self._output_state(src, dst, protocol)
+        try:
+            state = self._output_state(src, dst, protocol)
+        except SendRefused as refused:
+            self._counters.drop(refused.reason)
+            return
         if state is None:
             self._xmit(src, dst, protocol, segment)
             self._counters.tx_plain += 1
@@ -195,7 +202,10 @@ class Transport:
             raise UsageError(f"MSS {mss}: give 0 (no segmentation) or the bytes per segment")
         src = self._source(dst)
         if 0 < mss < len(payload):
-            state = self._output_state(src, dst, protocol)
+            try:
+                state = self._output_state(src, dst, protocol)
+            except SendRefused:  # each segment's drop is counted by send_ip
+                state = None
             if state is not None and self._esp.tso(state, src, dst, protocol, header, payload, mss):
                 return
             self._counters.tx_sw_segmented += 1

@@ -184,6 +184,11 @@ class XfrmPolicy:
         )
         object.__setattr__(self, "_match", match)
 
+    @property
+    def selector(self) -> tuple[Direction, IpNetwork, IpNetwork, int | None]:
+        """What identifies the policy in the SPD: its direction and selector."""
+        return (self.direction, self.src, self.dst, self.protocol)
+
     def selects(self, src: bytes, dst: bytes, protocol: int) -> bool:
         """Does the selector take a packet (per packet: integer compares only)?"""
         size, src_net, src_mask, dst_net, dst_mask = self._match
