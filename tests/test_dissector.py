@@ -47,8 +47,13 @@ from ipsec_offload.wire.config import (
     ConfigMessage,
     ConfigStatus,
     Direction,
+    Event,
+    EventType,
+    ListSasReply,
+    ListSasRequest,
     LocalAddr,
     Opcode,
+    SaEntry,
     SaStats,
     Tlv,
     TlvType,
@@ -56,6 +61,9 @@ from ipsec_offload.wire.config import (
     encode_add_sa,
     encode_caps,
     encode_count,
+    encode_event,
+    encode_list_sas_reply,
+    encode_list_sas_request,
     encode_local_addr,
     encode_sa_index,
     encode_sa_stats,
@@ -255,6 +263,24 @@ def expected_tlv(tlv: Tlv) -> list[tuple[str, str, str]]:
             (f"{p}stats.{k}", "showname", f"{label}: {n}")
             for k, label, n in zip(keys, labels, counters, strict=True)
         ]
+    if t is TlvType.SA_ENTRY:
+        index, direction, spi, addr_len = struct.unpack_from("!IBIB", v)
+        dst = ipaddress.ip_address(v[10 : 10 + addr_len])
+        (seq,) = struct.unpack_from("!Q", v, 10 + addr_len)
+        name = "inbound (decrypt)" if direction == 0 else "outbound (encrypt)"
+        family = "ipv4" if addr_len == 4 else "ipv6"
+        return [
+            (p + "sa_entry.sa_index", "showname", f"SA index: {index}"),
+            (p + "sa_entry.dir", "showname", f"Direction: {name} ({direction})"),
+            (p + "sa_entry.spi", "showname", f"SPI: 0x{spi:08x}"),
+            (p + "sa_entry.addr_len", "showname", f"Address length: {addr_len}"),
+            (f"{p}sa_entry.dst_{family}", "showname", f"Destination address: {dst}"),
+            (p + "sa_entry.seq", "showname", f"Sequence number: {seq}"),
+        ]
+    if t is TlvType.EVENT_TYPE:
+        return [(p + "event_type", "showname", f"Event type: {EventType(u).name} ({u})")]
+    if t is TlvType.BOOT_ID:
+        return [(p + "boot_id", "showname", f"Boot ID: 0x{u:016x}")]
     if t is TlvType.CAPS:
         count = v[0]
         sad, window = struct.unpack_from("!II", v, 1 + count)
@@ -271,6 +297,8 @@ def expected_tlv(tlv: Tlv) -> list[tuple[str, str, str]]:
         TlvType.COUNT: ("count", "Count"),
         TlvType.KEK_ID: ("kek_id", "KEK ID"),
         TlvType.SEQ: ("seq", "Sequence number"),
+        TlvType.SOFT_LIFETIME_PACKETS: ("soft_lifetime_packets", "Soft lifetime (packets)"),
+        TlvType.SOFT_LIFETIME_BYTES: ("soft_lifetime_bytes", "Soft lifetime (bytes)"),
     }
     key, label = simple[t]
     return [(p + key, "showname", f"{label}: {u}")]
@@ -412,6 +440,8 @@ def every_config_message() -> list[ConfigMessage]:
         replay_window=4096,
         lifetime_packets=10**6,
         lifetime_bytes=2**63 + 5,
+        soft_lifetime_packets=9 * 10**5,
+        soft_lifetime_bytes=2**62 + 3,
     )
     add_key256 = AddSaRequest(Direction.INBOUND, 7, addr(LOCAL6), Algorithm.AES_GCM_256, KEY256)
     add_wrapped128 = AddSaRequest(
@@ -424,6 +454,15 @@ def every_config_message() -> list[ConfigMessage]:
     )
     stats = SaStats(packets=10, bytes=1400, errors=(1, 2, 3, 4, 2**64 - 1))
     caps = Caps((Algorithm.AES_GCM_128, Algorithm.AES_GCM_256), 1024, 4096)
+    caps_1_1 = Caps((Algorithm.AES_GCM_128,), 64, 1024, boot_id=0x0123456789ABCDEF)
+    listing = ListSasReply(
+        (
+            SaEntry(3, Direction.OUTBOUND, 0x1234, addr(REMOTE4), 2**32 + 5),
+            SaEntry(0xFFFFFF, Direction.INBOUND, 0xFEDCBA98, addr(LOCAL6), 2**64 - 1),
+        ),
+        0x01000000,
+    )
+    domain = ListSasRequest(HOST_MAC, (VlanTag(0x88A8, 10), VlanTag(0x8100, 100)), 17)
     reply = Opcode.REPLY
     return [
         ConfigMessage(Opcode.ADD_SA, 0x2A, encode_add_sa(add_v4)),
@@ -452,7 +491,29 @@ def every_config_message() -> list[ConfigMessage]:
         ConfigMessage(Opcode.GET_CAPS, 14, ()),
         ConfigMessage(Opcode.GET_CAPS | reply, 14, encode_caps(caps)),
         ConfigMessage(Opcode.GET_CAPS | reply, 15, (), status=ConfigStatus.UNSUPPORTED),
+        ConfigMessage(Opcode.GET_CAPS | reply, 16, encode_caps(caps_1_1)),
+        ConfigMessage(Opcode.LIST_SAS, 17, encode_list_sas_request(ListSasRequest())),
+        ConfigMessage(Opcode.LIST_SAS, 18, encode_list_sas_request(domain), port=1),
+        ConfigMessage(Opcode.LIST_SAS | reply, 18, encode_list_sas_reply(listing), port=1),
+        ConfigMessage(Opcode.LIST_SAS | reply, 19, encode_list_sas_reply(ListSasReply((), 0))),
+        ConfigMessage(Opcode.LIST_SAS | reply, 20, (), status=ConfigStatus.BAD_REQUEST),
+        *(
+            ConfigMessage(
+                Opcode.EVENT,
+                0x80000000 + kind,
+                encode_event(Event(kind, 2**64 - kind, None if kind == 1 else kind * 1000)),
+            )
+            for kind in EventType
+        ),
+        ConfigMessage(Opcode.EVENT | reply, 0x80000001, ()),
     ]
+
+
+def sent_by_agent(msg: ConfigMessage) -> bool:
+    """The agent sends replies and EVENT requests; the PF requests and EVENT replies."""
+    if msg.opcode & 0x7F == Opcode.EVENT:
+        return not msg.opcode & Opcode.REPLY
+    return bool(msg.opcode & Opcode.REPLY)
 
 
 def test_the_dissector_ships_with_the_package() -> None:
@@ -468,11 +529,11 @@ def test_every_opcode_tlv_and_status_by_name(tshark: str, tmp_path: Path) -> Non
     assert {m.opcode & 0x7F for m in messages} == {int(o) for o in Opcode if o != Opcode.REPLY}
     assert {t.type for m in messages for t in m.tlvs} == {int(t) for t in TlvType}
     assert {m.status for m in messages} == {int(s) for s in ConfigStatus}
-    # a reply carries an Rx tag (all zero) as the agent sends it, a request none
+    # what the agent sends carries an Rx tag (all zero), what the PF sends none
     frames = []
     for msg in messages:
         frame = config_frame(msg)
-        if msg.opcode & Opcode.REPLY:
+        if sent_by_agent(msg):
             frame = config_frame(msg, src=AGENT_MAC, dst=HOST_MAC)
             frame = frame[:12] + struct.pack("!HI", EtherType.META, 0) + frame[12:]
         frames.append(frame)
@@ -484,13 +545,115 @@ def test_every_opcode_tlv_and_status_by_name(tshark: str, tmp_path: Path) -> Non
         assert Opcode(msg.opcode & 0x7F).name in info.showname
         errors = packet.all("ipsec_offload.cfg.status_error")
         assert len(errors) == (1 if msg.status else 0)
-        if msg.opcode & Opcode.REPLY:
+        if sent_by_agent(msg):
             assert packet.one("ipsec_offload.meta.direction").show == "2"
             assert packet.one("ipsec_offload.meta.etype").showname == (
                 "Type: ipsec-offload config (0x88b6)"
             )
         else:
             assert not packet.has("ipsec_offload.meta")
+
+
+# spec 1.1 messages written out by hand from the spec 9 tables (not by the encoders)
+HAND_LIST_SAS = (
+    "01 08 00 00 00 00 00000030 001a"  # LIST_SAS, txn 48, 26 bytes of TLVs
+    "0009 0006 020000000010"  # LOCAL_MAC
+    "000a 0004 81000064"  # VLAN 100
+    "0001 0004 00000005"  # SA_INDEX: the cursor
+)
+HAND_LIST_SAS_REPLY = (
+    "01 88 00 00 00 00 00000030 0048"  # LIST_SAS reply, OK, txn 48, 72 bytes of TLVs
+    "0014 0016 00000003 01 00001234 04 c0a80002 0000000100000005"  # SA_ENTRY IPv4
+    "0014 0022 0a0b0c0d 00 fedcba98 10 20010db8000000000000000000000002"  # SA_ENTRY IPv6
+    "0000000000000040"  # ... its SEQ
+    "0001 0004 00000000"  # SA_INDEX: next cursor 0, done
+)
+HAND_EVENT = (
+    "01 09 00 00 00 00 00000040 0019"  # EVENT, txn 64, 25 bytes of TLVs
+    "0015 0001 02"  # EVENT_TYPE SOFT_EXPIRE
+    "0016 0008 0123456789abcdef"  # BOOT_ID
+    "0001 0004 00000007"  # SA_INDEX 7
+)
+HAND_EVENT_REPLY = "01 89 00 00 00 00 00000040 0000"
+HAND_CAPS = (
+    "01 87 00 00 00 00 00000007 001b"  # GET_CAPS reply, 27 bytes of TLVs
+    "0011 000b 02 01 02 00000400 00001000"  # CAPS
+    "0016 0008 00000000deadbeef"  # BOOT_ID
+)
+HAND_ADD_SA = (
+    "01 01 00 00 00 00 0000002a 004a"  # ADD_SA, txn 42, 74 bytes of TLVs
+    "0002 0001 01 0003 0004 00001234 0004 0004 c0a80002 0006 0001 01"
+    "0007 0014 000102030405060708090a0b0c0d0e0f10111213"
+    "0017 0008 00000000000003e8"  # SOFT_LIFETIME_PACKETS 1000
+    "0018 0008 0000000000100000"  # SOFT_LIFETIME_BYTES 1048576
+)
+
+
+def test_spec_1_1_fields_on_hand_written_frames(tshark: str, tmp_path: Path) -> None:
+    bodies = [HAND_LIST_SAS, HAND_LIST_SAS_REPLY, HAND_EVENT, HAND_EVENT_REPLY]
+    bodies += [HAND_CAPS, HAND_ADD_SA]
+    frames = [raw_config(b"", bytes.fromhex(body.replace(" ", ""))) for body in bodies]
+    request, reply, event, ack, caps, add_sa = dissect(write_frames(tmp_path / "h.pcap", frames))
+    p = "ipsec_offload.cfg."
+
+    assert request.one(p + "opcode").showname == "Opcode: LIST_SAS (0x08)"
+    assert request.one(p + "tlv.local_mac").show == "02:00:00:00:00:10"
+    assert request.one(p + "tlv.vlan.vid").show == "100"
+    assert request.one(p + "tlv.sa_index").show == "5"
+
+    assert reply.one(p + "opcode").showname == "Opcode: LIST_SAS reply (0x88)"
+    assert reply.one("ipsec_offload.cfg").showname.endswith(
+        "LIST_SAS reply, txn 48, OK, 2 SAs, done"
+    )
+    assert [i.showname for i in reply.all(p + "tlv")] == [
+        "TLV SA_ENTRY: SA 3, outbound (encrypt), SPI 0x00001234, 192.168.0.2, seq 4294967301",
+        "TLV SA_ENTRY: SA 168496141, inbound (decrypt), SPI 0xfedcba98, 2001:db8::2, seq 64",
+        "TLV SA_INDEX: 0",
+    ]
+    entry = "tlv.sa_entry."
+    assert [i.show for i in reply.all(p + entry + "sa_index")] == ["3", "168496141"]
+    assert [i.show for i in reply.all(p + entry + "dir")] == ["1", "0"]
+    assert [i.show for i in reply.all(p + entry + "spi")] == ["0x00001234", "0xfedcba98"]
+    assert [i.show for i in reply.all(p + entry + "addr_len")] == ["4", "16"]
+    assert reply.one(p + entry + "dst_ipv4").show == "192.168.0.2"
+    assert reply.one(p + entry + "dst_ipv6").show == "2001:db8::2"
+    assert [i.show for i in reply.all(p + entry + "seq")] == ["4294967301", "64"]
+    assert reply.one(p + "tlv.sa_index").show == "0"
+
+    assert event.one(p + "opcode").showname == "Opcode: EVENT (0x09)"
+    assert event.one("ipsec_offload.cfg").showname.endswith(
+        "EVENT request, txn 64, SOFT_EXPIRE SA 7"
+    )
+    assert event.one(p + "tlv.event_type").showname == "Event type: SOFT_EXPIRE (2)"
+    assert event.one(p + "tlv.boot_id").showname == "Boot ID: 0x0123456789abcdef"
+    assert event.one(p + "tlv.sa_index").show == "7"
+    assert ack.one(p + "opcode").showname == "Opcode: EVENT reply (0x89)"
+    assert not ack.has(p + "tlv")
+
+    assert caps.one(p + "tlv.caps.sad_size").show == "1024"
+    assert caps.one(p + "tlv.boot_id").show == "0x00000000deadbeef"
+    assert add_sa.one(p + "tlv.soft_lifetime_packets").showname == ("Soft lifetime (packets): 1000")
+    assert add_sa.one(p + "tlv.soft_lifetime_bytes").showname == ("Soft lifetime (bytes): 1048576")
+    for packet in (request, reply, event, ack, caps, add_sa):
+        problems = [n for n in packet.names(p + "tlv.") if n.endswith(_TLV_PROBLEMS)]
+        assert not problems and not packet.has("_ws.malformed")
+
+
+def test_event_frames_go_the_other_way(tshark: str, tmp_path: Path) -> None:
+    """Behind an all-zero word, an EVENT is what the agent sends (Rx) and its reply what the
+    PF sends (Tx), the reverse of the other opcodes; the source MAC is not the agent's here."""
+    event = bytes.fromhex(HAND_EVENT.replace(" ", ""))
+    ack = bytes.fromhex(HAND_EVENT_REPLY.replace(" ", ""))
+    frames = [
+        tagged(0, event, EtherType.CONFIG, src=PEER_MAC, dst=HOST_MAC),
+        tagged(0, ack, EtherType.CONFIG, src=HOST_MAC, dst=AGENT_MAC),
+    ]
+    to_pf, to_agent = dissect(write_frames(tmp_path / "event.pcap", frames))
+    assert to_pf.one("ipsec_offload.meta.direction").showname.endswith(
+        "[an EVENT follows, which the agent sends]"
+    )
+    assert to_pf.one("ipsec_offload.meta.direction").show == "2"
+    assert to_agent.one("ipsec_offload.meta.direction").show == "1"
 
 
 def test_config_frame_padding_is_not_read_as_tlvs(tshark: str, tmp_path: Path) -> None:
@@ -544,6 +707,40 @@ MALFORMED = [
     ("ALG 9", raw_config(header(tlv_length=5), tlv(6, b"\x09")), "cfg.tlv.bad_value"),
     ("TPID 0x9100", raw_config(header(4, 8), tlv(0x0A, b"\x91\x00\x00\x64")), "cfg.tlv.bad_value"),
     ("tag cut short", PEER_MAC + HOST_MAC + b"\x88\xb5\x80\x00", "meta.truncated"),
+    (
+        "SA_ENTRY of 23 bytes",
+        raw_config(header(0x88, 27), tlv(0x14, bytes(23))),
+        "cfg.tlv.bad_length",
+    ),
+    (
+        "SA_ENTRY address length 16 in 22 bytes",
+        raw_config(
+            header(0x88, 26), tlv(0x14, bytes.fromhex("00000003 01 00001234 10") + bytes(12))
+        ),
+        "cfg.tlv.bad_value",
+    ),
+    (
+        "SA_ENTRY DIR 2",
+        raw_config(
+            header(0x88, 26), tlv(0x14, bytes.fromhex("00000003 02 00001234 04") + bytes(12))
+        ),
+        "cfg.tlv.bad_value",
+    ),
+    (
+        "SA_ENTRY SPI 0",
+        raw_config(
+            header(0x88, 26), tlv(0x14, bytes.fromhex("00000003 01 00000000 04") + bytes(12))
+        ),
+        "cfg.tlv.bad_value",
+    ),
+    ("EVENT_TYPE 5", raw_config(header(9, 5), tlv(0x15, b"\x05")), "cfg.tlv.bad_value"),
+    ("EVENT_TYPE of 2 bytes", raw_config(header(9, 6), tlv(0x15, b"\0\1")), "cfg.tlv.bad_length"),
+    ("BOOT_ID of 4 bytes", raw_config(header(9, 8), tlv(0x16, bytes(4))), "cfg.tlv.bad_length"),
+    (
+        "soft lifetime of 4 bytes",
+        raw_config(header(1, 8), tlv(0x17, bytes(4))),
+        "cfg.tlv.bad_length",
+    ),
 ]
 
 

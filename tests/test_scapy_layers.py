@@ -24,25 +24,31 @@ from scapy.packet import Packet, Padding, Raw
 from ipsec_offload.agent.agent import AgentConfig, IpsecAgent
 from ipsec_offload.crypto.keywrap import wrap_key
 from ipsec_offload.interop.scapy_layers import (
+    EVENT_TYPES,
     IpsecOffloadConfig,
     IpsecOffloadMeta,
     IpsecOffloadRxMeta,
     IpsecOffloadTlv,
     IpsecOffloadTxMeta,
     TlvAlg,
+    TlvBootId,
     TlvCaps,
     TlvCount,
     TlvDir,
     TlvDstAddr,
     TlvEsn,
+    TlvEventType,
     TlvKekId,
     TlvKey,
     TlvLifetimeBytes,
     TlvLifetimePackets,
     TlvLocalMac,
     TlvReplayWindow,
+    TlvSaEntry,
     TlvSaIndex,
     TlvSeq,
+    TlvSoftLifetimeBytes,
+    TlvSoftLifetimePackets,
     TlvSpi,
     TlvSrcAddr,
     TlvStats,
@@ -59,15 +65,27 @@ from ipsec_offload.wire.config import (
     ConfigMessage,
     ConfigStatus,
     Direction,
+    Event,
+    EventType,
+    ListSasReply,
+    ListSasRequest,
     LocalAddr,
     Opcode,
+    SaEntry,
     SaStats,
     Tlv,
     build_config,
     decode_add_sa,
+    decode_caps,
+    decode_event,
+    decode_list_sas_reply,
+    decode_list_sas_request,
     encode_add_sa,
     encode_caps,
     encode_count,
+    encode_event,
+    encode_list_sas_reply,
+    encode_list_sas_request,
     encode_local_addr,
     encode_sa_index,
     encode_sa_stats,
@@ -372,6 +390,8 @@ _ADD_SA_V6 = AddSaRequest(
     replay_window=4096,
     lifetime_packets=10**6,
     lifetime_bytes=2**50,
+    soft_lifetime_packets=9 * 10**5,
+    soft_lifetime_bytes=2**49,
 )
 _ADD_SA_V4 = AddSaRequest(
     direction=Direction.INBOUND,
@@ -389,6 +409,10 @@ _STATS = SaStats(packets=10, bytes=1400, errors=(1, 2, 3, 4, 2**63))
 _CAPS = Caps(
     algorithms=(Algorithm.AES_GCM_128, Algorithm.AES_GCM_256), sad_size=1024, max_replay_window=4096
 )
+_CAPS_1_1 = Caps((Algorithm.AES_GCM_256,), 64, 1024, boot_id=0xFEDCBA9876543210)
+_ENTRY4 = SaEntry(3, Direction.OUTBOUND, 0x1234, addr("192.168.0.2"), 2**32 + 5)
+_ENTRY6 = SaEntry(0x0A0B0C0D, Direction.INBOUND, 0xFEDCBA98, addr(REMOTE6), 64)
+_DOMAIN = ListSasRequest(mac(HOST), (VlanTag(0x88A8, 10), VlanTag(0x8100, 100)), 5)
 
 CASES: list[tuple[str, ConfigMessage, IpsecOffloadConfig]] = [
     (
@@ -434,6 +458,8 @@ CASES: list[tuple[str, ConfigMessage, IpsecOffloadConfig]] = [
                 TlvReplayWindow(replay_window=4096),
                 TlvLifetimePackets(lifetime_packets=10**6),
                 TlvLifetimeBytes(lifetime_bytes=2**50),
+                TlvSoftLifetimePackets(soft_lifetime_packets=9 * 10**5),
+                TlvSoftLifetimeBytes(soft_lifetime_bytes=2**49),
             ],
         ),
     ),
@@ -519,15 +545,104 @@ CASES: list[tuple[str, ConfigMessage, IpsecOffloadConfig]] = [
         ),
     ),
     (
+        "get-caps-reply-boot-id",
+        ConfigMessage(Opcode.GET_CAPS | Opcode.REPLY, 8, encode_caps(_CAPS_1_1)),
+        IpsecOffloadConfig(
+            opcode="GET_CAPS_REPLY",
+            txn_id=8,
+            tlvs=[
+                TlvCaps(algorithms=[2], sad_size=64, max_replay_window=1024),
+                TlvBootId(boot_id=0xFEDCBA9876543210),
+            ],
+        ),
+    ),
+    (
+        "list-sas-all",
+        ConfigMessage(Opcode.LIST_SAS, 0x31, encode_list_sas_request(ListSasRequest())),
+        IpsecOffloadConfig(opcode="LIST_SAS", txn_id=0x31),
+    ),
+    (
+        "list-sas-domain",
+        ConfigMessage(Opcode.LIST_SAS, 0x30, encode_list_sas_request(_DOMAIN), port=2),
+        IpsecOffloadConfig(
+            opcode=8,
+            txn_id=0x30,
+            port=2,
+            tlvs=[
+                TlvLocalMac(mac=HOST),
+                TlvVlan(tpid=0x88A8, vid=10),
+                TlvVlan(tpid=0x8100, vid=100),
+                TlvSaIndex(sa_index=5),
+            ],
+        ),
+    ),
+    (
+        "list-sas-reply",
+        ConfigMessage(
+            Opcode.LIST_SAS | Opcode.REPLY,
+            0x30,
+            encode_list_sas_reply(ListSasReply((_ENTRY4, _ENTRY6), 0x0A0B0C0E)),
+            port=2,
+        ),
+        IpsecOffloadConfig(
+            opcode="LIST_SAS_REPLY",
+            txn_id=0x30,
+            port=2,
+            tlvs=[
+                TlvSaEntry(
+                    sa_index=3, dir="outbound", spi=0x1234, dst="192.168.0.2", seq=2**32 + 5
+                ),
+                TlvSaEntry(sa_index=0x0A0B0C0D, dir=0, spi=0xFEDCBA98, dst=REMOTE6, seq=64),
+                TlvSaIndex(sa_index=0x0A0B0C0E),
+            ],
+        ),
+    ),
+    (
+        "list-sas-reply-empty",
+        ConfigMessage(
+            Opcode.LIST_SAS | Opcode.REPLY, 0x32, encode_list_sas_reply(ListSasReply((), 0))
+        ),
+        IpsecOffloadConfig(opcode=0x88, txn_id=0x32, tlvs=[TlvSaIndex(sa_index=0)]),
+    ),
+    (
+        "event-soft-expire",
+        ConfigMessage(
+            Opcode.EVENT, 0x40, encode_event(Event(EventType.SOFT_EXPIRE, 0x0123456789ABCDEF, 7))
+        ),
+        IpsecOffloadConfig(
+            opcode="EVENT",
+            txn_id=0x40,
+            tlvs=[
+                TlvEventType(event_type="SOFT_EXPIRE"),
+                TlvBootId(boot_id=0x0123456789ABCDEF),
+                TlvSaIndex(sa_index=7),
+            ],
+        ),
+    ),
+    (
+        "event-agent-started",
+        ConfigMessage(Opcode.EVENT, 0x41, encode_event(Event(EventType.AGENT_STARTED, 2**64 - 1))),
+        IpsecOffloadConfig(
+            opcode=9,
+            txn_id=0x41,
+            tlvs=[TlvEventType(event_type=1), TlvBootId(boot_id=2**64 - 1)],
+        ),
+    ),
+    (
+        "event-reply",
+        ConfigMessage(Opcode.EVENT | Opcode.REPLY, 0x40, ()),
+        IpsecOffloadConfig(opcode="EVENT_REPLY", txn_id=0x40),
+    ),
+    (
         "bad-version-reply",
         ConfigMessage(Opcode.ADD_SA | Opcode.REPLY, 0x2D, (), status=ConfigStatus.BAD_VERSION),
         IpsecOffloadConfig(opcode=0x81, status=7, txn_id=0x2D),
     ),
     (
         "unknown-tlv",
-        ConfigMessage(0x09, 1, (Tlv(0x0099, b"\x01\x02\x03"), Tlv(0x0003, b"\x00\x01"))),
+        ConfigMessage(0x42, 1, (Tlv(0x0099, b"\x01\x02\x03"), Tlv(0x0003, b"\x00\x01"))),
         IpsecOffloadConfig(
-            opcode=9,
+            opcode=0x42,
             txn_id=1,
             tlvs=[
                 IpsecOffloadTlv(type=0x99, value=b"\x01\x02\x03"),
@@ -579,6 +694,8 @@ def test_decoded_tlv_fields_match_the_request() -> None:
         "TlvReplayWindow",
         "TlvLifetimePackets",
         "TlvLifetimeBytes",
+        "TlvSoftLifetimePackets",
+        "TlvSoftLifetimeBytes",
     ]
     assert cfg.tlv(TlvDir).sprintf("%dir%") == "outbound"
     assert cfg.tlv(TlvSpi).spi == 0xDEADBEEF
@@ -595,8 +712,132 @@ def test_decoded_tlv_fields_match_the_request() -> None:
     assert cfg.tlv(TlvReplayWindow).replay_window == 4096
     assert cfg.tlv(TlvLifetimePackets).lifetime_packets == 10**6
     assert cfg.tlv(TlvLifetimeBytes).lifetime_bytes == 2**50
+    assert cfg.tlv(TlvSoftLifetimePackets).soft_lifetime_packets == 9 * 10**5
+    assert cfg.tlv(0x0018).soft_lifetime_bytes == 2**49
     key = Ether(config_frame(ConfigMessage(1, 1, encode_add_sa(_ADD_SA_V4))))[TlvKey]
     assert (key.aes_key, key.salt) == (bytes(range(16)), bytes(range(16, 20)))
+
+
+def _hand(body: str) -> bytes:
+    """A config frame from the host around a message written out by hand."""
+    header = EthernetHeader(mac(AGENT), mac(HOST), EtherType.CONFIG)
+    return build_ethernet(header) + bytes.fromhex(body)
+
+
+def test_spec_1_1_tlvs_dissect_from_hand_written_bytes() -> None:
+    """LIST_SAS reply, EVENT and a GET_CAPS reply as the spec 9 tables lay them out."""
+    reply = Ether(
+        _hand(
+            "01 88 00 00 00 00 00000030 0048"  # LIST_SAS reply, OK, txn 48, 72 bytes
+            "0014 0016 00000003 01 00001234 04 c0a80002 0000000100000005"
+            "0014 0022 0a0b0c0d 00 fedcba98 10 20010db8000000000000000000000002 0000000000000040"
+            "0001 0004 00000000"  # next cursor 0: done
+        )
+    )[IpsecOffloadConfig]
+    assert reply.sprintf("%opcode%") == "LIST_SAS_REPLY" and reply.is_reply
+    assert [type(t) for t in reply.tlvs] == [TlvSaEntry, TlvSaEntry, TlvSaIndex]
+    first, second, cursor = reply.tlvs
+    assert (first.length, first.sa_index, first.sprintf("%dir%"), first.spi) == (
+        22,
+        3,
+        "outbound",
+        0x1234,
+    )
+    assert (first.addr_len, first.dst, first.seq) == (4, "192.168.0.2", 2**32 + 5)
+    assert (second.length, second.sa_index, second.sprintf("%dir%"), second.spi) == (
+        34,
+        0x0A0B0C0D,
+        "inbound",
+        0xFEDCBA98,
+    )
+    assert (second.addr_len, second.dst, second.seq) == (16, "2001:db8::2", 64)
+    assert cursor.sa_index == 0
+
+    event = Ether(
+        _hand(
+            "01 09 00 00 00 00 00000040 0019"  # EVENT, txn 64, 25 bytes
+            "0015 0001 04"  # EVENT_TYPE SEQ_SOFT_LIMIT
+            "0016 0008 0123456789abcdef"  # BOOT_ID
+            "0001 0004 00000007"  # SA_INDEX 7
+        )
+    )[IpsecOffloadConfig]
+    assert event.sprintf("%opcode%") == "EVENT" and not event.is_reply
+    assert event[TlvEventType].sprintf("%event_type%") == "SEQ_SOFT_LIMIT"
+    assert event[TlvEventType].event_type == 4
+    assert event[TlvBootId].boot_id == 0x0123456789ABCDEF
+    assert event.tlv(TlvSaIndex).sa_index == 7
+    ack = Ether(_hand("01 89 00 00 00 00 00000040 0000"))[IpsecOffloadConfig]
+    assert ack.sprintf("%opcode%") == "EVENT_REPLY" and ack.answers(event)
+
+    caps = Ether(
+        _hand(
+            "01 87 00 00 00 00 00000007 001b"
+            "0011 000b 02 01 02 00000400 00001000"  # CAPS
+            "0016 0008 00000000deadbeef"  # BOOT_ID
+        )
+    )[IpsecOffloadConfig]
+    assert caps[TlvBootId].boot_id == 0xDEADBEEF
+    assert caps[TlvCaps].sad_size == 1024
+
+    soft = Ether(
+        _hand(
+            "01 01 00 00 00 00 0000002a 0018"
+            "0017 0008 00000000000003e8"  # SOFT_LIFETIME_PACKETS 1000
+            "0018 0008 0000000000100000"  # SOFT_LIFETIME_BYTES 1 MiB
+        )
+    )[IpsecOffloadConfig]
+    assert soft[TlvSoftLifetimePackets].soft_lifetime_packets == 1000
+    assert soft[TlvSoftLifetimeBytes].soft_lifetime_bytes == 1 << 20
+    assert {int(e): e.name for e in EventType} == EVENT_TYPES
+
+
+def test_spec_1_1_frames_built_in_scapy_decode_with_the_codecs() -> None:
+    def body(layer: IpsecOffloadConfig) -> tuple[Tlv, ...]:
+        return parse_config(bytes(scapy_config(layer))[14:]).tlvs
+
+    request = IpsecOffloadConfig(
+        opcode="LIST_SAS",
+        tlvs=[TlvLocalMac(mac=HOST), TlvVlan(vid=100), TlvSaIndex(sa_index=9)],
+    )
+    assert decode_list_sas_request(body(request)) == ListSasRequest(
+        mac(HOST), (VlanTag(0x8100, 100),), 9
+    )
+    entries = [
+        TlvSaEntry(sa_index=i, dir=i % 2, spi=0x100 + i, dst=dst, seq=i * 1000)
+        for i, dst in ((1, LOCAL4), (2, REMOTE6), (7, "10.0.0.7"))
+    ]
+    reply = IpsecOffloadConfig(opcode="LIST_SAS_REPLY", tlvs=[*entries, TlvSaIndex(sa_index=8)])
+    assert decode_list_sas_reply(body(reply)) == ListSasReply(
+        (
+            SaEntry(1, Direction.OUTBOUND, 0x101, addr(LOCAL4), 1000),
+            SaEntry(2, Direction.INBOUND, 0x102, addr(REMOTE6), 2000),
+            SaEntry(7, Direction.OUTBOUND, 0x107, addr("10.0.0.7"), 7000),
+        ),
+        8,
+    )
+    event = IpsecOffloadConfig(
+        opcode="EVENT",
+        tlvs=[TlvEventType(event_type="HARD_EXPIRE"), TlvBootId(boot_id=5), TlvSaIndex(sa_index=2)],
+    )
+    assert decode_event(body(event)) == Event(EventType.HARD_EXPIRE, 5, 2)
+    caps = IpsecOffloadConfig(
+        opcode="GET_CAPS_REPLY", tlvs=[TlvCaps(algorithms=[1]), TlvBootId(boot_id=1 << 63)]
+    )
+    assert decode_caps(body(caps)) == Caps((Algorithm.AES_GCM_128,), 0, 0, 1 << 63)
+
+
+def test_sa_entry_of_a_wrong_length_stays_generic() -> None:
+    for value in (
+        bytes(23),  # neither 22 nor 34
+        bytes.fromhex("00000003 01 00001234 10 c0a80002 0000000000000001"),  # 16 in 22 bytes
+        bytes.fromhex("00000003 01 00001234 04") + bytes(24),  # 4 in 34 bytes
+    ):
+        frame = Ether(config_frame(ConfigMessage(0x88, 1, (Tlv(0x0014, value),))))
+        (tlv,) = frame[IpsecOffloadConfig].tlvs
+        assert type(tlv) is IpsecOffloadTlv
+        assert (tlv.sprintf("%type%"), tlv.value) == ("SA_ENTRY", value)
+    short_boot = Ether(config_frame(ConfigMessage(0x09, 1, (Tlv(0x0016, bytes(4)),))))
+    assert type(short_boot[IpsecOffloadConfig].tlvs[0]) is IpsecOffloadTlv
 
 
 def test_padding_wrong_lengths_and_other_versions() -> None:
@@ -710,6 +951,9 @@ def test_direction_can_be_forced_and_switched() -> None:
         (0x00110E05, b"\x08\x00\x45", "tx"),  # bypass with offsets
         (0x00000000, b"\x88\xb6\x01\x81", "rx"),  # config reply
         (0x00000000, b"\x88\xb6\x01\x01", "tx"),  # config request
+        (0x00000000, b"\x88\xb6\x01\x09", "rx"),  # EVENT: the agent sends it
+        (0x00000000, b"\x88\xb6\x01\x89", "tx"),  # EVENT reply: the PF sends it
+        (0x00000000, b"\x88\xb6\x01\x88", "rx"),  # LIST_SAS reply
         (0x00000000, b"\x08\x00\x45", "tx"),  # ambiguous: Tx bypass
     ],
 )

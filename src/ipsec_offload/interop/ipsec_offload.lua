@@ -1,4 +1,4 @@
--- Wireshark dissector for the ipsec-offload agent's frames (system spec sections 3 and 4).
+-- Wireshark dissector for the ipsec-offload agent's frames (system spec sections 3, 4 and 9).
 --
 --   ipsec_offload.meta  the metadata tag: EtherType 0x88B5 || u32 metadata word, the outermost
 --                       tag. The word is Tx metadata (host side to agent) or Rx metadata (agent
@@ -7,7 +7,8 @@
 --                       the word the next EtherType goes to Wireshark's EtherType table, so
 --                       VLAN, IPv4, IPv6, ESP (and ESP decryption with an esp_sa file) work as
 --                       usual behind the tag.
---   ipsec_offload.cfg   config frames: EtherType 0x88B6, 12-byte header and TLVs.
+--   ipsec_offload.cfg   config frames: EtherType 0x88B6, 12-byte header and TLVs (spec 1.1's
+--                       LIST_SAS, EVENT and their TLVs included).
 --   ipsec_offload.esp   ESP whose payload is in the clear because of the agent: Tx frames with
 --                       OFFLOAD=1 (ESP header, IV, plaintext; no trailer or ICV yet) and Rx
 --                       frames with IPSEC=1 STATUS=OK (decrypted in place; the ICV removed).
@@ -21,7 +22,8 @@
 --   3. bit 31 set: Tx if L3_OFFSET equals the L2 header length of the frame (tag removed) and
 --      an IPv4/IPv6 header starts there, as the agent checks; otherwise Rx (IPSEC, STATUS OK);
 --   4. bit 31 clear, other bits set: Tx (for a non-ESP frame the agent writes an all-zero word);
---   5. all-zero word: a config reply behind it is Rx, a config request Tx; ESP behind it is Tx
+--   5. all-zero word: a config frame behind it is Rx if the agent sends it (a reply, or an
+--      EVENT request), Tx if the PF does (a request, or an EVENT reply); ESP behind it is Tx
 --      (the agent marks ESP it passes up with IPSEC=1); otherwise both meanings are shown
 --      (Tx bypass, Rx not ESP).
 --
@@ -106,7 +108,10 @@ local OPCODES = {
     [0x05] = "REMOVE_LOCAL_ADDR",
     [0x06] = "GET_SA_STATS",
     [0x07] = "GET_CAPS",
+    [0x08] = "LIST_SAS",
+    [0x09] = "EVENT",
 }
+local EVENT_OPCODE = 0x09
 
 local OPCODES_WITH_REPLY = {}
 for code, name in pairs(OPCODES) do
@@ -145,6 +150,18 @@ local TLV_TYPES = {
     [0x0011] = "CAPS",
     [0x0012] = "KEK_ID",
     [0x0013] = "SEQ",
+    [0x0014] = "SA_ENTRY",
+    [0x0015] = "EVENT_TYPE",
+    [0x0016] = "BOOT_ID",
+    [0x0017] = "SOFT_LIFETIME_PACKETS",
+    [0x0018] = "SOFT_LIFETIME_BYTES",
+}
+
+local EVENT_TYPES = {
+    [1] = "AGENT_STARTED",
+    [2] = "SOFT_EXPIRE",
+    [3] = "HARD_EXPIRE",
+    [4] = "SEQ_SOFT_LIMIT",
 }
 
 local SA_DIRECTIONS = { [0] = "inbound (decrypt)", [1] = "outbound (encrypt)" }
@@ -298,6 +315,26 @@ local cf = {
         "Max replay window", base.DEC),
     kek_id = ProtoField.uint32("ipsec_offload.cfg.tlv.kek_id", "KEK ID", base.DEC),
     seq = ProtoField.uint64("ipsec_offload.cfg.tlv.seq", "Sequence number", base.DEC),
+    entry_sa_index = ProtoField.uint32("ipsec_offload.cfg.tlv.sa_entry.sa_index", "SA index",
+        base.DEC),
+    entry_dir = ProtoField.uint8("ipsec_offload.cfg.tlv.sa_entry.dir", "Direction", base.DEC,
+        SA_DIRECTIONS),
+    entry_spi = ProtoField.uint32("ipsec_offload.cfg.tlv.sa_entry.spi", "SPI", base.HEX),
+    entry_addr_len = ProtoField.uint8("ipsec_offload.cfg.tlv.sa_entry.addr_len",
+        "Address length", base.DEC),
+    entry_dst_ipv4 = ProtoField.ipv4("ipsec_offload.cfg.tlv.sa_entry.dst_ipv4",
+        "Destination address"),
+    entry_dst_ipv6 = ProtoField.ipv6("ipsec_offload.cfg.tlv.sa_entry.dst_ipv6",
+        "Destination address"),
+    entry_seq = ProtoField.uint64("ipsec_offload.cfg.tlv.sa_entry.seq", "Sequence number",
+        base.DEC),
+    event_type = ProtoField.uint8("ipsec_offload.cfg.tlv.event_type", "Event type", base.DEC,
+        EVENT_TYPES),
+    boot_id = ProtoField.uint64("ipsec_offload.cfg.tlv.boot_id", "Boot ID", base.HEX),
+    soft_lifetime_packets = ProtoField.uint64("ipsec_offload.cfg.tlv.soft_lifetime_packets",
+        "Soft lifetime (packets)", base.DEC),
+    soft_lifetime_bytes = ProtoField.uint64("ipsec_offload.cfg.tlv.soft_lifetime_bytes",
+        "Soft lifetime (bytes)", base.DEC),
 }
 cfg.fields = {
     cf.version, cf.opcode, cf.reply, cf.request, cf.status, cf.flags, cf.port, cf.reserved,
@@ -307,7 +344,9 @@ cfg.fields = {
     cf.vlan_pcp, cf.vlan_dei, cf.vlan_vid, cf.esn, cf.replay_window, cf.lifetime_packets,
     cf.lifetime_bytes, cf.count, cf.stats_packets, cf.stats_bytes, cf.stats_no_sa,
     cf.stats_auth_failed, cf.stats_replay, cf.stats_malformed, cf.stats_sa_expired, cf.caps_count,
-    cf.caps_alg, cf.caps_sad_size, cf.caps_max_window, cf.kek_id, cf.seq,
+    cf.caps_alg, cf.caps_sad_size, cf.caps_max_window, cf.kek_id, cf.seq, cf.entry_sa_index,
+    cf.entry_dir, cf.entry_spi, cf.entry_addr_len, cf.entry_dst_ipv4, cf.entry_dst_ipv6,
+    cf.entry_seq, cf.event_type, cf.boot_id, cf.soft_lifetime_packets, cf.soft_lifetime_bytes,
 }
 
 local cx = {
@@ -492,7 +531,12 @@ local function guess_direction(tvb, word, w)
     end
     local l3, etype = l2_after_tag(tvb)
     if l3 ~= nil and etype == registered.cfg and tvb:len() > l3 + 1 then
-        if bits(tvb(l3 + 1, 1):uint(), 7, 1) == 1 then
+        local opcode = tvb(l3 + 1, 1):uint()
+        if opcode == EVENT_OPCODE then
+            return 2, "an EVENT follows, which the agent sends"
+        elseif opcode == EVENT_OPCODE + 0x80 then
+            return 1, "an EVENT reply follows, which the PF sends"
+        elseif bits(opcode, 7, 1) == 1 then
             return 2, "a config reply follows"
         end
         return 1, "a config request follows"
@@ -767,6 +811,8 @@ local TLV_LENGTHS = {
     [0x0005] = { 4, 16 }, [0x0006] = { 1 }, [0x0007] = { 20, 36 }, [0x0008] = { 32, 48 },
     [0x0009] = { 6 }, [0x000A] = { 4 }, [0x000B] = { 0 }, [0x000C] = { 4 }, [0x000D] = { 8 },
     [0x000E] = { 8 }, [0x000F] = { 4 }, [0x0010] = { 56 }, [0x0012] = { 4 }, [0x0013] = { 8 },
+    [0x0014] = { 22, 34 }, [0x0015] = { 1 }, [0x0016] = { 8 }, [0x0017] = { 8 },
+    [0x0018] = { 8 },
 }
 
 local function length_ok(tlv_type, length, value)
@@ -897,11 +943,60 @@ local function add_tlv_value(t, tlv_type, v, length)
     elseif tlv_type == 0x0013 then
         t:add(cf.seq, v(0, 8))
         return tostring(v(0, 8):uint64())
+    elseif tlv_type == 0x0014 then
+        -- u32 SA index, u8 DIR, u32 SPI, u8 address length, address, u64 SEQ: the value's
+        -- length (22 or 34) places the address and SEQ; the length byte must agree
+        local addr_len = length - 18
+        t:add(cf.entry_sa_index, v(0, 4))
+        local dir = t:add(cf.entry_dir, v(4, 1))
+        if v(4, 1):uint() > 1 then
+            dir:add_proto_expert_info(cx.tlv_bad_value, "DIR must be 0 or 1")
+        end
+        local spi = t:add(cf.entry_spi, v(5, 4))
+        if v(5, 4):uint() == 0 then
+            spi:add_proto_expert_info(cx.tlv_bad_value, "SPI 0 is reserved")
+        end
+        local len_item = t:add(cf.entry_addr_len, v(9, 1))
+        if v(9, 1):uint() ~= addr_len then
+            len_item:add_proto_expert_info(cx.tlv_bad_value,
+                string.format("Address length %d does not match the %d-byte value",
+                    v(9, 1):uint(), length))
+        end
+        local addr
+        if addr_len == 4 then
+            t:add(cf.entry_dst_ipv4, v(10, 4))
+            addr = tostring(v(10, 4):ipv4())
+        else
+            t:add(cf.entry_dst_ipv6, v(10, 16))
+            addr = tostring(v(10, 16):ipv6())
+        end
+        t:add(cf.entry_seq, v(10 + addr_len, 8))
+        return string.format("SA %d, %s, SPI 0x%08x, %s, seq %s", v(0, 4):uint(),
+            SA_DIRECTIONS[v(4, 1):uint()] or tostring(v(4, 1):uint()), v(5, 4):uint(), addr,
+            tostring(v(10 + addr_len, 8):uint64()))
+    elseif tlv_type == 0x0015 then
+        local item = t:add(cf.event_type, v(0, 1))
+        local value = v(0, 1):uint()
+        if EVENT_TYPES[value] == nil then
+            item:add_proto_expert_info(cx.tlv_bad_value, "Unknown event type")
+        end
+        return EVENT_TYPES[value] or tostring(value)
+    elseif tlv_type == 0x0016 then
+        t:add(cf.boot_id, v(0, 8))
+        return "0x" .. v(0, 8):bytes():tohex():lower()
+    elseif tlv_type == 0x0017 then
+        t:add(cf.soft_lifetime_packets, v(0, 8))
+        return tostring(v(0, 8):uint64())
+    elseif tlv_type == 0x0018 then
+        t:add(cf.soft_lifetime_bytes, v(0, 8))
+        return tostring(v(0, 8):uint64())
     end
     return ""
 end
 
-local function dissect_tlvs(tvb, tree, offset, stop)
+-- Dissects the TLVs from offset to stop; the summaries of the well-formed ones go to
+-- found[type] (a list, in frame order).
+local function dissect_tlvs(tvb, tree, offset, stop, found)
     local count = 0
     while offset < stop do
         count = count + 1
@@ -954,11 +1049,33 @@ local function dissect_tlvs(tvb, tree, offset, stop)
                 summary = add_tlv_value(t, tlv_type, value_tvb, length)
             end
             label = label .. ": " .. summary
+            found[tlv_type] = found[tlv_type] or {}
+            table.insert(found[tlv_type], summary)
         end
         t:set_text(label)
         offset = offset + 4 + length
     end
     return count
+end
+
+-- What the Info column adds for spec 1.1's messages, from the TLV summaries; or nil.
+local function body_summary(opcode, status, found)
+    if opcode == EVENT_OPCODE and found[0x0015] ~= nil then
+        local text = found[0x0015][1]
+        if found[0x0001] ~= nil then
+            text = text .. " SA " .. found[0x0001][1]
+        end
+        return text
+    end
+    if opcode == 0x88 and status == 0 and found[0x0001] ~= nil then
+        local entries = found[0x0014] ~= nil and #found[0x0014] or 0
+        local cursor = found[0x0001][1]
+        if cursor == "0" then
+            return string.format("%d SAs, done", entries)
+        end
+        return string.format("%d SAs, next cursor %s", entries, cursor)
+    end
+    return nil
 end
 
 function cfg.dissector(tvb, pinfo, tree)
@@ -1018,7 +1135,13 @@ function cfg.dissector(tvb, pinfo, tree)
                 length - 12))
         stop = length
     end
-    dissect_tlvs(tvb, item, 12, stop)
+    local found = {}
+    dissect_tlvs(tvb, item, 12, stop, found)
+    local extra = body_summary(opcode, status, found)
+    if extra ~= nil then
+        item:append_text(", " .. extra)
+        pinfo.cols.info:append(", " .. extra)
+    end
     if stop < length then
         -- Ethernet padding of a short frame: not part of the message
         item:add(cf.padding, tvb(stop))

@@ -1,4 +1,4 @@
-"""scapy layers for the agent's metadata tag and config frames (spec sections 3 and 4).
+"""scapy layers for the agent's metadata tag and config frames (spec sections 3, 4 and 9).
 
 Importing this module binds the layers to scapy's ``Ether``:
 
@@ -10,9 +10,10 @@ Importing this module binds the layers to scapy's ``Ether``:
   finds either. After the word, the ``type`` field picks the next layer like Ether's
   ``type`` does (``Dot1Q``, ``Dot1AD``, ``IP``, ``IPv6``, ``IpsecOffloadConfig``, ...).
 - EtherType 0x88B6, config frames: :class:`IpsecOffloadConfig` (the 12-byte header) with a
-  ``tlvs`` list of TLV packets: one class per TLV type (:class:`TlvSpi`, :class:`TlvKey`, ...)
-  and :class:`IpsecOffloadTlv`, the generic ``type | length | value`` TLV, used for unknown
-  types and for values of the wrong length.
+  ``tlvs`` list of TLV packets: one class per TLV type (:class:`TlvSpi`, :class:`TlvKey`, ...,
+  spec 1.1's :class:`TlvSaEntry`, :class:`TlvEventType`, :class:`TlvBootId`, ...) and
+  :class:`IpsecOffloadTlv`, the generic ``type | length | value`` TLV, used for unknown types
+  and for values of the wrong length.
 
 The bytes of a metadata word do not say whether it is Tx or Rx metadata. When dissecting,
 the view is chosen by :func:`parse_frame` (``direction="tx"``, ``"rx"`` or ``"auto"``), by
@@ -60,6 +61,7 @@ from scapy.fields import (
     StrLenField,
     XByteField,
     XIntField,
+    XLongField,
     XShortEnumField,
 )
 from scapy.layers.l2 import Ether
@@ -69,6 +71,7 @@ __all__ = [
     "ALGORITHMS",
     "CONFIG_ETHERTYPE",
     "CONFIG_STATUS",
+    "EVENT_TYPES",
     "META_ETHERTYPE",
     "OPCODES",
     "RX_STATUS",
@@ -80,19 +83,24 @@ __all__ = [
     "IpsecOffloadTxMeta",
     "MetaDirection",
     "TlvAlg",
+    "TlvBootId",
     "TlvCaps",
     "TlvCount",
     "TlvDir",
     "TlvDstAddr",
     "TlvEsn",
+    "TlvEventType",
     "TlvKekId",
     "TlvKey",
     "TlvLifetimeBytes",
     "TlvLifetimePackets",
     "TlvLocalMac",
     "TlvReplayWindow",
+    "TlvSaEntry",
     "TlvSaIndex",
     "TlvSeq",
+    "TlvSoftLifetimeBytes",
+    "TlvSoftLifetimePackets",
     "TlvSpi",
     "TlvSrcAddr",
     "TlvStats",
@@ -110,6 +118,7 @@ _IPV4, _IPV6 = 0x0800, 0x86DD
 _ESP = 50
 _IPV6_EXTENSIONS = (0, 43, 60)
 _REPLY = 0x80
+_EVENT = 0x09
 
 RX_STATUS = {0: "OK", 1: "NO_SA", 2: "AUTH_FAILED", 3: "REPLAY", 4: "MALFORMED", 5: "SA_EXPIRED"}
 OPCODES = {
@@ -120,6 +129,8 @@ OPCODES = {
     0x05: "REMOVE_LOCAL_ADDR",
     0x06: "GET_SA_STATS",
     0x07: "GET_CAPS",
+    0x08: "LIST_SAS",
+    0x09: "EVENT",
 }
 _OPCODE_NAMES = {**OPCODES, **{code | _REPLY: f"{name}_REPLY" for code, name in OPCODES.items()}}
 CONFIG_STATUS = {
@@ -152,7 +163,13 @@ TLV_TYPES = {
     0x0011: "CAPS",
     0x0012: "KEK_ID",
     0x0013: "SEQ",
+    0x0014: "SA_ENTRY",
+    0x0015: "EVENT_TYPE",
+    0x0016: "BOOT_ID",
+    0x0017: "SOFT_LIFETIME_PACKETS",
+    0x0018: "SOFT_LIFETIME_BYTES",
 }
+EVENT_TYPES = {1: "AGENT_STARTED", 2: "SOFT_EXPIRE", 3: "HARD_EXPIRE", 4: "SEQ_SOFT_LIMIT"}
 ALGORITHMS = {1: "AES-GCM-128", 2: "AES-GCM-256"}
 _SA_DIRECTIONS = {0: "inbound", 1: "outbound"}
 _TPIDS = {0x8100: "802.1Q", 0x88A8: "802.1ad"}
@@ -225,8 +242,9 @@ def guess_meta_direction(tag: bytes) -> Literal["tx", "rx"]:
     L2 header length of the frame with the tag removed and an IP header of the EtherType's
     version starts there, else ``rx``; bit 31 clear and other bits set: ``tx`` (the agent
     writes an all-zero word for frames that are not ESP); an all-zero word: ``rx`` if a
-    config reply follows, else ``tx``. The Wireshark dissector applies the same rules (and
-    one more, the agent's source MAC, that a tag alone cannot see).
+    config frame the agent sends follows (a reply, or an EVENT request), else ``tx`` (the PF's
+    requests and EVENT replies, and anything else). The Wireshark dissector applies the same
+    rules (and one more, the agent's source MAC, that a tag alone cannot see).
     """
     if len(tag) < 4:
         return "tx"
@@ -248,8 +266,11 @@ def guess_meta_direction(tag: bytes) -> Literal["tx", "rx"]:
     if located is not None:
         offset, ethertype = located
         body = tag[6 + offset :]
-        if ethertype == CONFIG_ETHERTYPE and len(body) >= 2 and body[1] & _REPLY:
-            return "rx"
+        if ethertype == CONFIG_ETHERTYPE and len(body) >= 2:
+            # the agent sends replies and EVENT requests, the PF requests and EVENT replies
+            is_reply = bool(body[1] & _REPLY)
+            is_event = (body[1] & ~_REPLY) == _EVENT
+            return "rx" if is_reply != is_event else "tx"
     return "tx"
 
 
@@ -618,6 +639,66 @@ class TlvSeq(_TypedTlv):
     fields_desc: ClassVar[list[AnyField]] = [*_header(0x0013), LongField("seq", 0)]
 
 
+def _addr_len(pkt: Any) -> int:
+    length: int = pkt.addr_len
+    return length
+
+
+class TlvSaEntry(_TypedTlv):
+    """One SA of a LIST_SAS reply: SA index, direction, SPI, destination address and SEQ
+    (outbound: the next number; inbound: the highest accepted). ``addr_len`` is filled in
+    from ``dst`` when built."""
+
+    name = "TLV SA_ENTRY"
+    fields_desc: ClassVar[list[AnyField]] = [
+        *_header(0x0014),
+        IntField("sa_index", 0),
+        ByteEnumField("dir", 0, _SA_DIRECTIONS),
+        XIntField("spi", 0),
+        FieldLenField("addr_len", None, length_of="dst", fmt="B"),
+        _IpAddrField("dst", "0.0.0.0", length_from=_addr_len),
+        LongField("seq", 0),
+    ]
+
+    @classmethod
+    def valid_length(cls, value: bytes) -> bool:
+        # spec 9: 22 or 34 bytes, and the address length byte says which
+        return len(value) in (22, 34) and value[9] == len(value) - 18
+
+
+class TlvEventType(_TypedTlv):
+    name = "TLV EVENT_TYPE"
+    lengths = (1,)
+    fields_desc: ClassVar[list[AnyField]] = [
+        *_header(0x0015),
+        ByteEnumField("event_type", 1, EVENT_TYPES),
+    ]
+
+
+class TlvBootId(_TypedTlv):
+    name = "TLV BOOT_ID"
+    lengths = (8,)
+    fields_desc: ClassVar[list[AnyField]] = [*_header(0x0016), XLongField("boot_id", 0)]
+
+
+class TlvSoftLifetimePackets(_TypedTlv):
+    name = "TLV SOFT_LIFETIME_PACKETS"
+    lengths = (8,)
+    fields_desc: ClassVar[list[AnyField]] = [
+        *_header(0x0017),
+        LongField("soft_lifetime_packets", 0),
+    ]
+
+
+class TlvSoftLifetimeBytes(_TypedTlv):
+    name = "TLV SOFT_LIFETIME_BYTES"
+    lengths = (8,)
+    fields_desc: ClassVar[list[AnyField]] = [
+        *_header(0x0018),
+        LongField("soft_lifetime_bytes", 0),
+    ]
+
+
 _TLV_CLASSES: dict[int, type[_TypedTlv]] = {
     0x0001: TlvSaIndex,
     0x0002: TlvDir,
@@ -638,6 +719,11 @@ _TLV_CLASSES: dict[int, type[_TypedTlv]] = {
     0x0011: TlvCaps,
     0x0012: TlvKekId,
     0x0013: TlvSeq,
+    0x0014: TlvSaEntry,
+    0x0015: TlvEventType,
+    0x0016: TlvBootId,
+    0x0017: TlvSoftLifetimePackets,
+    0x0018: TlvSoftLifetimeBytes,
 }
 
 # -- config header ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Config frames: the 12-byte header, TLVs and the typed message bodies (spec section 4)."""
+"""Config frames: the 12-byte header, TLVs and the typed message bodies (spec sections 4, 9)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from ipsec_offload.wire.ethernet import MAX_VLANS, EtherType, VlanTag
 __all__ = [
     "CONFIG_HEADER_LEN",
     "CONFIG_VERSION",
+    "LIST_SAS_MAX_TLV_BYTES",
     "RX_ERROR_STATUSES",
     "SALT_LEN",
     "TLV_HEADER_LEN",
@@ -22,8 +23,13 @@ __all__ = [
     "ConfigMessage",
     "ConfigStatus",
     "Direction",
+    "Event",
+    "EventType",
+    "ListSasReply",
+    "ListSasRequest",
     "LocalAddr",
     "Opcode",
+    "SaEntry",
     "SaStats",
     "Tlv",
     "TlvType",
@@ -33,15 +39,24 @@ __all__ = [
     "decode_caps",
     "decode_count",
     "decode_empty",
+    "decode_event",
+    "decode_list_sas_reply",
+    "decode_list_sas_request",
     "decode_local_addr",
+    "decode_sa_entry",
     "decode_sa_index",
     "decode_sa_stats",
     "encode_add_sa",
     "encode_caps",
     "encode_count",
+    "encode_event",
+    "encode_list_sas_reply",
+    "encode_list_sas_request",
     "encode_local_addr",
+    "encode_sa_entry",
     "encode_sa_index",
     "encode_sa_stats",
+    "pack_list_sas_reply",
     "parse_config",
     "parse_config_header",
     "parse_tlvs",
@@ -54,12 +69,16 @@ TLV_HEADER_LEN = 4
 SALT_LEN = 4
 RX_ERROR_STATUSES = 5
 """STATS carries one error counter per Rx STATUS value 1..5."""
+LIST_SAS_MAX_TLV_BYTES = 1400
+"""A LIST_SAS reply carries at most this many bytes of TLVs, its SA_INDEX cursor included."""
 
 _HEADER = struct.Struct("!BBBBBBIH")
 _TLV = struct.Struct("!HH")
 _VLAN = struct.Struct("!HH")
 _STATS = struct.Struct(f"!{2 + RX_ERROR_STATUSES}Q")
 _CAPS_TAIL = struct.Struct("!II")
+_SA_ENTRY_HEAD = struct.Struct("!IBIB")
+_SA_ENTRY_SEQ = struct.Struct("!Q")
 _MAC_LEN = 6
 _ADDR_LENS = (4, 16)
 _VLAN_TPIDS = frozenset((EtherType.VLAN, EtherType.QINQ))
@@ -76,6 +95,8 @@ class Opcode(IntEnum):
     REMOVE_LOCAL_ADDR = 0x05
     GET_SA_STATS = 0x06
     GET_CAPS = 0x07
+    LIST_SAS = 0x08
+    EVENT = 0x09
     REPLY = _REPLY_BIT
 
 
@@ -114,6 +135,11 @@ class TlvType(IntEnum):
     CAPS = 0x0011
     KEK_ID = 0x0012
     SEQ = 0x0013
+    SA_ENTRY = 0x0014
+    EVENT_TYPE = 0x0015
+    BOOT_ID = 0x0016
+    SOFT_LIFETIME_PACKETS = 0x0017
+    SOFT_LIFETIME_BYTES = 0x0018
 
 
 class Direction(IntEnum):
@@ -145,9 +171,20 @@ class Algorithm(IntEnum):
         return -(-self.key_material_length // 8) * 8 + 8
 
 
+class EventType(IntEnum):
+    """What an EVENT tells the PF (spec 9)."""
+
+    AGENT_STARTED = 1
+    SOFT_EXPIRE = 2
+    HARD_EXPIRE = 3
+    SEQ_SOFT_LIMIT = 4
+
+
 _TLV_TYPES = frozenset(TlvType)
 _DIRECTIONS = frozenset(Direction)
 _ALGORITHMS = frozenset(Algorithm)
+_EVENT_TYPES = frozenset(EventType)
+_SA_ENTRY_LENS = tuple(_SA_ENTRY_HEAD.size + n + _SA_ENTRY_SEQ.size for n in _ADDR_LENS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +350,7 @@ class _Reader:
                 raise ParseError(_LAYER, f"TLV {_tlv_name(tlv.type)} does not belong here", offset)
             seen = self._found.setdefault(tlv.type, [])
             if seen and tlv.type not in repeatable:
-                # spec 4: only VLAN repeats
+                # spec 4, 9: only VLAN (and SA_ENTRY in a LIST_SAS reply) repeats
                 raise ParseError(_LAYER, f"duplicate TLV {_tlv_name(tlv.type)}", offset)
             seen.append((offset, tlv.value))
             offset += TLV_HEADER_LEN + len(tlv.value)
@@ -372,6 +409,8 @@ class AddSaRequest:
     replay_window: int | None = None
     lifetime_packets: int | None = None
     lifetime_bytes: int | None = None
+    soft_lifetime_packets: int | None = None
+    soft_lifetime_bytes: int | None = None
 
 
 _ADD_SA_TLVS = frozenset(
@@ -391,9 +430,12 @@ _ADD_SA_TLVS = frozenset(
         TlvType.REPLAY_WINDOW,
         TlvType.LIFETIME_PACKETS,
         TlvType.LIFETIME_BYTES,
+        TlvType.SOFT_LIFETIME_PACKETS,
+        TlvType.SOFT_LIFETIME_BYTES,
     )
 )
 _VLAN_ONLY = frozenset((TlvType.VLAN,))
+_SA_ENTRY_ONLY = frozenset((TlvType.SA_ENTRY,))
 
 
 def _vlan_tlvs(vlans: tuple[VlanTag, ...]) -> list[Tlv]:
@@ -446,6 +488,8 @@ def encode_add_sa(req: AddSaRequest) -> tuple[Tlv, ...]:
         (TlvType.REPLAY_WINDOW, req.replay_window, 4),
         (TlvType.LIFETIME_PACKETS, req.lifetime_packets, 8),
         (TlvType.LIFETIME_BYTES, req.lifetime_bytes, 8),
+        (TlvType.SOFT_LIFETIME_PACKETS, req.soft_lifetime_packets, 8),
+        (TlvType.SOFT_LIFETIME_BYTES, req.soft_lifetime_bytes, 8),
     ):
         if value is not None:
             tlvs.append(_uint_tlv(tlv_type, value, size))
@@ -508,6 +552,8 @@ def decode_add_sa(tlvs: Iterable[Tlv]) -> AddSaRequest:
         replay_window=reader.uint(TlvType.REPLAY_WINDOW, 4),
         lifetime_packets=reader.uint(TlvType.LIFETIME_PACKETS, 8),
         lifetime_bytes=reader.uint(TlvType.LIFETIME_BYTES, 8),
+        soft_lifetime_packets=reader.uint(TlvType.SOFT_LIFETIME_PACKETS, 8),
+        soft_lifetime_bytes=reader.uint(TlvType.SOFT_LIFETIME_BYTES, 8),
     )
 
 
@@ -590,15 +636,17 @@ def decode_sa_stats(tlvs: Iterable[Tlv]) -> SaStats:
 
 @dataclass(frozen=True, slots=True)
 class Caps:
-    """The GET_CAPS reply."""
+    """The GET_CAPS reply; `boot_id` is None in the reply of a spec 1.0 agent (no BOOT_ID)."""
 
     algorithms: tuple[Algorithm, ...]
     sad_size: int
     max_replay_window: int
+    boot_id: int | None = None
 
 
 def encode_caps(caps: Caps) -> tuple[Tlv, ...]:
-    """The CAPS TLV: u8 count, one u8 per algorithm, u32 SAD size, u32 max replay window."""
+    """The CAPS TLV (u8 count, one u8 per algorithm, u32 SAD size, u32 max replay window),
+    then BOOT_ID (u64) unless `boot_id` is None."""
     if len(caps.algorithms) > 0xFF:
         raise UsageError(f"{len(caps.algorithms)} algorithms; the count is a u8")
     for alg in caps.algorithms:
@@ -609,12 +657,20 @@ def encode_caps(caps: Caps) -> tuple[Tlv, ...]:
     value = bytes((len(caps.algorithms), *caps.algorithms)) + _CAPS_TAIL.pack(
         caps.sad_size, caps.max_replay_window
     )
-    return (Tlv(TlvType.CAPS, value),)
+    tlvs = [Tlv(TlvType.CAPS, value)]
+    if caps.boot_id is not None:
+        tlvs.append(_uint_tlv(TlvType.BOOT_ID, caps.boot_id, 8))
+    return tuple(tlvs)
+
+
+_CAPS_TLVS = frozenset((TlvType.CAPS, TlvType.BOOT_ID))
 
 
 def decode_caps(tlvs: Iterable[Tlv]) -> Caps:
-    """Decode a body holding exactly one CAPS TLV; algorithm ids this model lacks are skipped."""
-    offset, value = _Reader(tlvs, frozenset((TlvType.CAPS,))).need(TlvType.CAPS, None)
+    """Decode a body holding one CAPS TLV and at most one BOOT_ID (absent: a spec 1.0 agent,
+    `boot_id` None); algorithm ids this model lacks are skipped."""
+    reader = _Reader(tlvs, _CAPS_TLVS)
+    offset, value = reader.need(TlvType.CAPS, None)
     count = value[0] if value else 0
     if len(value) != 1 + count + _CAPS_TAIL.size:
         # spec 4: CAPS is u8 count + ids, u32, u32
@@ -623,4 +679,277 @@ def decode_caps(tlvs: Iterable[Tlv]) -> Caps:
         )
     algorithms = tuple(Algorithm(a) for a in value[1 : 1 + count] if a in _ALGORITHMS)
     sad_size, max_window = _CAPS_TAIL.unpack_from(value, 1 + count)
-    return Caps(algorithms, sad_size, max_window)
+    # spec 9: BOOT_ID u64, in every GET_CAPS reply of a spec 1.1 agent
+    boot_id = reader.uint(TlvType.BOOT_ID, 8)
+    return Caps(algorithms, sad_size, max_window, boot_id)
+
+
+# -- spec 1.1 (section 9): LIST_SAS and EVENT ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SaEntry:
+    """One SA in a LIST_SAS reply (the SA_ENTRY TLV).
+
+    `seq`: for an outbound SA the number its next packet uses, for an inbound SA the highest
+    number it has accepted (the values an ADD_SA's SEQ re-installs it with).
+    """
+
+    sa_index: int
+    direction: Direction
+    spi: int
+    dst: bytes
+    seq: int
+
+
+def encode_sa_entry(entry: SaEntry) -> bytes:
+    """The SA_ENTRY value: u32 SA index, u8 DIR, u32 SPI, u8 address length (4 or 16), the
+    destination address, u64 SEQ (22 or 34 bytes)."""
+    for name, number, size in (
+        ("SA_ENTRY SA index", entry.sa_index, 4),
+        ("SA_ENTRY DIR", entry.direction, 1),
+        ("SA_ENTRY SPI", entry.spi, 4),
+        ("SA_ENTRY SEQ", entry.seq, 8),
+    ):
+        _check_uint(name, number, size)
+    if len(entry.dst) not in _ADDR_LENS:
+        raise UsageError(f"SA_ENTRY address of {len(entry.dst)} bytes; give 4 or 16")
+    value = (
+        _SA_ENTRY_HEAD.pack(entry.sa_index, entry.direction, entry.spi, len(entry.dst))
+        + bytes(entry.dst)
+        + _SA_ENTRY_SEQ.pack(entry.seq)
+    )
+    try:
+        decode_sa_entry(value)
+    except ParseError as exc:
+        raise UsageError(f"invalid SaEntry: {exc.what}") from exc
+    return value
+
+
+def decode_sa_entry(value: bytes | memoryview, offset: int = 0) -> SaEntry:
+    """Validate and decode one SA_ENTRY value.
+
+    `offset` is where the value starts in the config message (error offsets count from it).
+    """
+    size = len(value)
+    if size not in _SA_ENTRY_LENS:
+        # spec 9: SA_ENTRY is u32, u8, u32, u8, a 4- or 16-byte address, u64: 22 or 34 bytes
+        raise ParseError(_LAYER, f"TLV SA_ENTRY value has {size} bytes, not 22 or 34", offset)
+    sa_index, direction, spi, addr_len = _SA_ENTRY_HEAD.unpack_from(value)
+    if direction not in _DIRECTIONS:
+        # spec 9: SA_ENTRY's DIR is a DIR value (spec 4), 0 inbound or 1 outbound
+        raise ParseError(_LAYER, f"SA_ENTRY DIR {direction} is neither 0 nor 1", offset + 4)
+    if spi == 0:
+        # spec 4: SPI u32, not 0; no SA in the agent has SPI 0
+        raise ParseError(_LAYER, "SA_ENTRY SPI 0 is reserved", offset + 5)
+    if addr_len not in _ADDR_LENS:
+        # spec 9: SA_ENTRY address length 4 or 16
+        raise ParseError(_LAYER, f"SA_ENTRY address length {addr_len} is not 4 or 16", offset + 9)
+    if size != _SA_ENTRY_HEAD.size + addr_len + _SA_ENTRY_SEQ.size:
+        # spec 9: the address has the address length, then u64 SEQ ends the value
+        raise ParseError(
+            _LAYER,
+            f"SA_ENTRY address length {addr_len} does not match the {size}-byte value",
+            offset + 9,
+        )
+    start = _SA_ENTRY_HEAD.size
+    dst = bytes(value[start : start + addr_len])
+    (seq,) = _SA_ENTRY_SEQ.unpack_from(value, start + addr_len)
+    return SaEntry(sa_index, Direction(direction), spi, dst, seq)
+
+
+@dataclass(frozen=True, slots=True)
+class ListSasRequest:
+    """The body of LIST_SAS: an optional domain and an optional cursor.
+
+    Without `local_mac` (and then without VLANs) every SA is listed; with it, the SAs of the
+    domain that `local_mac` and `vlans` name (spec 5). `cursor` lists from that SA index on;
+    None, like 0, from the start.
+    """
+
+    local_mac: bytes | None = None
+    vlans: tuple[VlanTag, ...] = ()
+    cursor: int | None = None
+
+
+_LIST_SAS_TLVS = frozenset((TlvType.LOCAL_MAC, TlvType.VLAN, TlvType.SA_INDEX))
+
+
+def encode_list_sas_request(req: ListSasRequest) -> tuple[Tlv, ...]:
+    """[LOCAL_MAC], the VLAN TLVs outermost first, [SA_INDEX] (the cursor)."""
+    tlvs = []
+    if req.local_mac is not None:
+        tlvs.append(Tlv(TlvType.LOCAL_MAC, bytes(req.local_mac)))
+    tlvs.extend(_vlan_tlvs(req.vlans))
+    if req.cursor is not None:
+        tlvs.append(_uint_tlv(TlvType.SA_INDEX, req.cursor, 4))
+    result = tuple(tlvs)
+    try:
+        decode_list_sas_request(result)
+    except ParseError as exc:
+        raise UsageError(f"invalid ListSasRequest: {exc.what}") from exc
+    return result
+
+
+def decode_list_sas_request(tlvs: Iterable[Tlv]) -> ListSasRequest:
+    """Validate and decode a LIST_SAS request: [LOCAL_MAC], up to two VLAN, [SA_INDEX]."""
+    reader = _Reader(tlvs, _LIST_SAS_TLVS, _VLAN_ONLY)
+    mac = reader.get(TlvType.LOCAL_MAC, (_MAC_LEN,))
+    vlans = _read_vlans(reader)
+    if vlans and mac is None:
+        # spec 9: the domain is LOCAL_MAC with its VLANs (spec 5); VLANs alone name none
+        offset = reader.every(TlvType.VLAN, None)[0][0]
+        raise ParseError(_LAYER, "VLAN without LOCAL_MAC names no domain", offset)
+    return ListSasRequest(
+        local_mac=None if mac is None else mac[1],
+        vlans=vlans,
+        cursor=reader.uint(TlvType.SA_INDEX, 4),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ListSasReply:
+    """The LIST_SAS reply: SA entries in ascending SA index, then the cursor to ask with next
+    (0: the listing is complete)."""
+
+    entries: tuple[SaEntry, ...]
+    next_cursor: int
+
+
+_SA_INDEX_TLV_LEN = TLV_HEADER_LEN + 4
+
+
+def _sa_entry_tlv_len(entry: SaEntry) -> int:
+    return TLV_HEADER_LEN + _SA_ENTRY_HEAD.size + len(entry.dst) + _SA_ENTRY_SEQ.size
+
+
+def encode_list_sas_reply(reply: ListSasReply) -> tuple[Tlv, ...]:
+    """One SA_ENTRY per entry, then SA_INDEX = the next cursor; at most 1400 bytes of TLVs."""
+    tlvs = (
+        *(Tlv(TlvType.SA_ENTRY, encode_sa_entry(entry)) for entry in reply.entries),
+        _uint_tlv(TlvType.SA_INDEX, reply.next_cursor, 4),
+    )
+    try:
+        decode_list_sas_reply(tlvs)
+    except ParseError as exc:
+        raise UsageError(f"invalid ListSasReply: {exc.what}") from exc
+    return tlvs
+
+
+def decode_list_sas_reply(tlvs: Iterable[Tlv]) -> ListSasReply:
+    """Validate and decode a LIST_SAS reply: SA_ENTRY TLVs and one SA_INDEX (the cursor)."""
+    tlvs = tuple(tlvs)
+    reader = _Reader(tlvs, frozenset((TlvType.SA_ENTRY, TlvType.SA_INDEX)), _SA_ENTRY_ONLY)
+    end = CONFIG_HEADER_LEN
+    for tlv in tlvs:
+        if end + TLV_HEADER_LEN + len(tlv.value) > CONFIG_HEADER_LEN + LIST_SAS_MAX_TLV_BYTES:
+            # spec 9: a LIST_SAS reply holds at most 1400 bytes of TLVs
+            raise ParseError(
+                _LAYER,
+                f"{reader.end - CONFIG_HEADER_LEN} bytes of TLVs; LIST_SAS replies hold at most "
+                f"{LIST_SAS_MAX_TLV_BYTES}",
+                end,
+            )
+        end += TLV_HEADER_LEN + len(tlv.value)
+    entries: list[SaEntry] = []
+    for offset, value in reader.every(TlvType.SA_ENTRY, _SA_ENTRY_LENS):
+        entry = decode_sa_entry(value, offset + TLV_HEADER_LEN)
+        if entries and entry.sa_index <= entries[-1].sa_index:
+            # spec 9: the cursor lists "from this index on": entries ascend by SA index
+            raise ParseError(
+                _LAYER,
+                f"SA_ENTRY index {entry.sa_index} after {entries[-1].sa_index}: not ascending",
+                offset + TLV_HEADER_LEN,
+            )
+        entries.append(entry)
+    offset, cursor = reader.need_uint(TlvType.SA_INDEX, 4)
+    if cursor and entries and cursor <= entries[-1].sa_index:
+        # spec 9: the next cursor lists the SAs after the ones in this reply
+        raise ParseError(
+            _LAYER,
+            f"next cursor {cursor} is not above the last SA_ENTRY index {entries[-1].sa_index}",
+            offset + TLV_HEADER_LEN,
+        )
+    return ListSasReply(tuple(entries), cursor)
+
+
+def pack_list_sas_reply(
+    entries: Iterable[SaEntry], max_tlv_bytes: int = LIST_SAS_MAX_TLV_BYTES
+) -> ListSasReply:
+    """The reply to LIST_SAS from the SAs to list, in ascending SA index from the cursor on.
+
+    Takes entries while they and the SA_INDEX cursor fit `max_tlv_bytes` of TLVs; the next
+    cursor is the index of the first entry left out, 0 when all fit. Reads `entries` no
+    further than that first entry left out.
+    """
+    if not _SA_INDEX_TLV_LEN < max_tlv_bytes <= LIST_SAS_MAX_TLV_BYTES:
+        raise UsageError(
+            f"max_tlv_bytes {max_tlv_bytes}; give {_SA_INDEX_TLV_LEN + 1}..{LIST_SAS_MAX_TLV_BYTES}"
+        )
+    budget = max_tlv_bytes - _SA_INDEX_TLV_LEN
+    taken: list[SaEntry] = []
+    for entry in entries:
+        if taken and entry.sa_index <= taken[-1].sa_index:
+            raise UsageError(
+                f"SA index {entry.sa_index} after {taken[-1].sa_index}; give ascending indexes"
+            )
+        size = _sa_entry_tlv_len(entry)
+        if size > budget:
+            if not taken:
+                raise UsageError(f"max_tlv_bytes {max_tlv_bytes} cannot hold one SA_ENTRY")
+            return ListSasReply(tuple(taken), entry.sa_index)
+        taken.append(entry)
+        budget -= size
+    return ListSasReply(tuple(taken), 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """The body of EVENT, which the agent sends unsolicited to the PF.
+
+    `sa_index` names the SA of SOFT_EXPIRE, HARD_EXPIRE and SEQ_SOFT_LIMIT, and is None for
+    AGENT_STARTED (the SAD is empty). The PF answers with an empty EVENT reply, status OK.
+    """
+
+    event_type: EventType
+    boot_id: int
+    sa_index: int | None = None
+
+
+_EVENT_TLVS = frozenset((TlvType.EVENT_TYPE, TlvType.BOOT_ID, TlvType.SA_INDEX))
+
+
+def encode_event(event: Event) -> tuple[Tlv, ...]:
+    """EVENT_TYPE, BOOT_ID, [SA_INDEX]."""
+    tlvs = [
+        _uint_tlv(TlvType.EVENT_TYPE, event.event_type, 1),
+        _uint_tlv(TlvType.BOOT_ID, event.boot_id, 8),
+    ]
+    if event.sa_index is not None:
+        tlvs.append(_uint_tlv(TlvType.SA_INDEX, event.sa_index, 4))
+    result = tuple(tlvs)
+    try:
+        decode_event(result)
+    except ParseError as exc:
+        raise UsageError(f"invalid Event: {exc.what}") from exc
+    return result
+
+
+def decode_event(tlvs: Iterable[Tlv]) -> Event:
+    """Validate and decode an EVENT request: EVENT_TYPE, BOOT_ID and, but for AGENT_STARTED,
+    SA_INDEX."""
+    reader = _Reader(tlvs, _EVENT_TLVS)
+    offset, event_type = reader.need_uint(TlvType.EVENT_TYPE, 1)
+    if event_type not in _EVENT_TYPES:
+        # spec 9: EVENT_TYPE 1 AGENT_STARTED, 2 SOFT_EXPIRE, 3 HARD_EXPIRE, 4 SEQ_SOFT_LIMIT
+        raise ParseError(_LAYER, f"unknown EVENT_TYPE {event_type}", offset + TLV_HEADER_LEN)
+    kind = EventType(event_type)
+    _, boot_id = reader.need_uint(TlvType.BOOT_ID, 8)
+    found = reader.get(TlvType.SA_INDEX, (4,))
+    if kind is EventType.AGENT_STARTED and found is not None:
+        # spec 9: AGENT_STARTED means the SAD is empty: no SA to name
+        raise ParseError(_LAYER, "SA_INDEX does not go with AGENT_STARTED", found[0])
+    if kind is not EventType.AGENT_STARTED and found is None:
+        # spec 9: SOFT_EXPIRE, HARD_EXPIRE and SEQ_SOFT_LIMIT are about one SA
+        raise ParseError(_LAYER, f"missing TLV SA_INDEX: {kind.name} names an SA", reader.end)
+    return Event(kind, boot_id, None if found is None else int.from_bytes(found[1], "big"))
