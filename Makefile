@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= out
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench campaign clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: lint typecheck unit
 
 bench: $(VENV)/.installed
 	$(BIN)/ipsec-offload bench
+
+# The 100,000-step fault campaign (spec section 9; tests/test_fault_campaign.py), minutes long.
+campaign: $(VENV)/.installed-test
+	$(BIN)/pytest -m slow -n 2 -rP tests/test_fault_campaign.py
 
 
 clean:
