@@ -30,6 +30,7 @@ from ipsec_offload.wire.config import (
 from ipsec_offload.wire.ethernet import EtherType, parse_ethernet
 from ipsec_offload.wire.mailbox import MbxOpcode, parse_mailbox
 from ipsec_offload.wire.metadata import RxStatus
+from ipsec_offload.wire.packet import find_esp
 
 HELD, FAILED, ABSENT = "held", "FAILED", "not exercised"
 LINK_FILES = {
@@ -303,9 +304,9 @@ def _tso(run: ScenarioRun, flows: dict[str, Any]) -> dict[str, str]:
     pairs = []
     crafted = {injection.frame for injection in run.injections}  # carried as data, not sealed
     for record in run.bed.captures["agent-to-wire"].records:
-        esp = None if record.frame in crafted else _esp_of(record)
+        esp = None if record.frame in crafted else find_esp(record.frame)
         if esp is not None:
-            pairs.append(esp)
+            pairs.append((esp.src, esp.dst, esp.spi, esp.seq))
     duplicates = len(pairs) - len(set(pairs))
     complete = all(flows[n]["complete"] for n in names)
     sent_bytes = sum(flows[n]["sent_bytes"] for n in names)
@@ -315,24 +316,6 @@ def _tso(run: ScenarioRun, flows: dict[str, Any]) -> dict[str, str]:
         f"(SPI, sequence number) pairs on the wire: {len(pairs)}, reused: {duplicates}"
     )
     return _challenge(name, HELD if complete and not duplicates else FAILED, observed)
-
-
-def _esp_of(record: PcapRecord) -> tuple[bytes, int, int] | None:
-    """(IP source and destination, SPI, sequence number) of an ESP frame."""
-    try:
-        eth = parse_ethernet(record.frame)
-    except ParseError:
-        return None
-    frame = record.frame
-    start = eth.header_len
-    if eth.ethertype == EtherType.IPV4 and frame[start + 9] == 50:
-        esp, addresses = start + (frame[start] & 0xF) * 4, frame[start + 12 : start + 20]
-    elif eth.ethertype == EtherType.IPV6 and frame[start + 6] == 50:
-        esp, addresses = start + 40, frame[start + 8 : start + 40]
-    else:
-        return None
-    spi, seq = int.from_bytes(frame[esp : esp + 4]), int.from_bytes(frame[esp + 8 : esp + 16])
-    return addresses, spi, seq
 
 
 # -- tables -----------------------------------------------------------------------------------
