@@ -530,3 +530,30 @@ def test_a_delete_under_way_at_a_restart_completes_and_is_not_reinstalled() -> N
     assert events[0] == StateDeleteDone(5, 0)
     assert [sa.request.spi for sa in agent.sad.values()] == [0x101]
     assert pf.sa_index == {6: next(iter(agent.sad))}
+
+
+def test_a_delete_whose_replies_are_lost_leaves_no_orphan() -> None:
+    pf, agent = loaded(timeout=0.001, retries=0)
+    pf.xdo_dev_state_add(outbound(5, 0x100), 0.0)
+    agent.serve(0.0)
+    pf.events()
+    pf.xdo_dev_state_delete(5, 0.1)
+    pf.tx_descriptors()  # the REMOVE_SA is lost: the SA stays in the agent
+    pf.handle_timer(0.101)
+    assert pf.events() == [StateDeleteDone(5, -Errno.ETIMEDOUT)]
+    pf.xdo_dev_state_free(5)  # the stack frees the state whatever the answer
+    agent.serve(0.101)
+    assert len(pf.db) == 0 and agent.sad == {}
+    assert pf.pf_counters.orphans_removed == 1
+
+
+def test_a_vfs_add_whose_replies_are_lost_leaves_no_orphan() -> None:
+    p = port(timeout=0.001, retries=0)
+    p.agent.lose_replies = 1
+    p.vf.xdo_dev_state_add(outbound(7, 0x200), 0.0)
+    p.run(0.0)
+    assert len(p.agent.sad) == 1
+    p.pf.handle_timer(0.001)
+    p.run(0.001)
+    assert p.vf.events() == [StateAddDone(7, -Errno.ETIMEDOUT, None)]
+    assert p.agent.sad == {} and len(p.pf.db) == 0

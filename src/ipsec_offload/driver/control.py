@@ -242,8 +242,9 @@ class AgentControl:
         """Called once per event the agent sends (spec 9), after the PF answered it."""
         self.on_caps: Callable[[Caps, float], None] | None = None
         """Called with every GET_CAPS answer (the BOOT_ID in it tells of a restart)."""
-        self.on_add_timeout: Callable[[float], None] | None = None
-        """Called after an ADD_SA completed with -ETIMEDOUT (the SA may sit in the agent)."""
+        self.on_timeout: Callable[[float], None] | None = None
+        """Called after an ADD_SA or a REMOVE_SA completed with -ETIMEDOUT: the SA may sit in
+        the agent, known to no ownership entry."""
 
     def request(self, opcode: Opcode, tlvs: tuple[Tlv, ...], now: float, then: Then) -> None:
         """Send a request to the agent; `then` runs once, with the reply or the time-out."""
@@ -344,9 +345,9 @@ class AgentControl:
         if then is not None:
             tlvs = done.reply.tlvs if done.reply is not None and done.rc == 0 else None
             then(done.rc, tlvs, now)
-        timed_out = done.opcode == Opcode.ADD_SA and done.rc == -Errno.ETIMEDOUT
-        if timed_out and self.on_add_timeout is not None:
-            self.on_add_timeout(now)
+        lost = done.opcode in (Opcode.ADD_SA, Opcode.REMOVE_SA) and done.rc == -Errno.ETIMEDOUT
+        if lost and self.on_timeout is not None:
+            self.on_timeout(now)
 
 
 def reply_sa_index(tlvs: tuple[Tlv, ...] | None) -> int | None:

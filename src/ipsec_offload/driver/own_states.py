@@ -135,7 +135,9 @@ class OwnStates:
 
         def then(rc: int, _tlvs: tuple[Tlv, ...] | None, now: float) -> None:
             self._deleting.discard(handle)
-            if rc in (0, -Errno.ENOENT):
+            if rc in (0, -Errno.ENOENT, -Errno.ETIMEDOUT):
+                # timed out, the stack frees the state all the same: the SA, if the agent
+                # still has it, is an orphan for the reconciliation (resync.py)
                 self._db.remove(index)
             self._emit(StateDeleteDone(handle, rc))
 

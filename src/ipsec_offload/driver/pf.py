@@ -125,7 +125,7 @@ class PfDriver(RingDriver):
         )
         self.control.on_event = self.agent_events.on_event
         self.control.on_caps = self.resync.caps_seen
-        self.control.on_add_timeout = self.resync.reconcile
+        self.control.on_timeout = self.resync.reconcile
 
     # -- what it was built with and what it holds -------------------------------------------
 

@@ -32,13 +32,16 @@ whose SA index the driver forgot is not `xdo_dev_offload_ok`.
 
 **Reconciliation** (`reconcile`): an ADD_SA that completed with -ETIMEDOUT (every reply lost)
 may have added its SA all the same; the stack was told the add failed and removed the state, so
-the SA sits in the agent known to nobody (an orphan). After such a time-out, and after a
-restart or a PF reset, the PF lists the agent's SAs (LIST_SAS, paging with the cursor) and
-removes (REMOVE_SA) each that is in no ownership entry and that no ADD_SA under way would add
-(its reply may still come). The listing covers the whole port, not each known domain: an SA of
-a domain the PF no longer knows is an orphan too. A missed reply is therefore never adopted
-late: the stack already saw the add fail, so the SA goes, and nothing offloaded is left that
-no stack holds (no orphan, and no counter the stack does not drive: no nonce twice).
+the SA sits in the agent known to nobody (an orphan). A REMOVE_SA of a stack's delete that
+timed out may have left its SA there likewise: the stack frees the state whatever the answer,
+so the ownership entry goes too. After such a time-out (a clean-up's too, once it gave up),
+and after a restart or a PF reset, the PF lists the agent's SAs (LIST_SAS, paging with the
+cursor) and removes (REMOVE_SA) each that is in no ownership entry and that no ADD_SA under
+way would add (its reply may still come). The listing covers the whole port, not each known
+domain: an SA of a domain the PF no longer knows is an orphan too. A missed reply is therefore
+never adopted late: the stack already saw the add fail, so the SA goes, and nothing offloaded
+is left that no stack holds (no orphan, and no counter the stack does not drive: no nonce
+twice).
 
 Spec 1.1 only: the restart detection and the reconciliation act only with an agent whose
 GET_CAPS answer carried a BOOT_ID (a spec 1.0 agent knows neither LIST_SAS nor events), and the

@@ -481,6 +481,10 @@ class VfProxy:
 
         def then(rc: int, _tlvs: tuple[Tlv, ...] | None, now: float) -> None:
             vf.inflight -= 1
+            if rc == -Errno.ETIMEDOUT:
+                # the VF's stack frees the state all the same: the SA, if the agent still has
+                # it, is an orphan for the reconciliation (resync.py)
+                self._db.remove(index)
             if rc in (0, -Errno.ENOENT):
                 self._db.remove(index)
                 rc = 0
