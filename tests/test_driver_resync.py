@@ -557,3 +557,22 @@ def test_a_vfs_add_whose_replies_are_lost_leaves_no_orphan() -> None:
     p.run(0.001)
     assert p.vf.events() == [StateAddDone(7, -Errno.ETIMEDOUT, None)]
     assert p.agent.sad == {} and len(p.pf.db) == 0
+
+
+def test_an_own_sa_missing_from_the_listing_is_reinstalled_with_its_live_seq() -> None:
+    p = port()
+    seq = LiveSeq(300)
+    p.pf.xdo_dev_state_add(outbound(5, 0x100, seq), 0.0)
+    p.pf.xdo_dev_state_add(outbound(6, 0x101), 0.0)
+    p.vf.xdo_dev_state_add(outbound(7, 0x200), 0.0)
+    p.run(0.0)
+    p.pf.events()
+    del p.agent.sad[p.pf.sa_index[5]]  # gone from the agent behind the PF's back
+    seq.value = 350
+    p.pf.resync.reconcile(0.1)
+    p.run(0.1)
+    assert p.pf.pf_counters.sas_lost == 1
+    assert p.pf.events() == [StateAddDone(5, 0, p.pf.sa_index[5])]
+    assert p.agent.sad[p.pf.sa_index[5]].request.seq == 350
+    assert sorted(p.agent.sad) == sorted(e["sa_index"] for e in p.pf.db.dump())
+    assert len(p.agent.sad) == 3

@@ -86,6 +86,17 @@ class OwnStates:
         """Whether the PF's stack has any state offloaded or on its way."""
         return bool(self._states)
 
+    def lose(self, handle: int, now: float) -> bool:
+        """The agent no longer holds this offloaded state (a listing did not show it):
+        re-install it (StateAddDone, or OffloadLost when the agent refuses it). False, and
+        nothing done, for a state that is not offloaded or is being deleted."""
+        state = self._states.get(handle)
+        if state is None or handle not in self._sa_index or handle in self._deleting:
+            return False
+        del self._sa_index[handle]
+        self.reinstall(state, now)
+        return True
+
     def lose_all(self) -> list[OffloadState]:
         """The agent holds none of the states any more (a PF reset, an agent restart): forget
         their SA indexes and return the states to re-install. A state whose delete was under

@@ -281,6 +281,7 @@ class PfDriver(RingDriver):
             "control": asdict(self.channel.counters),
             "counters": asdict(self.counters),
             "pf": asdict(self.pf_counters),
+            "agent_boot_id": self.resync.boot_id,
             "ownership": self.db.dump(),
             "vfs": self.vf_proxy.dump(),
         }

@@ -34,6 +34,8 @@ class PfCounters:
     """Listings given up: a LIST_SAS failed or its reply did not decode."""
     orphans_removed: int = 0
     """SAs found in the agent that no ownership entry and no add under way explain, removed."""
+    sas_lost: int = 0
+    """The PF's own SAs a listing did not show (gone from the agent): re-installed."""
     notices_resent: int = 0
     """EVENT_PF_RESET and EVENT_SA_EXPIRE mailbox messages sent again, unanswered."""
     notices_unanswered: int = 0

@@ -41,7 +41,10 @@ way would add (its reply may still come). The listing covers the whole port, not
 domain: an SA of a domain the PF no longer knows is an orphan too. A missed reply is therefore
 never adopted late: the stack already saw the add fail, so the SA goes, and nothing offloaded
 is left that no stack holds (no orphan, and no counter the stack does not drive: no nonce
-twice).
+twice). The other way round, an SA of the PF's own stack that was in the agent before
+the listing began and that the listing does not show is lost (a crafted flush, say): it is
+re-installed with its live SEQ, or demoted to software (`OwnStates.lose`). A VF's SA missing
+from the listing is not yet handled (the VF would have to re-add that one state).
 
 Spec 1.1 only: the restart detection and the reconciliation act only with an agent whose
 GET_CAPS answer carried a BOOT_ID (a spec 1.0 agent knows neither LIST_SAS nor events), and the
@@ -55,7 +58,7 @@ from __future__ import annotations
 from ipsec_offload.driver.cleanup import DomainCleanup
 from ipsec_offload.driver.control import AgentControl, Errno
 from ipsec_offload.driver.own_states import OwnStates
-from ipsec_offload.driver.ownership import OwnershipDb
+from ipsec_offload.driver.ownership import PF_OWNER, OwnershipDb
 from ipsec_offload.driver.pf_counters import PfCounters
 from ipsec_offload.driver.vf_proxy import VfProxy
 from ipsec_offload.errors import ParseError, UsageError
@@ -103,6 +106,9 @@ class Resync:
         self._next_probe: float | None = None
         self._listing = False
         self._list_again = False
+        self._expected: set[int] = set()
+        """The PF's own SA indexes the listing under way must show."""
+        self._listed_indexes: set[int] = set()
 
     # -- PF reset --------------------------------------------------------------------------
 
@@ -194,6 +200,8 @@ class Resync:
             return
         self._listing = True
         self._counters.reconciliations += 1
+        self._expected = {e.sa_index for e in self._db.owned_by(PF_OWNER)}
+        self._listed_indexes = set()
         self._list(None, now)
 
     def _list(self, cursor: int | None, now: float) -> None:
@@ -208,6 +216,7 @@ class Resync:
                 return
             owned = self._db.indexes()
             under_way = self._control.adds_under_way()
+            self._listed_indexes.update(entry.sa_index for entry in reply.entries)
             for entry in reply.entries:
                 if entry.sa_index in owned:
                     continue
@@ -217,10 +226,23 @@ class Resync:
             if reply.next_cursor:
                 self._list(reply.next_cursor, now)
             else:
+                self._reinstall_lost(now)
                 self._listed(now)
 
         request = encode_list_sas_request(ListSasRequest(cursor=cursor))
         self._control.request(Opcode.LIST_SAS, request, now, then)
+
+    def _reinstall_lost(self, now: float) -> None:
+        """The PF's own SAs that were in the agent before the listing began (their ADD_SA was
+        answered) and that it did not show are lost (say, a crafted flush): re-installed,
+        or demoted to software. An SA being deleted meanwhile is not lost."""
+        for index in sorted(self._expected - self._listed_indexes):
+            entry = self._db.by_index(index)
+            if entry is None or entry.owner != PF_OWNER:
+                continue  # deleted, or the index changed hands, meanwhile
+            if self._own_states.lose(entry.handle, now):  # its re-add's reply comes later
+                self._db.remove(index)
+                self._counters.sas_lost += 1
 
     def _listed(self, now: float) -> None:
         self._listing = False
