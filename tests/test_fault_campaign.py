@@ -47,8 +47,8 @@ example early, so the steps are counted as they run. The 100,000-step campaign i
 tests/test_fault_campaign.py`) runs it and prints each shard's figures. The naive tests run
 the machine with one fix switched off (the stack's sequence ownership; the Tx EtherType filter
 and the agent's source check; the port tag) and expect it to fail on the violation that fix
-prevents, found by hypothesis and by a fixed sequence of rules. The xfail test at the end
-reproduces a defect of spec 9.4, built next (traffic dropped: see its reason). The campaign
+prevents, found by hypothesis and by a fixed sequence of rules. The test at the end
+reproduces a defect of spec 9.4 the campaign found (a lost EVENT_PF_RESET), now fixed. The campaign
 found two defects that sent traffic in clear (a duplicated mailbox ADD_SA, a first add that
 timed out); both are fixed, with regression tests in tests/test_integrity.py.
 """
@@ -905,7 +905,7 @@ def test_a_fixed_sequence_fails_under_its_naive_switch_and_passes_fixed(
         assert not fails, f"{machine.__name__} did not fail"
 
 
-# -- a defect of spec 9.4 (one view of the SAD), built next -----------------------------------
+# -- a defect of spec 9.4 (one view of the SAD), fixed ----------------------------------------
 
 
 def small_port() -> tuple[Testbed, HostStack, HostStack]:
@@ -917,14 +917,10 @@ def small_port() -> tuple[Testbed, HostStack, HostStack]:
     return bed, pf, peer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spec 9.4 (one view of the SAD, traffic continues; not built yet): the PF tells a"
-    " VF of its reset with one EVENT_PF_RESET mailbox message, never resent nor answered; lost,"
-    " the VF and its stack keep their SAs as offloaded while REMOVE_ALL_SAS emptied the SAD,"
-    " and the agent drops the VM's traffic (NO_OUTBOUND_SA) until the VF resets",
-)
 def test_a_lost_pf_reset_event_leaves_the_vms_traffic_flowing() -> None:
+    """Found by the campaign (spec 9.4): a lost EVENT_PF_RESET left the VM's SAs offloaded
+    in its stack and gone from the agent. The PF now resends it until the VF asks for its
+    resources again."""
     bed, _, peer = small_port()
     vm = bed.add_vm("vm", 0, vf_mac(0), ipv4="10.0.0.3")
     bed.secure(vm, peer)

@@ -18,24 +18,44 @@ transaction completes with -ETIMEDOUT.
 carries a continuation (`Then`), kept by txn_id beside the channel's table, that runs once with
 the return code (0 or a negative errno) and the reply's TLVs. It consumes the config frames the
 agent sends, runs the channel's timer, and holds what GET_CAPS told of the agent.
+
+Not every config frame from the agent is a reply (spec 9): the agent sends EVENT requests of
+its own (opcode 0x09), unsolicited, and resends one every 10 ms until the PF answers it with
+opcode 0x89 and the same txn_id. `AgentControl` answers every copy it receives (status OK; a
+malformed one BAD_REQUEST, so that the agent stops resending what the PF cannot read) and hands
+each event to `on_event` once, by (BOOT_ID, txn_id): a resend whose answer was lost gets the
+answer again and is not acted on twice.
+
+    input                               action
+    EVENT, (boot, txn) new              answer 0x89 OK, on_event(event)
+    EVENT, (boot, txn) seen             answer 0x89 OK again
+    EVENT that does not decode          answer 0x89 BAD_REQUEST, count it
+    reply                               the transaction table above
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
 from ipsec_offload.driver.ring import CapsDone, DriverEvent
 from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.wire.config import (
+    AddSaRequest,
     Caps,
     ConfigMessage,
     ConfigStatus,
+    Direction,
+    Event,
     Opcode,
     Tlv,
     build_config,
+    decode_add_sa,
     decode_caps,
+    decode_event,
     decode_sa_index,
     parse_config,
 )
@@ -95,6 +115,12 @@ class ControlCounters:
     replies: int = 0
     stray_replies: int = 0
     bad_replies: int = 0
+    events: int = 0
+    """EVENT frames from the agent, each copy counted (every one is answered)."""
+    event_copies: int = 0
+    """Copies of an event already acted on (same BOOT_ID and txn_id): answered, not acted on."""
+    bad_events: int = 0
+    """EVENT frames that did not decode: answered with BAD_REQUEST."""
 
 
 @dataclass(slots=True)
@@ -121,12 +147,16 @@ class ConfigChannel:
         txn_id = self.next_txn_id
         self.next_txn_id = (txn_id % 0xFFFFFFFF) + 1
         message = ConfigMessage(opcode=opcode, txn_id=txn_id, tlvs=tlvs, port=self.port)
-        frame = build_ethernet(
-            EthernetHeader(dst=self.agent_mac, src=self.mac, ethertype=self.config_ethertype)
-        ) + build_config(message)
+        frame = self.frame(message)
         self._pending[txn_id] = _Pending(opcode, frame, now + self.timeout)
         self.counters.requests += 1
         return txn_id, frame
+
+    def frame(self, message: ConfigMessage) -> bytes:
+        """A config frame from the PF to the agent carrying `message`."""
+        return build_ethernet(
+            EthernetHeader(dst=self.agent_mac, src=self.mac, ethertype=self.config_ethertype)
+        ) + build_config(message)
 
     def on_reply(self, body: bytes | memoryview) -> Completion | None:
         """A config frame's body from the agent: the completion it finishes, if any."""
@@ -135,6 +165,10 @@ class ConfigChannel:
         except ParseError:
             self.counters.bad_replies += 1
             return None
+        return self.complete(reply)
+
+    def complete(self, reply: ConfigMessage) -> Completion | None:
+        """A parsed config message from the agent: the completion it finishes, if any."""
         pending = self._pending.get(reply.txn_id) if reply.is_reply else None
         if pending is None or reply.base_opcode != pending.opcode:
             self.counters.stray_replies += 1
@@ -179,6 +213,12 @@ class ConfigChannel:
 Then = Callable[[int, tuple[Tlv, ...] | None, float], None]
 """A transaction's continuation: (return code, reply TLVs or None, time of completion)."""
 
+EVENTS_KEPT = 256
+"""How many (BOOT_ID, txn_id) pairs of the agent's latest events the PF remembers."""
+
+AddKey = tuple[Direction, int, bytes]
+"""An SA as a LIST_SAS entry names it: (direction, SPI, destination)."""
+
 
 class AgentControl:
     """The PF driver's transactions with the agent, each with its continuation."""
@@ -195,21 +235,72 @@ class AgentControl:
         self._send = send
         self._emit = emit
         self._then: dict[int, Then] = {}
+        self._adds: dict[int, AddKey] = {}
+        """The ADD_SA requests under way, by txn_id: the SA each would add."""
+        self._events_seen: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self.on_event: Callable[[Event, float], None] | None = None
+        """Called once per event the agent sends (spec 9), after the PF answered it."""
+        self.on_caps: Callable[[Caps, float], None] | None = None
+        """Called with every GET_CAPS answer (the BOOT_ID in it tells of a restart)."""
+        self.on_timeout: Callable[[float], None] | None = None
+        """Called after an ADD_SA or a REMOVE_SA completed with -ETIMEDOUT: the SA may sit in
+        the agent, known to no ownership entry."""
 
     def request(self, opcode: Opcode, tlvs: tuple[Tlv, ...], now: float, then: Then) -> None:
         """Send a request to the agent; `then` runs once, with the reply or the time-out."""
         txn_id, frame = self.channel.submit(opcode, tlvs, now)
         self._then[txn_id] = then
+        if opcode == Opcode.ADD_SA:
+            with suppress(ParseError):
+                request: AddSaRequest = decode_add_sa(tlvs)
+                self._adds[txn_id] = (request.direction, request.spi, request.dst)
         self._send(frame)
+
+    def adds_under_way(self) -> set[AddKey]:
+        """The SAs that ADD_SA requests under way would add: a listing may show them before
+        their reply arrives, and they are nobody's orphans."""
+        return set(self._adds.values())
 
     def receive(self, eth: EthernetHeader, frame: bytes, now: float) -> bool:
         """Consume a config frame from the agent (True); any other frame is not ours (False)."""
         if eth.ethertype != self.channel.config_ethertype or eth.src != self.channel.agent_mac:
             return False
-        done = self.channel.on_reply(memoryview(frame)[eth.header_len :])
+        try:
+            message = parse_config(memoryview(frame)[eth.header_len :])
+        except ParseError:
+            self.channel.counters.bad_replies += 1
+            return True
+        if not message.is_reply and message.opcode == Opcode.EVENT:
+            self._agent_event(message, now)
+            return True
+        done = self.channel.complete(message)
         if done is not None:
             self._complete(done, now)
         return True
+
+    def _agent_event(self, message: ConfigMessage, now: float) -> None:
+        """Answer an EVENT (every copy), then act on it once."""
+        counters = self.channel.counters
+        counters.events += 1
+        answer = ConfigMessage(Opcode.EVENT | Opcode.REPLY, message.txn_id, (), port=message.port)
+        try:
+            event = decode_event(message.tlvs) if message.version == 1 else None
+        except ParseError:
+            event = None
+        if event is None:
+            counters.bad_events += 1
+            self._send(self.channel.frame(replace(answer, status=ConfigStatus.BAD_REQUEST)))
+            return
+        self._send(self.channel.frame(answer))
+        key = (event.boot_id, message.txn_id)
+        if key in self._events_seen:
+            counters.event_copies += 1
+            return
+        self._events_seen[key] = None
+        if len(self._events_seen) > EVENTS_KEPT:
+            self._events_seen.popitem(last=False)
+        if self.on_event is not None:
+            self.on_event(event, now)
 
     def next_timer(self) -> float | None:
         """When `handle_timer` next has work, or None."""
@@ -226,25 +317,37 @@ class AgentControl:
     def abandon(self) -> None:
         """Forget every transaction under way, and its continuation (a driver reload)."""
         self._then.clear()
+        self._adds.clear()
         self.channel.abandon()
 
-    def probe(self, now: float) -> None:
-        """Ask the agent what it can do (GET_CAPS); completes with CapsDone."""
+    def probe(self, now: float, *, report: bool = True) -> None:
+        """Ask the agent what it can do (GET_CAPS); completes with CapsDone (`report`; the
+        PF's periodic probe for a restart reports nothing)."""
 
         def then(rc: int, tlvs: tuple[Tlv, ...] | None, now: float) -> None:
+            caps = None
             try:
-                self.caps = decode_caps(tlvs) if tlvs is not None else self.caps
+                caps = decode_caps(tlvs) if tlvs is not None else None
             except ParseError:
                 rc = -Errno.EINVAL
-            self._emit(CapsDone(rc, self.caps if rc == 0 else None))
+            if caps is not None:
+                self.caps = caps
+            if report:
+                self._emit(CapsDone(rc, self.caps if rc == 0 else None))
+            if caps is not None and self.on_caps is not None:
+                self.on_caps(caps, now)
 
         self.request(Opcode.GET_CAPS, (), now, then)
 
     def _complete(self, done: Completion, now: float) -> None:
+        self._adds.pop(done.txn_id, None)
         then = self._then.pop(done.txn_id, None)
         if then is not None:
             tlvs = done.reply.tlvs if done.reply is not None and done.rc == 0 else None
             then(done.rc, tlvs, now)
+        lost = done.opcode in (Opcode.ADD_SA, Opcode.REMOVE_SA) and done.rc == -Errno.ETIMEDOUT
+        if lost and self.on_timeout is not None:
+            self.on_timeout(now)
 
 
 def reply_sa_index(tlvs: tuple[Tlv, ...] | None) -> int | None:

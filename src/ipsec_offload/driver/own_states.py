@@ -63,6 +63,8 @@ class OwnStates:
         self._mac = mac
         self._vlans = vlans
         self._states: dict[int, OffloadState] = {}
+        self._deleting: set[int] = set()
+        """Handles whose REMOVE_SA is under way."""
 
     def xdo_dev_state_add(self, state: OffloadState, now: float) -> None:
         """Offload a state; completes with StateAddDone (rc 0 or a negative errno)."""
@@ -80,11 +82,31 @@ class OwnStates:
         OffloadLost when the agent refuses it."""
         self._add(state, now, lost_on_failure=True)
 
+    def held(self) -> bool:
+        """Whether the PF's stack has any state offloaded or on its way."""
+        return bool(self._states)
+
+    def lose(self, handle: int, now: float) -> bool:
+        """The agent no longer holds this offloaded state (a listing did not show it):
+        re-install it (StateAddDone, or OffloadLost when the agent refuses it). False, and
+        nothing done, for a state that is not offloaded or is being deleted."""
+        state = self._states.get(handle)
+        if state is None or handle not in self._sa_index or handle in self._deleting:
+            return False
+        del self._sa_index[handle]
+        self.reinstall(state, now)
+        return True
+
     def lose_all(self) -> list[OffloadState]:
-        """The agent holds none of the states any more (a PF reset): forget their SA indexes
-        and return the states to re-install."""
+        """The agent holds none of the states any more (a PF reset, an agent restart): forget
+        their SA indexes and return the states to re-install. A state whose delete was under
+        way is gone from the agent as asked: its delete completes now (its transaction was
+        abandoned)."""
         self._sa_index.clear()
-        return list(self._states.values())
+        for handle in sorted(self._deleting):
+            self._emit(StateDeleteDone(handle, 0))
+        deleting, self._deleting = self._deleting, set()
+        return [state for state in self._states.values() if state.handle not in deleting]
 
     def _add(self, state: OffloadState, now: float, *, lost_on_failure: bool) -> None:
         def then(rc: int, tlvs: tuple[Tlv, ...] | None, now: float) -> None:
@@ -123,16 +145,21 @@ class OwnStates:
             return
 
         def then(rc: int, _tlvs: tuple[Tlv, ...] | None, now: float) -> None:
-            if rc in (0, -Errno.ENOENT):
+            self._deleting.discard(handle)
+            if rc in (0, -Errno.ENOENT, -Errno.ETIMEDOUT):
+                # timed out, the stack frees the state all the same: the SA, if the agent
+                # still has it, is an orphan for the reconciliation (resync.py)
                 self._db.remove(index)
             self._emit(StateDeleteDone(handle, rc))
 
+        self._deleting.add(handle)
         self._control.request(Opcode.REMOVE_SA, encode_sa_index(index), now, then)
 
     def xdo_dev_state_free(self, handle: int) -> None:
         """Forget a state after its delete completed (Linux frees driver memory here)."""
         self._sa_index.pop(handle, None)
         self._states.pop(handle, None)
+        self._deleting.discard(handle)
 
     def xdo_dev_state_update_stats(self, handle: int, now: float) -> None:
         """Fetch the agent's counters of a state; completes with StatsDone."""

@@ -64,6 +64,9 @@ class OwnershipDb:
                 del self._by_owner[entry.owner]
         return entry
 
+    def by_index(self, sa_index: int) -> Ownership | None:
+        return self._by_index.get(sa_index)
+
     def lookup(self, owner: int, handle: int) -> Ownership | None:
         return self._by_owner.get(owner, {}).get(handle)
 

@@ -18,13 +18,20 @@ bounded retries) and TLVs. The other parts build on it, and none of them knows t
   (`OwnershipDb`, ownership.py) telling which; the VF proxy answers the VF's
   REQUEST_RESOURCES only once the agent has answered for all of them.
 - `Resync` (resync.py): recovery of the whole port. After a PF reset (`reset`) it flushes the
-  port with REMOVE_ALL_SAS, re-adds the PF's own SAs and tells the VFs, which re-add theirs.
+  port with REMOVE_ALL_SAS, re-adds the PF's own SAs and tells the VFs, which re-add theirs;
+  after an agent restart (AGENT_STARTED, or a new BOOT_ID in the GET_CAPS it asks every
+  `caps_interval` seconds) it re-adds every domain's SAs the same way; after an ADD_SA lost
+  for good, and after either of those, it lists the agent's SAD (LIST_SAS) and removes the
+  orphans.
+- `AgentEvents` (agent_events.py): the agent's events (spec 9), answered by the config channel,
+  routed: a restart to `Resync`, an SA's expiry to its owner (`StateExpired` for the PF's
+  stack, EVENT_SA_EXPIRE through the mailbox for a VF's).
 
 The facade owns the rings (`RingDriver`) and wires the parts together at construction; its
 public API is the driver's. Each design choice of the deck can be switched off to watch it
 fail: `extended_key` (domain fields on SAs), `ownership_db` (clean-up), `port_tagging`
 (untrusted VFs), `hairpin`, `vf_filter` (the NIC's Tx EtherType filter on trusted VFs' config
-and metadata frames).
+and metadata frames), `resync` (spec 9's restart detection and reconciliation).
 """
 
 from __future__ import annotations
@@ -32,12 +39,13 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from ipsec_offload.driver.agent_events import AgentEvents
 from ipsec_offload.driver.cleanup import CLEANUP_RETRIES, DomainCleanup
 from ipsec_offload.driver.control import AgentControl, ConfigChannel
 from ipsec_offload.driver.own_states import OwnStates
 from ipsec_offload.driver.ownership import OwnershipDb
 from ipsec_offload.driver.pf_counters import PfCounters
-from ipsec_offload.driver.resync import Resync
+from ipsec_offload.driver.resync import CAPS_INTERVAL, Resync
 from ipsec_offload.driver.ring import DriverEvent, OffloadState, RingDriver
 from ipsec_offload.driver.vf_proxy import VF_TRANSITIONS, VfInfo, VfInput, VfProxy, VfState
 from ipsec_offload.driver.vsi_setup import UNTRUSTED_PORT_TAG, VsiSetup
@@ -67,6 +75,8 @@ class PfDriver(RingDriver):
         port_tagging: bool = True,
         hairpin: bool = False,
         vf_filter: bool = True,
+        resync: bool = True,
+        caps_interval: float | None = None,
         config_ethertype: int = EtherType.CONFIG,
         meta_ethertype: int = EtherType.META,
     ) -> None:
@@ -101,8 +111,21 @@ class PfDriver(RingDriver):
             extended_key=extended_key,
         )
         self.resync = Resync(
-            self.control, self.db, self.own_states, self.vf_proxy, self.pf_counters
+            self.control,
+            self.db,
+            self.own_states,
+            self.vf_proxy,
+            self.cleanup,
+            self.pf_counters,
+            resync=resync,
+            caps_interval=caps_interval,
         )
+        self.agent_events = AgentEvents(
+            self.db, self.resync, self.vf_proxy, self._emit, self.pf_counters
+        )
+        self.control.on_event = self.agent_events.on_event
+        self.control.on_caps = self.resync.caps_seen
+        self.control.on_timeout = self.resync.reconcile
 
     # -- what it was built with and what it holds -------------------------------------------
 
@@ -148,16 +171,24 @@ class PfDriver(RingDriver):
     # -- the agent's config channel -------------------------------------------------------
 
     def probe(self, now: float) -> None:
-        """Ask the agent what it can do (GET_CAPS); completes with CapsDone."""
+        """Ask the agent what it can do (GET_CAPS); completes with CapsDone. With
+        `caps_interval`, GET_CAPS is asked again every that many seconds from now on, to find
+        a restart of the agent by its BOOT_ID."""
         self.control.probe(now)
+        self.resync.start(now)
 
     def next_timer(self) -> float | None:
-        """When `handle_timer` next has work (a config frame to resend or give up), or None."""
-        return self.control.next_timer()
+        """When `handle_timer` next has work (a config frame to resend or give up, a notice to
+        a VF to resend, the periodic GET_CAPS), or None."""
+        timers = (self.control.next_timer(), self.vf_proxy.next_timer(), self.resync.next_timer())
+        return min((t for t in timers if t is not None), default=None)
 
     def handle_timer(self, now: float) -> None:
-        """Resend the config frames that are due; time out those out of retries."""
+        """Resend the config frames and notices that are due; time out those out of retries;
+        probe the agent when due."""
         self.control.handle_timer(now)
+        self.vf_proxy.handle_timer(now)
+        self.resync.handle_timer(now)
 
     def _control_frame(self, desc: RxDescriptor, eth: EthernetHeader, now: float) -> bool:
         return self.control.receive(eth, desc.frame, now)
@@ -250,12 +281,14 @@ class PfDriver(RingDriver):
             "control": asdict(self.channel.counters),
             "counters": asdict(self.counters),
             "pf": asdict(self.pf_counters),
+            "agent_boot_id": self.resync.boot_id,
             "ownership": self.db.dump(),
             "vfs": self.vf_proxy.dump(),
         }
 
 
 __all__ = [
+    "CAPS_INTERVAL",
     "CLEANUP_RETRIES",
     "DEFAULT_AGENT_MAC",
     "UNTRUSTED_PORT_TAG",

@@ -22,3 +22,21 @@ class PfCounters:
     orphans_left: int = 0
     """SAs left in the agent by a clean-up without the ownership database."""
     pf_resets: int = 0
+    agent_restarts: int = 0
+    """Agent restarts the PF learnt of (AGENT_STARTED, or a new BOOT_ID in GET_CAPS)."""
+    expiries: int = 0
+    """SOFT_EXPIRE, HARD_EXPIRE and SEQ_SOFT_LIMIT events passed on to a stack."""
+    events_ignored: int = 0
+    """Expiry events of an SA index nobody owns, or from an agent boot the PF has moved past."""
+    reconciliations: int = 0
+    """LIST_SAS listings of the agent's SAD compared with the ownership database."""
+    reconcile_failed: int = 0
+    """Listings given up: a LIST_SAS failed or its reply did not decode."""
+    orphans_removed: int = 0
+    """SAs found in the agent that no ownership entry and no add under way explain, removed."""
+    sas_lost: int = 0
+    """The PF's own SAs a listing did not show (gone from the agent): re-installed."""
+    notices_resent: int = 0
+    """EVENT_PF_RESET and EVENT_SA_EXPIRE mailbox messages sent again, unanswered."""
+    notices_unanswered: int = 0
+    """Those given up after their resends."""

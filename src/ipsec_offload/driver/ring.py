@@ -17,6 +17,7 @@ from ipsec_offload.nic import fastpath
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
 from ipsec_offload.wire.config import AddSaRequest, Algorithm, Caps, Direction, SaStats
 from ipsec_offload.wire.ethernet import EthernetHeader, VlanTag, parse_ethernet
+from ipsec_offload.wire.mailbox import ExpireKind
 from ipsec_offload.wire.metadata import (
     RxMetadata,
     RxStatus,
@@ -126,6 +127,21 @@ class OffloadLost:
 
 
 @dataclass(frozen=True, slots=True)
+class StateExpired:
+    """The agent reported that an offloaded state reached a limit (spec 9's SOFT_EXPIRE,
+    HARD_EXPIRE, SEQ_SOFT_LIMIT events): Linux's soft expiry of the xfrm state (a request to
+    rekey) for `ExpireKind.SOFT` and `SEQ_SOFT_LIMIT`, its hard expiry (the state is to be
+    deleted; the agent passes no more of its traffic) for `ExpireKind.HARD`."""
+
+    handle: int
+    kind: ExpireKind
+
+    @property
+    def hard(self) -> bool:
+        return self.kind == ExpireKind.HARD
+
+
+@dataclass(frozen=True, slots=True)
 class PacketReceived:
     """A frame for the stack, with what the agent did to it (None: no Rx metadata)."""
 
@@ -133,7 +149,15 @@ class PacketReceived:
     rx: RxMetadata | None
 
 
-DriverEvent = StateAddDone | StateDeleteDone | StatsDone | CapsDone | OffloadLost | PacketReceived
+DriverEvent = (
+    StateAddDone
+    | StateDeleteDone
+    | StatsDone
+    | CapsDone
+    | OffloadLost
+    | StateExpired
+    | PacketReceived
+)
 
 
 _PASSED = frozenset((RxStatus.OK, RxStatus.NO_SA))

@@ -9,6 +9,13 @@ driver keeps the states it offloaded: after a reset, its own (`reset`) or the PF
 (EVENT_PF_RESET), it asks for resources again and re-adds them; one that cannot be re-added
 is reported as OffloadLost and the stack carries it in software.
 
+The PF's own messages (EVENT_PF_RESET, EVENT_SA_EXPIRE) are notices it resends until the VF
+acknowledges them (spec 9: the mailbox may lose a message): the VF acts on each msg_id once.
+A copy of EVENT_PF_RESET while the VF still waits for its resources means the PF has not seen
+the REQUEST_RESOURCES (its acknowledgment): the VF sends that same message again. EVENT_SA_EXPIRE
+is answered (0x87, same msg_id) every time it arrives and becomes, once, a StateExpired event
+for the stack.
+
     state      input                         next
     STARTING   REQUEST_RESOURCES granted     READY (send parked adds, re-add kept states)
     STARTING   xdo_dev_state_add             STARTING (parked until resources come)
@@ -18,6 +25,7 @@ is reported as OffloadLost and the stack carries it in software.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -30,6 +38,7 @@ from ipsec_offload.driver.ring import (
     RingDriver,
     StateAddDone,
     StateDeleteDone,
+    StateExpired,
     StatsDone,
     add_sa_request,
 )
@@ -41,6 +50,7 @@ from ipsec_offload.wire.mailbox import (
     MbxOpcode,
     build_mailbox,
     decode_handle,
+    decode_sa_expire,
     encode_handle,
     encode_handle_tlvs,
     parse_mailbox,
@@ -48,6 +58,9 @@ from ipsec_offload.wire.mailbox import (
 
 _Then = Callable[[int, bytes], None]
 """A mailbox request's continuation: (return code, reply body)."""
+
+NOTICES_KEPT = 64
+"""How many of the PF's latest notice msg_ids the VF remembers, to act on each once."""
 
 
 class VfDriverState(IntEnum):
@@ -69,6 +82,8 @@ class VfCounters:
     mailbox_bad: int = 0
     mailbox_stray: int = 0
     readds: int = 0
+    notice_copies: int = 0
+    """Copies of a PF notice already acted on (the PF resent it)."""
 
 
 class VfDriver(RingDriver):
@@ -93,13 +108,17 @@ class VfDriver(RingDriver):
         self._pending: dict[int, _Then] = {}
         self._next_msg_id = 1
         self._out: list[bytes] = []
+        self._notices_seen: OrderedDict[int, None] = OrderedDict()
+        self._resources_request: bytes | None = None
+        """The REQUEST_RESOURCES waiting for its grant (sent again on a copy of
+        EVENT_PF_RESET)."""
 
     # -- the mailbox ------------------------------------------------------------------------
 
     def start(self, now: float) -> None:
         """Driver load: ask the PF for resources."""
         self.state = VfDriverState.STARTING
-        self._send(MbxOpcode.REQUEST_RESOURCES, b"", self._granted)
+        self._resources_request = self._send(MbxOpcode.REQUEST_RESOURCES, b"", self._granted)
 
     def reset(self, now: float) -> None:
         """Driver reload inside the VM: RESET, then ask for resources again."""
@@ -107,12 +126,14 @@ class VfDriver(RingDriver):
         self._send(MbxOpcode.RESET, b"", lambda _rc, _body: None)
         self.start(now)
 
-    def _send(self, opcode: MbxOpcode, body: bytes, then: _Then) -> None:
+    def _send(self, opcode: MbxOpcode, body: bytes, then: _Then) -> bytes:
         msg_id = self._next_msg_id
         self._next_msg_id = msg_id % 0xFFFFFFFF + 1
         self._pending[msg_id] = then
         self.vf_counters.mailbox_sent += 1
-        self._out.append(build_mailbox(MailboxMessage(opcode, msg_id, body)))
+        data = build_mailbox(MailboxMessage(opcode, msg_id, body))
+        self._out.append(data)
+        return data
 
     def mailbox_messages(self) -> list[bytes]:
         """Take the messages queued for the PF."""
@@ -127,9 +148,17 @@ class VfDriver(RingDriver):
             self.vf_counters.mailbox_bad += 1
             return
         if message.opcode == MbxOpcode.EVENT_PF_RESET:
+            if self._notice_copy(message.msg_id):
+                if self.state == VfDriverState.STARTING and self._resources_request is not None:
+                    self.vf_counters.mailbox_sent += 1
+                    self._out.append(self._resources_request)
+                return
             self._lose_offloads()
             self._pending.clear()
             self.start(now)
+            return
+        if message.opcode == MbxOpcode.EVENT_SA_EXPIRE:
+            self._sa_expire(message)
             return
         then = self._pending.pop(message.msg_id, None) if message.is_reply else None
         if then is None:
@@ -137,7 +166,32 @@ class VfDriver(RingDriver):
             return
         then(-message.status, message.body)
 
+    def _notice_copy(self, msg_id: int) -> bool:
+        """Whether the PF's notice `msg_id` was acted on already (else it is from now on)."""
+        if msg_id in self._notices_seen:
+            self.vf_counters.notice_copies += 1
+            return True
+        self._notices_seen[msg_id] = None
+        if len(self._notices_seen) > NOTICES_KEPT:
+            self._notices_seen.popitem(last=False)
+        return False
+
+    def _sa_expire(self, message: MailboxMessage) -> None:
+        """EVENT_SA_EXPIRE: answer it (each copy), tell the stack once."""
+        try:
+            expiry = decode_sa_expire(message.body)
+        except ParseError:
+            self.vf_counters.mailbox_bad += 1
+            return
+        reply = MailboxMessage(MbxOpcode.EVENT_SA_EXPIRE | MbxOpcode.REPLY, message.msg_id)
+        self._out.append(build_mailbox(reply))
+        if self._notice_copy(message.msg_id):
+            return
+        if expiry.handle in self._states:
+            self._events.append(StateExpired(expiry.handle, expiry.kind))
+
     def _granted(self, rc: int, body: bytes) -> None:
+        self._resources_request = None
         if rc:
             return
         try:

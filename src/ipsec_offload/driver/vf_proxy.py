@@ -26,6 +26,13 @@ REQUEST_RESOURCES that came in meanwhile.
     any        REMOVE                   clean up               REMOVING -> DISABLED
     any        PF_RESET                 forget                 INIT
 
+What the PF tells a VF on its own (EVENT_PF_RESET: start again and re-add your SAs;
+EVENT_SA_EXPIRE: the agent reported an expiry of one of your SAs) is a notice: the mailbox may
+lose it (spec 9), so the PF resends it every NOTICE_INTERVAL seconds, NOTICE_RESENDS times at
+most, until the VF acknowledges it. The VF's REQUEST_RESOURCES acknowledges an EVENT_PF_RESET
+(what the VF does when told), its reply (0x87, same msg_id) an EVENT_SA_EXPIRE; the VF acts on
+a copy only once.
+
 An untrusted VF gets no offload (-EOPNOTSUPP). When a VF is enabled, its trust changes or it
 is removed, the proxy has its VSI set up accordingly (`vsi_setup.py`: the port tag or the Tx
 EtherType filter, and its address in the agent's hairpin table).
@@ -55,12 +62,15 @@ from ipsec_offload.wire.config import (
 from ipsec_offload.wire.ethernet import VlanTag, vlan_key
 from ipsec_offload.wire.mailbox import (
     MAILBOX_MAX,
+    ExpireKind,
     MailboxMessage,
     MbxOpcode,
+    SaExpire,
     build_mailbox,
     decode_handle,
     decode_handle_tlvs,
     encode_handle,
+    encode_sa_expire,
     parse_mailbox,
     peek_msg_id,
 )
@@ -132,6 +142,11 @@ VF_TRANSITIONS: dict[tuple[VfState, VfInput], tuple[str, VfState]] = {
 ANSWERS_KEPT = 64
 """How many of a VF's latest msg_ids the PF remembers with their replies."""
 
+NOTICE_INTERVAL = 0.01
+"""Seconds between resends of an unacknowledged notice to a VF (as the agent's events)."""
+NOTICE_RESENDS = 5
+"""Resends of a notice before the PF gives up on it."""
+
 _MESSAGE_INPUT = {
     MbxOpcode.REQUEST_RESOURCES: VfInput.REQUEST_RESOURCES,
     MbxOpcode.ADD_SA: VfInput.ADD_SA,
@@ -161,6 +176,17 @@ class VfInfo:
     message is answered once (spec 9: a mailbox message may arrive twice)."""
 
 
+@dataclass(slots=True)
+class _Notice:
+    """A message the PF sent a VF on its own, resent until the VF acknowledges it."""
+
+    vf_id: int
+    opcode: MbxOpcode
+    data: bytes
+    deadline: float
+    resends: int = 0
+
+
 class VfProxy:
     """The PF's side of its VFs: the VF lifecycle table, driven by the mailbox and the
     hypervisor, and the SAs it proxies to the agent for them."""
@@ -183,6 +209,9 @@ class VfProxy:
         self._vsis = vsis
         self._counters = counters
         self._mailbox_out: list[tuple[int, bytes]] = []
+        self._notices: dict[tuple[int, int], _Notice] = {}
+        """Notices waiting for the VF's acknowledgment, by (VF id, msg_id)."""
+        self._next_notice_id = 1
 
     # -- the hypervisor's side ---------------------------------------------------------------
 
@@ -223,19 +252,60 @@ class VfProxy:
         self.step(self._vf(vf_id), VfInput.REMOVE, None, now)
 
     def pf_reset(self, now: float) -> None:
-        """The PF reset: every VF forgets what was under way and is back in INIT, refusing
-        SAs, until `announce_pf_reset` tells it to start again."""
+        """The PF reset (or the agent restarted): every VF forgets what was under way and is
+        back in INIT, refusing SAs, until `announce_pf_reset` tells it to start again."""
+        self._notices.clear()
         for vf in self.vfs.values():
             vf.answered.clear()
             self.step(vf, VfInput.PF_RESET, None, now)
 
-    def announce_pf_reset(self) -> None:
+    def announce_pf_reset(self, now: float) -> None:
         """Tell every VF of the PF reset (EVENT_PF_RESET), once the port is flushed: a VF
-        re-adds its SAs only then, so that no flush still under way takes them away."""
-        event = build_mailbox(MailboxMessage(MbxOpcode.EVENT_PF_RESET, 0))
+        re-adds its SAs only then, so that no flush still under way takes them away. Resent
+        until the VF asks for resources again."""
         for vf in self.vfs.values():
             if vf.state != VfState.DISABLED:
-                self._mailbox_out.append((vf.vf_id, event))
+                self._notice(vf.vf_id, MbxOpcode.EVENT_PF_RESET, b"", now)
+
+    def sa_expired(self, vf_id: int, handle: int, kind: ExpireKind, now: float) -> None:
+        """Tell a VF that the agent reported an expiry of one of its SAs (EVENT_SA_EXPIRE),
+        resent until the VF answers."""
+        vf = self.vfs.get(vf_id)
+        if vf is not None and vf.state == VfState.ACTIVE:
+            body = encode_sa_expire(SaExpire(handle, kind))
+            self._notice(vf_id, MbxOpcode.EVENT_SA_EXPIRE, body, now)
+
+    def _notice(self, vf_id: int, opcode: MbxOpcode, body: bytes, now: float) -> None:
+        msg_id = self._next_notice_id
+        self._next_notice_id = msg_id % 0xFFFFFFFF + 1
+        data = build_mailbox(MailboxMessage(opcode, msg_id, body))
+        self._notices[(vf_id, msg_id)] = _Notice(vf_id, opcode, data, now + NOTICE_INTERVAL)
+        self._mailbox_out.append((vf_id, data))
+
+    def _acknowledged(self, vf_id: int, opcode: MbxOpcode, msg_id: int | None = None) -> None:
+        """The VF acknowledged its notices of this kind (with `msg_id`: that one alone)."""
+        for key, notice in list(self._notices.items()):
+            if notice.vf_id == vf_id and notice.opcode == opcode and msg_id in (None, key[1]):
+                del self._notices[key]
+
+    def next_timer(self) -> float | None:
+        """When a notice is next due for a resend (None: none waits)."""
+        return min((n.deadline for n in self._notices.values()), default=None)
+
+    def handle_timer(self, now: float) -> None:
+        """Resend the notices that are due; give up on those out of resends."""
+        for key, notice in list(self._notices.items()):
+            if notice.deadline > now:
+                continue
+            vf = self.vfs.get(notice.vf_id)
+            if vf is None or vf.state == VfState.DISABLED or notice.resends >= NOTICE_RESENDS:
+                del self._notices[key]
+                self._counters.notices_unanswered += 1
+                continue
+            notice.resends += 1
+            notice.deadline = now + NOTICE_INTERVAL
+            self._counters.notices_resent += 1
+            self._mailbox_out.append((notice.vf_id, notice.data))
 
     def _vf(self, vf_id: int) -> VfInfo:
         vf = self.vfs.get(vf_id)
@@ -259,6 +329,11 @@ class VfProxy:
             self._reply_raw(vf, MbxOpcode.ERROR, peek_msg_id(data), errno)
             return
         opcode = message.opcode
+        if opcode == MbxOpcode.EVENT_SA_EXPIRE | MbxOpcode.REPLY:
+            self._acknowledged(vf_id, MbxOpcode.EVENT_SA_EXPIRE, message.msg_id)
+            return
+        if opcode == MbxOpcode.REQUEST_RESOURCES:
+            self._acknowledged(vf_id, MbxOpcode.EVENT_PF_RESET)
         if message.is_reply or opcode not in _MESSAGE_INPUT:
             self._reply_raw(vf, MbxOpcode.ERROR, message.msg_id, Errno.EINVAL)
             return
@@ -406,6 +481,10 @@ class VfProxy:
 
         def then(rc: int, _tlvs: tuple[Tlv, ...] | None, now: float) -> None:
             vf.inflight -= 1
+            if rc == -Errno.ETIMEDOUT:
+                # the VF's stack frees the state all the same: the SA, if the agent still has
+                # it, is an orphan for the reconciliation (resync.py)
+                self._db.remove(index)
             if rc in (0, -Errno.ENOENT):
                 self._db.remove(index)
                 rc = 0

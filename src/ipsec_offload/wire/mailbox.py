@@ -12,7 +12,13 @@ A message is at most MAILBOX_MAX bytes: the hardware mailbox buffer.
 | 0x03   | DEL_SA            | u32 handle                   | -                   |
 | 0x04   | RESET             | -                            | -                   |
 | 0x05   | EVENT_PF_RESET    | - (PF to VF, no reply)       |                     |
+| 0x07   | EVENT_SA_EXPIRE   | u32 handle, u8 kind (PF->VF) | - (the VF's ack)    |
 | 0x86   | ERROR (reply)     |                              | - (status says why) |
+
+EVENT_PF_RESET is answered by the VF's REQUEST_RESOURCES, EVENT_SA_EXPIRE by its reply (0x87,
+same msg_id, status 0); the PF resends either until then, a bounded number of times, and the
+VF acts on a copy (same msg_id) only once. EVENT_SA_EXPIRE's kind takes the agent's EVENT_TYPE
+values (`ExpireKind`): 2 soft expiry, 3 hard expiry, 4 the sequence numbers' soft limit.
 
 A message the PF cannot parse is answered with ERROR carrying the msg_id when the header
 holds one (0 otherwise) and the errno: EMSGSIZE for an oversized one, EINVAL otherwise.
@@ -34,13 +40,17 @@ __all__ = [
     "MAILBOX_HEADER_LEN",
     "MAILBOX_MAX",
     "MAILBOX_VERSION",
+    "ExpireKind",
     "MailboxMessage",
     "MbxOpcode",
+    "SaExpire",
     "build_mailbox",
     "decode_handle",
     "decode_handle_tlvs",
+    "decode_sa_expire",
     "encode_handle",
     "encode_handle_tlvs",
+    "encode_sa_expire",
     "parse_mailbox",
     "peek_msg_id",
 ]
@@ -48,6 +58,7 @@ __all__ = [
 _LAYER = "mailbox"
 _HEADER = struct.Struct("!BBBBIHH")
 _U32 = struct.Struct("!I")
+_SA_EXPIRE = struct.Struct("!IB")
 MAILBOX_HEADER_LEN = _HEADER.size
 MAILBOX_VERSION = 1
 MAILBOX_MAX = 512
@@ -65,6 +76,8 @@ class MbxOpcode(IntEnum):
     EVENT_PF_RESET = 0x05
     ERROR = 0x06
     """Sent only as a reply (0x86): to a message the PF could not parse."""
+    EVENT_SA_EXPIRE = 0x07
+    """PF to VF: the agent reported an expiry of one of the VF's SAs (spec 9)."""
     REPLY = _REPLY
 
 
@@ -157,3 +170,43 @@ def decode_handle_tlvs(body: bytes) -> tuple[int, tuple[Tlv, ...]]:
     if len(body) < _U32.size:
         raise ParseError(_LAYER, "ADD_SA body shorter than its 4-byte handle", 12)
     return decode_handle(body[: _U32.size]), parse_tlvs(body, _U32.size)
+
+
+class ExpireKind(IntEnum):
+    """What expired, in EVENT_SA_EXPIRE: the agent's EVENT_TYPE values (spec 9)."""
+
+    SOFT = 2
+    """A soft lifetime ran out: Linux's soft expiry, a request to rekey."""
+    HARD = 3
+    """A hard lifetime ran out: the SA passes no more traffic (Linux deletes the state)."""
+    SEQ_SOFT_LIMIT = 4
+    """An outbound SA used 2^31 of its 2^32 numbers (2^63 with ESN): rekey soon."""
+
+
+_EXPIRE_KINDS = frozenset(ExpireKind)
+
+
+@dataclass(frozen=True, slots=True)
+class SaExpire:
+    """EVENT_SA_EXPIRE's body: which of the VF's states (its handle) and what expired."""
+
+    handle: int
+    kind: ExpireKind
+
+
+def encode_sa_expire(event: SaExpire) -> bytes:
+    """EVENT_SA_EXPIRE's body: u32 handle, u8 kind."""
+    if not 0 <= event.handle <= 0xFFFFFFFF or event.kind not in _EXPIRE_KINDS:
+        raise UsageError("EVENT_SA_EXPIRE takes a u32 handle and an ExpireKind")
+    return _SA_EXPIRE.pack(event.handle, event.kind)
+
+
+def decode_sa_expire(body: bytes) -> SaExpire:
+    """EVENT_SA_EXPIRE's body back; a wrong length or an unknown kind is a ParseError (offsets
+    count from the start of the message)."""
+    if len(body) != _SA_EXPIRE.size:
+        raise ParseError(_LAYER, f"EVENT_SA_EXPIRE body of {len(body)} bytes, expected 5", 12)
+    handle, kind = _SA_EXPIRE.unpack(body)
+    if kind not in _EXPIRE_KINDS:
+        raise ParseError(_LAYER, f"unknown expiry kind {kind}", 16)
+    return SaExpire(int(handle), ExpireKind(kind))
