@@ -657,7 +657,10 @@ def test_dump_has_no_key_material() -> None:
             "packets": 0,
             "bytes": 0,
             "errors": {"NO_SA": 0, "AUTH_FAILED": 0, "REPLAY": 0, "MALFORMED": 0, "SA_EXPIRED": 0},
+            "lifetime": {"packets": 0, "bytes": 0, "soft_packets": 0, "soft_bytes": 0},
+            "events_raised": [],
         }
     ]
+    assert (dump["boot_id"], dump["pending_events"]) == (1, [])
     assert dump["sad_used"] == 1
     assert dump["counters"]["paths"]["CONFIG_REQUEST"] == 1

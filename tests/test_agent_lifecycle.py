@@ -11,15 +11,18 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from agent_frames import HOST_MAC, config_frame, events_of, is_event
 from ipsec_offload.agent.agent import AgentConfig, IpsecAgent
 from ipsec_offload.agent.counters import DropReason, EventCounter
+from ipsec_offload.cli.main import main
 from ipsec_offload.host.stack import HostStack
 from ipsec_offload.sim.golden import replay
-from ipsec_offload.sim.pcap import PcapRecord
+from ipsec_offload.sim.pcap import PcapRecord, read_pcap, write_pcap
 from ipsec_offload.sim.testbed import Testbed
 from ipsec_offload.wire.config import Opcode, decode_caps, parse_config
 
@@ -139,3 +142,18 @@ def test_restart_agent() -> None:
     bed.settle(host)
     assert len(bed.delivered(peer)) == delivered
     assert agent.counters.drops[DropReason.NO_OUTBOUND_SA] == 1
+
+
+def test_golden_command_boot_id(tmp_path: Path) -> None:
+    host_in, ho, wo = tmp_path / "in.pcap", tmp_path / "HO.pcap", tmp_path / "WO.pcap"
+    write_pcap(host_in, [PcapRecord(1.0, _caps(5))])
+    args = ["agent", "--host-in", host_in, "--host-out", ho, "--wire-out", wo]
+    for given, expected in ((None, 1), ("18446744073709551615", (1 << 64) - 1)):
+        extra = [] if given is None else ["--boot-id", given]
+        result = CliRunner().invoke(main, [str(a) for a in [*args, *extra]])
+        assert result.exit_code == 0, result.output
+        (reply,) = read_pcap(ho)
+        assert decode_caps(parse_config(reply.frame[20:]).tlvs).boot_id == expected
+    result = CliRunner().invoke(main, [str(a) for a in [*args, "--boot-id", "-1"]])
+    assert result.exit_code != 0
+    assert "--boot-id -1" in result.output and "Traceback" not in result.output

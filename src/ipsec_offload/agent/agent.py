@@ -536,6 +536,13 @@ def _dump_sa(sa: SecurityAssociation) -> dict[str, Any]:
         "packets": sa.packets,
         "bytes": sa.bytes,
         "errors": dict(zip([s.name for s in list(RxStatus)[1:]], sa.errors, strict=True)),
+        "lifetime": {
+            "packets": sa.lifetime_packets,
+            "bytes": sa.lifetime_bytes,
+            "soft_packets": sa.soft_lifetime_packets,
+            "soft_bytes": sa.soft_lifetime_bytes,
+        },
+        "events_raised": sorted(kind.name for kind in sa.raised),
     }
 
 
