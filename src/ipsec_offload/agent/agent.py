@@ -15,6 +15,12 @@ side with an Rx metadata tag that says what happened. A frame leaving the Tx pat
 address registered with ADD_LOCAL_ADDR is turned around (hairpin) and goes through the Rx path
 instead of the wire.
 
+Config requests are the config channel's (`config_channel.py`: one handler per opcode, the
+reply cache). Unasked, the agent sends EVENT frames toward the PF (spec 9, `events.py`):
+AGENT_STARTED from `start`, and SOFT_EXPIRE, HARD_EXPIRE and SEQ_SOFT_LIMIT when the data path
+counts a packet that brings an SA to a threshold; `next_timer` / `on_timer` resend the
+unanswered ones.
+
 Everything is sans-IO: frames in, frames out (`AgentOutput`), `now` in simulated seconds.
 """
 

@@ -418,7 +418,7 @@ class Testbed:
         descs = [TxDescriptor(frame, l2tag)]
         self._schedule(0.0, _OTHER, lambda: self._nic_tx(vsi, descs))
         if not self._running:
-            self.run()
+            self._run(None, quiet=True)
 
     def mailbox_inject(self, vf: int, data: bytes) -> list[bytes]:
         """Raw bytes into the PF from VF `vf`'s mailbox (a hostile VF); returns the replies."""
@@ -719,7 +719,7 @@ class Testbed:
         self.wire_injections.extend(burst)
         self._schedule(self.link_delay, _WIRE_SECOND, lambda: self._agent_wire(burst))
         if not self._running:
-            self.run()
+            self._run(None, quiet=True)
 
     def wire_frames_to(self, host: HostStack | str, last: int | None = None) -> list[bytes]:
         """The ESP frames captured on wire-to-agent so far whose destination MAC is `host`'s
