@@ -165,6 +165,44 @@ def parse_reply(frame: bytes, to: bytes = HOST_MAC) -> ConfigMessage:
     return reply
 
 
+def is_event(frame: bytes) -> bool:
+    """Whether a frame the agent sent toward the host is one of its EVENT frames (spec 9):
+    the config EtherType after the Rx tag, opcode 0x09 (a request, not a reply)."""
+    return frame[18:20] == struct.pack(">H", CONFIG) and frame[21] == 0x09
+
+
+def is_event_answer(frame: bytes) -> bool:
+    """Whether a frame toward the agent is the PF's answer to an EVENT (opcode 0x89, spec 9):
+    untagged, the config EtherType after the MAC addresses."""
+    return frame[12:14] == struct.pack(">H", CONFIG) and frame[15] == 0x89
+
+
+def without_events(frames: Iterable[bytes]) -> list[bytes]:
+    """The frames but the agent's EVENT frames."""
+    return [f for f in frames if not is_event(f)]
+
+
+def events_of(frames: Iterable[bytes]) -> list[tuple[int, int, int | None]]:
+    """(EVENT_TYPE, BOOT_ID, SA_INDEX or None) of each EVENT frame among `frames`, read by
+    hand: the TLVs after the 12-byte header are EVENT_TYPE (u8), BOOT_ID (u64), [SA_INDEX]."""
+    found = []
+    for frame in frames:
+        if not is_event(frame):
+            continue
+        body = frame[20:]
+        tlvs = body[12:]
+        assert tlvs[:4] == bytes.fromhex("00150001")
+        kind = tlvs[4]
+        assert tlvs[5:9] == bytes.fromhex("00160008")
+        boot_id = int.from_bytes(tlvs[9:17], "big")
+        index = None
+        if len(tlvs) > 17:
+            assert tlvs[17:21] == bytes.fromhex("00010004") and len(tlvs) == 25
+            index = int.from_bytes(tlvs[21:25], "big")
+        found.append((kind, boot_id, index))
+    return found
+
+
 def request(
     agent: IpsecAgent,
     opcode: int,

@@ -26,6 +26,7 @@ from agent_frames import (
     config_frame,
     esp_packet,
     eth_header,
+    is_event,
     offload_frame,
     parse_reply,
     request,
@@ -35,6 +36,7 @@ from agent_frames import (
     tlv_u,
     tx_word,
     wire_frame,
+    without_events,
 )
 from ipsec_offload.agent.agent import AgentConfig, IpsecAgent
 from ipsec_offload.agent.counters import DropReason, Path
@@ -420,7 +422,11 @@ def test_get_sa_stats_after_traffic() -> None:
     good3 = wire_frame(esp_packet(KEY128, 0x77, 6, b"d"))
     late = wire_frame(esp_packet(KEY128, 0x77, 7, b"e"))
     frames = [good1, good2, bytes(forged), good1, bad_pad, short, good3, late]
-    statuses = [(split_tag(f)[0] >> 27) & 0xF for f in agent.from_wire(frames).to_host]
+    to_host = agent.from_wire(frames).to_host
+    # the third good packet reaches the hard lifetime: HARD_EXPIRE (spec 9) follows it, to
+    # the last requester's MAC
+    assert [is_event(f) for f in to_host] == [False] * 7 + [True, False]
+    statuses = [(split_tag(f)[0] >> 27) & 0xF for f in without_events(to_host)]
     assert statuses == [0, 0, 2, 3, 4, 4, 0, 5]
     reply = request(agent, Opcode.GET_SA_STATS, sa_index_tlv(index))
     assert reply.status == ConfigStatus.OK
@@ -445,8 +451,12 @@ def test_get_caps_bytes() -> None:
     agent = IpsecAgent(AgentConfig(sad_size=1000, max_replay_window=2048))
     reply = request(agent, Opcode.GET_CAPS)
     assert reply.status == ConfigStatus.OK
-    assert reply.tlvs == (Tlv(TlvType.CAPS, bytes((2, 1, 2)) + struct.pack(">II", 1000, 2048)),)
+    assert reply.tlvs == (
+        Tlv(TlvType.CAPS, bytes((2, 1, 2)) + struct.pack(">II", 1000, 2048)),
+        Tlv(0x0016, struct.pack(">Q", 1)),  # spec 9: BOOT_ID, the default 1
+    )
     caps = decode_caps(reply.tlvs)
+    assert caps.boot_id == 1
     assert caps.algorithms == (Algorithm.AES_GCM_128, Algorithm.AES_GCM_256)
     with_tlv = request(agent, Opcode.GET_CAPS, sa_index_tlv(1))
     assert with_tlv.status == ConfigStatus.BAD_REQUEST
@@ -455,7 +465,7 @@ def test_get_caps_bytes() -> None:
 # -- opcodes, versions, framing -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("opcode", [0x00, 0x08, 0x7F])
+@pytest.mark.parametrize("opcode", [0x00, 0x09, 0x0A, 0x7F])
 def test_unknown_opcode_is_unsupported(opcode: int) -> None:
     agent = IpsecAgent()
     reply = request(agent, opcode, _good_tlvs())
@@ -647,7 +657,10 @@ def test_dump_has_no_key_material() -> None:
             "packets": 0,
             "bytes": 0,
             "errors": {"NO_SA": 0, "AUTH_FAILED": 0, "REPLAY": 0, "MALFORMED": 0, "SA_EXPIRED": 0},
+            "lifetime": {"packets": 0, "bytes": 0, "soft_packets": 0, "soft_bytes": 0},
+            "events_raised": [],
         }
     ]
+    assert (dump["boot_id"], dump["pending_events"]) == (1, [])
     assert dump["sad_used"] == 1
     assert dump["counters"]["paths"]["CONFIG_REQUEST"] == 1

@@ -1,6 +1,8 @@
 """The compiled fast path against the Python reference path: two agents with the same SAs get
 the same bursts, and must emit the same bytes and end in the same state (SAD, replay windows,
-counters), whatever the frames are: common, unusual, replayed, forged or broken."""
+counters), whatever the frames are: common, unusual, replayed, forged or broken. Some SAs have
+soft and hard lifetimes and one starts near the SEQ soft limit (spec 9): the events they raise,
+and their resends on the agents' timers, must be the same too."""
 
 from __future__ import annotations
 
@@ -82,8 +84,26 @@ IN = [
 
 def _agent(fast: bool, ivdb: bool, hairpin: bool) -> IpsecAgent:
     agent = IpsecAgent(AgentConfig(fast_path=fast, ivdb=ivdb))
-    add_sa(agent, Direction.OUTBOUND, 0x100, PEER4, src=LOCAL4, local_mac=HOST_MAC)
-    add_sa(agent, Direction.OUTBOUND, 0x101, PEER4, local_mac=VF_MAC, vlans=(VLAN_Q,))
+    add_sa(
+        agent,
+        Direction.OUTBOUND,
+        0x100,
+        PEER4,
+        src=LOCAL4,
+        local_mac=HOST_MAC,
+        soft_lifetime_packets=5,
+        seq=(1 << 31) - 3,
+    )
+    add_sa(
+        agent,
+        Direction.OUTBOUND,
+        0x101,
+        PEER4,
+        local_mac=VF_MAC,
+        vlans=(VLAN_Q,),
+        soft_lifetime_bytes=300,
+        lifetime_bytes=700,
+    )
     add_sa(agent, Direction.OUTBOUND, 0x102, PEER6, KEY256, Algorithm.AES_GCM_256, esn=True)
     # the IN flows' SAs: the peer's packets to us
     add_sa(
@@ -96,12 +116,36 @@ def _agent(fast: bool, ivdb: bool, hairpin: bool) -> IpsecAgent:
         lifetime_packets=6,
         seq=0xFFFF_FFF0,
     )
-    add_sa(agent, Direction.INBOUND, 0x200, LOCAL4, src=PEER4, local_mac=HOST_MAC)
+    add_sa(
+        agent,
+        Direction.INBOUND,
+        0x200,
+        LOCAL4,
+        src=PEER4,
+        local_mac=HOST_MAC,
+        soft_lifetime_packets=4,
+        lifetime_packets=9,
+    )
     add_sa(agent, Direction.INBOUND, 0x201, LOCAL6, esn=True, seq=0xFFFF_FFE0, replay_window=16)
     add_sa(
-        agent, Direction.INBOUND, 0x202, LOCAL4, local_mac=VF_MAC, vlans=(VLAN_Q,), replay_window=0
+        agent,
+        Direction.INBOUND,
+        0x202,
+        LOCAL4,
+        local_mac=VF_MAC,
+        vlans=(VLAN_Q,),
+        replay_window=0,
+        soft_lifetime_bytes=100,
     )
-    add_sa(agent, Direction.INBOUND, 0x203, LOCAL4, lifetime_bytes=200, replay_window=128)
+    add_sa(
+        agent,
+        Direction.INBOUND,
+        0x203,
+        LOCAL4,
+        lifetime_bytes=200,
+        soft_lifetime_bytes=120,
+        replay_window=128,
+    )
     if hairpin:
         request(agent, Opcode.ADD_LOCAL_ADDR, encode_local_addr(LocalAddr(PEER_MAC, ())))
     # a first packet on each SA: the reference path creates its cipher context
@@ -217,6 +261,8 @@ _STEPS = st.lists(
 def _state(agent: IpsecAgent) -> dict[str, Any]:
     state = agent.dump()
     state["bitmaps"] = [None if sa.replay is None else sa.replay.bitmap for sa in agent.sad]
+    state["raised"] = [sorted(sa.raised) for sa in agent.sad]
+    state["watch"] = [(sa.watch_packets, sa.watch_bytes, sa.watch_seq) for sa in agent.sad]
     return state
 
 
@@ -241,12 +287,17 @@ def test_fast_path_equals_reference(
     steps: list[tuple[str, list[bytes]]], ivdb: bool, hairpin: bool
 ) -> None:
     fast, reference = _agent(True, ivdb, hairpin), _agent(False, ivdb, hairpin)
-    for side, frames in steps:
+    for step, (side, frames) in enumerate(steps):
+        now = step * 0.007
+        while (due := reference.next_timer()) is not None and due <= now:
+            assert fast.next_timer() == due
+            _same(fast.on_timer(due), reference.on_timer(due))
         if side == "host":
-            _same(fast.from_host(frames), reference.from_host(frames))
+            _same(fast.from_host(frames, now), reference.from_host(frames, now))
         else:
-            _same(fast.from_wire(frames), reference.from_wire(frames))
+            _same(fast.from_wire(frames, now), reference.from_wire(frames, now))
         assert _state(fast) == _state(reference)
+        assert fast.next_timer() == reference.next_timer()
 
 
 def _reference_calls(agent: IpsecAgent, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
@@ -297,3 +348,25 @@ def test_unusual_frames_take_the_reference_path(monkeypatch: pytest.MonkeyPatch)
     statuses = agent.counters.rx_status
     assert (statuses[RxStatus.REPLAY], statuses[RxStatus.AUTH_FAILED]) == (1, 1)
     assert statuses[RxStatus.MALFORMED] == 1
+
+
+def test_a_frame_reaching_a_threshold_takes_the_reference_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fast path hands back exactly the frames that bring an SA to a soft or hard
+    lifetime or to the SEQ soft limit; the reference path counts them and raises the events."""
+    agent = _agent(True, ivdb=True, hairpin=False)
+    calls = _reference_calls(agent, monkeypatch)
+    flow = IN[0]  # soft limit 4 packets, hard 9; the set-up sent packet 1
+    rx = [_rx(flow, seq, b"p", False, False, False) for seq in range(2, 12)]
+    out = agent.from_wire(rx)
+    # packets 2, 3 fast; 4 (soft) back; 5 .. 8 fast; 9 (hard) back; then SA_EXPIRED, back
+    assert calls["rx"] == 1 + 1 + 2
+    kinds = [f[21] == 0x09 and f[18:20] == b"\x88\xb6" for f in out.to_host]
+    assert kinds.count(True) == 2
+    flow = OUT[0]  # next number 2^31 - 2 after the set-up's packet; 2^31 raises the limit
+    calls["tx"] = 0
+    out = agent.from_host([_tx(flow, 0, b"q", False) for _ in range(4)])
+    assert len(out.to_wire) == 4
+    assert calls["tx"] == 2  # 2^31 (SEQ_SOFT_LIMIT) and 2^31 + 1 (the soft limit, 5 packets)
+    assert len(out.to_host) == 2

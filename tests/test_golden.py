@@ -24,6 +24,7 @@ from scapy.compat import raw
 from scapy.layers.inet import IP, UDP
 from scapy.packet import Raw
 
+from agent_frames import is_event
 from ipsec_offload.agent.agent import IpsecAgent
 from ipsec_offload.agent.counters import Path as AgentPath
 from ipsec_offload.cli.main import main
@@ -52,7 +53,9 @@ pytestmark = pytest.mark.usefixtures("agent_path", "nic_path")
 
 def assert_replay_reproduces(bed: Testbed) -> None:
     caps = bed.captures
-    result = replay(IpsecAgent(), caps["nic-to-agent"].records, caps["wire-to-agent"].records)
+    result = replay(
+        IpsecAgent(bed.agent.config), caps["nic-to-agent"].records, caps["wire-to-agent"].records
+    )
     assert result.host_out == list(caps["agent-to-nic"].records)
     assert result.wire_out == list(caps["agent-to-wire"].records)
 
@@ -120,6 +123,11 @@ def test_agent_command_reproduces_the_demo_pcaps(tmp_path: Path) -> None:
         wo,
         "--esp-sa",
         keys,
+        # the run's agent: its BOOT_ID (drawn by the testbed) and the PF's MAC it was given
+        "--boot-id",
+        bed.agent.config.boot_id,
+        "--pf-mac",
+        (bed.agent.config.pf_mac or b"").hex(":"),
     )
     assert result.exit_code == 0, result.output
     assert ho.read_bytes() == (demo / "agent-to-nic.pcap").read_bytes()
@@ -478,14 +486,22 @@ def test_agent_command_takes_config_from_the_pf_mac_alone(tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     assert "SAD holds 2 SAs" in result.output and "drops: none" in result.output
     _, ho_all, wo_all, _ = run_hand_built(tmp_path / "all", *kek)
-    assert (ho.read_bytes(), wo.read_bytes()) == (ho_all.read_bytes(), wo_all.read_bytes())
+    assert wo.read_bytes() == wo_all.read_bytes()
+    # spec 9: given the PF's MAC, the agent starts at the first record with AGENT_STARTED to
+    # it, resent every 10 ms 5 times (nobody answers); otherwise the same frames
+    records = read_pcap(ho)
+    events = [r for r in records if is_event(r.frame)]
+    assert [r.time for r in events] == pytest.approx([T_PLAIN + n / 100 for n in range(6)])
+    assert [r.frame[:6] for r in events] == [HOST_MAC] * 6
+    assert [r for r in records if not is_event(r.frame)] == read_pcap(ho_all)
 
     other = "02:00:00:00:00:99"
     result, ho, wo, _ = run_hand_built(tmp_path / "other", *kek, "--pf-mac", other)
     assert result.exit_code == 0, result.output
     assert "SAD holds 0 SAs" in result.output
     assert "CONFIG_NOT_FROM_PF=2" in result.output
-    assert [r.time for r in read_pcap(ho)] == [T_PLAIN, T_TIE]  # no replies; NO_SA at T_TIE
+    records = [r for r in read_pcap(ho) if not is_event(r.frame)]
+    assert [r.time for r in records] == [T_PLAIN, T_TIE]  # no replies; NO_SA at T_TIE
     assert [r.frame for r in read_pcap(wo)] == [bypass_frame(with_tag=False)]
 
 

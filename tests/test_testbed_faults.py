@@ -173,7 +173,9 @@ def test_the_golden_model_reproduces_a_run_with_duplicates_and_delays_on_every_l
         "agent-to-wire": 1,
     }
     caps = bed.captures
-    result = replay(IpsecAgent(), caps["nic-to-agent"].records, caps["wire-to-agent"].records)
+    result = replay(
+        IpsecAgent(bed.agent.config), caps["nic-to-agent"].records, caps["wire-to-agent"].records
+    )
     assert result.host_out == list(caps["agent-to-nic"].records)
     assert result.wire_out == list(caps["agent-to-wire"].records)
 

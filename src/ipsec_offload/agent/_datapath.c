@@ -38,12 +38,12 @@
  * of ReplayWindow and EspAead are esp_open.h's EspTypes. */
 enum {
     SA_SRC, SA_LIFETIME_PACKETS, SA_LIFETIME_BYTES, SA_PACKETS, SA_BYTES, SA_IVDB, SA_ESN,
-    SA_AEAD, SA_INDEX, SA_REPLAY,
+    SA_AEAD, SA_INDEX, SA_REPLAY, SA_WATCH_PACKETS, SA_WATCH_BYTES, SA_WATCH_SEQ,
     FIELDS
 };
 static const char *const field_names[FIELDS] = {
     "src", "lifetime_packets", "lifetime_bytes", "packets", "bytes", "ivdb", "esn",
-    "_aead", "index", "replay",
+    "_aead", "index", "replay", "watch_packets", "watch_bytes", "watch_seq",
 };
 
 /* The frame's VLAN stack as a VlanKey: ((TPID, VID), ...). New reference or NULL. */
@@ -564,16 +564,20 @@ static int set_u64(const Datapath *self, PyObject *sa, int which, uint64_t v) {
 /* What this module needs of an SA that may carry the frame. */
 typedef struct {
     uint64_t packets, bytes, index;
+    uint64_t watch_bytes, watch_seq; /* 0: none (SecurityAssociation.watch_*) */
     int esn;
     PyObject *aead; /* new reference */
 } SaState;
 
 /* Whether `sa` can carry the frame here: the SA's source address, if it has one, is the
- * packet's; no hard lifetime is reached (SecurityAssociation.expired); its cipher context
- * exists (the reference path creates it on the SA's first packet). 0 with `st` filled (its
- * `aead` a new reference), -1 (error cleared) when not. */
+ * packet's; no hard lifetime is reached (SecurityAssociation.expired); one more packet does
+ * not reach its packet watch (a soft or hard lifetime whose event the reference path raises,
+ * spec 9) nor is its byte watch reached; its cipher context exists (the reference path creates
+ * it on the SA's first packet). 0 with `st` filled (its `aead` a new reference), -1 (error
+ * cleared) when not. The caller checks the frame's bytes and sequence number against
+ * `st->watch_bytes` and `st->watch_seq`. */
 static int sa_usable(const Datapath *self, PyObject *sa, const Frame *f, SaState *st) {
-    uint64_t lifetime_packets, lifetime_bytes;
+    uint64_t lifetime_packets, lifetime_bytes, watch_packets;
     PyObject *src, *esn, *aead;
     if (Py_TYPE(sa) != self->sa_type)
         return -1;
@@ -586,10 +590,16 @@ static int sa_usable(const Datapath *self, PyObject *sa, const Frame *f, SaState
     if (get_u64(self, sa, SA_PACKETS, &st->packets) || get_u64(self, sa, SA_BYTES, &st->bytes) ||
         get_u64(self, sa, SA_LIFETIME_PACKETS, &lifetime_packets) ||
         get_u64(self, sa, SA_LIFETIME_BYTES, &lifetime_bytes) ||
-        get_u64(self, sa, SA_INDEX, &st->index))
+        get_u64(self, sa, SA_INDEX, &st->index) ||
+        get_u64(self, sa, SA_WATCH_PACKETS, &watch_packets) ||
+        get_u64(self, sa, SA_WATCH_BYTES, &st->watch_bytes) ||
+        get_u64(self, sa, SA_WATCH_SEQ, &st->watch_seq))
         return -1;
     if ((lifetime_packets && st->packets >= lifetime_packets) ||
         (lifetime_bytes && st->bytes >= lifetime_bytes))
+        return -1;
+    if ((watch_packets && st->packets >= watch_packets - 1) ||
+        (st->watch_bytes && st->bytes >= st->watch_bytes))
         return -1;
     esn = field(self, sa, SA_ESN);
     aead = field(self, sa, SA_AEAD);
@@ -700,7 +710,11 @@ static PyObject *tx_frame(Datapath *self, PyObject *frame) {
     limit = st.esn ? UINT64_MAX : 0xFFFFFFFFu;
     if (seq == 0 || seq > limit)
         goto slow;
+    if (st.watch_seq && seq >= st.watch_seq)
+        goto slow; /* SEQ_SOFT_LIMIT: the reference path raises it */
     payload_len = f.ip_end - (f.esp_start + ESP_HEADER_LEN + ESP_IV_LEN);
+    if (st.watch_bytes && (uint64_t)payload_len >= st.watch_bytes - st.bytes)
+        goto slow; /* a byte lifetime reached: the reference path raises its event */
     pad = (4 - (payload_len + 2) % 4) % 4; /* RFC 4303 2.4: pad to 4 bytes */
     sealed_len = payload_len + pad + 2 + ICV_LEN;
     header_len = f.esp_start - f.l3;
@@ -826,6 +840,8 @@ static PyObject *rx_frame(Datapath *self, PyObject *frame) {
     payload_len = esp_trailer(pt, pt_len);
     if (payload_len < 0)
         goto slow;
+    if (st.watch_bytes && (uint64_t)payload_len >= st.watch_bytes - st.bytes)
+        goto slow; /* a byte lifetime reached: the reference path raises its event */
     word = RX_IPSEC | (uint32_t)(st.index & 0x00FFFFFF); /* status OK is 0 */
     memcpy(o, f.p, 12);
     wr16(o + 12, self->meta_ethertype);

@@ -15,13 +15,18 @@ side with an Rx metadata tag that says what happened. A frame leaving the Tx pat
 address registered with ADD_LOCAL_ADDR is turned around (hairpin) and goes through the Rx path
 instead of the wire.
 
+Config requests are the config channel's (`config_channel.py`: one handler per opcode, the
+reply cache). Unasked, the agent sends EVENT frames toward the PF (spec 9, `events.py`):
+AGENT_STARTED from `start`, and SOFT_EXPIRE, HARD_EXPIRE and SEQ_SOFT_LIMIT when the data path
+counts a packet that brings an SA to a threshold; `next_timer` / `on_timer` resend the
+unanswered ones.
+
 Everything is sans-IO: frames in, frames out (`AgentOutput`), `now` in simulated seconds.
 """
 
 from __future__ import annotations
 
 import struct
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,49 +34,23 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 
 from ipsec_offload.agent import fastpath
+from ipsec_offload.agent.config_channel import ConfigChannel
 from ipsec_offload.agent.counters import AgentCounters, DropReason, Path
+from ipsec_offload.agent.events import EventChannel
 from ipsec_offload.agent.fastpath import FAST_PATH_BUILT
 from ipsec_offload.agent.replay import MAX_WINDOW_SIZE, ReplayWindow
-from ipsec_offload.agent.sad import (
-    Domain,
-    SadFull,
-    SecurityAssociation,
-    SecurityAssociationDatabase,
-)
+from ipsec_offload.agent.sad import Domain, SecurityAssociation, SecurityAssociationDatabase
 from ipsec_offload.burst import reference_items
 from ipsec_offload.crypto.esp import esp_open, esp_seal_parts
 from ipsec_offload.crypto.gcm import EspAead
-from ipsec_offload.crypto.keywrap import unwrap_key
-from ipsec_offload.errors import AuthenticationError, KeyUnwrapError, ParseError, UsageError
+from ipsec_offload.errors import AuthenticationError, ParseError, UsageError
 from ipsec_offload.wire.addr import ip_to_str, mac_to_str
-from ipsec_offload.wire.config import (
-    AddSaRequest,
-    Algorithm,
-    Caps,
-    ConfigMessage,
-    ConfigStatus,
-    Direction,
-    Opcode,
-    SaStats,
-    Tlv,
-    build_config,
-    decode_add_sa,
-    decode_local_addr,
-    decode_sa_index,
-    encode_caps,
-    encode_count,
-    encode_sa_index,
-    encode_sa_stats,
-    parse_config,
-    parse_config_header,
-)
+from ipsec_offload.wire.config import Direction, EventType
 from ipsec_offload.wire.esp import ESP_HEADER_LEN, ESP_IV_LEN, ICV_LEN
 from ipsec_offload.wire.ethernet import (
-    EthernetHeader,
     EtherType,
     VlanKey,
     VlanTag,
-    build_ethernet,
     check_ethertype,
     ethernet_fields,
     vlan_key,
@@ -132,6 +111,12 @@ class AgentConfig:
     fast_path: bool = True
     """Use the compiled fast path where it is built (`FAST_PATH_BUILT`); False sends every
     frame through the Python reference path. Both give the same bytes, state and counters."""
+    boot_id: int = 1
+    """BOOT_ID (spec 9, u64): new at every agent start (the testbed draws one for every agent
+    it creates); in every GET_CAPS reply and EVENT."""
+    event_slots: int = 64
+    """The table of pending (unanswered) events: a new event finding it full is not sent
+    and is counted (TABLE_FULL)."""
 
     def __post_init__(self) -> None:
         if len(self.mac) != 6:
@@ -146,6 +131,10 @@ class AgentConfig:
             )
         if not 1 <= self.ports <= 256:
             raise UsageError("AgentConfig.ports must be 1 .. 256 (the header's port is a u8)")
+        if not 0 <= self.boot_id < 1 << 64:
+            raise UsageError("AgentConfig.boot_id must be 0 .. 2^64-1 (BOOT_ID is a u64)")
+        if self.event_slots < 1:
+            raise UsageError("AgentConfig.event_slots must be >= 1")
         if self.hairpin_size < 0 or self.txn_memory < 0:
             raise UsageError("AgentConfig.hairpin_size and txn_memory must be >= 0")
         check_ethertype(self.meta_ethertype, "AgentConfig.meta_ethertype")
@@ -162,7 +151,6 @@ class AgentOutput:
     hairpin: list[bytes] = field(default_factory=list)
 
 
-_Handler = Callable[["IpsecAgent", ConfigMessage], tuple[ConfigStatus, tuple[Tlv, ...]]]
 _Burst = Callable[[list[bytes], int, list[bytes]], int]
 """`Datapath.tx_burst` or `rx_burst`: (frames, start, out) -> the first frame it left."""
 
@@ -175,8 +163,16 @@ class IpsecAgent:
         self.sad = SecurityAssociationDatabase(self.config.sad_size)
         self.counters = AgentCounters()
         self.local_addrs: set[Domain] = set()
-        self._replies: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
         self._meta = self.config.meta_ethertype
+        self.channel = ConfigChannel(
+            self.config,
+            self.sad,
+            self.local_addrs,
+            self.counters,
+            _META_TAG.pack(self._meta, _NOT_ESP_WORD),
+        )
+        self.events: EventChannel = self.channel.events
+        self._now = 0.0
         self._fast: fastpath.Datapath | None = None
         table = self.sad.table
         if self.config.fast_path and fastpath.Datapath is not None and table is not None:
@@ -199,23 +195,63 @@ class IpsecAgent:
 
     # -- entry points ---------------------------------------------------------------------
 
+    def start(self, now: float = 0.0) -> AgentOutput:
+        """The agent starts (its SAD is empty): AGENT_STARTED toward the PF, where it has a
+        destination (spec 9). Call it once, before the first frame."""
+        self._now = now
+        self.events.emit(EventType.AGENT_STARTED, None, 0, now)
+        out = AgentOutput()
+        self._flush_events(out)
+        return out
+
+    def next_timer(self) -> float | None:
+        """When `on_timer` next has work (an event to resend or give up), or None."""
+        return self.events.next_timer()
+
+    def on_timer(self, now: float) -> AgentOutput:
+        """Resend the unanswered events due at `now` (every 10 ms, 5 times) toward the host."""
+        self._now = now
+        return AgentOutput(to_host=self.events.on_timer(now))
+
     def from_host(self, frames: Iterable[bytes], now: float = 0.0) -> AgentOutput:
         """Process a burst of frames arriving from the NIC (the host side)."""
+        self._now = now
         out = AgentOutput()
         fast = None if self._fast is None else self._fast.tx_burst
+        outbox = self.events.outbox
         for frame in _reference_frames(frames, fast, out.to_wire):
             self._host_frame(frame, out)
+            if outbox:
+                self._flush_events(out)
         return out
 
     def from_wire(self, frames: Iterable[bytes], now: float = 0.0) -> AgentOutput:
         """Process a burst of frames arriving from the wire."""
+        self._now = now
         out = AgentOutput()
         fast = None if self._fast is None else self._fast.rx_burst
+        outbox = self.events.outbox
         for frame in _reference_frames(frames, fast, out.to_host):
             rx = self._ingress(frame)
             if rx is not None:
                 out.to_host.append(rx)
+            if outbox:
+                self._flush_events(out)
         return out
+
+    def _flush_events(self, out: AgentOutput) -> None:
+        """The events a frame raised go toward the host after what the frame produced."""
+        out.to_host.extend(self.events.outbox)
+        self.events.outbox.clear()
+
+    def _counted(self, sa: SecurityAssociation) -> None:
+        """After a packet was counted on `sa`: raise the lifetime events it reached."""
+        watch_packets, watch_bytes = sa.watch_packets, sa.watch_bytes
+        if (watch_packets and sa.packets >= watch_packets) or (
+            watch_bytes and sa.bytes >= watch_bytes
+        ):
+            for kind in sa.lifetime_events():
+                self.events.emit(kind, sa.index, sa.port, self._now)
 
     # -- Tx path --------------------------------------------------------------------------
 
@@ -231,7 +267,7 @@ class IpsecAgent:
                 if pf_mac is not None and src != pf_mac:
                     self.counters.drops[DropReason.CONFIG_NOT_FROM_PF] += 1
                     return
-                self._config_frame(frame, src, l2_len, out)
+                self.channel.frame(frame, src, l2_len, out.to_host)
                 return
             self.counters.paths[Path.TX_UNTAGGED] += 1
             self._forward(frame, dst, vlans, out)
@@ -311,6 +347,11 @@ class IpsecAgent:
         if seq == 0 or seq > _SEQ_LIMIT[sa.esn]:
             drops[DropReason.SEQ_EXHAUSTED] += 1
             return None
+        if sa.watch_seq and seq >= sa.watch_seq:
+            # spec 9: the SA has used 2^31 of its 2^32 numbers (2^63 of 2^64 with ESN)
+            sa.raised.add(EventType.SEQ_SOFT_LIMIT)
+            sa.rewatch()
+            self.events.emit(EventType.SEQ_SOFT_LIMIT, sa.index, sa.port, self._now)
         payload = memoryview(frame)[esp_start + ESP_HEADER_LEN + ESP_IV_LEN : ip_end]
         esp_header, sealed = esp_seal_parts(sa.aead, spi, seq, sa.esn, payload, next_header)
         esp_len = len(esp_header) + len(sealed)
@@ -320,6 +361,7 @@ class IpsecAgent:
             return None
         sa.packets += 1
         sa.bytes += len(payload)
+        self._counted(sa)
         # the frame without its tag: the MAC addresses, the rest of the L2 header, the ESP packet
         untagged_l2 = frame[12 + _META_TAG.size : l2_len]
         return b"".join((frame[:12], untagged_l2, ip_header, esp_header, sealed))
@@ -377,6 +419,7 @@ class IpsecAgent:
         sa.replay.accept(full_seq)
         sa.packets += 1
         sa.bytes += payload_len
+        self._counted(sa)
         ip_header = _resize_ip(frame, l3, esp_start, ethertype, ip_end - l3 - ICV_LEN)
         assert ip_header is not None  # shorter than what arrived
         counters.rx_status[_RX_OK] += 1
@@ -397,170 +440,6 @@ class IpsecAgent:
     def _tag(self, frame: bytes, word: int) -> bytes:
         return frame[:12] + _META_TAG.pack(self._meta, word) + frame[12:]
 
-    # -- config channel (spec 4) ----------------------------------------------------------
-
-    def _config_frame(self, frame: bytes, src: bytes, l2_len: int, out: AgentOutput) -> None:
-        body = memoryview(frame)[l2_len:]
-        try:
-            header = parse_config_header(body)
-        except ParseError:
-            self.counters.drops[DropReason.CONFIG_MALFORMED] += 1
-            return
-        if header.is_reply:
-            self.counters.drops[DropReason.CONFIG_NOT_REQUEST] += 1
-            return
-        cache_key = (src, header.txn_id)
-        cached = self._replies.get(cache_key)
-        if cached is not None:
-            self.counters.paths[Path.CONFIG_RETRANSMIT] += 1
-            out.to_host.append(cached)
-            return
-        self.counters.paths[Path.CONFIG_REQUEST] += 1
-        status, tlvs = self._execute(body, header)
-        reply = ConfigMessage(
-            opcode=header.opcode | Opcode.REPLY,
-            txn_id=header.txn_id,
-            tlvs=tlvs,
-            status=status,
-            port=header.port,
-        )
-        reply_frame = self._tag(
-            build_ethernet(
-                EthernetHeader(dst=src, src=self.config.mac, ethertype=self.config.config_ethertype)
-            )
-            + build_config(reply),
-            _NOT_ESP_WORD,
-        )
-        self._replies[cache_key] = reply_frame
-        if len(self._replies) > self.config.txn_memory:
-            self._replies.popitem(last=False)
-        out.to_host.append(reply_frame)
-
-    def _execute(
-        self, body: memoryview, header: ConfigMessage
-    ) -> tuple[ConfigStatus, tuple[Tlv, ...]]:
-        if header.version != 1:
-            return ConfigStatus.BAD_VERSION, ()
-        try:
-            request = parse_config(body)
-        except ParseError:
-            return ConfigStatus.BAD_REQUEST, ()
-        handler = _HANDLERS.get(request.opcode)
-        if handler is None:
-            return ConfigStatus.UNSUPPORTED, ()
-        if request.port >= self.config.ports:
-            return ConfigStatus.BAD_REQUEST, ()
-        try:
-            return handler(self, request)
-        except ParseError:
-            return ConfigStatus.BAD_REQUEST, ()
-
-    def _add_sa(self, msg: ConfigMessage) -> tuple[ConfigStatus, tuple[Tlv, ...]]:
-        req = decode_add_sa(msg.tlvs)
-        if req.local_mac is None and req.vlans:
-            return ConfigStatus.BAD_REQUEST, ()
-        window = (
-            self.config.default_replay_window if req.replay_window is None else req.replay_window
-        )
-        if window > self.config.max_replay_window:
-            return ConfigStatus.UNSUPPORTED, ()
-        outbound = req.direction == Direction.OUTBOUND
-        limit = _SEQ_LIMIT[req.esn]
-        if req.seq is not None and not (1 if outbound else 0) <= req.seq <= limit:
-            # spec 4 SEQ: outbound the next counter (1 ..), inbound the highest received (0 ..)
-            return ConfigStatus.BAD_REQUEST, ()
-        key_material = self._key_material(req)
-        if key_material is None:
-            return ConfigStatus.KEY_UNWRAP_FAILED, ()
-        domain = None if req.local_mac is None else Domain(req.local_mac, vlan_key(req.vlans))
-        if self.sad.contains_key((req.direction, req.spi, req.dst, domain)):
-            return ConfigStatus.EXISTS, ()
-        try:
-            index = self.sad.allocate_index()
-        except SadFull:
-            return ConfigStatus.NO_SPACE, ()
-        self.sad.insert(
-            SecurityAssociation(
-                index=index,
-                port=msg.port,
-                direction=req.direction,
-                spi=req.spi,
-                dst=req.dst,
-                src=req.src,
-                algorithm=req.alg,
-                key_material=key_material,
-                domain=domain,
-                esn=req.esn,
-                ivdb=(1 if req.seq is None else req.seq) if outbound else 0,
-                replay=None
-                if outbound
-                else ReplayWindow(window, req.esn, 0 if req.seq is None else req.seq),
-                lifetime_packets=req.lifetime_packets or 0,
-                lifetime_bytes=req.lifetime_bytes or 0,
-            )
-        )
-        return ConfigStatus.OK, encode_sa_index(index)
-
-    def _key_material(self, req: AddSaRequest) -> bytes | None:
-        """The SA's key || salt, unwrapped when it came wrapped; None if unwrapping failed."""
-        if req.key is not None:
-            return req.key
-        assert req.wrapped_key is not None and req.kek_id is not None
-        kek = self.config.keks.get(req.kek_id)
-        if kek is None:
-            return None
-        try:
-            material = unwrap_key(kek, req.wrapped_key)
-        except KeyUnwrapError:
-            return None
-        return material if len(material) == _key_material_len(req.alg) else None
-
-    def _remove_sa(self, msg: ConfigMessage) -> tuple[ConfigStatus, tuple[Tlv, ...]]:
-        sa = self.sad.get(decode_sa_index(msg.tlvs))
-        if sa is None or sa.port != msg.port:
-            return ConfigStatus.NOT_FOUND, ()
-        self.sad.remove(sa.index)
-        return ConfigStatus.OK, ()
-
-    def _remove_all_sas(self, msg: ConfigMessage) -> tuple[ConfigStatus, tuple[Tlv, ...]]:
-        if msg.tlvs:
-            return ConfigStatus.BAD_REQUEST, ()
-        doomed = [sa.index for sa in self.sad if sa.port == msg.port]
-        for index in doomed:
-            self.sad.remove(index)
-        return ConfigStatus.OK, encode_count(len(doomed))
-
-    def _add_local_addr(self, msg: ConfigMessage) -> tuple[ConfigStatus, tuple[Tlv, ...]]:
-        addr = decode_local_addr(msg.tlvs)
-        domain = Domain(addr.mac, vlan_key(addr.vlans))
-        if domain in self.local_addrs:
-            return ConfigStatus.EXISTS, ()
-        if len(self.local_addrs) >= self.config.hairpin_size:
-            return ConfigStatus.NO_SPACE, ()
-        self.local_addrs.add(domain)
-        return ConfigStatus.OK, ()
-
-    def _remove_local_addr(self, msg: ConfigMessage) -> tuple[ConfigStatus, tuple[Tlv, ...]]:
-        addr = decode_local_addr(msg.tlvs)
-        domain = Domain(addr.mac, vlan_key(addr.vlans))
-        if domain not in self.local_addrs:
-            return ConfigStatus.NOT_FOUND, ()
-        self.local_addrs.discard(domain)
-        return ConfigStatus.OK, ()
-
-    def _get_sa_stats(self, msg: ConfigMessage) -> tuple[ConfigStatus, tuple[Tlv, ...]]:
-        sa = self.sad.get(decode_sa_index(msg.tlvs))
-        if sa is None or sa.port != msg.port:
-            return ConfigStatus.NOT_FOUND, ()
-        stats = SaStats(sa.packets, sa.bytes, (*sa.errors,))  # type: ignore[arg-type]
-        return ConfigStatus.OK, encode_sa_stats(stats)
-
-    def _get_caps(self, msg: ConfigMessage) -> tuple[ConfigStatus, tuple[Tlv, ...]]:
-        if msg.tlvs:
-            return ConfigStatus.BAD_REQUEST, ()
-        caps = Caps(tuple(Algorithm), self.config.sad_size, self.config.max_replay_window)
-        return ConfigStatus.OK, encode_caps(caps)
-
     # -- state dump -----------------------------------------------------------------------
 
     def dump(self) -> dict[str, Any]:
@@ -571,6 +450,8 @@ class IpsecAgent:
             "sas": [_dump_sa(sa) for sa in self.sad],
             "local_addrs": sorted(_dump_domain(d) for d in self.local_addrs),
             "counters": self.counters.snapshot(),
+            "boot_id": self.config.boot_id,
+            "pending_events": self.events.dump(),
         }
 
 
@@ -582,21 +463,6 @@ def _reference_frames(
     if fast is None:
         return frames
     return reference_items(frames, lambda burst, start: fast(burst, start, out))
-
-
-_HANDLERS: dict[int, _Handler] = {
-    Opcode.ADD_SA: IpsecAgent._add_sa,
-    Opcode.REMOVE_SA: IpsecAgent._remove_sa,
-    Opcode.REMOVE_ALL_SAS: IpsecAgent._remove_all_sas,
-    Opcode.ADD_LOCAL_ADDR: IpsecAgent._add_local_addr,
-    Opcode.REMOVE_LOCAL_ADDR: IpsecAgent._remove_local_addr,
-    Opcode.GET_SA_STATS: IpsecAgent._get_sa_stats,
-    Opcode.GET_CAPS: IpsecAgent._get_caps,
-}
-
-
-def _key_material_len(alg: Algorithm) -> int:
-    return alg.key_length + 4
 
 
 _LocatedIp = tuple[int, int, bytes, bytes]
@@ -676,6 +542,13 @@ def _dump_sa(sa: SecurityAssociation) -> dict[str, Any]:
         "packets": sa.packets,
         "bytes": sa.bytes,
         "errors": dict(zip([s.name for s in list(RxStatus)[1:]], sa.errors, strict=True)),
+        "lifetime": {
+            "packets": sa.lifetime_packets,
+            "bytes": sa.lifetime_bytes,
+            "soft_packets": sa.soft_lifetime_packets,
+            "soft_bytes": sa.soft_lifetime_bytes,
+        },
+        "events_raised": sorted(kind.name for kind in sa.raised),
     }
 
 

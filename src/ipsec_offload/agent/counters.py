@@ -47,15 +47,35 @@ class Path(IntEnum):
     HAIRPIN = 8
 
 
+class EventCounter(IntEnum):
+    """What became of the agent's EVENT frames (spec 9)."""
+
+    RAISED = 1
+    """Events the agent raised (each of the others counts some of these)."""
+    SENT = 2
+    """First transmissions."""
+    RESENT = 3
+    """Resends of an unanswered event (every 10 ms, at most 5 per event)."""
+    ACKNOWLEDGED = 4
+    """Events the PF answered (opcode 0x89, same txn_id)."""
+    GIVEN_UP = 5
+    """Events still unanswered after their 5 resends."""
+    TABLE_FULL = 6
+    """Events not sent: the table of pending events was full."""
+    NO_DESTINATION = 7
+    """Events not sent: no PF MAC configured and no request accepted yet."""
+
+
 class AgentCounters:
     """Counters of the whole agent (per-SA counters live in each SA)."""
 
-    __slots__ = ("drops", "paths", "rx_status")
+    __slots__ = ("drops", "events", "paths", "rx_status")
 
     def __init__(self) -> None:
         self.drops: dict[DropReason, int] = dict.fromkeys(DropReason, 0)
         self.paths: dict[Path, int] = dict.fromkeys(Path, 0)
         self.rx_status: dict[RxStatus, int] = dict.fromkeys(RxStatus, 0)
+        self.events: dict[EventCounter, int] = dict.fromkeys(EventCounter, 0)
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         """A plain-dict copy for reports and tests, names as keys."""
@@ -63,4 +83,5 @@ class AgentCounters:
             "drops": {r.name: n for r, n in self.drops.items()},
             "paths": {p.name: n for p, n in self.paths.items()},
             "rx_status": {s.name: n for s, n in self.rx_status.items()},
+            "events": {e.name: n for e, n in self.events.items()},
         }

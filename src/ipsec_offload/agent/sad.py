@@ -23,7 +23,7 @@ from typing import NamedTuple
 from ipsec_offload.agent.fastpath import SadTable
 from ipsec_offload.agent.replay import ReplayWindow
 from ipsec_offload.crypto.gcm import EspAead
-from ipsec_offload.wire.config import Algorithm, Direction
+from ipsec_offload.wire.config import Algorithm, Direction, EventType
 from ipsec_offload.wire.ethernet import VlanKey
 
 
@@ -72,6 +72,58 @@ class SecurityAssociation:
     bytes: int = 0
     errors: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0])
     _aead: EspAead | None = field(default=None, repr=False)
+    soft_lifetime_packets: int = 0
+    """Soft limits (spec 9, SOFT_LIFETIME_*; 0 none): reaching one raises SOFT_EXPIRE once."""
+    soft_lifetime_bytes: int = 0
+    raised: set[EventType] = field(default_factory=set)
+    """The SA's events already raised (SOFT_EXPIRE, HARD_EXPIRE, SEQ_SOFT_LIMIT: once each)."""
+    watch_packets: int = 0
+    """The packet count at which this SA reaches its next threshold (a soft limit not yet
+    raised, or the hard one; 0 none). The compiled fast path hands back every frame that would
+    bring the SA there, so that the reference path counts it and raises the event."""
+    watch_bytes: int = 0
+    """Likewise in bytes."""
+    watch_seq: int = 0
+    """Outbound: the sequence number from which SEQ_SOFT_LIMIT is raised (2^31, 2^63 with
+    ESN), 0 once it has been (inbound: always 0)."""
+
+    def __post_init__(self) -> None:
+        self.rewatch()
+
+    def rewatch(self) -> None:
+        """Compute the watch thresholds from the limits and the events already raised."""
+        soft = EventType.SOFT_EXPIRE not in self.raised
+        self.watch_packets = _first_limit(
+            self.lifetime_packets, self.soft_lifetime_packets if soft else 0
+        )
+        self.watch_bytes = _first_limit(
+            self.lifetime_bytes, self.soft_lifetime_bytes if soft else 0
+        )
+        self.watch_seq = (
+            SEQ_SOFT_LIMIT[self.esn]
+            if self.direction == Direction.OUTBOUND and EventType.SEQ_SOFT_LIMIT not in self.raised
+            else 0
+        )
+
+    def soft_expired(self) -> bool:
+        """True once a soft lifetime (packets or bytes; 0 means none) has been reached."""
+        return bool(
+            (self.soft_lifetime_packets and self.packets >= self.soft_lifetime_packets)
+            or (self.soft_lifetime_bytes and self.bytes >= self.soft_lifetime_bytes)
+        )
+
+    def lifetime_events(self) -> list[EventType]:
+        """The lifetime events this SA has just reached and not raised yet (SOFT_EXPIRE
+        before HARD_EXPIRE), marked raised; called after a packet is counted."""
+        reached = []
+        if EventType.SOFT_EXPIRE not in self.raised and self.soft_expired():
+            reached.append(EventType.SOFT_EXPIRE)
+        if EventType.HARD_EXPIRE not in self.raised and self.expired():
+            reached.append(EventType.HARD_EXPIRE)
+        if reached:
+            self.raised.update(reached)
+            self.rewatch()
+        return reached
 
     @property
     def key(self) -> SaKey:
@@ -90,6 +142,18 @@ class SecurityAssociation:
             (self.lifetime_packets and self.packets >= self.lifetime_packets)
             or (self.lifetime_bytes and self.bytes >= self.lifetime_bytes)
         )
+
+
+SEQ_SOFT_LIMIT = {False: 1 << 31, True: 1 << 63}
+"""An outbound SA that uses this sequence number has used 2^31 of 2^32 numbers (2^63 of 2^64
+with ESN): SEQ_SOFT_LIMIT (spec 9)."""
+
+
+def _first_limit(a: int, b: int) -> int:
+    """The lower of two limits where 0 means none."""
+    if a and b:
+        return min(a, b)
+    return a or b
 
 
 class SadFull(Exception):

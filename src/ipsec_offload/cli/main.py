@@ -138,6 +138,14 @@ class _Progress:
     help="A key-encryption key the agent holds for WRAPPED_KEY (repeatable).",
 )
 @click.option("--sad-size", default=4096, show_default=True, help="SAD entries.")
+@click.option(
+    "--boot-id",
+    "boot_id",
+    default=1,
+    show_default=True,
+    help="The agent's BOOT_ID (u64): in GET_CAPS replies and EVENT frames. To reproduce a"
+    " simulated run, give its agent's (report.json, agent.boot_id).",
+)
 def agent(
     host_in: Path,
     wire_in: Path | None,
@@ -148,6 +156,7 @@ def agent(
     pf_mac: str | None,
     keks: tuple[str, ...],
     sad_size: int,
+    boot_id: int,
 ) -> None:
     """The agent alone as a frame-level golden model, driven by pcap files."""
     try:
@@ -161,6 +170,7 @@ def agent(
             pf_mac=pf_mac,
             keks=keks,
             sad_size=sad_size,
+            boot_id=boot_id,
         )
     except IpsecOffloadError as exc:
         raise click.ClickException(str(exc)) from exc

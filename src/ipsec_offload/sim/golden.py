@@ -3,6 +3,15 @@
 Frames from both inputs are processed in timestamp order, host side first on a tie, by an
 agent that starts with an empty SAD; every frame it emits is written with the timestamp of the
 frame that caused it, toward the host or the wire.
+
+The agent's own timers (spec 9: the resends of its unanswered EVENT frames) run in the same
+simulated time: the agent starts (`IpsecAgent.start`, AGENT_STARTED where it has a
+destination) at the time of the first input record, before it; before each record at time t
+the timers due at or before t fire, their frames stamped with the timer's time; after the last
+record the rest fire (every event is answered or given up within 60 ms). The testbed starts its
+agent when the first frame reaches it and fires its timers before the frames of the same time,
+so that fed a run's inputs (and its agent's configuration, BOOT_ID included) the golden model
+reproduces the run's outputs byte for byte.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipsec_offload.agent.agent import AgentConfig, IpsecAgent
+from ipsec_offload.agent.agent import AgentConfig, AgentOutput, IpsecAgent
 from ipsec_offload.agent.counters import Path as AgentPath
 from ipsec_offload.agent.sad import SecurityAssociation
 from ipsec_offload.errors import UsageError
@@ -40,7 +49,19 @@ def replay(
     events.sort(key=lambda e: e[:3])
     result = GoldenResult([], [], [])
     held: dict[tuple[int, bytes, bytes | None], EspSaEntry] = {}
+
+    def emit(time: float, out: AgentOutput) -> None:
+        result.host_out.extend(PcapRecord(time, f) for f in out.to_host)
+        result.wire_out.extend(PcapRecord(time, f) for f in out.to_wire)
+
+    def fire_timers(until: float | None) -> None:
+        while (due := agent.next_timer()) is not None and (until is None or due <= until):
+            emit(due, agent.on_timer(due))
+
+    if events:
+        emit(events[0][0], agent.start(events[0][0]))
     for time, side, _i, record in events:
+        fire_timers(time)
         if side == WIRE:
             out = agent.from_wire([record.frame], time)
         else:
@@ -49,8 +70,8 @@ def replay(
             if agent.counters.paths[AgentPath.CONFIG_REQUEST] != requests:
                 for sa in agent.sad:
                     held.setdefault((sa.spi, sa.dst, sa.src), _entry(sa))
-        result.host_out.extend(PcapRecord(time, f) for f in out.to_host)
-        result.wire_out.extend(PcapRecord(time, f) for f in out.to_wire)
+        emit(time, out)
+    fire_timers(None)
     result.sas.extend(held.values())
     return result
 
@@ -95,11 +116,16 @@ def run_golden(
     keks: Iterable[str],
     sad_size: int,
     pf_mac: str | None = None,
+    boot_id: int = 1,
 ) -> str:
     """The `ipsec-offload agent` command: returns a one-paragraph summary."""
     mac = _mac_option("--agent-mac", agent_mac)
     pf = None if pf_mac is None else _mac_option("--pf-mac", pf_mac)
-    config = AgentConfig(mac=mac, pf_mac=pf, keks=parse_keks(keks), sad_size=sad_size)
+    if not 0 <= boot_id < 1 << 64:
+        raise UsageError(f"--boot-id {boot_id}: give 0 .. 2^64-1 (BOOT_ID is a u64)")
+    config = AgentConfig(
+        mac=mac, pf_mac=pf, keks=parse_keks(keks), sad_size=sad_size, boot_id=boot_id
+    )
     agent = IpsecAgent(config)
     host_records = read_pcap(host_in)
     wire_records = read_pcap(wire_in) if wire_in is not None else []

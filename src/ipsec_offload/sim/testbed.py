@@ -5,8 +5,10 @@ a link takes `link_delay`; events at the same time run in a fixed order (frames 
 agent from the host side before those from the wire, then first scheduled first), so a run
 is the same every time. The testbed is the only place where the sans-IO cores meet: it moves
 descriptors from drivers to the NIC, frames from the NIC to the agent and on to the wire, and
-back; it fires the drivers' retransmission timers; it records every frame on the NIC-agent
-link and the agent-wire link for pcap files.
+back; it fires the drivers' retransmission timers and the agent's event resends (before the
+frames that reach the agent at the same time, as the golden model does); it starts the agent
+when the first frame reaches it and can restart it (`restart_agent`); it records every frame
+on the NIC-agent link and the agent-wire link for pcap files.
 
 Faults (spec section 9) act on the four link directions and on the two directions of the
 mailbox alike: a `Fault` loses, duplicates (carries twice, back to back) or delays (carries
@@ -27,7 +29,7 @@ import math
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import partial
 from typing import Any, NamedTuple
@@ -58,7 +60,9 @@ FAULT_TARGETS = LINKS + MAILBOX_LINKS
 TAPS = ("agent-hairpin",)
 """What the testbed records besides the links: frames the agent turned around (encrypted)."""
 
-_HOST_FIRST, _WIRE_SECOND, _OTHER = 0, 1, 2
+_AGENT_TIMER, _HOST_FIRST, _WIRE_SECOND, _OTHER = -1, 0, 1, 2
+"""The order of events at one time: the agent's timers fire before the frames that reach it
+at that time, as the golden model fires them before an input record of that time."""
 _ARRIVAL_ORDER = {"nic-to-agent": _HOST_FIRST, "wire-to-agent": _WIRE_SECOND}
 """Where a link's delayed frame goes among the events of its new time (default `_OTHER`)."""
 _PCAP_TIME_LIMIT = 2**32
@@ -229,14 +233,18 @@ class Testbed:
         capture: bool = True,
         own_sequence: bool = True,
     ) -> None:
-        self.agent = IpsecAgent(agent)
+        self.rng = random.Random(seed)
+        self.agent = IpsecAgent(self._with_boot_id(agent or AgentConfig()))
+        self._agent_started = False
+        self._agent_timer: _Timer | None = None
+        self._agent_timers_queued = 0
+        self.agent_restarts = 0
         self.nic = Nic(mode=mode, meta_ethertype=self.agent.config.meta_ethertype)
         self.now = 0.0
         self.link_delay = link_delay
         self.mailbox_delay = mailbox_delay
         self.pf: PfDriver | None = None
         self.mailbox_log: list[MailboxRecord] = []
-        self.rng = random.Random(seed)
         self.max_events = max_events
         self.capture = capture
         self.own_sequence = own_sequence
@@ -377,6 +385,25 @@ class Testbed:
         if info.state == VfState.DISABLED:
             self.nic.remove_vsi(info.vsi_id)
 
+    def restart_agent(self) -> None:
+        """The agent restarts (spec 9): it loses its SAD, hairpin table, txn memory and
+        pending events, and comes up with a new BOOT_ID from the testbed's generator and the
+        same configuration otherwise; the NIC's links stay. It starts at once (AGENT_STARTED
+        where it has a destination: the PF's MAC, if it was given it)."""
+        if self._agent_timer is not None:
+            self._agent_timer.cancelled = True
+            self._agent_timer = None
+        self.agent = IpsecAgent(self._with_boot_id(self.agent.config))
+        self.agent_restarts += 1
+        self._agent_started = True
+        self._agent_out(self.agent.start(self.now))
+        if not self._running:
+            self._run(None, quiet=True)
+
+    def _with_boot_id(self, config: AgentConfig) -> AgentConfig:
+        """`config` with a new BOOT_ID (u64) drawn from the testbed's seeded generator."""
+        return replace(config, boot_id=self.rng.getrandbits(64))
+
     def reset_pf(self) -> None:
         """The PF driver reloads: it flushes the port and the VFs re-add their SAs."""
         self._pf().reset(self.now)
@@ -391,7 +418,7 @@ class Testbed:
         descs = [TxDescriptor(frame, l2tag)]
         self._schedule(0.0, _OTHER, lambda: self._nic_tx(vsi, descs))
         if not self._running:
-            self.run()
+            self._run(None, quiet=True)
 
     def mailbox_inject(self, vf: int, data: bytes) -> list[bytes]:
         """Raw bytes into the PF from VF `vf`'s mailbox (a hostile VF); returns the replies."""
@@ -586,21 +613,29 @@ class Testbed:
     # -- running --------------------------------------------------------------------------
 
     def settle(self, *stacks: HostStack) -> None:
-        """Let the given hosts act on what their API calls queued, then run until idle.
+        """Let the given hosts act on what their API calls queued, then run until idle but
+        for the agent's timers (the resends of its unanswered events, which `run()` fires in
+        their time, as does any later run through it).
 
         Called from an action already running in the loop (a scheduled scenario event), it
         only queues: the loop that is running carries on in time order."""
         for stack in stacks:
             self._flush(self.endpoint(stack))
         if not self._running:
-            self.run()
+            self._run(None, quiet=True)
 
     def at(self, time: float, action: Callable[[], None]) -> None:
         """Run `action` at simulated time `time` (not before now)."""
         self._schedule(max(0.0, time - self.now), _OTHER, action)
 
     def run(self, until: float | None = None) -> None:
-        """Process events until none is left (or until simulated time `until`)."""
+        """Process events until none is left (or until simulated time `until`); the agent's
+        event resends included (`settle` stops short of those)."""
+        self._run(until, quiet=False)
+
+    def _run(self, until: float | None, *, quiet: bool) -> None:
+        """The event loop. `quiet`: stop as well when nothing but the agent's timers is left
+        (the resends of events nobody answers must not move a host's API calls 60 ms on)."""
         if self._running:
             raise UsageError("Testbed.run() is already running (call it from outside events)")
         processed = 0
@@ -608,7 +643,11 @@ class Testbed:
         self._running = True
         try:
             while queue and (until is None or queue[0][0] <= until):
-                at, _prio, _seq, action = heapq.heappop(queue)
+                if quiet and len(queue) == self._agent_timers_queued:
+                    break
+                at, prio, _seq, action = heapq.heappop(queue)
+                if prio == _AGENT_TIMER:
+                    self._agent_timers_queued -= 1
                 if isinstance(action, _Timer) and action.cancelled:
                     continue
                 self.now = max(self.now, at)
@@ -680,7 +719,7 @@ class Testbed:
         self.wire_injections.extend(burst)
         self._schedule(self.link_delay, _WIRE_SECOND, lambda: self._agent_wire(burst))
         if not self._running:
-            self.run()
+            self._run(None, quiet=True)
 
     def wire_frames_to(self, host: HostStack | str, last: int | None = None) -> list[bytes]:
         """The ESP frames captured on wire-to-agent so far whose destination MAC is `host`'s
@@ -815,6 +854,7 @@ class Testbed:
         self._carry("nic-to-agent", frames, self._host_side_in)
 
     def _host_side_in(self, frames: list[bytes]) -> None:
+        self._start_agent()
         self._record("nic-to-agent", frames)
         self._agent_out(self.agent.from_host(frames, self.now))
 
@@ -822,15 +862,46 @@ class Testbed:
         self._carry("wire-to-agent", frames, self._wire_side_in)
 
     def _wire_side_in(self, frames: list[bytes]) -> None:
+        self._start_agent()
         self._record("wire-to-agent", frames)
         self._agent_out(self.agent.from_wire(frames, self.now))
 
+    def _start_agent(self) -> None:
+        """The agent starts when the first frame reaches it, as the golden model's does
+        (before the first input record): AGENT_STARTED where it has a destination."""
+        if not self._agent_started:
+            self._agent_started = True
+            self._agent_out(self.agent.start(self.now))
+
+    def _agent_tick(self) -> None:
+        self._agent_timer = None
+        self._agent_out(self.agent.on_timer(self.now))
+
     def _agent_out(self, out: AgentOutput) -> None:
-        self._record("agent-to-nic", out.to_host)
-        self._record("agent-to-wire", out.to_wire)
-        self._record("agent-hairpin", out.hairpin)
-        self._carry("agent-to-nic", out.to_host, self._toward_nic)
-        self._carry("agent-to-wire", out.to_wire, self._toward_wire)
+        if out.to_host or out.to_wire or out.hairpin:
+            self._record("agent-to-nic", out.to_host)
+            self._record("agent-to-wire", out.to_wire)
+            self._record("agent-hairpin", out.hairpin)
+            self._carry("agent-to-nic", out.to_host, self._toward_nic)
+            self._carry("agent-to-wire", out.to_wire, self._toward_wire)
+        self._arm_agent_timer()
+
+    def _arm_agent_timer(self) -> None:
+        """Keep one event in the queue at the agent's `next_timer()` (its event resends)."""
+        deadline = self.agent.next_timer()
+        timer = self._agent_timer
+        if timer is not None and timer.at == deadline:
+            return
+        if timer is not None:
+            timer.cancelled = True
+            self._agent_timer = None
+        if deadline is not None:
+            self._agent_timer = fire = _Timer(deadline, self._agent_tick)
+            action: Callable[[], None] = fire
+            self._seq += 1
+            self._agent_timers_queued += 1
+            # at the agent's own time, not now + a difference, so that it fires exactly then
+            heapq.heappush(self._queue, (deadline, _AGENT_TIMER, self._seq, action))
 
     def _toward_nic(self, frames: list[bytes]) -> None:
         self._schedule(self.link_delay, _OTHER, lambda: self._from_agent(frames))
