@@ -23,6 +23,8 @@ from ipsec_offload.agent.replay import ReplayWindow
 from ipsec_offload.host.stack import HostStack
 from ipsec_offload.host.xfrm import Offload
 from ipsec_offload.sim.report import SadDiff, sad_diff
+from ipsec_offload.sim.runner import prepare
+from ipsec_offload.sim.scenario import Scenario, builtin_scenario
 from ipsec_offload.sim.testbed import SaBundle, Testbed
 from ipsec_offload.wire.config import (
     ConfigMessage,
@@ -346,3 +348,21 @@ def test_a_first_add_that_times_out_sends_nothing_in_clear() -> None:
     host.send_udp(peer.addresses[4], 1, 2, b"protected", bed.now)
     bed.settle(host)
     assert [d.payload for d in bed.delivered(peer)] == [b"protected"]
+
+
+# -- the scenario events of spec 9.4 -----------------------------------------------------------
+
+
+def test_lose_replies_loses_the_agents_replies_only() -> None:
+    """A scenario's `lose_replies` event: the agent's next replies are lost on their way to
+    the PF (its requests and the agent's events are not), and the PF's resend gets the
+    agent's remembered reply."""
+    text = builtin_scenario("basic")[0].model_dump(by_alias=True, exclude_none=True)
+    text["event"] = [{"at": 0.0, "action": "lose_replies", "opcode": "add_sa", "count": 1}]
+    run = prepare(Scenario.model_validate(text), "test")
+    run.run()
+    bed = run.bed
+    assert bed.link_drops["agent-to-nic"] == 1 and bed.link_drops["nic-to-agent"] == 0
+    assert bed.pf is not None and bed.pf.channel.counters.resends == 1
+    host = run.hosts["host"]
+    assert sum(s.offload == Offload.DEVICE for s in host.states.values()) == 3

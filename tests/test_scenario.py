@@ -88,7 +88,7 @@ BAD = [
         "[[sa]]",
         '[[event]]\nat = 0.1\naction = "reset_pf"\nopcode = "add_sa"\n\n[[sa]]',
         "event[0].opcode",
-        "only lose_config",
+        "only lose_config and lose_replies",
     ),
     (
         "[[sa]]",

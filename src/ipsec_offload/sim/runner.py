@@ -148,6 +148,7 @@ def prepare(scenario: Scenario, source: str, naive: Iterable[str] = ()) -> Scena
         port_tagging="port-tag" not in switches,
         hairpin="hairpin" not in switches,
         vf_filter="vf-filter" not in switches,
+        resync="resync" not in switches,
     )
     run.note(pf.name, f"PF up on a {port.mode.upper()} port")
     for peer in scenario.peer:
@@ -296,11 +297,17 @@ def _event(run: ScenarioRun, index: int) -> None:
     elif event.action == "reset_pf":
         bed.reset_pf()
         run.note(run.scenario.pf.name, "PF driver reloads: REMOVE_ALL_SAS, SAs re-added")
-    elif event.action == "lose_config":
+    elif event.action in ("lose_config", "lose_replies"):
         opcode = None if event.opcode is None else Opcode[event.opcode.upper()]
-        bed.lose("nic-to-agent", event.count, partial(_config_request, bed, opcode))
+        replies = event.action == "lose_replies"
+        link = "agent-to-nic" if replies else "nic-to-agent"
+        bed.lose(link, event.count, partial(_config_frame, bed, opcode, replies))
         which = "config" if event.opcode is None else event.opcode.upper()
-        run.note("link", f"the next {event.count} {which} frame(s) toward the agent are lost")
+        what = "replies from" if replies else "frame(s) toward"
+        run.note("link", f"the next {event.count} {which} {what} the agent are lost")
+    elif event.action == "restart_agent":
+        bed.restart_agent()
+        run.note("agent", "the agent restarts (FPGA reload): its SAD is lost")
     elif event.action == "replay_wire":
         frames = bed.wire_frames_to(_host(run, target, where), event.count)
         run.replays.append(Replay(bed.now, target, len(frames)))
@@ -318,16 +325,18 @@ def _event(run: ScenarioRun, index: int) -> None:
         run.note(target, f"malicious VF posts {event.count} crafted {event.frame} frame(s)")
 
 
-def _config_request(bed: Testbed, opcode: Opcode | None, frame: bytes) -> bool:
-    """Is `frame` a config request to the agent (of `opcode`, when one is given)?"""
+def _config_frame(bed: Testbed, opcode: Opcode | None, reply: bool, frame: bytes) -> bool:
+    """Is `frame` a config request to the agent (with `reply`: a reply from it; of `opcode`,
+    when one is given)? The agent's frames carry its Rx tag."""
     try:
-        eth = parse_ethernet(frame)
-        if eth.ethertype != bed.agent.config.config_ethertype or eth.metadata is not None:
+        eth = parse_ethernet(frame, bed.agent.config.meta_ethertype)
+        if eth.ethertype != bed.agent.config.config_ethertype:
             return False
         header = parse_config_header(memoryview(frame)[eth.header_len :])
     except ParseError:
         return False
-    return not header.is_reply and (opcode is None or header.opcode == opcode)
+    matches = opcode is None or header.base_opcode == opcode
+    return header.is_reply == reply and (reply or eth.metadata is None) and matches
 
 
 def _crafted(run: ScenarioRun, vm: HostStack, kind: str) -> bytes:

@@ -33,6 +33,7 @@ NAIVE_SWITCHES = (
     "ivdb",
     "vf-filter",
     "seq-handover",
+    "resync",
 )
 """The deck's fixes and spec 9's `run --naive` can switch off (any number at once)."""
 
@@ -204,13 +205,22 @@ ConfigOpcodeName = Literal[
 class EventSpec(_Model):
     at: float = Field(ge=0.0)
     action: Literal[
-        "destroy_vm", "reset_vf", "remove_vf", "reset_pf", "inject", "lose_config", "replay_wire"
+        "destroy_vm",
+        "reset_vf",
+        "remove_vf",
+        "reset_pf",
+        "inject",
+        "lose_config",
+        "lose_replies",
+        "replay_wire",
+        "restart_agent",
     ]
     target: str | None = None
     frame: Literal["remove_all_sas", "add_sa", "forged_offload"] | None = None
     count: int = Field(default=1, ge=1, le=1000)
     opcode: ConfigOpcodeName | None = Field(
-        default=None, description="lose_config: only config requests with this opcode"
+        default=None,
+        description="lose_config, lose_replies: only requests (replies) of this opcode",
     )
 
 
@@ -366,8 +376,8 @@ def _check_references(scenario: Scenario, source: str) -> None:
                 f"event[{i}].target",
                 f"replay_wire needs the PF's or a VM's name, not {event.target!r}",
             )
-        if event.opcode is not None and event.action != "lose_config":
-            fail(f"event[{i}].opcode", "only lose_config takes an opcode")
+        if event.opcode is not None and event.action not in ("lose_config", "lose_replies"):
+            fail(f"event[{i}].opcode", "only lose_config and lose_replies take an opcode")
 
 
 def _family_address(host: HostSpec, family: int) -> str | None:

@@ -287,6 +287,7 @@ class Testbed:
         port_tagging: bool = True,
         hairpin: bool = True,
         vf_filter: bool = True,
+        resync: bool = True,
         timeout: float = 0.001,
         retries: int = 3,
         port: int = 0,
@@ -310,6 +311,7 @@ class Testbed:
             port_tagging=port_tagging,
             hairpin=hairpin and self.nic.mode == SwitchMode.VEPA,
             vf_filter=vf_filter,
+            resync=resync,
             config_ethertype=self.agent.config.config_ethertype,
             meta_ethertype=self.agent.config.meta_ethertype,
         )
