@@ -7,8 +7,8 @@ example builds one small port (`Testbed`) and drives it with a random interleavi
   IPv6: UDP datagrams, UDP and TCP large sends (TSO where the state is offloaded), UDP
   bursts; every payload (every segment of a large send too) is unique in the run, so that a
   delivery made twice can only be a replay;
-- lifecycle events: PF reset, VF reset, VM destroy and a new VM (new SAs) on the same VF, VF
-  removal and a new VM on a fresh VF later;
+- lifecycle events: PF reset, VF reset, agent restart, VM destroy and a new VM (new SAs) on
+  the same VF, VF removal and a new VM on a fresh VF later;
 - faults armed by one rule and applied by the testbed to whatever the next steps carry: lost,
   duplicated or delayed config frames (requests toward the agent, replies from it) and mailbox
   messages (either direction), and a reset whose re-adds are lost so that SAs fall back to
@@ -535,6 +535,14 @@ class FaultCampaign(RuleBasedStateMachine):
     def reset_pf(self) -> None:
         self._begin("reset_pf")
         self.bed.reset_pf()
+        self._probe()
+
+    @rule()
+    def restart_agent(self) -> None:
+        """The agent restarts (an FPGA reload) and loses its SAD; the PF re-installs every
+        domain's SAs with their stacks' numbers (spec 9.4)."""
+        self._begin("restart_agent")
+        self.bed.restart_agent()
         self._probe()
 
     @precondition(lambda self: any(slot.vm is not None for slot in self.slots.values()))
