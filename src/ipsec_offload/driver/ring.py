@@ -44,6 +44,8 @@ class OffloadState:
     """The SEQ TLV to send (None: the agent's default), when `handover_seq` is not given."""
     lifetime_packets: int = 0
     lifetime_bytes: int = 0
+    soft_lifetime_packets: int = 0
+    soft_lifetime_bytes: int = 0
     handover_seq: Callable[[], int | None] | None = field(default=None, compare=False)
     """Reads the stack's live state at the moment an ADD_SA is built (Linux hands the driver
     the `struct xfrm_state` itself): outbound the next sequence number, inbound the highest
@@ -77,6 +79,8 @@ def add_sa_request(
         replay_window=state.replay_window if state.direction == Direction.INBOUND else None,
         lifetime_packets=state.lifetime_packets or None,
         lifetime_bytes=state.lifetime_bytes or None,
+        soft_lifetime_packets=state.soft_lifetime_packets or None,
+        soft_lifetime_bytes=state.soft_lifetime_bytes or None,
     )
 
 

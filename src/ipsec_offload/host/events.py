@@ -50,7 +50,19 @@ class StateResult:
     offload: Offload | None
 
 
-StackEvent = Delivered | StateResult
+@dataclass(frozen=True, slots=True)
+class StateExpire:
+    """A state reached a limit (Linux's XFRM_MSG_EXPIRE to the key manager). Soft (`hard`
+    False): the agent reported SOFT_EXPIRE or SEQ_SOFT_LIMIT, a request to rekey, told once
+    per state. Hard: HARD_EXPIRE; the stack deletes the state (its policies stay and drop what
+    they select until a new state takes over)."""
+
+    time: float
+    handle: int
+    hard: bool
+
+
+StackEvent = Delivered | StateResult | StateExpire
 
 
 @dataclass(slots=True)
@@ -69,6 +81,8 @@ class StackCounters:
     rx_esp_software: int = 0
     offload_fallbacks: int = 0
     offload_lost: int = 0
+    hard_expiries: int = 0
+    """States deleted at a hard expiry the agent reported."""
     drops: dict[str, int] = field(default_factory=dict)
 
     def drop(self, reason: str) -> None:

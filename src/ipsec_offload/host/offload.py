@@ -17,6 +17,10 @@ was to be offloaded, the device is told and its answers handled:
   device answered; the state goes with the policies that name it (as a key manager deletes
   a child SA with its policies).
 - `update_stats` asks the device for an offloaded state's counters, kept in `hw_stats`.
+- An expiry the agent reports (`StateExpired`, spec 9) is Linux's: a soft one (a soft limit,
+  or 2^31 sequence numbers used) is told to the key manager once per state (`StateExpire`,
+  a rekey request); at a hard one the state is deleted from the device and the SAD, and its
+  policies stay, dropping what they select until a new state takes over.
 
 Each outcome is a `StateResult` event. `offload_ok` is the per-packet question of the ESP
 output (Linux's xfrm_dev_offload_ok): may a send of this state go down for offload?
@@ -34,11 +38,12 @@ from ipsec_offload.driver.ring import (
     OffloadState,
     StateAddDone,
     StateDeleteDone,
+    StateExpired,
     StatsDone,
     TxOffload,
 )
 from ipsec_offload.errors import UsageError
-from ipsec_offload.host.events import StackCounters, StackEvent, StateResult
+from ipsec_offload.host.events import StackCounters, StackEvent, StateExpire, StateResult
 from ipsec_offload.host.sad import Sad
 from ipsec_offload.host.spd import Spd
 from ipsec_offload.host.xfrm import Offload, SequenceOwnership, XfrmState
@@ -71,7 +76,17 @@ def offload_ok(device: NetDevice, state: XfrmState) -> bool:
 class DeviceOffload:
     """The stack's state operations and the device's answers to them."""
 
-    __slots__ = ("_counters", "_device", "_events", "_sad", "_sequences", "_spd", "hw_stats")
+    __slots__ = (
+        "_counters",
+        "_device",
+        "_dying",
+        "_events",
+        "_expired",
+        "_sad",
+        "_sequences",
+        "_spd",
+        "hw_stats",
+    )
 
     def __init__(
         self,
@@ -90,6 +105,10 @@ class DeviceOffload:
         self._events = events
         self.hw_stats: dict[int, SaStats | None] = {}
         """The agent's counters of offloaded states, as update_stats last fetched them."""
+        self._dying: set[int] = set()
+        """States told soft-expired (Linux's x->km.dying): the key manager hears it once."""
+        self._expired: set[int] = set()
+        """States being deleted at their hard expiry: their policies stay."""
 
     # -- the stack's calls ----------------------------------------------------------------
 
@@ -142,8 +161,34 @@ class DeviceOffload:
         state = self._sad.states.get(event.handle)
         if state is not None:
             self._device.xdo_dev_state_free(event.handle)
-            self._forget(state)
+            if event.handle in self._expired:
+                self._sad.remove(state)  # a hard expiry: its policies stay, and block
+            else:
+                self._forget(state)
+        self._expired.discard(event.handle)
+        self._dying.discard(event.handle)
         self._events.append(StateResult(now, event.handle, "delete", event.rc, None))
+
+    def expired(self, event: StateExpired, now: float) -> None:
+        """The agent reported a limit (spec 9): a soft one is told to the key manager once
+        (a rekey request); at a hard one the state is deleted, as Linux deletes an xfrm state
+        at its hard expiry, and its policies stay."""
+        state = self._sad.states.get(event.handle)
+        if state is None or event.handle in self._expired:
+            return
+        if not event.hard:
+            if event.handle not in self._dying:
+                self._dying.add(event.handle)
+                self._events.append(StateExpire(now, event.handle, False))
+            return
+        self._events.append(StateExpire(now, event.handle, True))
+        self._counters.hard_expiries += 1
+        if state.offload == _DEVICE:
+            self._expired.add(event.handle)
+            self._device.xdo_dev_state_delete(event.handle, now)
+            return
+        self._sad.remove(state)
+        self._events.append(StateResult(now, event.handle, "delete", 0, None))
 
     def lost(self, event: OffloadLost, now: float) -> None:
         """A reset took the state out of the agent and it could not be re-added."""
@@ -176,5 +221,7 @@ def _offload_state(state: XfrmState, handover: Callable[[], int | None] | None) 
         replay_window=state.replay_window,
         lifetime_packets=state.lifetime_packets,
         lifetime_bytes=state.lifetime_bytes,
+        soft_lifetime_packets=state.soft_lifetime_packets,
+        soft_lifetime_bytes=state.soft_lifetime_bytes,
         handover_seq=handover,
     )

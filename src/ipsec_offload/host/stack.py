@@ -47,12 +47,19 @@ from ipsec_offload.driver.ring import (
     PacketReceived,
     StateAddDone,
     StateDeleteDone,
+    StateExpired,
     StatsDone,
 )
 from ipsec_offload.host import fastpath
 from ipsec_offload.host.esp_input import EspInput
 from ipsec_offload.host.esp_output import EspOutput
-from ipsec_offload.host.events import Delivered, StackCounters, StackEvent, StateResult
+from ipsec_offload.host.events import (
+    Delivered,
+    StackCounters,
+    StackEvent,
+    StateExpire,
+    StateResult,
+)
 from ipsec_offload.host.ip import IpLayer
 from ipsec_offload.host.offload import DeviceOffload, NetDevice
 from ipsec_offload.host.sad import Sad
@@ -72,6 +79,7 @@ __all__ = [
     "NetDevice",
     "StackCounters",
     "StackEvent",
+    "StateExpire",
     "StateResult",
 ]
 
@@ -299,6 +307,8 @@ class HostStack:
                 offload.stats(event)
             elif isinstance(event, OffloadLost):
                 offload.lost(event, now)
+            elif isinstance(event, StateExpired):
+                offload.expired(event, now)
 
     def _input(self, frame: bytes, rx: RxMetadata | None, now: float) -> None:
         """A received frame: its IP packet for this host goes to the ESP input or, in clear,
@@ -350,6 +360,7 @@ class HostStack:
                 "rx_esp_software": self.counters.rx_esp_software,
                 "offload_fallbacks": self.counters.offload_fallbacks,
                 "offload_lost": self.counters.offload_lost,
+                "hard_expiries": self.counters.hard_expiries,
                 "drops": dict(sorted(self.counters.drops.items())),
             },
         }

@@ -53,6 +53,9 @@ class XfrmState:
     esn: bool = False
     lifetime_packets: int = 0
     lifetime_bytes: int = 0
+    soft_lifetime_packets: int = 0
+    """Packets after which the agent asks for a rekey (SOFT_EXPIRE); 0 none."""
+    soft_lifetime_bytes: int = 0
     offload: Offload = Offload.SOFTWARE
     add_rc: int = 0
     """The return value of xdo_dev_state_add (0 when never asked)."""
