@@ -69,6 +69,13 @@ class Spd:
 
     def admits(self, src: bytes, dst: bytes, protocol: int, state: XfrmState | None) -> bool:
         """The inbound policy check: a packet an inbound policy selects must have come
-        through the state the policy names (None: it came in clear)."""
+        through the state the policy names, or one of its reqid (None: it came in clear)."""
         policy = self.lookup(_INBOUND, src, dst, protocol)
-        return policy is None or (state is not None and policy.state == state.handle)
+        if policy is None:
+            return True
+        if state is None:
+            return False
+        if policy.state == state.handle:
+            return True
+        named = self._sad.states.get(policy.state)
+        return state.reqid != 0 and named is not None and named.reqid == state.reqid

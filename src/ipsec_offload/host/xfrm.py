@@ -56,6 +56,10 @@ class XfrmState:
     soft_lifetime_packets: int = 0
     """Packets after which the agent asks for a rekey (SOFT_EXPIRE); 0 none."""
     soft_lifetime_bytes: int = 0
+    reqid: int = 0
+    """States of one SA across its rekeys share a reqid (0: none): an inbound policy admits a
+    packet that came through any state of the reqid of the state it names, as a Linux policy's
+    template matches states by reqid, so the old state still serves while a rekey settles."""
     offload: Offload = Offload.SOFTWARE
     add_rc: int = 0
     """The return value of xdo_dev_state_add (0 when never asked)."""

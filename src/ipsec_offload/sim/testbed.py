@@ -41,7 +41,7 @@ from ipsec_offload.driver.plain import PlainDriver
 from ipsec_offload.driver.ring import RingDriver
 from ipsec_offload.driver.vf import Kek, VfDriver
 from ipsec_offload.errors import IpsecOffloadError, UsageError
-from ipsec_offload.host.stack import Delivered, HostStack, StackEvent, StateResult
+from ipsec_offload.host.stack import Delivered, HostStack, StackEvent, StateExpire, StateResult
 from ipsec_offload.host.xfrm import Mode, XfrmPolicy, XfrmState
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
 from ipsec_offload.nic.nic import Nic, SwitchMode, VsiKind
@@ -209,6 +209,19 @@ class SaBundle:
     b_in: XfrmState
 
 
+@dataclass(frozen=True, slots=True)
+class _Pair:
+    """What `secure` was asked for two hosts, for the rekeys of the pair."""
+
+    a: HostStack
+    b: HostStack
+    size: int
+    common: dict[str, Any]
+    offload_a: bool
+    offload_b: bool
+    protocol: int | None
+
+
 class SimulationError(IpsecOffloadError):
     """The simulation did not settle (a loop that never ends is a model bug)."""
 
@@ -232,6 +245,8 @@ class Testbed:
         max_events: int = 10_000_000,
         capture: bool = True,
         own_sequence: bool = True,
+        key_manager: bool = False,
+        rekey_grace: float = 0.002,
     ) -> None:
         self.rng = random.Random(seed)
         self.agent = IpsecAgent(self._with_boot_id(agent or AgentConfig()))
@@ -248,6 +263,15 @@ class Testbed:
         self.max_events = max_events
         self.capture = capture
         self.own_sequence = own_sequence
+        self.key_manager = key_manager
+        """The simulated key manager (an IKE daemon's stand-in): a soft expiry of a state of a
+        pair made by `secure` asks for a rekey of the pair (`rekey`)."""
+        self.rekey_grace = rekey_grace
+        """Seconds a rekeyed pair's old states stay, for what is still in flight."""
+        self.rekeys = 0
+        self._next_reqid = 0
+        self._pairs: dict[int, tuple[_Pair, SaBundle]] = {}
+        """reqid -> (what secure was asked, the pair's current SAs)."""
         """Passed to every host stack (HostStack.own_sequence)."""
         self.captures: dict[str, LinkCapture] = {name: LinkCapture() for name in LINKS + TAPS}
         self.link_drops: dict[str, int] = dict.fromkeys(FAULT_TARGETS, 0)
@@ -519,18 +543,21 @@ class Testbed:
         protocol: int | None = None,
         spis: tuple[int, int] | None = None,
         seq_start: int = 0,
+        soft_lifetime_packets: int = 0,
+        lifetime_packets: int = 0,
     ) -> SaBundle:
         """Create, install and wait for a pair of SAs (a->b and b->a) with policies between
         a's and b's addresses of `family` (4 or 6). Keys come from the seeded generator, SPIs
         too unless `spis` (a->b, b->a) names them; offload is asked where the host's device
-        has it. Every SA's keys go into `sa_keys`.
+        has it. Every SA's keys go into `sa_keys`. The four states share a new reqid, which
+        their rekeys (`rekey`) keep.
 
         `seq_start` starts the SAs mid-stream: both outbound states have used the numbers up
         to it (the first packet carries `seq_start` + 1) and both inbound windows have seen
-        them (to let an ESN SA cross 2^32 within a few packets)."""
+        them (to let an ESN SA cross 2^32 within a few packets). The lifetimes (packets, 0:
+        none) go to every state; the agent reports the limits of offloaded ones."""
         size = 4 if family == 4 else 16
-        a_addr, b_addr = a.addresses.get(size), b.addresses.get(size)
-        if a_addr is None or b_addr is None:
+        if a.addresses.get(size) is None or b.addresses.get(size) is None:
             raise UsageError(f"{a.name} and {b.name} both need an IPv{family} address")
         last = _SEQ_LIMIT[esn] - 1
         if not 0 <= seq_start <= last:
@@ -539,19 +566,67 @@ class Testbed:
                 f"seq_start {seq_start}: with {bits} use 0 .. {last:#x}, so that the first"
                 " packet's number, seq_start + 1, fits"
             )
-        key_len = 16 if algorithm == Algorithm.AES_GCM_128 else 32
+        self._next_reqid += 1
+        pair = _Pair(
+            a,
+            b,
+            size,
+            {
+                "algorithm": algorithm,
+                "mode": mode,
+                "esn": esn,
+                "replay_window": replay_window,
+                "soft_lifetime_packets": soft_lifetime_packets,
+                "lifetime_packets": lifetime_packets,
+                "reqid": self._next_reqid,
+            },
+            offload_a,
+            offload_b,
+            protocol,
+        )
+        bundle = self._install(pair, spis, seq_start)
+        self._pairs[self._next_reqid] = (pair, bundle)
+        return bundle
+
+    def rekey(self, bundle: SaBundle) -> SaBundle:
+        """A new pair of SAs in place of `bundle` (new SPIs and keys, the same reqid and
+        settings), make before break: the new states and the policies naming them are
+        installed at once, and the old states stay for `rekey_grace` seconds to take what is
+        still in flight, then are deleted. As an IKE daemon answers a soft expiry."""
+        reqid = bundle.a_out.reqid
+        pair, current = self._pairs.get(reqid, (None, None))
+        if pair is None or current is not bundle:
+            raise UsageError("rekey takes the current SaBundle of a pair made by secure")
+        new = self._install(pair, None, 0)
+        self._pairs[reqid] = (pair, new)
+        self.rekeys += 1
+
+        def retire() -> None:
+            for stack, state in (
+                (pair.a, bundle.a_out),
+                (pair.a, bundle.a_in),
+                (pair.b, bundle.b_out),
+                (pair.b, bundle.b_in),
+            ):
+                if self.endpoints.get(stack.name) is not None and state.handle in stack.states:
+                    stack.delete_state(state.handle, self.now)
+            self.settle(pair.a, pair.b)
+
+        self.at(self.now + self.rekey_grace, retire)
+        return new
+
+    def _install(self, pair: _Pair, spis: tuple[int, int] | None, seq_start: int) -> SaBundle:
+        """Create and install a pair's four states and the policies naming them (a policy
+        with the selector of one already there replaces it)."""
+        a, b, size, common = pair.a, pair.b, pair.size, pair.common
+        a_addr, b_addr = a.addresses[size], b.addresses[size]
+        key_len = 16 if common["algorithm"] == Algorithm.AES_GCM_128 else 32
         ab_key = self.rng.randbytes(key_len + 4)
         ba_key = self.rng.randbytes(key_len + 4)
-        common: dict[str, Any] = {
-            "algorithm": algorithm,
-            "mode": mode,
-            "esn": esn,
-            "replay_window": replay_window,
-        }
         ab_spi, ba_spi = spis if spis is not None else (self._spi(), self._spi())
         self._used_spis.update((ab_spi, ba_spi))
-        self.sa_keys[a_addr, b_addr, ab_spi] = SaKey(ab_key, algorithm, esn)
-        self.sa_keys[b_addr, a_addr, ba_spi] = SaKey(ba_key, algorithm, esn)
+        self.sa_keys[a_addr, b_addr, ab_spi] = SaKey(ab_key, common["algorithm"], common["esn"])
+        self.sa_keys[b_addr, a_addr, ba_spi] = SaKey(ba_key, common["algorithm"], common["esn"])
         new = partial(self._state, common=common, seq_start=seq_start)
         bundle = SaBundle(
             a_out=new(Direction.OUTBOUND, ab_spi, a_addr, b_addr, ab_key),
@@ -560,20 +635,37 @@ class Testbed:
             b_in=new(Direction.INBOUND, ab_spi, a_addr, b_addr, ab_key),
         )
         for stack, out, inn, offload, peer in (
-            (a, bundle.a_out, bundle.a_in, offload_a, b_addr),
-            (b, bundle.b_out, bundle.b_in, offload_b, a_addr),
+            (a, bundle.a_out, bundle.a_in, pair.offload_a, b_addr),
+            (b, bundle.b_out, bundle.b_in, pair.offload_b, a_addr),
         ):
             stack.add_state(out, self.now, offload=offload)
             stack.add_state(inn, self.now, offload=offload)
             own = stack.addresses[size]
             stack.add_policy(
-                XfrmPolicy(Direction.OUTBOUND, _net(own), _net(peer), out.handle, protocol)
+                XfrmPolicy(Direction.OUTBOUND, _net(own), _net(peer), out.handle, pair.protocol)
             )
             stack.add_policy(
-                XfrmPolicy(Direction.INBOUND, _net(peer), _net(own), inn.handle, protocol)
+                XfrmPolicy(Direction.INBOUND, _net(peer), _net(own), inn.handle, pair.protocol)
             )
             self.settle(stack)
         return bundle
+
+    def _rekey_on(self, events: list[StackEvent]) -> None:
+        """The simulated key manager: a soft expiry of a state of a pair's current SAs asks
+        for a rekey of that pair (once: a state of an older pair is already replaced)."""
+        for event in events:
+            if not isinstance(event, StateExpire) or event.hard:
+                continue
+            for _pair, bundle in self._pairs.values():
+                handles = (bundle.a_out, bundle.a_in, bundle.b_out, bundle.b_in)
+                if any(s.handle == event.handle for s in handles):
+                    self.at(self.now, partial(self._rekey_current, bundle))
+
+    def _rekey_current(self, bundle: SaBundle) -> None:
+        """Rekey `bundle` unless it was rekeyed meanwhile (both its directions expire)."""
+        _pair, current = self._pairs[bundle.a_out.reqid]
+        if current is bundle:
+            self.rekey(bundle)
 
     def _spi(self) -> int:
         """The next SPI not used by any SA of this testbed."""
@@ -788,7 +880,10 @@ class Testbed:
         if self.endpoints.get(ep.stack.name) is not ep:
             return  # the VM was destroyed meanwhile
         ep.stack.poll(self.now)
-        ep.log.extend(ep.stack.events())
+        events = ep.stack.events()
+        ep.log.extend(events)
+        if self.key_manager:
+            self._rekey_on(events)
         driver = ep.driver
         if isinstance(driver, PlainDriver):
             frames = driver.take_frames()
