@@ -94,7 +94,12 @@ def test_run_basic_writes_the_documented_outputs(tmp_path: Path) -> None:
     assert all(flow["complete"] for flow in report["flows"].values())
     assert sum(f["delivered"] for f in report["flows"].values()) == 70
     assert [c["outcome"] for c in report["challenges"]] == ["not exercised"] * 5
-    assert [c["outcome"] for c in report["invariants"]] == ["held", "not exercised", "held"]
+    assert [c["outcome"] for c in report["invariants"]] == [
+        "held",
+        "not exercised",
+        "held",
+        "not exercised",
+    ]
 
 
 CHALLENGES = [
@@ -112,7 +117,12 @@ def test_default_run_tells_every_challenge_held(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [c["challenge"] for c in report["challenges"]] == CHALLENGES
     assert [c["outcome"] for c in report["challenges"]] == ["held"] * 5
-    assert [c["outcome"] for c in report["invariants"]] == ["held", "not exercised", "held"]
+    assert [c["outcome"] for c in report["invariants"]] == [
+        "held",
+        "not exercised",
+        "held",
+        "not exercised",
+    ]
     for i, name in enumerate(CHALLENGES + INVARIANTS, 1):
         assert f"{i}. {name}" in result.output
     assert all(flow["complete"] for flow in report["flows"].values())
@@ -120,7 +130,12 @@ def test_default_run_tells_every_challenge_held(tmp_path: Path) -> None:
     assert "Control-plane timeline" in result.output
 
 
-INVARIANTS = ["No nonce twice", "No replay accepted", "One view of the SAD"]
+INVARIANTS = [
+    "No nonce twice",
+    "No replay accepted",
+    "One view of the SAD",
+    "Rekey (make before break)",
+]
 
 
 def failed_lines(report: dict[str, list[dict[str, str]]]) -> set[str]:
@@ -181,6 +196,7 @@ def test_faults_run_holds_every_line_with_its_numbers(tmp_path: Path) -> None:
     assert "used twice: 0" in lines["No nonce twice"]
     assert "replayed: 5; payloads delivered twice: 0" in lines["No replay accepted"]
     assert "agent SAD 2, held as offloaded by the hosts 2" in lines["One view of the SAD"]
+    assert "soft expiries: 1; rekeys: 1; hard expiries: 0" in lines["Rekey (make before break)"]
     assert all(flow["complete"] for flow in report["flows"].values())
     # the agent refused the five replayed frames itself (Rx status REPLAY toward vm1); its
     # counters in report.json are the restarted agent's, so read the host link

@@ -12,6 +12,7 @@ from ipsec_offload.agent.counters import DropReason
 from ipsec_offload.agent.counters import Path as AgentPath
 from ipsec_offload.agent.sad import SecurityAssociation
 from ipsec_offload.errors import ParseError, UsageError
+from ipsec_offload.host.stack import StateExpire
 from ipsec_offload.host.xfrm import Offload, XfrmState
 from ipsec_offload.sim.espsa import write_esp_sa
 from ipsec_offload.sim.observer import ObserverSummary, WireObserver
@@ -50,7 +51,7 @@ def build_report(run: ScenarioRun) -> dict[str, Any]:
         "naive": sorted(run.naive),
         "simulated_seconds": round(bed.now, 9),
         "challenges": challenges(run, flows),
-        "invariants": invariants(run),
+        "invariants": invariants(run, flows),
         "flows": flows,
         "sas": _sas(run),
         "agent": bed.agent.dump(),
@@ -174,14 +175,14 @@ def _abandoned(run: ScenarioRun) -> dict[str, str]:
 # -- spec 9's invariants ----------------------------------------------------------------------
 
 
-def invariants(run: ScenarioRun) -> list[dict[str, str]]:
+def invariants(run: ScenarioRun, flows: dict[str, Any]) -> list[dict[str, str]]:
     """Spec 9's invariants over the whole run, from the wire and the deliveries (the wire
     observer) and the SADs at the end. The fourth, only the PF configures the agent, is the
     Malicious VF challenge."""
     observer = WireObserver(run.bed)
     observer.check()
     seen = observer.summary()
-    return [_no_nonce_twice(seen), _no_replay(run, seen), _one_view(run)]
+    return [_no_nonce_twice(seen), _no_replay(run, seen), _one_view(run), _rekeys(run, flows)]
 
 
 def _no_nonce_twice(seen: ObserverSummary) -> dict[str, str]:
@@ -205,6 +206,32 @@ def _no_replay(run: ScenarioRun, seen: ObserverSummary) -> dict[str, str]:
         f"{seen.replays_delivered} (of {seen.deliveries} deliveries)"
     )
     return _challenge(name, HELD if not seen.replays_delivered else FAILED, observed)
+
+
+def _rekeys(run: ScenarioRun, flows: dict[str, Any]) -> dict[str, str]:
+    """Soft lifetimes answered by a rekey, make before break: the flows of the SA pairs
+    with a soft limit arrive whole, and no state reached its hard limit."""
+    name = "Rekey (make before break)"
+    specs = [s for s in run.scenario.sa if s.soft_lifetime_packets or s.soft_lifetime_bytes]
+    if not specs:
+        return _challenge(name, ABSENT, "no SA with a soft lifetime")
+    bed = run.bed
+    hosts = {**bed.retired, **bed.endpoints}.values()
+    hard = sum(ep.stack.counters.hard_expiries for ep in hosts)
+    soft = sum(isinstance(e, StateExpire) and not e.hard for ep in hosts for e in ep.log)
+    pairs = [set(s.between) for s in specs]
+    names = [
+        n
+        for n, r in zip(flows, run.flows, strict=True)
+        if {r.spec.source, r.spec.to} in pairs and r.spec.sa != "none"
+    ]
+    complete = all(flows[n]["complete"] for n in names)
+    observed = (
+        f"{len(specs)} SA pair(s) with a soft lifetime; soft expiries: {soft}; rekeys: "
+        f"{bed.rekeys}; hard expiries: {hard}; their {len(names)} flow(s) complete: "
+        f"{'yes' if complete else 'NO'}"
+    )
+    return _challenge(name, HELD if complete and not hard else FAILED, observed)
 
 
 def _one_view(run: ScenarioRun) -> dict[str, str]:
@@ -322,11 +349,13 @@ def _tso(run: ScenarioRun, flows: dict[str, Any]) -> dict[str, str]:
 
 
 def _sas(run: ScenarioRun) -> list[dict[str, Any]]:
+    """Each SA pair's states as the hosts hold them: the latest of its rekeys."""
     rows = []
     for spec in run.scenario.sa:
-        bundle = run.bundles.get(spec.name)
-        if bundle is None:
+        first = run.bundles.get(spec.name)
+        if first is None:
             continue
+        bundle = run.bed.current(first)
         for host, state in (
             (spec.between[0], bundle.a_out),
             (spec.between[0], bundle.a_in),
@@ -360,6 +389,12 @@ def timeline(run: ScenarioRun) -> list[TimelineEntry]:
                     name,
                     f"{result.operation} state {result.handle}: rc {result.rc} ({where})",
                 )
+            )
+        for expire in (e for e in ep.log if isinstance(e, StateExpire)):
+            what = "deleted" if expire.hard else "the key manager rekeys its pair"
+            kind = "hard" if expire.hard else "soft"
+            entries.append(
+                TimelineEntry(expire.time, name, f"{kind} expiry of state {expire.handle}: {what}")
             )
     for link, actor in (("nic-to-agent", "driver->agent"), ("agent-to-nic", "agent->driver")):
         for record in bed.captures[link].records:

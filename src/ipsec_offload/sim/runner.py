@@ -135,6 +135,7 @@ def prepare(scenario: Scenario, source: str, naive: Iterable[str] = ()) -> Scena
         agent=agent,
         mode=SwitchMode.VEPA if port.mode == "vepa" else SwitchMode.VEB,
         own_sequence="seq-handover" not in switches,
+        key_manager=True,
     )
     run = ScenarioRun(scenario, source, switches, bed)
     run.hosts[pf.name] = bed.add_pf_host(
@@ -225,6 +226,10 @@ def _secure(run: ScenarioRun, index: int) -> None:
         offload_a=sa.offload,
         offload_b=sa.offload,
         spis=sa.spis,
+        soft_lifetime_packets=sa.soft_lifetime_packets,
+        lifetime_packets=sa.lifetime_packets,
+        soft_lifetime_bytes=sa.soft_lifetime_bytes,
+        lifetime_bytes=sa.lifetime_bytes,
     )
     run.note(sa.between[0], f"installs SA {sa.name} with {sa.between[1]}")
 

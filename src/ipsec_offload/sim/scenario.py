@@ -167,6 +167,10 @@ class SaSpec(_Model):
     offload: bool = True
     spis: tuple[int, int] | None = None
     at: float = Field(default=0.0, ge=0.0)
+    soft_lifetime_packets: int = Field(default=0, ge=0, lt=1 << 64)
+    lifetime_packets: int = Field(default=0, ge=0, lt=1 << 64)
+    soft_lifetime_bytes: int = Field(default=0, ge=0, lt=1 << 64)
+    lifetime_bytes: int = Field(default=0, ge=0, lt=1 << 64)
 
     @field_validator("spis")
     @classmethod

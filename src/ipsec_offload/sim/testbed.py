@@ -545,6 +545,8 @@ class Testbed:
         seq_start: int = 0,
         soft_lifetime_packets: int = 0,
         lifetime_packets: int = 0,
+        soft_lifetime_bytes: int = 0,
+        lifetime_bytes: int = 0,
     ) -> SaBundle:
         """Create, install and wait for a pair of SAs (a->b and b->a) with policies between
         a's and b's addresses of `family` (4 or 6). Keys come from the seeded generator, SPIs
@@ -555,7 +557,7 @@ class Testbed:
         `seq_start` starts the SAs mid-stream: both outbound states have used the numbers up
         to it (the first packet carries `seq_start` + 1) and both inbound windows have seen
         them (to let an ESN SA cross 2^32 within a few packets). The lifetimes (packets, 0:
-        none) go to every state; the agent reports the limits of offloaded ones."""
+        none) and bytes go to every state; the agent reports the limits of offloaded ones."""
         size = 4 if family == 4 else 16
         if a.addresses.get(size) is None or b.addresses.get(size) is None:
             raise UsageError(f"{a.name} and {b.name} both need an IPv{family} address")
@@ -578,6 +580,8 @@ class Testbed:
                 "replay_window": replay_window,
                 "soft_lifetime_packets": soft_lifetime_packets,
                 "lifetime_packets": lifetime_packets,
+                "soft_lifetime_bytes": soft_lifetime_bytes,
+                "lifetime_bytes": lifetime_bytes,
                 "reqid": self._next_reqid,
             },
             offload_a,
@@ -587,6 +591,11 @@ class Testbed:
         bundle = self._install(pair, spis, seq_start)
         self._pairs[self._next_reqid] = (pair, bundle)
         return bundle
+
+    def current(self, bundle: SaBundle) -> SaBundle:
+        """The SAs that protect `bundle`'s pair now: `bundle` itself, or its latest rekey."""
+        pair = self._pairs.get(bundle.a_out.reqid)
+        return bundle if pair is None else pair[1]
 
     def rekey(self, bundle: SaBundle) -> SaBundle:
         """A new pair of SAs in place of `bundle` (new SPIs and keys, the same reqid and
