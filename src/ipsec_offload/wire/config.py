@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from enum import IntEnum
+from typing import TypeVar
 
 from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.wire.ethernet import MAX_VLANS, EtherType, VlanTag
@@ -316,6 +317,19 @@ def _tlv_name(tlv_type: int) -> str:
     return TlvType(tlv_type).name if tlv_type in _TLV_TYPES else f"{tlv_type:#06x}"
 
 
+_Encoded = TypeVar("_Encoded", tuple[Tlv, ...], bytes)
+
+
+def _decodable(encoded: _Encoded, decode: Callable[[_Encoded], object], what: str) -> _Encoded:
+    """`encoded` once its decoder takes it: an encoder never builds what the agent or the
+    driver would refuse; UsageError names the field that is wrong."""
+    try:
+        decode(encoded)
+    except ParseError as exc:
+        raise UsageError(f"invalid {what}: {exc.what}") from exc
+    return encoded
+
+
 def _check_uint(name: str, value: int, size: int) -> None:
     if not 0 <= value < 1 << 8 * size:
         raise UsageError(f"{name} {value} does not fit {8 * size} bits")
@@ -493,12 +507,7 @@ def encode_add_sa(req: AddSaRequest) -> tuple[Tlv, ...]:
     ):
         if value is not None:
             tlvs.append(_uint_tlv(tlv_type, value, size))
-    result = tuple(tlvs)
-    try:
-        decode_add_sa(result)
-    except ParseError as exc:
-        raise UsageError(f"invalid AddSaRequest: {exc.what}") from exc
-    return result
+    return _decodable(tuple(tlvs), decode_add_sa, "AddSaRequest")
 
 
 def decode_add_sa(tlvs: Iterable[Tlv]) -> AddSaRequest:
@@ -593,11 +602,7 @@ class LocalAddr:
 def encode_local_addr(addr: LocalAddr) -> tuple[Tlv, ...]:
     """LOCAL_MAC then the VLAN TLVs, outermost first."""
     tlvs = (Tlv(TlvType.LOCAL_MAC, bytes(addr.mac)), *_vlan_tlvs(addr.vlans))
-    try:
-        decode_local_addr(tlvs)
-    except ParseError as exc:
-        raise UsageError(f"invalid LocalAddr: {exc.what}") from exc
-    return tlvs
+    return _decodable(tlvs, decode_local_addr, "LocalAddr")
 
 
 def decode_local_addr(tlvs: Iterable[Tlv]) -> LocalAddr:
@@ -719,11 +724,7 @@ def encode_sa_entry(entry: SaEntry) -> bytes:
         + bytes(entry.dst)
         + _SA_ENTRY_SEQ.pack(entry.seq)
     )
-    try:
-        decode_sa_entry(value)
-    except ParseError as exc:
-        raise UsageError(f"invalid SaEntry: {exc.what}") from exc
-    return value
+    return _decodable(value, decode_sa_entry, "SaEntry")
 
 
 def decode_sa_entry(value: bytes | memoryview, offset: int = 0) -> SaEntry:
@@ -783,12 +784,7 @@ def encode_list_sas_request(req: ListSasRequest) -> tuple[Tlv, ...]:
     tlvs.extend(_vlan_tlvs(req.vlans))
     if req.cursor is not None:
         tlvs.append(_uint_tlv(TlvType.SA_INDEX, req.cursor, 4))
-    result = tuple(tlvs)
-    try:
-        decode_list_sas_request(result)
-    except ParseError as exc:
-        raise UsageError(f"invalid ListSasRequest: {exc.what}") from exc
-    return result
+    return _decodable(tuple(tlvs), decode_list_sas_request, "ListSasRequest")
 
 
 def decode_list_sas_request(tlvs: Iterable[Tlv]) -> ListSasRequest:
@@ -829,11 +825,7 @@ def encode_list_sas_reply(reply: ListSasReply) -> tuple[Tlv, ...]:
         *(Tlv(TlvType.SA_ENTRY, encode_sa_entry(entry)) for entry in reply.entries),
         _uint_tlv(TlvType.SA_INDEX, reply.next_cursor, 4),
     )
-    try:
-        decode_list_sas_reply(tlvs)
-    except ParseError as exc:
-        raise UsageError(f"invalid ListSasReply: {exc.what}") from exc
-    return tlvs
+    return _decodable(tlvs, decode_list_sas_reply, "ListSasReply")
 
 
 def decode_list_sas_reply(tlvs: Iterable[Tlv]) -> ListSasReply:
@@ -927,12 +919,7 @@ def encode_event(event: Event) -> tuple[Tlv, ...]:
     ]
     if event.sa_index is not None:
         tlvs.append(_uint_tlv(TlvType.SA_INDEX, event.sa_index, 4))
-    result = tuple(tlvs)
-    try:
-        decode_event(result)
-    except ParseError as exc:
-        raise UsageError(f"invalid Event: {exc.what}") from exc
-    return result
+    return _decodable(tuple(tlvs), decode_event, "Event")
 
 
 def decode_event(tlvs: Iterable[Tlv]) -> Event:
