@@ -27,7 +27,9 @@ what the links carried and the hosts delivered since the previous step and fails
 IV) sealing two different ciphertexts (9.1), a delivery made twice (9.2) or a config reply to
 another MAC than the PF's (9.3). A second invariant reads the wire for IP packets in clear:
 every pair of hosts has policies, so none may leave unprotected, whatever state a fault took
-away. Nothing here reads a component's counters to judge; the
+away. A third checks spec 9.4 whenever the port is quiet (no fault armed, no config
+transaction under way, after letting it run on 100 ms): the agent's SAD is exactly the set of
+SAs the live hosts hold as offloaded. Nothing here reads a component's counters to judge; the
 figures gathered in `CampaignStats` (the testbed's fault counters, the observer's summary, a
 few states for the report) are printed, never asserted on, except the number of steps run.
 
@@ -83,6 +85,7 @@ from ipsec_offload.sim.observer import (
     Violation,
     WireObserver,
 )
+from ipsec_offload.sim.report import sad_diff
 from ipsec_offload.sim.testbed import SaBundle, Testbed
 from ipsec_offload.wire.config import (
     AddSaRequest,
@@ -693,6 +696,26 @@ class FaultCampaign(RuleBasedStateMachine):
         clear = [r for r in records if clear_ip(self.meta, r.frame)]
         assert not clear, (
             f"{len(clear)} IP packet(s) in clear on the wire, first at {clear[0].time}"
+        )
+
+    @invariant()
+    def one_view_when_recovered(self) -> None:
+        """Spec 9.4, once the PF has recovered: with no fault armed and no config transaction
+        under way, the port runs on (100 ms: resends, timers); still quiet, the agent's SAD is
+        the set of SAs the live hosts hold as offloaded. (The naive machines are judged on
+        their own defect only.)"""
+        bed, pf = self.bed, self.bed.pf
+        if self.judged != FaultCampaign.judged or bed.faults or pf is None or pf.channel.pending:
+            return
+        bed.run(until=bed.now + 0.1)
+        if bed.faults or pf.channel.pending:
+            return
+        diff = sad_diff(bed)
+        orphans = [hex(sa.spi) for sa in diff.orphans]
+        missing = [(host, hex(state.spi)) for host, state in diff.missing]
+        assert not orphans and not missing, (
+            f"the SAD and the hosts disagree: in the agent only {orphans}, held but not in the"
+            f" agent {missing}"
         )
 
     def teardown(self) -> None:

@@ -9,6 +9,11 @@ driver keeps the states it offloaded: after a reset, its own (`reset`) or the PF
 (EVENT_PF_RESET), it asks for resources again and re-adds them; one that cannot be re-added
 is reported as OffloadLost and the stack carries it in software.
 
+Every request waits for its reply and is sent again (the same msg_id) when the reply is
+`MAILBOX_TIMEOUT` late, `MAILBOX_RESENDS` times at most, then completes with -ETIMEDOUT (spec
+9: the mailbox may lose a message; the PF takes a copy of a message it has once). After its
+own RESET the VF asks for resources only once the PF answered the RESET.
+
 The PF's own messages (EVENT_PF_RESET, EVENT_SA_EXPIRE) are notices it resends until the VF
 acknowledges them (spec 9: the mailbox may lose a message): the VF acts on each msg_id once.
 A copy of EVENT_PF_RESET while the VF still waits for its resources means the PF has not seen
@@ -20,7 +25,8 @@ for the stack.
     STARTING   REQUEST_RESOURCES granted     READY (send parked adds, re-add kept states)
     STARTING   xdo_dev_state_add             STARTING (parked until resources come)
     READY      xdo_dev_state_add/_delete     READY (mailbox request)
-    any        reset / EVENT_PF_RESET        STARTING (RESET?, REQUEST_RESOURCES)
+    any        reset                         STARTING (RESET, then REQUEST_RESOURCES)
+    any        EVENT_PF_RESET                STARTING (REQUEST_RESOURCES)
 """
 
 from __future__ import annotations
@@ -59,6 +65,23 @@ from ipsec_offload.wire.mailbox import (
 _Then = Callable[[int, bytes], None]
 """A mailbox request's continuation: (return code, reply body)."""
 
+MAILBOX_TIMEOUT = 0.01
+"""Seconds a request waits for its reply before it is sent again (spec 9: the mailbox may
+lose a message; the PF takes a copy of a message it has once)."""
+MAILBOX_RESENDS = 5
+"""Resends of a request before it completes with -ETIMEDOUT."""
+
+
+@dataclass(slots=True)
+class _Request:
+    """A request waiting for its reply."""
+
+    then: _Then
+    data: bytes
+    deadline: float
+    resends: int = 0
+
+
 NOTICES_KEPT = 64
 """How many of the PF's latest notice msg_ids the VF remembers, to act on each once."""
 
@@ -84,6 +107,8 @@ class VfCounters:
     readds: int = 0
     notice_copies: int = 0
     """Copies of a PF notice already acted on (the PF resent it)."""
+    mailbox_resent: int = 0
+    mailbox_timeouts: int = 0
 
 
 class VfDriver(RingDriver):
@@ -105,7 +130,9 @@ class VfDriver(RingDriver):
         self.vf_counters = VfCounters()
         self._states: dict[int, OffloadState] = {}
         self._parked: set[int] = set()
-        self._pending: dict[int, _Then] = {}
+        self._pending: dict[int, _Request] = {}
+        self._now = 0.0
+        """The time of the latest call that gave one (continuations have none of their own)."""
         self._next_msg_id = 1
         self._out: list[bytes] = []
         self._notices_seen: OrderedDict[int, None] = OrderedDict()
@@ -117,23 +144,46 @@ class VfDriver(RingDriver):
 
     def start(self, now: float) -> None:
         """Driver load: ask the PF for resources."""
+        self._now = now
         self.state = VfDriverState.STARTING
         self._resources_request = self._send(MbxOpcode.REQUEST_RESOURCES, b"", self._granted)
 
     def reset(self, now: float) -> None:
-        """Driver reload inside the VM: RESET, then ask for resources again."""
+        """Driver reload inside the VM: RESET, and once the PF answered it (its clean-up of
+        the VF's domain is under way), ask for resources again, as iavf waits for its reset."""
+        self._now = now
         self._lose_offloads()
-        self._send(MbxOpcode.RESET, b"", lambda _rc, _body: None)
-        self.start(now)
+        self._send(MbxOpcode.RESET, b"", lambda _rc, _body: self.start(self._now))
 
     def _send(self, opcode: MbxOpcode, body: bytes, then: _Then) -> bytes:
         msg_id = self._next_msg_id
         self._next_msg_id = msg_id % 0xFFFFFFFF + 1
-        self._pending[msg_id] = then
-        self.vf_counters.mailbox_sent += 1
         data = build_mailbox(MailboxMessage(opcode, msg_id, body))
+        self._pending[msg_id] = _Request(then, data, self._now + MAILBOX_TIMEOUT)
+        self.vf_counters.mailbox_sent += 1
         self._out.append(data)
         return data
+
+    def next_timer(self) -> float | None:
+        """When `handle_timer` next has work: the earliest request's deadline."""
+        return min((r.deadline for r in self._pending.values()), default=None)
+
+    def handle_timer(self, now: float) -> None:
+        """Send again each request whose reply is late (the same msg_id); one that used its
+        resends completes with -ETIMEDOUT."""
+        self._now = now
+        for msg_id, request in list(self._pending.items()):
+            if request.deadline > now or self._pending.get(msg_id) is not request:
+                continue
+            if request.resends < MAILBOX_RESENDS:
+                request.resends += 1
+                request.deadline = now + MAILBOX_TIMEOUT
+                self.vf_counters.mailbox_resent += 1
+                self._out.append(request.data)
+                continue
+            del self._pending[msg_id]
+            self.vf_counters.mailbox_timeouts += 1
+            request.then(-Errno.ETIMEDOUT, b"")
 
     def mailbox_messages(self) -> list[bytes]:
         """Take the messages queued for the PF."""
@@ -142,6 +192,7 @@ class VfDriver(RingDriver):
 
     def mailbox_receive(self, data: bytes, now: float) -> None:
         """A message from the PF: a reply or an event."""
+        self._now = now
         try:
             message = parse_mailbox(data)
         except ParseError:
@@ -160,11 +211,11 @@ class VfDriver(RingDriver):
         if message.opcode == MbxOpcode.EVENT_SA_EXPIRE:
             self._sa_expire(message)
             return
-        then = self._pending.pop(message.msg_id, None) if message.is_reply else None
-        if then is None:
+        request = self._pending.pop(message.msg_id, None) if message.is_reply else None
+        if request is None:
             self.vf_counters.mailbox_stray += 1
             return
-        then(-message.status, message.body)
+        request.then(-message.status, message.body)
 
     def _notice_copy(self, msg_id: int) -> bool:
         """Whether the PF's notice `msg_id` was acted on already (else it is from now on)."""
@@ -216,6 +267,7 @@ class VfDriver(RingDriver):
 
     def xdo_dev_state_add(self, state: OffloadState, now: float) -> None:
         """Ask the PF to offload a state; completes with StateAddDone."""
+        self._now = now
         if state.handle in self._states:
             raise UsageError(f"xfrm state {state.handle} is already offloaded")
         self._states[state.handle] = state
@@ -250,6 +302,7 @@ class VfDriver(RingDriver):
 
     def xdo_dev_state_delete(self, handle: int, now: float) -> None:
         """Ask the PF to remove an offloaded state; completes with StateDeleteDone."""
+        self._now = now
         if handle not in self.sa_index:
             self._events.append(StateDeleteDone(handle, -Errno.ENOENT))
             return

@@ -907,11 +907,11 @@ class Testbed:
         if isinstance(driver, VfDriver):
             for data in driver.mailbox_messages():
                 self._schedule(self.mailbox_delay, _OTHER, partial(self._to_pf, driver.vf_id, data))
-            return
-        for command in driver.admin_commands():
-            self.nic.execute(command)
-        for vf, data in driver.mailbox_messages():
-            self._schedule(self.mailbox_delay, _OTHER, partial(self._to_vf, vf, data))
+        else:
+            for command in driver.admin_commands():
+                self.nic.execute(command)
+            for vf, data in driver.mailbox_messages():
+                self._schedule(self.mailbox_delay, _OTHER, partial(self._to_vf, vf, data))
         deadline = driver.next_timer()
         if ep.timer is not None and ep.timer.at == deadline:
             return
@@ -945,7 +945,7 @@ class Testbed:
 
     def _timer(self, ep: Endpoint) -> None:
         ep.timer = None
-        assert isinstance(ep.driver, PfDriver)
+        assert isinstance(ep.driver, PfDriver | VfDriver)
         ep.driver.handle_timer(self.now)
         self._flush(ep)
 
