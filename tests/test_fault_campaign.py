@@ -13,6 +13,8 @@ example builds one small port (`Testbed`) and drives it with a random interleavi
   duplicated or delayed config frames (requests toward the agent, replies from it) and mailbox
   messages (either direction), and a reset whose re-adds are lost so that SAs fall back to
   software (OffloadLost) while traffic goes on;
+- rekeys: the IPv6 pairs have a soft lifetime, and the testbed's key manager rekeys them
+  (make before break) whenever the agent reports it, whatever else is going on;
 - attacks: a VF (trusted or untrusted) posts a crafted config frame (REMOVE_ALL_SAS, ADD_SA)
   or a forged Tx metadata tag with OFFLOAD=1; an attacker on the wire replays ESP frames it
   captured toward a host behind the NIC (a live one or the VM destroyed last).
@@ -304,10 +306,12 @@ class CampaignStats:
     """States that fell back to software after a reset (the stacks' "lost" results)."""
     esn_crossed: int = 0
     """ESN outbound states whose counter passed 2^32."""
+    rekeys: int = 0
+    """SA pairs the key manager rekeyed at a soft expiry."""
     violations: list[str] = field(default_factory=list)
 
     def add(self, other: CampaignStats) -> None:
-        for name in ("examples", "steps", "seconds", "fallbacks", "esn_crossed"):
+        for name in ("examples", "steps", "seconds", "fallbacks", "esn_crossed", "rekeys"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("rules", "armed", "applied", "attacks", "observer"):
             getattr(self, name).update(getattr(other, name))
@@ -325,7 +329,7 @@ class CampaignStats:
                 f"faults applied: {listed(self.applied)}",
                 f"attacks: {listed(self.attacks)}",
                 f"fall-backs to software (OffloadLost): {self.fallbacks}; ESN states past 2^32:"
-                f" {self.esn_crossed}",
+                f" {self.esn_crossed}; rekeys: {self.rekeys}",
                 f"rules: {listed(self.rules)}",
                 f"violations: {len(self.violations)}",
             )
@@ -333,6 +337,11 @@ class CampaignStats:
 
 
 # -- the machine ------------------------------------------------------------------------------
+
+
+SOFT = 8
+"""The soft lifetime (packets) of the IPv6 pairs: the agent asks for their rekey as traffic
+goes, and the testbed's key manager rekeys them, make before break, amid the faults."""
 
 
 class FaultCampaign(RuleBasedStateMachine):
@@ -356,7 +365,7 @@ class FaultCampaign(RuleBasedStateMachine):
         self.stats = stats if stats is not None else CampaignStats()
         pf_mac = bytes.fromhex(PF_MAC.replace(":", ""))
         agent = AgentConfig(pf_mac=pf_mac if self.pf_mac_known else None)
-        self.bed = bed = Testbed(agent=agent, own_sequence=self.own_sequence)
+        self.bed = bed = Testbed(agent=agent, own_sequence=self.own_sequence, key_manager=True)
         self.meta = bed.agent.config.meta_ethertype
         self.wire_read = 0
         """Records of agent-to-wire the clear-traffic check has read."""
@@ -376,7 +385,7 @@ class FaultCampaign(RuleBasedStateMachine):
         }
         peer = self.peers["peer"]
         bed.secure(self.pf, peer, family=4, esn=True, seq_start=ESN_START["pf"])
-        bed.secure(self.pf, peer, family=6, mode=Mode.TUNNEL)
+        bed.secure(self.pf, peer, family=6, mode=Mode.TUNNEL, soft_lifetime_packets=SOFT)
         self.hosts: dict[str, HostStack] = {"pf": self.pf}
         """Every host behind the NIC so far, live or destroyed (an attacker replays to any)."""
         self.slots = {spec.name: Slot(spec, spec.first_vf) for spec in SLOTS}
@@ -417,7 +426,9 @@ class FaultCampaign(RuleBasedStateMachine):
             self.bed.secure(
                 vm, peer, family=4, esn=esn_start is not None, seq_start=esn_start or 0
             ),
-            self.bed.secure(vm, peer, family=6, offload_a=not spec.software_v6),
+            self.bed.secure(
+                vm, peer, family=6, offload_a=not spec.software_v6, soft_lifetime_packets=SOFT
+            ),
         ]
         slot.vm = vm
         self.hosts[name] = vm
@@ -425,7 +436,8 @@ class FaultCampaign(RuleBasedStateMachine):
     def _forget(self, slot: Slot) -> None:
         """The VM is gone: its peer deletes the SAs it had with it."""
         peer = self.peers[slot.spec.peer]
-        for bundle in slot.bundles:
+        for first in slot.bundles:
+            bundle = self.bed.current(first)  # its latest rekey
             for state in (bundle.b_out, bundle.b_in):
                 if state.handle in peer.states:
                     peer.delete_state(state.handle, self.bed.now)
@@ -727,6 +739,7 @@ class FaultCampaign(RuleBasedStateMachine):
             stats.observer[name] += getattr(summary, name)
         stats.violations += [str(v) for v in self.observer.violations]
         bed = self.bed
+        stats.rekeys += bed.rekeys
         for kind, counts in (
             ("lose", bed.link_drops),
             ("duplicate", bed.link_duplicates),
