@@ -151,6 +151,45 @@ def test_restart_agent() -> None:
     assert WireObserver(bed).check() == []
 
 
+def _get_caps_times(bed: Testbed, since: int) -> list[float]:
+    """When the PF asked GET_CAPS (nic-to-agent records from `since` on)."""
+    records = bed.captures["nic-to-agent"].records[since:]
+    return [
+        r.time
+        for r in records
+        if r.frame[12:14] == b"\x88\xb6" and parse_config(r.frame[14:]).opcode == Opcode.GET_CAPS
+    ]
+
+
+def test_a_restart_whose_agent_started_is_lost_is_found_by_the_next_get_caps() -> None:
+    bed, host, peer = _bed()
+    pf = bed.pf
+    assert pf is not None and pf.resync.caps_interval == 1.0  # the driver's default
+    # the periodic probe leaves run() and settle(): only run(until=...) fires it
+    assert bed.next_event_time == 1.0 and not pf.waiting
+    before = len(bed.captures["nic-to-agent"])
+    bed.lose("agent-to-nic", 6, is_event)  # AGENT_STARTED and its 5 resends
+    t_restart = bed.now
+    bed.restart_agent()
+    bed.run()
+    assert bed.faults == [] and bed.agent.counters.events[EventCounter.GIVEN_UP] == 1
+    assert len(bed.agent.sad) == 0 and pf.pf_counters.agent_restarts == 0
+    # meanwhile the host still offloads: its datagram is dropped by the agent, not sent clear
+    host.send_udp(peer.addresses[4], 2000, 53, b"lost", bed.now)
+    bed.settle(host)
+    assert bed.agent.counters.drops[DropReason.NO_OUTBOUND_SA] == 1
+    bed.run(until=2.5)
+    # arrivals (1 us of link): the probe at 1 s finds the new BOOT_ID; the PF re-installs
+    # and asks the new agent's caps at once; the next probe a second later
+    assert [round(t, 6) for t in _get_caps_times(bed, before)] == [1.000001, 1.000003, 2.000001]
+    assert pf.pf_counters.agent_restarts == pf.pf_counters.restarts_by_caps == 1
+    assert len(bed.agent.sad) == 2 and t_restart < 1.0
+    host.send_udp(peer.addresses[4], 2000, 53, b"after", bed.now)
+    bed.settle(host)
+    assert [d.payload for d in bed.delivered(peer)][-1] == b"after"
+    assert WireObserver(bed).check() == []
+
+
 def test_golden_command_boot_id(tmp_path: Path) -> None:
     host_in, ho, wo = tmp_path / "in.pcap", tmp_path / "HO.pcap", tmp_path / "WO.pcap"
     write_pcap(host_in, [PcapRecord(1.0, _caps(5))])

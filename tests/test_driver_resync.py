@@ -283,7 +283,7 @@ def test_an_expiry_of_a_vfs_sa_reaches_the_vfs_stack_through_the_mailbox() -> No
     p.pf.handle_timer(0.1 + NOTICE_INTERVAL)  # resent
     p.run(0.1 + NOTICE_INTERVAL)
     assert p.vf.events() == [StateExpired(7, ExpireKind.HARD)]
-    assert p.pf.next_timer() is None  # the VF's answer stopped the resends
+    assert not p.pf.waiting  # the VF's answer stopped the resends
     # a copy (say, a resend that crossed the answer) is answered again, not acted on
     p.vf.mailbox_receive(lost[0], 0.2)
     (answer,) = p.vf.mailbox_messages()
@@ -493,13 +493,13 @@ def test_a_lost_event_pf_reset_is_resent_until_the_vf_asks_for_resources() -> No
         p.run(0.1 + n * NOTICE_INTERVAL)
     assert p.pf.pf_counters.notices_resent == NOTICE_RESENDS
     p.pf.handle_timer(0.5)
-    assert p.pf.pf_counters.notices_unanswered == 1 and p.pf.next_timer() is None
+    assert p.pf.pf_counters.notices_unanswered == 1 and not p.pf.waiting
     # once one gets through, the VF re-adds; its REQUEST_RESOURCES ends the resends
     p.lose_to_vf = lambda _data: False
     p.pf.reset(1.0)
     p.run(1.0)
     assert p.vf.sa_index == {7: 1} and len(p.agent.sad) == 1
-    assert p.pf.next_timer() is None
+    assert not p.pf.waiting
     # a late copy of the event: the VF, READY, does not start again
     p.vf.mailbox_receive(build_mailbox(MailboxMessage(MbxOpcode.EVENT_PF_RESET, 2)), 1.1)
     assert mailbox_opcodes(p.vf.mailbox_messages()) == []

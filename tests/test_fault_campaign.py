@@ -7,8 +7,9 @@ example builds one small port (`Testbed`) and drives it with a random interleavi
   IPv6: UDP datagrams, UDP and TCP large sends (TSO where the state is offloaded), UDP
   bursts; every payload (every segment of a large send too) is unique in the run, so that a
   delivery made twice can only be a replay;
-- lifecycle events: PF reset, VF reset, agent restart, VM destroy and a new VM (new SAs) on
-  the same VF, VF removal and a new VM on a fresh VF later;
+- lifecycle events: PF reset, VF reset, agent restart (its AGENT_STARTED delivered, or lost
+  with every resend, so that the PF's periodic GET_CAPS finds it), VM destroy and a new VM
+  (new SAs) on the same VF, VF removal and a new VM on a fresh VF later;
 - faults armed by one rule and applied by the testbed to whatever the next steps carry: lost,
   duplicated or delayed config frames (requests toward the agent, replies from it) and mailbox
   messages (either direction), and a reset whose re-adds are lost so that SAs fall back to
@@ -29,11 +30,12 @@ what the links carried and the hosts delivered since the previous step and fails
 IV) sealing two different ciphertexts (9.1), a delivery made twice (9.2) or a config reply to
 another MAC than the PF's (9.3). A second invariant reads the wire for IP packets in clear:
 every pair of hosts has policies, so none may leave unprotected, whatever state a fault took
-away. A third checks spec 9.4 whenever the port is quiet (no fault armed, no config
-transaction under way, after letting it run on 100 ms): the agent's SAD is exactly the set of
-SAs the live hosts hold as offloaded. Nothing here reads a component's counters to judge; the
-figures gathered in `CampaignStats` (the testbed's fault counters, the observer's summary, a
-few states for the report) are printed, never asserted on, except the number of steps run.
+away. A third checks spec 9.4 whenever the port is quiet (no fault armed but a lost
+AGENT_STARTED, no config transaction under way, after letting it run on for a GET_CAPS interval
+and 100 ms): the agent's SAD is exactly the set of SAs the live hosts hold as offloaded.
+Nothing here reads a component's counters to judge; the figures gathered in `CampaignStats`
+(the testbed's fault counters, the observer's summary, a few states for the report) are
+printed, never asserted on, except the number of steps run.
 
 Topology (every example): a PF host (IPv4 and IPv6) and three VMs in slots a, b, c: a trusted
 untagged VF, a trusted VF with a VLAN tag and an untrusted VF; two remote peers (one
@@ -77,6 +79,7 @@ from hypothesis.stateful import (
 )
 
 from ipsec_offload.agent.agent import AgentConfig
+from ipsec_offload.agent.events import EVENT_RESENDS
 from ipsec_offload.errors import ParseError
 from ipsec_offload.host.stack import HostStack
 from ipsec_offload.host.xfrm import Mode
@@ -94,9 +97,12 @@ from ipsec_offload.wire.config import (
     Algorithm,
     ConfigMessage,
     Direction,
+    EventType,
     Opcode,
     build_config,
+    decode_event,
     encode_add_sa,
+    parse_config,
     parse_config_header,
 )
 from ipsec_offload.wire.ethernet import (
@@ -136,6 +142,8 @@ PF_MAC = "02:00:00:00:00:10"
 VLAN = (VlanTag(0x8100, 100),)
 ESN_START = {"pf": 2**32 - 24, "a": 2**32 - 9}
 """Where the ESN pairs start: a few sends take them across 2^32."""
+CAPS_INTERVAL = 1.0
+"""The PF's GET_CAPS probe, every second (the driver's default)."""
 CONFIG_LINKS = ("nic-to-agent", "agent-to-nic")
 MAILBOX_LINKS = ("vf-to-pf", "pf-to-vf")
 CONFIG_OPCODES = (None, Opcode.ADD_SA, Opcode.REMOVE_SA, Opcode.REMOVE_ALL_SAS)
@@ -211,6 +219,24 @@ def config_match(meta: int, opcode: int | None) -> Callable[[bytes], bool]:
     def match(frame: bytes) -> bool:
         found = config_opcode(meta, frame)
         return found is not None and (opcode is None or found == opcode)
+
+    return match
+
+
+def agent_started_match(meta: int) -> Callable[[bytes], bool]:
+    """The agent's AGENT_STARTED event frames (a first send or a resend)."""
+
+    def match(frame: bytes) -> bool:
+        try:
+            _, _, ethertype, _, _, l2_len = ethernet_fields(frame, meta)
+            if ethertype != EtherType.CONFIG:
+                return False
+            message = parse_config(memoryview(frame)[l2_len:])
+            if message.opcode != Opcode.EVENT:
+                return False
+            return decode_event(message.tlvs).event_type == EventType.AGENT_STARTED
+        except ParseError:
+            return False
 
     return match
 
@@ -308,10 +334,23 @@ class CampaignStats:
     """ESN outbound states whose counter passed 2^32."""
     rekeys: int = 0
     """SA pairs the key manager rekeyed at a soft expiry."""
+    restarts_found: int = 0
+    """Agent restarts the PF handled (its counter, printed only)."""
+    restarts_by_caps: int = 0
+    """Of those, found by the periodic GET_CAPS (AGENT_STARTED lost)."""
     violations: list[str] = field(default_factory=list)
 
     def add(self, other: CampaignStats) -> None:
-        for name in ("examples", "steps", "seconds", "fallbacks", "esn_crossed", "rekeys"):
+        for name in (
+            "examples",
+            "steps",
+            "seconds",
+            "fallbacks",
+            "esn_crossed",
+            "rekeys",
+            "restarts_found",
+            "restarts_by_caps",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("rules", "armed", "applied", "attacks", "observer"):
             getattr(self, name).update(getattr(other, name))
@@ -329,7 +368,8 @@ class CampaignStats:
                 f"faults applied: {listed(self.applied)}",
                 f"attacks: {listed(self.attacks)}",
                 f"fall-backs to software (OffloadLost): {self.fallbacks}; ESN states past 2^32:"
-                f" {self.esn_crossed}; rekeys: {self.rekeys}",
+                f" {self.esn_crossed}; rekeys: {self.rekeys}; agent restarts handled:"
+                f" {self.restarts_found} ({self.restarts_by_caps} found by GET_CAPS)",
                 f"rules: {listed(self.rules)}",
                 f"violations: {len(self.violations)}",
             )
@@ -376,7 +416,10 @@ class FaultCampaign(RuleBasedStateMachine):
             ipv6="fd00::1",
             vf_filter=self.vf_filter,
             port_tagging=self.port_tagging,
+            caps_interval=CAPS_INTERVAL,
         )
+        self.started_lost = agent_started_match(self.meta)
+        """The fault on AGENT_STARTED (`restart_agent` with its event lost)."""
         self.peers = {
             "peer": bed.add_peer("peer", "02:00:00:00:02:01", ipv4="10.0.0.2", ipv6="fd00::2"),
             "vlan-peer": bed.add_peer(
@@ -552,11 +595,15 @@ class FaultCampaign(RuleBasedStateMachine):
         self.bed.reset_pf()
         self._probe()
 
-    @rule()
-    def restart_agent(self) -> None:
+    @rule(event_lost=st.booleans())
+    def restart_agent(self, event_lost: bool) -> None:
         """The agent restarts (an FPGA reload) and loses its SAD; the PF re-installs every
-        domain's SAs with their stacks' numbers (spec 9.4)."""
-        self._begin("restart_agent")
+        domain's SAs with their stacks' numbers (spec 9.4). With `event_lost`, its
+        AGENT_STARTED is lost, every resend too: the PF finds the restart by the BOOT_ID of its
+        next periodic GET_CAPS, up to a second later, and the SAs stay down until then."""
+        self._begin("restart_agent_event_lost" if event_lost else "restart_agent")
+        if event_lost:
+            self.bed.lose("agent-to-nic", 1 + EVENT_RESENDS, self.started_lost)
         self.bed.restart_agent()
         self._probe()
 
@@ -713,13 +760,16 @@ class FaultCampaign(RuleBasedStateMachine):
     @invariant()
     def one_view_when_recovered(self) -> None:
         """Spec 9.4, once the PF has recovered: with no fault armed and no config transaction
-        under way, the port runs on (100 ms: resends, timers); still quiet, the agent's SAD is
-        the set of SAs the live hosts hold as offloaded. (The naive machines are judged on
-        their own defect only.)"""
+        under way, the port runs on for one GET_CAPS interval and 100 ms (resends, timers, the
+        probe that finds a restart whose event was lost); still quiet, the agent's SAD is the
+        set of SAs the live hosts hold as offloaded. (The naive machines are judged on their
+        own defect only.)"""
         bed, pf = self.bed, self.bed.pf
-        if self.judged != FaultCampaign.judged or bed.faults or pf is None or pf.channel.pending:
+        if self.judged != FaultCampaign.judged or pf is None or pf.channel.pending:
             return
-        bed.run(until=bed.now + 0.1)
+        if any(f.match is not self.started_lost for f in bed.faults):
+            return
+        bed.run(until=bed.now + CAPS_INTERVAL + 0.1)
         if bed.faults or pf.channel.pending:
             return
         diff = sad_diff(bed)
@@ -740,6 +790,9 @@ class FaultCampaign(RuleBasedStateMachine):
         stats.violations += [str(v) for v in self.observer.violations]
         bed = self.bed
         stats.rekeys += bed.rekeys
+        if bed.pf is not None:
+            stats.restarts_found += bed.pf.pf_counters.agent_restarts
+            stats.restarts_by_caps += bed.pf.pf_counters.restarts_by_caps
         for kind, counts in (
             ("lose", bed.link_drops),
             ("duplicate", bed.link_duplicates),

@@ -22,7 +22,7 @@ from ipsec_offload.agent.counters import DropReason
 from ipsec_offload.agent.replay import ReplayWindow
 from ipsec_offload.host.stack import HostStack
 from ipsec_offload.host.xfrm import Offload
-from ipsec_offload.sim.report import SadDiff, sad_diff
+from ipsec_offload.sim.report import SadDiff, build_report, sad_diff
 from ipsec_offload.sim.runner import prepare
 from ipsec_offload.sim.scenario import Scenario, builtin_scenario
 from ipsec_offload.sim.testbed import SaBundle, Testbed
@@ -366,3 +366,31 @@ def test_lose_replies_loses_the_agents_replies_only() -> None:
     assert bed.pf is not None and bed.pf.channel.counters.resends == 1
     host = run.hosts["host"]
     assert sum(s.offload == Offload.DEVICE for s in host.states.values()) == 3
+
+
+@pytest.mark.parametrize("naive", [frozenset(), frozenset({"resync"})], ids=["fixed", "naive"])
+def test_a_restart_whose_event_is_lost_is_found_by_the_pfs_get_caps(
+    naive: frozenset[str],
+) -> None:
+    """A scenario's `lose_events` then `restart_agent`: no AGENT_STARTED reaches the PF; its
+    GET_CAPS, every second, finds the new BOOT_ID and it re-installs its SAs, within the
+    second the run goes on past its last event. `--naive resync` never finds it."""
+    text = builtin_scenario("basic")[0].model_dump(by_alias=True, exclude_none=True)
+    text["event"] = [
+        {"at": 0.005, "action": "lose_events", "count": 6},
+        {"at": 0.005, "action": "restart_agent"},
+    ]
+    run = prepare(Scenario.model_validate(text), "test", naive)
+    run.run()
+    bed = run.bed
+    assert bed.link_drops["agent-to-nic"] == 6 and bed.pf is not None
+    view = next(
+        c for c in build_report(run)["invariants"] if c["challenge"] == "One view of the SAD"
+    )
+    if naive:
+        assert view["outcome"] == "FAILED" and len(bed.agent.sad) == 0
+        assert bed.pf.pf_counters.agent_restarts == 0
+    else:
+        assert view["outcome"] == "held" and len(bed.agent.sad) > 0
+        assert bed.pf.pf_counters.restarts_by_caps == bed.pf.pf_counters.agent_restarts == 1
+    assert any("EVENT frame(s) are lost" in e.what for e in run.events)

@@ -15,6 +15,10 @@ from ipsec_offload.sim.testbed import Testbed
 pytestmark = pytest.mark.usefixtures("agent_path", "nic_path")
 
 PF_MAC = "02:00:00:00:00:10"
+PACKETS = 12_000
+"""Datagrams each way."""
+SOFT, HARD = 2_000, 5_000
+"""Each SA's soft and hard packet lifetimes: a rekey every 2,000 packets per SA."""
 
 
 @pytest.mark.parametrize("on_vf", [False, True], ids=["PF host", "VM"])
@@ -24,24 +28,24 @@ def test_traffic_through_many_rekeys_loses_nothing(on_vf: bool) -> None:
     pf = bed.add_pf_host("pf", PF_MAC, ipv4="10.0.0.1")
     host = bed.add_vm("vm", 0, "02:00:00:00:01:01", ipv4="10.0.0.3") if on_vf else pf
     peer = bed.add_peer("peer", "02:00:00:00:02:00", ipv4="10.0.0.9")
-    first = bed.secure(host, peer, soft_lifetime_packets=150, lifetime_packets=400)
+    first = bed.secure(host, peer, soft_lifetime_packets=SOFT, lifetime_packets=HARD)
     observer = WireObserver(bed)
     sent_out, sent_in = [], []
-    for n in range(1200):
+    for n in range(PACKETS):
         out, back = b"host to peer %d" % n, b"peer to host %d" % n
         host.send_udp(peer.addresses[4], 1, 2, out, bed.now)
         peer.send_udp(host.addresses[4], 2, 1, back, bed.now)
         sent_out.append(out)
         sent_in.append(back)
         bed.settle(host, peer)
-        if n % 100 == 0:
+        if n % 1000 == 0:
             assert observer.check() == []
     bed.run()
     assert [d.payload for d in bed.delivered(peer)] == sent_out
     assert [d.payload for d in bed.delivered(host)] == sent_in
-    assert observer.check() == [] and observer.summary().esp_frames >= 2400
-    # a rekey every 150 packets or so of the SA that reached its soft limit first
-    assert bed.rekeys >= 7
+    assert observer.check() == [] and observer.summary().esp_frames >= 2 * PACKETS
+    # a rekey every SOFT packets or so of the SA that reached its soft limit first
+    assert bed.rekeys >= PACKETS // SOFT - 1
     soft = [e for e in bed.endpoint(host).log if isinstance(e, StateExpire)]
     assert soft and not any(e.hard for e in soft)
     assert host.counters.drops == {} and peer.counters.drops == {}

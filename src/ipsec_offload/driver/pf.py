@@ -76,7 +76,7 @@ class PfDriver(RingDriver):
         hairpin: bool = False,
         vf_filter: bool = True,
         resync: bool = True,
-        caps_interval: float | None = None,
+        caps_interval: float | None = 1.0,
         config_ethertype: int = EtherType.CONFIG,
         meta_ethertype: int = EtherType.META,
     ) -> None:
@@ -182,6 +182,13 @@ class PfDriver(RingDriver):
         a VF to resend, the periodic GET_CAPS), or None."""
         timers = (self.control.next_timer(), self.vf_proxy.next_timer(), self.resync.next_timer())
         return min((t for t in timers if t is not None), default=None)
+
+    @property
+    def waiting(self) -> bool:
+        """A timer that something waits on is armed (a config frame's or a VF notice's
+        resend or give-up); False when the next timer is the periodic GET_CAPS probe alone,
+        which a simulator may leave pending when it runs until idle."""
+        return self.control.next_timer() is not None or self.vf_proxy.next_timer() is not None
 
     def handle_timer(self, now: float) -> None:
         """Resend the config frames and notices that are due; time out those out of retries;

@@ -24,6 +24,8 @@ class PfCounters:
     pf_resets: int = 0
     agent_restarts: int = 0
     """Agent restarts the PF learnt of (AGENT_STARTED, or a new BOOT_ID in GET_CAPS)."""
+    restarts_by_caps: int = 0
+    """Of those, the ones a GET_CAPS answer revealed (the AGENT_STARTED event was lost)."""
     expiries: int = 0
     """SOFT_EXPIRE, HARD_EXPIRE and SEQ_SOFT_LIMIT events passed on to a stack."""
     events_ignored: int = 0

@@ -159,6 +159,7 @@ class Resync:
         if self.boot_id is None:
             self.boot_id = caps.boot_id
         elif caps.boot_id != self.boot_id:
+            self._counters.restarts_by_caps += 1
             self.agent_restarted(caps.boot_id, now)
 
     def agent_started(self, boot_id: int, now: float) -> None:

@@ -96,12 +96,17 @@ class ScenarioRun:
     end_time: float = 0.0
 
     def run(self, progress: Callable[[float], None] | None = None, steps: int = 50) -> None:
-        """Run to the end; `progress` gets the fraction of scheduled time done."""
+        """Run to the end, then one GET_CAPS interval of the PF's more (so that its periodic
+        probe finds a restart whose AGENT_STARTED was lost before the report judges); then
+        until idle. `progress` gets the fraction of scheduled time done."""
         horizon = max(self.end_time, 1e-9)
         for step in range(1, steps + 1):
             self.bed.run(until=horizon * step / steps)
             if progress is not None:
                 progress(step / steps)
+        pf = self.bed.pf
+        if pf is not None and pf.resync.caps_interval is not None:
+            self.bed.run(until=self.end_time + pf.resync.caps_interval)
         self.bed.run()
 
     def note(self, actor: str, what: str) -> None:
@@ -310,6 +315,9 @@ def _event(run: ScenarioRun, index: int) -> None:
         which = "config" if event.opcode is None else event.opcode.upper()
         what = "replies from" if replies else "frame(s) toward"
         run.note("link", f"the next {event.count} {which} {what} the agent are lost")
+    elif event.action == "lose_events":
+        bed.lose("agent-to-nic", event.count, partial(_agent_event, bed))
+        run.note("link", f"the agent's next {event.count} EVENT frame(s) are lost")
     elif event.action == "restart_agent":
         bed.restart_agent()
         run.note("agent", "the agent restarts (FPGA reload): its SAD is lost")
@@ -330,18 +338,32 @@ def _event(run: ScenarioRun, index: int) -> None:
         run.note(target, f"malicious VF posts {event.count} crafted {event.frame} frame(s)")
 
 
-def _config_frame(bed: Testbed, opcode: Opcode | None, reply: bool, frame: bytes) -> bool:
-    """Is `frame` a config request to the agent (with `reply`: a reply from it; of `opcode`,
-    when one is given)? The agent's frames carry its Rx tag."""
+def _config_header(bed: Testbed, frame: bytes) -> tuple[EthernetHeader, ConfigMessage] | None:
+    """A config frame's Ethernet header and config header (None: not a config frame)."""
     try:
         eth = parse_ethernet(frame, bed.agent.config.meta_ethertype)
         if eth.ethertype != bed.agent.config.config_ethertype:
-            return False
-        header = parse_config_header(memoryview(frame)[eth.header_len :])
+            return None
+        return eth, parse_config_header(memoryview(frame)[eth.header_len :])
     except ParseError:
+        return None
+
+
+def _config_frame(bed: Testbed, opcode: Opcode | None, reply: bool, frame: bytes) -> bool:
+    """Is `frame` a config request to the agent (with `reply`: a reply from it; of `opcode`,
+    when one is given)? The agent's frames carry its Rx tag."""
+    found = _config_header(bed, frame)
+    if found is None:
         return False
+    eth, header = found
     matches = opcode is None or header.base_opcode == opcode
     return header.is_reply == reply and (reply or eth.metadata is None) and matches
+
+
+def _agent_event(bed: Testbed, frame: bytes) -> bool:
+    """Is `frame` an EVENT from the agent (a first send or a resend; spec 9)?"""
+    found = _config_header(bed, frame)
+    return found is not None and found[1].opcode == Opcode.EVENT
 
 
 def _crafted(run: ScenarioRun, vm: HostStack, kind: str) -> bytes:

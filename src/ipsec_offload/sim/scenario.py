@@ -216,6 +216,7 @@ class EventSpec(_Model):
         "inject",
         "lose_config",
         "lose_replies",
+        "lose_events",
         "replay_wire",
         "restart_agent",
     ]

@@ -178,12 +178,15 @@ class _Timer:
     """A driver's retransmission timer in the event queue; a re-armed one cancels the old,
     which then leaves the queue without moving simulated time."""
 
-    __slots__ = ("at", "cancelled", "fire")
+    __slots__ = ("at", "cancelled", "fire", "periodic")
 
-    def __init__(self, at: float, fire: Callable[[], None]) -> None:
+    def __init__(self, at: float, fire: Callable[[], None], *, periodic: bool = False) -> None:
         self.at = at
         self.fire = fire
         self.cancelled = False
+        self.periodic = periodic
+        """A housekeeping poll that re-arms itself for ever (the PF's GET_CAPS probe) and that
+        nothing waits on: a run until idle stops with only such timers left."""
 
     def __call__(self) -> None:
         self.fire()
@@ -253,6 +256,7 @@ class Testbed:
         self._agent_started = False
         self._agent_timer: _Timer | None = None
         self._agent_timers_queued = 0
+        self._periodic_queued = 0
         self.agent_restarts = 0
         self.nic = Nic(mode=mode, meta_ethertype=self.agent.config.meta_ethertype)
         self.now = 0.0
@@ -312,6 +316,7 @@ class Testbed:
         hairpin: bool = True,
         vf_filter: bool = True,
         resync: bool = True,
+        caps_interval: float | None = 1.0,
         timeout: float = 0.001,
         retries: int = 3,
         port: int = 0,
@@ -336,6 +341,7 @@ class Testbed:
             hairpin=hairpin and self.nic.mode == SwitchMode.VEPA,
             vf_filter=vf_filter,
             resync=resync,
+            caps_interval=caps_interval,
             config_ethertype=self.agent.config.config_ethertype,
             meta_ethertype=self.agent.config.meta_ethertype,
         )
@@ -718,7 +724,7 @@ class Testbed:
     def settle(self, *stacks: HostStack) -> None:
         """Let the given hosts act on what their API calls queued, then run until idle but
         for the agent's timers (the resends of its unanswered events, which `run()` fires in
-        their time, as does any later run through it).
+        their time, as does any later run through it) and the PF's periodic GET_CAPS probe.
 
         Called from an action already running in the loop (a scheduled scenario event), it
         only queues: the loop that is running carries on in time order."""
@@ -732,13 +738,15 @@ class Testbed:
         self._schedule(max(0.0, time - self.now), _OTHER, action)
 
     def run(self, until: float | None = None) -> None:
-        """Process events until none is left (or until simulated time `until`); the agent's
-        event resends included (`settle` stops short of those)."""
+        """Process events until simulated time `until`, or without it until none is left but
+        the PF's periodic GET_CAPS probe (a poll for ever: `run(until=...)` fires it in its
+        time); the agent's event resends included (`settle` stops short of those)."""
         self._run(until, quiet=False)
 
     def _run(self, until: float | None, *, quiet: bool) -> None:
-        """The event loop. `quiet`: stop as well when nothing but the agent's timers is left
-        (the resends of events nobody answers must not move a host's API calls 60 ms on)."""
+        """The event loop. Without `until`, stop when nothing but periodic timers is left;
+        `quiet`: stop as well when nothing but those and the agent's timers is left (the
+        resends of events nobody answers must not move a host's API calls 60 ms on)."""
         if self._running:
             raise UsageError("Testbed.run() is already running (call it from outside events)")
         processed = 0
@@ -746,13 +754,18 @@ class Testbed:
         self._running = True
         try:
             while queue and (until is None or queue[0][0] <= until):
-                if quiet and len(queue) == self._agent_timers_queued:
+                idle = self._periodic_queued if until is None else 0
+                if quiet:
+                    idle += self._agent_timers_queued
+                if len(queue) == idle:
                     break
                 at, prio, _seq, action = heapq.heappop(queue)
                 if prio == _AGENT_TIMER:
                     self._agent_timers_queued -= 1
-                if isinstance(action, _Timer) and action.cancelled:
-                    continue
+                if isinstance(action, _Timer):
+                    self._periodic_queued -= action.periodic
+                    if action.cancelled:
+                        continue
                 self.now = max(self.now, at)
                 action()
                 processed += 1
@@ -913,13 +926,16 @@ class Testbed:
             for vf, data in driver.mailbox_messages():
                 self._schedule(self.mailbox_delay, _OTHER, partial(self._to_vf, vf, data))
         deadline = driver.next_timer()
-        if ep.timer is not None and ep.timer.at == deadline:
+        periodic = isinstance(driver, PfDriver) and not driver.waiting
+        timer = ep.timer
+        if timer is not None and timer.at == deadline and timer.periodic == periodic:
             return
-        if ep.timer is not None:
-            ep.timer.cancelled = True
+        if timer is not None:
+            timer.cancelled = True
             ep.timer = None
         if deadline is not None:
-            ep.timer = _Timer(deadline, lambda: self._timer(ep))
+            ep.timer = _Timer(deadline, lambda: self._timer(ep), periodic=periodic)
+            self._periodic_queued += periodic
             self._schedule(deadline - self.now, _OTHER, ep.timer)
 
     def _to_pf(self, vf: int, data: bytes) -> None:
