@@ -67,6 +67,7 @@ class _Device:
 
     hw_esp_offload = True
     hw_tso = False
+    ifname = "eth0"
 
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, TxOffload | None]] = []

@@ -60,6 +60,8 @@ DEFAULT_AGENT_MAC = bytes.fromhex("020000000001")
 class PfDriver(RingDriver):
     """The PF driver of one port."""
 
+    ifname = "ens1f0"
+
     def __init__(
         self,
         mac: bytes,

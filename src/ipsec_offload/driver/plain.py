@@ -16,6 +16,8 @@ class PlainDriver:
 
     hw_esp_offload = False
     hw_tso = False
+    ifname = "eth0"
+    """The interface's name, as `ip` shows it."""
 
     def __init__(self, mac: bytes) -> None:
         self.mac = mac

@@ -185,6 +185,8 @@ class RingDriver:
 
     hw_esp_offload = True
     hw_tso = True
+    ifname = "eth0"
+    """The interface's name (a VF's in its VM; the PF's is i40e's `ens1f0`), as `ip` shows it."""
 
     def __init__(self, mac: bytes, vlans: tuple[VlanTag, ...] = ()) -> None:
         self.mac = mac

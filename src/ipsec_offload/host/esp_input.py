@@ -83,6 +83,7 @@ class EspInput:
         full = replay.check(seq) if checked else seq
         if full is None:
             counters.drop("in_replay")
+            state.stats.replay += 1
             return
         try:
             if offloaded:
@@ -94,6 +95,7 @@ class EspInput:
                 counters.rx_esp_software += 1
         except AuthenticationError:
             counters.drop("in_auth_failed")
+            state.stats.integrity_failed += 1
             return
         except ParseError:
             # the ICV verified (here or in the agent): the number is used up all the same

@@ -57,6 +57,7 @@ class NetDevice(Protocol):
 
     hw_esp_offload: bool
     hw_tso: bool
+    ifname: str
 
     def xmit(self, frame: bytes, offload: TxOffload | None = None, mss: int = 0) -> None: ...
     def xmit_burst(self, frames: Sequence[bytes], offload: TxOffload | None = None) -> None: ...
@@ -114,6 +115,7 @@ class DeviceOffload:
 
     def add_state(self, state: XfrmState, now: float, offload: bool) -> None:
         """Install a state; with `offload`, ask the device."""
+        state.add_time = now
         self._sad.add(state)
         if offload and self._device.hw_esp_offload:
             state.offload = Offload.PENDING

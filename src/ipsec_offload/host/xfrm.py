@@ -37,6 +37,30 @@ class Offload(IntEnum):
     """Offloaded to the agent."""
 
 
+class OffloadType(IntEnum):
+    """What a device offload of a state does (Linux's enum xfrm_dev_offload_type)."""
+
+    CRYPTO = 1
+    """The device encrypts and decrypts; the stack keeps headers, numbers and lifetimes
+    (XFRM_DEV_OFFLOAD_CRYPTO, `ip xfrm state ... offload crypto`)."""
+    PACKET = 2
+    """The device does the whole ESP processing (XFRM_DEV_OFFLOAD_PACKET): not supported by
+    this device, refused at the add."""
+
+
+@dataclass(slots=True)
+class XfrmStats:
+    """A state's error counters (Linux's struct xfrm_stats, `ip -s xfrm state`'s "stats"):
+    the stack's own drops, and the device's once `update_stats` merged them."""
+
+    replay_window: int = 0
+    """Packets dropped as outside the window (too old)."""
+    replay: int = 0
+    """Packets dropped as replayed (a number seen already)."""
+    integrity_failed: int = 0
+    """Packets whose ICV did not verify."""
+
+
 @dataclass(slots=True)
 class XfrmState:
     """One SA as the stack holds it (`ip xfrm state`), with its live software state."""
@@ -61,12 +85,19 @@ class XfrmState:
     packet that came through any state of the reqid of the state it names, as a Linux policy's
     template matches states by reqid, so the old state still serves while a rekey settles."""
     offload: Offload = Offload.SOFTWARE
+    offload_type: OffloadType = OffloadType.CRYPTO
+    """Asked of the device when the state is added to be offloaded."""
     add_rc: int = 0
     """The return value of xdo_dev_state_add (0 when never asked)."""
     oseq: int = 0
     """Outbound: the last sequence number used."""
     packets: int = 0
+    """Linux's curlft.packets: packets the state protected or opened."""
     bytes: int = 0
+    """curlft.bytes: their payload bytes."""
+    add_time: float = 0.0
+    """curlft.add_time: when the state was added (simulated seconds)."""
+    stats: XfrmStats = field(default_factory=XfrmStats)
     replay: ReplayWindow | None = None
     _aead: EspAead | None = field(default=None, repr=False)
 
