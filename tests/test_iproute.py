@@ -30,8 +30,15 @@ LIFETIMES = [
 """The lifetime configuration of a state without limits."""
 
 
-def lines(state: XfrmState, ifname: str = "ens1f0") -> list[str]:
-    text = format_xfrm_state(state, ifname)
+def state(direction: Direction, spi: int, src: bytes, dst: bytes, **fields: Any) -> XfrmState:
+    """A state with handle `spi`, of AES-GCM-128 with KEY_128 unless `fields` say otherwise."""
+    fields.setdefault("algorithm", Algorithm.AES_GCM_128)
+    fields.setdefault("key_material", KEY_128)
+    return XfrmState(spi, direction, spi, src, dst, **fields)
+
+
+def lines(sa: XfrmState, ifname: str = "ens1f0") -> list[str]:
+    text = format_xfrm_state(sa, ifname)
     assert text.endswith("\n")
     return text.split("\n")[:-1]
 
@@ -46,14 +53,11 @@ def received(window: ReplayWindow, *numbers: int) -> ReplayWindow:
 
 def test_transport_ipv4_outbound_in_software() -> None:
     """Window 32 fits struct xfrm_replay_state: one context line, the window in the header."""
-    state = XfrmState(
-        1,
+    sa = state(
         Direction.OUTBOUND,
         0x1001,
         V4_A,
         V4_B,
-        Algorithm.AES_GCM_128,
-        KEY_128,
         replay_window=32,
         reqid=7,
         soft_lifetime_packets=8,
@@ -64,7 +68,7 @@ def test_transport_ipv4_outbound_in_software() -> None:
         bytes=500,
         add_time=3661.9,
     )
-    assert lines(state) == [
+    assert lines(sa) == [
         "src 192.0.2.1 dst 192.0.2.2",
         "\tproto esp spi 0x00001001(4097) reqid 7(0x00000007) mode transport",
         "\treplay-window 32 seq 0x00000000 flag  (0x00000000)",
@@ -87,14 +91,11 @@ def test_transport_ipv4_outbound_in_software() -> None:
 def test_transport_ipv4_inbound_offloaded_with_a_gap_and_drops() -> None:
     """1, 2, 3 and 5 received: Linux's bitmap has the top (5) at bit 0, 4 missing at bit 1."""
     window = received(ReplayWindow(32, esn=False), 1, 2, 3, 5)
-    state = XfrmState(
-        2,
+    sa = state(
         Direction.INBOUND,
         0x1002,
         V4_B,
         V4_A,
-        Algorithm.AES_GCM_128,
-        KEY_128,
         replay_window=32,
         reqid=7,
         offload=Offload.DEVICE,
@@ -104,7 +105,7 @@ def test_transport_ipv4_inbound_offloaded_with_a_gap_and_drops() -> None:
         stats=XfrmStats(replay_window=3, replay=1, integrity_failed=2),
         replay=window,
     )
-    assert lines(state) == [
+    assert lines(sa) == [
         "src 192.0.2.2 dst 192.0.2.1",
         "\tproto esp spi 0x00001002(4098) reqid 7(0x00000007) mode transport",
         "\treplay-window 32 seq 0x00000000 flag  (0x00000000)",
@@ -124,14 +125,13 @@ def test_transport_ipv4_inbound_offloaded_with_a_gap_and_drops() -> None:
 def test_tunnel_ipv6_outbound_offloaded() -> None:
     """A window of 64 needs the ESN replay attribute even without ESN: replay-window 0 in the
     header, the window and its two (empty, outbound) words in the esn context."""
-    state = XfrmState(
-        3,
+    sa = state(
         Direction.OUTBOUND,
         0x1003,
         V6_A,
         V6_B,
-        Algorithm.AES_GCM_256,
-        KEY_256,
+        algorithm=Algorithm.AES_GCM_256,
+        key_material=KEY_256,
         mode=Mode.TUNNEL,
         reqid=2,
         offload=Offload.DEVICE,
@@ -140,7 +140,7 @@ def test_tunnel_ipv6_outbound_offloaded() -> None:
         bytes=1234,
         add_time=0.5,
     )
-    assert lines(state, "eth0") == [
+    assert lines(sa, "eth0") == [
         "src 2001:db8::1 dst 2001:db8::2",
         "\tproto esp spi 0x00001003(4099) reqid 2(0x00000002) mode tunnel",
         "\treplay-window 0 seq 0x00000000 flag  (0x00000000)",
@@ -167,14 +167,11 @@ def test_esn_inbound_after_traffic_across_2_to_the_32() -> None:
     0xfffffffe down to 0xffffffc4 (counted received at the hand-over) at bits 61 down to 3;
     0x1_00000002 (bit 1), 0x1_00000000 (bit 63) and 0xffffffff (bit 62) are missing."""
     window = received(ReplayWindow(64, esn=True, highest=0xFFFF_FFFE), 0x1_0000_0001, 0x1_0000_0003)
-    state = XfrmState(
-        4,
+    sa = state(
         Direction.INBOUND,
         0x1004,
         V6_B,
         V6_A,
-        Algorithm.AES_GCM_128,
-        KEY_128,
         mode=Mode.TUNNEL,
         esn=True,
         reqid=2,
@@ -183,7 +180,7 @@ def test_esn_inbound_after_traffic_across_2_to_the_32() -> None:
         add_time=86400.0,
         replay=window,
     )
-    assert lines(state) == [
+    assert lines(sa) == [
         "src 2001:db8::2 dst 2001:db8::1",
         "\tproto esp spi 0x00001004(4100) reqid 2(0x00000002) mode tunnel",
         "\treplay-window 0 seq 0x00000000 flag esn (0x10000000)",
@@ -202,18 +199,16 @@ def test_esn_inbound_after_traffic_across_2_to_the_32() -> None:
     ]
 
 
-def replay_lines(state: XfrmState) -> list[str]:
-    """The lines of `state`'s anti-replay context."""
-    text = lines(state)
+def replay_lines(sa: XfrmState) -> list[str]:
+    """The lines of `sa`'s anti-replay context."""
+    text = lines(sa)
     start = next(i for i, line in enumerate(text) if "anti-replay" in line)
     end = next(i for i, line in enumerate(text) if line.startswith("\tsel "))
     return text[start:end]
 
 
 def inbound(**fields: Any) -> XfrmState:
-    return XfrmState(
-        5, Direction.INBOUND, 0x2001, V4_B, V4_A, Algorithm.AES_GCM_128, KEY_128, **fields
-    )
+    return state(Direction.INBOUND, 0x2001, V4_B, V4_A, **fields)
 
 
 def test_a_new_window_shows_no_number_received() -> None:
