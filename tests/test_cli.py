@@ -45,6 +45,19 @@ def host_rows(output: str) -> dict[tuple[str, str], list[str]]:
     return rows
 
 
+def xfrm_blocks(path: Path) -> list[tuple[str, bool, int]]:
+    """An `ip -s xfrm state` file's states: (SPI, offloaded to a device, packets)."""
+    blocks = re.split(r"^(?=src )", path.read_text(), flags=re.MULTILINE)[1:]
+    return [
+        (
+            re.findall(r"spi (0x[0-9a-f]{8})\(", block)[0],
+            "crypto offload parameters: dev ens1f0 " in block,
+            int(re.findall(r"(\d+)\(packets\)\n", block)[0]),
+        )
+        for block in blocks
+    ]
+
+
 def test_run_basic_writes_the_documented_outputs(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = run("basic", "--out", str(out))
@@ -62,9 +75,11 @@ def test_run_basic_writes_the_documented_outputs(tmp_path: Path) -> None:
     assert "Agent drops: none" in result.output
     assert str(out) in result.output
 
-    names = readme_outputs()
-    assert len(names) == 9
-    assert {"host-link.pcap", "wire-link.pcap", "esp_sa", "report.json"} <= set(names)
+    documented = readme_outputs()
+    assert len(documented) == 10
+    assert {"host-link.pcap", "wire-link.pcap", "esp_sa", "xfrm-HOST.txt"} <= set(documented)
+    # one xfrm-HOST.txt per live host: here the PF's host and the peer
+    names = [n for n in documented if "HOST" not in n] + ["xfrm-host.txt", "xfrm-peer.txt"]
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
     for name in names:
         if name.endswith(".pcap"):
@@ -79,6 +94,17 @@ def test_run_basic_writes_the_documented_outputs(tmp_path: Path) -> None:
 
     report = json.loads((out / "report.json").read_text())
     assert report["outputs"] == sorted(names)
+    # each host's states, newest first, offloaded where the summary says DEVICE, with the
+    # packets it counts
+    packets = {(row["host"], row["spi"]): row["packets"] for row in report["sas"]}
+    for host, spis, offloaded in (
+        ("host", (0x1004, 0x1003, 0x1002, 0x1001), (False, True, True, True)),
+        ("peer", (0x1003, 0x1004, 0x1001, 0x1002), (False, False, False, False)),
+    ):
+        assert xfrm_blocks(out / f"xfrm-{host}.txt") == [
+            (f"0x{spi:08x}", device, packets[host, f"0x{spi:08x}"])
+            for spi, device in zip(spis, offloaded, strict=True)
+        ]
     counters = report["agent"]["counters"]
     # the host sends 20 + 5 (IPv4) and 10 + 5 (IPv6 echo replies) frames over offloaded SAs
     assert counters["paths"]["TX_ENCRYPTED"] == 40 == link["agent-to-wire"]
@@ -129,6 +155,25 @@ def test_default_run_tells_every_challenge_held(tmp_path: Path) -> None:
     assert all(flow["complete"] for flow in report["flows"].values())
     assert report["agent"]["counters"]["paths"]["HAIRPIN"] == 30
     assert "Control-plane timeline" in result.output
+    # `ip -s xfrm state` of the hosts still running: vm3 was destroyed
+    hosts = ["host", "peer1", "peer2", "remote", "vm1", "vm2", "vm3b", "vm4"]
+    assert [f"xfrm-{host}.txt" for host in hosts] == [
+        name for name in report["outputs"] if name.startswith("xfrm-")
+    ]
+
+
+def test_run_xfrm_prints_every_live_hosts_states_after_the_summary(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    plain = run("basic", "--out", str(out))
+    assert plain.exit_code == 0, plain.output
+    assert "$ ip -s xfrm state" not in plain.output
+    listed = run("basic", "--out", str(out), "--xfrm")
+    assert listed.exit_code == 0, listed.output
+    host, peer = ((out / f"xfrm-{name}.txt").read_text() for name in ("host", "peer"))
+    assert host.startswith("src 2001:db8::2 dst 2001:db8::1\n\tproto esp spi 0x00001004")
+    assert listed.output == (
+        f"{plain.output}\nhost$ ip -s xfrm state\n{host}\npeer$ ip -s xfrm state\n{peer}"
+    )
 
 
 INVARIANTS = [

@@ -12,7 +12,7 @@ import click
 from ipsec_offload.bench.cli import bench
 from ipsec_offload.errors import IpsecOffloadError
 from ipsec_offload.sim.golden import run_golden
-from ipsec_offload.sim.report import build_report, summary, write_outputs
+from ipsec_offload.sim.report import build_report, summary, write_outputs, xfrm_listing
 from ipsec_offload.sim.runner import prepare
 from ipsec_offload.sim.scenario import NAIVE_SWITCHES, resolve_scenario
 
@@ -30,7 +30,7 @@ def main() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("out"),
     show_default=True,
-    help="Folder for the pcaps, the esp_sa keys file and report.json.",
+    help="Folder for the pcaps, the esp_sa keys file, each host's xfrm states and report.json.",
 )
 @click.option(
     "--naive",
@@ -40,7 +40,12 @@ def main() -> None:
     help="Switch off one of the deck's fixes to watch its failure (repeatable).",
 )
 @click.option("--timeline", default=40, show_default=True, help="Timeline lines to print.")
-def run(scenario: str | None, out: Path, naive: tuple[str, ...], timeline: int) -> None:
+@click.option(
+    "--xfrm",
+    is_flag=True,
+    help="After the summary, print what `ip -s xfrm state` shows on every live host.",
+)
+def run(scenario: str | None, out: Path, naive: tuple[str, ...], timeline: int, xfrm: bool) -> None:
     """Run SCENARIO (a TOML file, or a built-in: default, basic, faults) and print its summary.
 
     Without SCENARIO, the built-in default tells the deck's whole story on one port.
@@ -55,6 +60,8 @@ def run(scenario: str | None, out: Path, naive: tuple[str, ...], timeline: int) 
     except IpsecOffloadError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(summary(report, out, timeline))
+    if xfrm:
+        click.echo(f"\n{xfrm_listing(prepared.bed)}")
 
 
 class _Progress:

@@ -4,6 +4,7 @@ agent counters and a timeline of the control plane; as data (report.json) and as
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.host.stack import StateExpire
 from ipsec_offload.host.xfrm import Offload, XfrmState
 from ipsec_offload.sim.espsa import write_esp_sa
+from ipsec_offload.sim.iproute import xfrm_state_text
 from ipsec_offload.sim.observer import ObserverSummary, WireObserver
 from ipsec_offload.sim.pcap import PcapRecord, write_pcap
 from ipsec_offload.sim.runner import FORGED_PAYLOAD, ScenarioRun, TimelineEntry, results_of
@@ -447,7 +449,9 @@ def _headline(entry: dict[str, Any]) -> bool:
 
 def write_outputs(bed: Testbed, out: Path, report: dict[str, Any]) -> None:
     """Every capture (each link direction, the hairpin tap), each link both ways, the
-    esp_sa keys file and report.json, whose "outputs" lists every file written."""
+    esp_sa keys file, each live host's `ip -s xfrm state` (xfrm-HOST.txt) and report.json,
+    whose "outputs" lists every file written. The text files are written atomically: each
+    replaces its old version whole, or is left as it was."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -460,12 +464,40 @@ def write_outputs(bed: Testbed, out: Path, report: dict[str, Any]) -> None:
         write_pcap(out / f"{name}.pcap", merged(bed, first, second))
         written.append(f"{name}.pcap")
     write_esp_sa(out / "esp_sa", bed.esp_sa_entries())
-    written += ["esp_sa", "report.json"]
+    written.append("esp_sa")
+    for host, text in xfrm_states(bed).items():
+        _write_text(out / f"xfrm-{host}.txt", text)
+        written.append(f"xfrm-{host}.txt")
+    written.append("report.json")
     report["outputs"] = sorted(written)
+    _write_text(out / "report.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically: into a new file beside it, renamed over it."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        try:
+            with open(temporary, "w", encoding="utf-8", newline="\n") as file:
+                file.write(text)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
     except OSError as exc:
-        raise UsageError(f"{out / 'report.json'}: cannot write ({exc.strerror})") from None
+        raise UsageError(f"{path}: cannot write ({exc.strerror})") from None
+
+
+def xfrm_states(bed: Testbed) -> dict[str, str]:
+    """What `ip -s xfrm state` prints on each live host, by host name (a destroyed VM has no
+    kernel left to ask: its states at the end are in report.json's "hosts")."""
+    return {name: xfrm_state_text(ep.stack) for name, ep in bed.endpoints.items()}
+
+
+def xfrm_listing(bed: Testbed) -> str:
+    """Every live host's `ip -s xfrm state`, each after a `HOST$ ip -s xfrm state` line and a
+    blank line between hosts (`run --xfrm`)."""
+    parts = [f"{host}$ ip -s xfrm state\n{text}" for host, text in xfrm_states(bed).items()]
+    return "\n".join(parts).rstrip("\n")
 
 
 def merged(bed: Testbed, first: str, second: str) -> list[PcapRecord]:
@@ -547,5 +579,8 @@ def summary(report: dict[str, Any], out: Path | None, timeline_lines: int = 40) 
     if len(events) > timeline_lines:
         lines.append(f"  ... {len(events) - timeline_lines} more in report.json")
     if out is not None:
-        lines.append(f"\nWrote pcaps, the esp_sa keys file and report.json to {out}/")
+        lines.append(
+            f"\nWrote pcaps, the esp_sa keys file, each host's ip -s xfrm state and"
+            f" report.json to {out}/"
+        )
     return "\n".join(lines)
