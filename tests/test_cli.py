@@ -344,3 +344,18 @@ def test_a_progress_bar_once_a_run_takes_more_than_a_moment(
     assert slow.exit_code == 0, slow.output
     assert "simulating" in slow.stderr
     assert "simulating" not in slow.stdout  # the summary stays clean for pipes
+
+
+def test_a_text_output_that_cannot_be_replaced_is_a_clean_error_and_leaves_no_scrap(
+    tmp_path: Path,
+) -> None:
+    """The text outputs go into a new file renamed over the old one: a folder in the way of
+    report.json stops the run with its name, and no half-written file stays behind."""
+    out = tmp_path / "out"
+    (out / "report.json").mkdir(parents=True)
+    result = run("basic", "--out", str(out))
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert f"{out / 'report.json'}: cannot write" in result.output
+    assert (out / "xfrm-host.txt").read_text().startswith("src 2001:db8::2 dst 2001:db8::1\n")
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
