@@ -17,7 +17,16 @@ from ipsec_offload.nic.nic import SwitchMode
 from ipsec_offload.sim.testbed import Testbed
 from ipsec_offload.wire.config import ConfigMessage, Opcode, build_config
 from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, VlanTag, build_ethernet
-from ipsec_offload.wire.mailbox import MailboxMessage, MbxOpcode, build_mailbox, parse_mailbox
+from ipsec_offload.wire.mailbox import (
+    DelSas,
+    MailboxMessage,
+    MbxOpcode,
+    SaUpdate,
+    build_mailbox,
+    encode_del_sas,
+    encode_sa_update,
+    parse_mailbox,
+)
 from ipsec_offload.wire.metadata import RxStatus
 
 pytestmark = pytest.mark.usefixtures("agent_path", "nic_path")
@@ -304,6 +313,19 @@ def test_hostile_mailbox_messages_get_errors_and_change_nothing() -> None:
     assert ask(bad_body) == (MbxOpcode.ADD_SA | MbxOpcode.REPLY, 22)
     a_reply = build_mailbox(MailboxMessage(MbxOpcode.ADD_SA | MbxOpcode.REPLY, 7))
     assert ask(a_reply) == (MbxOpcode.ERROR | MbxOpcode.REPLY, 22)
+    # virtchnl's inline IPsec messages: the victim's handle is no handle of this VF's
+    for msg_id, opcode, body in (
+        (8, MbxOpcode.READ_SA, victim_handle.to_bytes(4)),
+        (9, MbxOpcode.UPDATE_SA, encode_sa_update(SaUpdate(victim_handle, 1))),
+        (10, MbxOpcode.DEL_SAS, encode_del_sas(DelSas((victim_handle,)))),
+    ):
+        assert ask(build_mailbox(MailboxMessage(opcode, msg_id, body))) == (opcode | 0x80, 2)
+    every = encode_del_sas(DelSas(all_sas=True))  # all of its own: none
+    assert ask(build_mailbox(MailboxMessage(MbxOpcode.DEL_SAS, 11, every))) == (0x8A, 0)
+    truncated = encode_del_sas(DelSas((1, 2)))[:-1]
+    assert ask(build_mailbox(MailboxMessage(MbxOpcode.DEL_SAS, 12, truncated))) == (0x8A, 22)
+    event = build_mailbox(MailboxMessage(MbxOpcode.EVENT_CRYPTO, 13, b"\x01"))
+    assert ask(event) == (MbxOpcode.ERROR | MbxOpcode.REPLY, 22)  # the PF's message, not a VF's
     assert bed.agent.dump()["sas"] == sad_before
     assert pf_of(bed).db.dump() == db_before
 

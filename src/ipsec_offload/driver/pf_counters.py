@@ -16,6 +16,10 @@ class PfCounters:
     """Messages from an unknown or DISABLED VF, and inputs VF_TRANSITIONS has no step for."""
     mailbox_duplicates: int = 0
     """Copies of a message already taken (same msg_id): answered with its reply, not acted on."""
+    fifo_full: int = 0
+    """VF requests refused FIFO_FULL: too many of that VF's were waiting for the agent."""
+    sa_updates: int = 0
+    """UPDATE_SA requests answered without agent traffic (the agent tracks its ESNs itself)."""
     cleanup_removed: int = 0
     cleanup_failed: int = 0
     """SAs of a cleaned-up domain the agent would not remove, given up after the retries."""
@@ -39,6 +43,7 @@ class PfCounters:
     sas_lost: int = 0
     """The PF's own SAs a listing did not show (gone from the agent): re-installed."""
     notices_resent: int = 0
-    """EVENT_PF_RESET and EVENT_SA_EXPIRE mailbox messages sent again, unanswered."""
+    """EVENT_PF_RESET, EVENT_SA_EXPIRE and EVENT_CRYPTO mailbox messages sent again,
+    unanswered."""
     notices_unanswered: int = 0
     """Those given up after their resends."""

@@ -1,89 +1,89 @@
-"""The PF's side of its VFs: their lifecycle, their mailbox, their SAs and their VSIs.
+"""The PF's side of its VFs: their lifecycle, their mailbox, their notices and their VSIs.
 
 Theory of operation: a VF asks through the mailbox. The PF validates every message (a VF may be
-hostile; anything malformed gets an error reply), adds the VF's MAC and VLANs (its SAD domain)
-to each SA the VF asks for, forwards it to the agent, records SA index -> (domain, owner,
-handle) in the ownership database, and answers when the agent has. A VF holds at most `quota`
-SAs.
+hostile; anything malformed gets an error reply) and what it does with it, or with an FLR or a
+removal, depends on the VF's state: the table `VF_TRANSITIONS`, one action per (state, input).
+An ACTIVE VF's inline IPsec messages (ADD_SA, DEL_SA, DEL_SAS, READ_SA, UPDATE_SA, GET_CAPS)
+go to `VfSaOps` (vf_sas.py), which adds the VF's MAC and VLANs (its SAD domain) to each SA it
+asks for, proxies it to the agent within its quota and records SA index -> (domain, owner,
+handle) in the ownership database. A RESET, an FLR (the VM was destroyed) or a removal cleans
+up the VF's domain (`cleanup.py`). The clean-up is done once every transaction under way for
+the VF has finished (`VfInfo.inflight`: its adds and removes, and the clean-up's removals; an
+SA the agent adds meanwhile is removed too), and only then does the PF answer a
+REQUEST_RESOURCES that came in meanwhile. Refusals carry a `MbxStatus`.
 
-What the PF does with a message, an FLR or a removal depends on the VF's state: the table
-`VF_TRANSITIONS`, one action per (state, input). A RESET, an FLR (the VM was destroyed) or a
-removal cleans up the VF's domain (`cleanup.py`). The clean-up is done once every transaction
-under way for the VF has finished (`VfInfo.inflight`: its adds and deletes, and the clean-up's
-removals; an SA the agent adds meanwhile is removed too), and only then does the PF answer a
-REQUEST_RESOURCES that came in meanwhile.
+    state      input                          action                 next
+    INIT       REQUEST_RESOURCES              grant                  ACTIVE
+    INIT       an SA message, GET_CAPS        refuse VF_DOWN         INIT
+    ACTIVE     an SA message, GET_CAPS        VfSaOps                ACTIVE
+    ACTIVE     RESET                          ack, clean up          RESETTING
+    ACTIVE     FLR                            clean up               RESETTING
+    RESETTING  REQUEST_RESOURCES              defer                  RESETTING
+    RESETTING  an SA message, GET_CAPS        refuse NOT_READY       RESETTING
+    RESETTING  CLEANUP_DONE                   -                      INIT
+    RESETTING  CLEANUP_DONE_REQUESTED         grant the deferred     ACTIVE
+    REMOVING   any message                    refuse NOT_READY       REMOVING
+    any        REMOVE                         clean up               REMOVING -> DISABLED
+    any        PF_RESET                       forget                 INIT
 
-    state      input                    action                 next
-    INIT       REQUEST_RESOURCES        grant                  ACTIVE
-    INIT       ADD_SA, DEL_SA           refuse EPERM           INIT
-    ACTIVE     ADD_SA / DEL_SA          proxy to the agent     ACTIVE
-    ACTIVE     RESET                    ack, clean up          RESETTING
-    ACTIVE     FLR                      clean up               RESETTING
-    RESETTING  REQUEST_RESOURCES        defer                  RESETTING
-    RESETTING  ADD_SA, DEL_SA           refuse EBUSY           RESETTING
-    RESETTING  CLEANUP_DONE             -                      INIT
-    RESETTING  CLEANUP_DONE_REQUESTED   grant the deferred     ACTIVE
-    any        REMOVE                   clean up               REMOVING -> DISABLED
-    any        PF_RESET                 forget                 INIT
+(an SA message: ADD_SA, DEL_SA, DEL_SAS, READ_SA, UPDATE_SA.)
 
 What the PF tells a VF on its own (EVENT_PF_RESET: start again and re-add your SAs;
-EVENT_SA_EXPIRE: the agent reported an expiry of one of your SAs) is a notice: the mailbox may
-lose it (spec 9), so the PF resends it every NOTICE_INTERVAL seconds, NOTICE_RESENDS times at
-most, until the VF acknowledges it. The VF's REQUEST_RESOURCES acknowledges an EVENT_PF_RESET
-(what the VF does when told), its reply (0x87, same msg_id) an EVENT_SA_EXPIRE; the VF acts on
-a copy only once.
+EVENT_SA_EXPIRE: the agent reported an expiry of one of your SAs; EVENT_CRYPTO: inline crypto
+is now on, or off, for you) is a notice: the mailbox may lose it (spec 9), so the PF resends it
+every NOTICE_INTERVAL seconds, NOTICE_RESENDS times at most, until the VF acknowledges it. The
+VF's REQUEST_RESOURCES acknowledges an EVENT_PF_RESET (what the VF does when told), its reply
+(0x87 or 0x8C, same msg_id) an EVENT_SA_EXPIRE or EVENT_CRYPTO; the VF acts on a copy only
+once. A new EVENT_CRYPTO replaces one the VF has not acknowledged yet.
 
-An untrusted VF gets no offload (-EOPNOTSUPP). When a VF is enabled, its trust changes or it
+An untrusted VF gets no offload (`vf_sas.py`). When a VF is enabled, its trust changes or it
 is removed, the proxy has its VSI set up accordingly (`vsi_setup.py`: the port tag or the Tx
-EtherType filter, and its address in the agent's hairpin table).
+EtherType filter, and its address in the agent's hairpin table), and an ACTIVE VF whose trust
+changed gets EVENT_CRYPTO.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from functools import partial
 from typing import Any
 
 from ipsec_offload.driver.cleanup import DomainCleanup
-from ipsec_offload.driver.control import AgentControl, Errno, reply_sa_index
-from ipsec_offload.driver.ownership import Ownership, OwnershipDb, with_sa_key
+from ipsec_offload.driver.control import AgentControl
+from ipsec_offload.driver.ownership import Ownership, OwnershipDb
 from ipsec_offload.driver.pf_counters import PfCounters
+from ipsec_offload.driver.vf_info import VfInfo, VfState
+from ipsec_offload.driver.vf_sas import VfSaOps
 from ipsec_offload.driver.vsi_setup import VsiSetup
 from ipsec_offload.errors import ParseError, UsageError
-from ipsec_offload.wire.config import (
-    Opcode,
-    Tlv,
-    decode_add_sa,
-    encode_add_sa,
-    encode_sa_index,
-)
-from ipsec_offload.wire.ethernet import VlanTag, vlan_key
+from ipsec_offload.wire.ethernet import VlanTag
 from ipsec_offload.wire.mailbox import (
     MAILBOX_MAX,
+    CryptoState,
     ExpireKind,
     MailboxMessage,
     MbxOpcode,
+    MbxStatus,
     SaExpire,
     build_mailbox,
-    decode_handle,
-    decode_handle_tlvs,
+    encode_crypto_event,
     encode_handle,
     encode_sa_expire,
     parse_mailbox,
     peek_msg_id,
 )
 
-
-class VfState(IntEnum):
-    """A VF's state as the PF sees it (the rows of VF_TRANSITIONS)."""
-
-    DISABLED = 0
-    INIT = 1
-    ACTIVE = 2
-    RESETTING = 3
-    REMOVING = 4
+__all__ = [
+    "ANSWERS_KEPT",
+    "NOTICE_INTERVAL",
+    "NOTICE_RESENDS",
+    "VF_TRANSITIONS",
+    "VfInfo",
+    "VfInput",
+    "VfProxy",
+    "VfState",
+]
 
 
 class VfInput(IntEnum):
@@ -99,37 +99,47 @@ class VfInput(IntEnum):
     CLEANUP_DONE = 7
     CLEANUP_DONE_REQUESTED = 8
     PF_RESET = 9
+    GET_CAPS = 10
+    UPDATE_SA = 11
+    DEL_SAS = 12
+    READ_SA = 13
 
 
 _S, _I = VfState, VfInput
+_SA_ACTIONS = {
+    _I.ADD_SA: "proxy_add",
+    _I.DEL_SA: "proxy_del",
+    _I.DEL_SAS: "proxy_del_sas",
+    _I.READ_SA: "proxy_read",
+    _I.UPDATE_SA: "update",
+    _I.GET_CAPS: "caps",
+}
+"""An ACTIVE VF's inline IPsec messages: each its action of VfSaOps."""
+
 VF_TRANSITIONS: dict[tuple[VfState, VfInput], tuple[str, VfState]] = {
     (_S.INIT, _I.REQUEST_RESOURCES): ("grant", _S.ACTIVE),
-    (_S.INIT, _I.ADD_SA): ("refuse_eperm", _S.INIT),
-    (_S.INIT, _I.DEL_SA): ("refuse_eperm", _S.INIT),
+    **{(_S.INIT, what): ("refuse_vf_down", _S.INIT) for what in _SA_ACTIONS},
     (_S.INIT, _I.RESET): ("ack", _S.INIT),
     (_S.INIT, _I.FLR): ("nothing", _S.INIT),
     (_S.INIT, _I.REMOVE): ("disable", _S.DISABLED),
     (_S.INIT, _I.PF_RESET): ("forget", _S.INIT),
     (_S.ACTIVE, _I.REQUEST_RESOURCES): ("grant", _S.ACTIVE),
-    (_S.ACTIVE, _I.ADD_SA): ("proxy_add", _S.ACTIVE),
-    (_S.ACTIVE, _I.DEL_SA): ("proxy_del", _S.ACTIVE),
+    **{(_S.ACTIVE, what): (action, _S.ACTIVE) for what, action in _SA_ACTIONS.items()},
     (_S.ACTIVE, _I.RESET): ("ack_and_clean_up", _S.RESETTING),
     (_S.ACTIVE, _I.FLR): ("clean_up", _S.RESETTING),
     (_S.ACTIVE, _I.REMOVE): ("clean_up", _S.REMOVING),
     (_S.ACTIVE, _I.PF_RESET): ("forget", _S.INIT),
     (_S.RESETTING, _I.REQUEST_RESOURCES): ("defer", _S.RESETTING),
-    (_S.RESETTING, _I.ADD_SA): ("refuse_ebusy", _S.RESETTING),
-    (_S.RESETTING, _I.DEL_SA): ("refuse_ebusy", _S.RESETTING),
+    **{(_S.RESETTING, what): ("refuse_not_ready", _S.RESETTING) for what in _SA_ACTIONS},
     (_S.RESETTING, _I.RESET): ("ack", _S.RESETTING),
     (_S.RESETTING, _I.FLR): ("nothing", _S.RESETTING),
     (_S.RESETTING, _I.REMOVE): ("nothing", _S.REMOVING),
     (_S.RESETTING, _I.CLEANUP_DONE): ("nothing", _S.INIT),
     (_S.RESETTING, _I.CLEANUP_DONE_REQUESTED): ("grant_deferred", _S.ACTIVE),
     (_S.RESETTING, _I.PF_RESET): ("forget", _S.INIT),
-    (_S.REMOVING, _I.REQUEST_RESOURCES): ("refuse_ebusy", _S.REMOVING),
-    (_S.REMOVING, _I.ADD_SA): ("refuse_ebusy", _S.REMOVING),
-    (_S.REMOVING, _I.DEL_SA): ("refuse_ebusy", _S.REMOVING),
-    (_S.REMOVING, _I.RESET): ("refuse_ebusy", _S.REMOVING),
+    (_S.REMOVING, _I.REQUEST_RESOURCES): ("refuse_not_ready", _S.REMOVING),
+    **{(_S.REMOVING, what): ("refuse_not_ready", _S.REMOVING) for what in _SA_ACTIONS},
+    (_S.REMOVING, _I.RESET): ("refuse_not_ready", _S.REMOVING),
     (_S.REMOVING, _I.FLR): ("nothing", _S.REMOVING),
     (_S.REMOVING, _I.REMOVE): ("nothing", _S.REMOVING),
     (_S.REMOVING, _I.CLEANUP_DONE): ("disable", _S.DISABLED),
@@ -152,28 +162,13 @@ _MESSAGE_INPUT = {
     MbxOpcode.ADD_SA: VfInput.ADD_SA,
     MbxOpcode.DEL_SA: VfInput.DEL_SA,
     MbxOpcode.RESET: VfInput.RESET,
+    MbxOpcode.GET_CAPS: VfInput.GET_CAPS,
+    MbxOpcode.UPDATE_SA: VfInput.UPDATE_SA,
+    MbxOpcode.DEL_SAS: VfInput.DEL_SAS,
+    MbxOpcode.READ_SA: VfInput.READ_SA,
 }
-
-
-@dataclass(slots=True)
-class VfInfo:
-    """What the PF knows of one VF."""
-
-    vf_id: int
-    vsi_id: int
-    mac: bytes
-    vlans: tuple[VlanTag, ...]
-    trusted: bool = True
-    quota: int = 128
-    state: VfState = VfState.INIT
-    inflight: int = 0
-    """Agent transactions under way for this VF (adds and removes)."""
-    deferred_request: int | None = None
-    """msg_id of a REQUEST_RESOURCES waiting for the clean-up to finish."""
-    pending_handles: set[int] = field(default_factory=set)
-    answered: OrderedDict[int, bytes | None] = field(default_factory=OrderedDict)
-    """The VF's recent msg_ids -> the reply sent (None: not yet), so that a duplicated
-    message is answered once (spec 9: a mailbox message may arrive twice)."""
+_ACKED_BY_REPLY = frozenset((MbxOpcode.EVENT_SA_EXPIRE, MbxOpcode.EVENT_CRYPTO))
+"""The notices a VF acknowledges with its reply (same msg_id)."""
 
 
 @dataclass(slots=True)
@@ -202,8 +197,9 @@ class VfProxy:
         extended_key: bool,
     ) -> None:
         self.vfs: dict[int, VfInfo] = {}
-        self.extended_key = extended_key
-        self._control = control
+        self._sas = VfSaOps(
+            control, db, counters, self._reply, self._settled, extended_key=extended_key
+        )
         self._db = db
         self._cleanup = cleanup
         self._vsis = vsis
@@ -234,11 +230,18 @@ class VfProxy:
         self._vsis.set_trust(vsi_id, trusted)
         self._vsis.register_local(mac, vlans, now)
 
-    def set_vf_trust(self, vf_id: int, trusted: bool) -> None:
-        """`ip link set ... vf N trust on|off`: untrusted VFs get the port tag."""
+    def set_vf_trust(self, vf_id: int, trusted: bool, now: float = 0.0) -> None:
+        """`ip link set ... vf N trust on|off`: untrusted VFs get the port tag; an ACTIVE VF
+        whose trust changed is told that inline crypto is now on or off for it (EVENT_CRYPTO,
+        resent until it answers, replacing one it has not answered)."""
         vf = self._vf(vf_id)
+        changed = vf.trusted != trusted
         vf.trusted = trusted
         self._vsis.set_trust(vf.vsi_id, trusted)
+        if changed and vf.state == VfState.ACTIVE:
+            self._drop_notices(vf_id, MbxOpcode.EVENT_CRYPTO)
+            body = encode_crypto_event(CryptoState.ON if trusted else CryptoState.OFF)
+            self._notice(vf_id, MbxOpcode.EVENT_CRYPTO, body, now)
 
     def vf_flr(self, vf_id: int, now: float) -> None:
         """A function-level reset from the hypervisor: the VM was destroyed or reset (a new
@@ -282,8 +285,9 @@ class VfProxy:
         self._notices[(vf_id, msg_id)] = _Notice(vf_id, opcode, data, now + NOTICE_INTERVAL)
         self._mailbox_out.append((vf_id, data))
 
-    def _acknowledged(self, vf_id: int, opcode: MbxOpcode, msg_id: int | None = None) -> None:
-        """The VF acknowledged its notices of this kind (with `msg_id`: that one alone)."""
+    def _drop_notices(self, vf_id: int, opcode: MbxOpcode, msg_id: int | None = None) -> None:
+        """Stop resending the VF's notices of this kind (with `msg_id`: that one alone): the
+        VF acknowledged them, or a newer one replaces them."""
         for key, notice in list(self._notices.items()):
             if notice.vf_id == vf_id and notice.opcode == opcode and msg_id in (None, key[1]):
                 del self._notices[key]
@@ -325,17 +329,17 @@ class VfProxy:
         try:
             message = parse_mailbox(data)
         except ParseError:
-            errno = Errno.EMSGSIZE if len(data) > MAILBOX_MAX else Errno.EINVAL
-            self._reply_raw(vf, MbxOpcode.ERROR, peek_msg_id(data), errno)
+            status = MbxStatus.TOO_BIG if len(data) > MAILBOX_MAX else MbxStatus.INVALID_PARAMS
+            self._reply_raw(vf, MbxOpcode.ERROR, peek_msg_id(data), status)
             return
         opcode = message.opcode
-        if opcode == MbxOpcode.EVENT_SA_EXPIRE | MbxOpcode.REPLY:
-            self._acknowledged(vf_id, MbxOpcode.EVENT_SA_EXPIRE, message.msg_id)
+        if message.is_reply and message.base_opcode in _ACKED_BY_REPLY:
+            self._drop_notices(vf_id, MbxOpcode(message.base_opcode), message.msg_id)
             return
         if opcode == MbxOpcode.REQUEST_RESOURCES:
-            self._acknowledged(vf_id, MbxOpcode.EVENT_PF_RESET)
+            self._drop_notices(vf_id, MbxOpcode.EVENT_PF_RESET)
         if message.is_reply or opcode not in _MESSAGE_INPUT:
-            self._reply_raw(vf, MbxOpcode.ERROR, message.msg_id, Errno.EINVAL)
+            self._reply_raw(vf, MbxOpcode.ERROR, message.msg_id, MbxStatus.INVALID_PARAMS)
             return
         if message.msg_id in vf.answered:
             # a copy: its reply again once there is one, never a second action
@@ -354,15 +358,17 @@ class VfProxy:
         out, self._mailbox_out = self._mailbox_out, []
         return out
 
-    def _reply(self, vf: VfInfo, message: MailboxMessage, errno: int, body: bytes = b"") -> None:
-        self._reply_raw(vf, MbxOpcode(message.opcode), message.msg_id, errno, body)
+    def _reply(
+        self, vf: VfInfo, message: MailboxMessage, status: MbxStatus, body: bytes = b""
+    ) -> None:
+        self._reply_raw(vf, MbxOpcode(message.opcode), message.msg_id, status, body)
 
     def _reply_raw(
-        self, vf: VfInfo, opcode: MbxOpcode, msg_id: int, errno: int, body: bytes = b""
+        self, vf: VfInfo, opcode: MbxOpcode, msg_id: int, status: MbxStatus, body: bytes = b""
     ) -> None:
-        if errno:
+        if status:
             self._counters.mailbox_errors += 1
-        reply = build_mailbox(MailboxMessage(opcode | MbxOpcode.REPLY, msg_id, body, abs(errno)))
+        reply = build_mailbox(MailboxMessage(opcode | MbxOpcode.REPLY, msg_id, body, status))
         if msg_id in vf.answered:
             vf.answered[msg_id] = reply
         self._mailbox_out.append((vf.vf_id, reply))
@@ -370,26 +376,36 @@ class VfProxy:
     # -- the VF state machine ---------------------------------------------------------------
 
     def step(self, vf: VfInfo, what: VfInput, message: MailboxMessage | None, now: float) -> None:
-        """Take one step of VF_TRANSITIONS: the next state, then the action (`_vf_<action>`)."""
+        """Take one step of VF_TRANSITIONS: the next state, then the action (`_vf_<action>`,
+        or VfSaOps' for an ACTIVE VF's inline IPsec message)."""
         row = VF_TRANSITIONS.get((vf.state, what))
         if row is None:
             self._counters.mailbox_ignored += 1
             return
         action, next_state = row
         vf.state = next_state
-        getattr(self, "_vf_" + action)(vf, message, now)
+        sa_action = self._sas.actions.get(action)
+        if sa_action is None:
+            getattr(self, "_vf_" + action)(vf, message, now)
+        else:
+            assert message is not None
+            sa_action(vf, message, now)
 
     def _vf_nothing(self, vf: VfInfo, message: MailboxMessage | None, now: float) -> None:
         pass
 
     def _vf_grant(self, vf: VfInfo, message: MailboxMessage | None, now: float) -> None:
         assert message is not None
-        self._reply(vf, message, 0, encode_handle(vf.quota))
+        self._reply(vf, message, MbxStatus.SUCCESS, encode_handle(vf.quota))
 
     def _vf_grant_deferred(self, vf: VfInfo, message: MailboxMessage | None, now: float) -> None:
         assert vf.deferred_request is not None
         self._reply_raw(
-            vf, MbxOpcode.REQUEST_RESOURCES, vf.deferred_request, 0, encode_handle(vf.quota)
+            vf,
+            MbxOpcode.REQUEST_RESOURCES,
+            vf.deferred_request,
+            MbxStatus.SUCCESS,
+            encode_handle(vf.quota),
         )
         vf.deferred_request = None
 
@@ -399,15 +415,15 @@ class VfProxy:
 
     def _vf_ack(self, vf: VfInfo, message: MailboxMessage | None, now: float) -> None:
         assert message is not None
-        self._reply(vf, message, 0)
+        self._reply(vf, message, MbxStatus.SUCCESS)
 
-    def _vf_refuse_eperm(self, vf: VfInfo, message: MailboxMessage | None, now: float) -> None:
+    def _vf_refuse_vf_down(self, vf: VfInfo, message: MailboxMessage | None, now: float) -> None:
         assert message is not None
-        self._reply(vf, message, Errno.EPERM)
+        self._reply(vf, message, MbxStatus.VF_DOWN)
 
-    def _vf_refuse_ebusy(self, vf: VfInfo, message: MailboxMessage | None, now: float) -> None:
+    def _vf_refuse_not_ready(self, vf: VfInfo, message: MailboxMessage | None, now: float) -> None:
         assert message is not None
-        self._reply(vf, message, Errno.EBUSY)
+        self._reply(vf, message, MbxStatus.NOT_READY)
 
     def _vf_ack_and_clean_up(self, vf: VfInfo, message: MailboxMessage | None, now: float) -> None:
         self._vf_ack(vf, message, now)
@@ -421,82 +437,7 @@ class VfProxy:
         vf.deferred_request = None
         vf.pending_handles.clear()
         vf.inflight = 0
-
-    def _vf_proxy_add(self, vf: VfInfo, message: MailboxMessage | None, now: float) -> None:
-        assert message is not None
-        try:
-            handle, tlvs = decode_handle_tlvs(message.body)
-            request = decode_add_sa(tlvs)
-        except ParseError:
-            self._reply(vf, message, Errno.EINVAL)
-            return
-        if request.local_mac is not None or request.vlans:
-            self._reply(vf, message, Errno.EINVAL)  # a VF does not choose its domain
-            return
-        if not vf.trusted:
-            self._reply(vf, message, Errno.EOPNOTSUPP)
-            return
-        if handle in vf.pending_handles or self._handle_index(vf.vf_id, handle) is not None:
-            self._reply(vf, message, Errno.EEXIST)
-            return
-        if len(self._db.owned_by(vf.vf_id)) + len(vf.pending_handles) >= vf.quota:
-            self._reply(vf, message, Errno.ENOSPC)
-            return
-        request = with_sa_key(request, vf.mac, vf.vlans, extended_key=self.extended_key)
-        request_message = message
-        vf.pending_handles.add(handle)
-        vf.inflight += 1
-
-        def then(rc: int, tlvs: tuple[Tlv, ...] | None, now: float) -> None:
-            vf.inflight -= 1
-            vf.pending_handles.discard(handle)
-            index = reply_sa_index(tlvs) if rc == 0 else None
-            entry = None
-            if index is not None:
-                entry = Ownership(index, vf.vf_id, handle, vf.mac, vlan_key(vf.vlans))
-                self._db.add(entry)
-            if vf.state == VfState.ACTIVE:
-                errno = 0 if index is not None else -(rc or -Errno.EINVAL)
-                body = encode_handle(index) if index is not None else b""
-                self._reply(vf, request_message, errno, body)
-            elif entry is not None:  # added after the clean-up of its domain began
-                self._clean_up(vf, [entry], now)
-            self._cleanup_progress(vf, now)
-
-        self._control.request(Opcode.ADD_SA, encode_add_sa(request), now, then)
-
-    def _vf_proxy_del(self, vf: VfInfo, message: MailboxMessage | None, now: float) -> None:
-        assert message is not None
-        try:
-            handle = decode_handle(message.body)
-        except ParseError:
-            self._reply(vf, message, Errno.EINVAL)
-            return
-        index = self._handle_index(vf.vf_id, handle)
-        if index is None:
-            self._reply(vf, message, Errno.ENOENT)  # not this VF's: foreign or stale
-            return
-        request_message = message
-        vf.inflight += 1
-
-        def then(rc: int, _tlvs: tuple[Tlv, ...] | None, now: float) -> None:
-            vf.inflight -= 1
-            if rc == -Errno.ETIMEDOUT:
-                # the VF's stack frees the state all the same: the SA, if the agent still has
-                # it, is an orphan for the reconciliation (resync.py)
-                self._db.remove(index)
-            if rc in (0, -Errno.ENOENT):
-                self._db.remove(index)
-                rc = 0
-            if vf.state == VfState.ACTIVE:
-                self._reply(vf, request_message, -rc)
-            self._cleanup_progress(vf, now)
-
-        self._control.request(Opcode.REMOVE_SA, encode_sa_index(index), now, then)
-
-    def _handle_index(self, owner: int, handle: int) -> int | None:
-        entry = self._db.lookup(owner, handle)
-        return None if entry is None else entry.sa_index
+        vf.requests = 0
 
     # -- clean-up of a domain ---------------------------------------------------------------
 
@@ -506,6 +447,13 @@ class VfProxy:
 
     def _clean_up(self, vf: VfInfo, entries: list[Ownership], now: float) -> None:
         vf.inflight += self._cleanup.clean_up(entries, now, partial(self._removed, vf))
+
+    def _settled(self, vf: VfInfo, late: list[Ownership], now: float) -> None:
+        """An agent transaction of the VF's SA messages finished; `late`: SAs it added after
+        the clean-up of the VF's domain began, removed now."""
+        if late:
+            self._clean_up(vf, late, now)
+        self._cleanup_progress(vf, now)
 
     def _removed(self, vf: VfInfo, now: float) -> None:
         vf.inflight -= 1
