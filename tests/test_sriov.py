@@ -416,7 +416,7 @@ def test_scale_64_vfs_with_64_sas_each() -> None:
 def test_offload_lost_after_a_reset_falls_back_to_software() -> None:
     bed = sriov_bed()
     vm = vm_with_sas(bed, "vm1", 0, pairs=1)
-    pf_of(bed).set_vf_trust(0, False)  # re-adding will be refused
+    pf_of(bed).set_vf_trust(0, False, bed.now)  # re-adding will be refused
     bed.reset_vf(vm)
     assert [s.offload for s in vm.states.values()] == [Offload.SOFTWARE, Offload.SOFTWARE]
     assert vm.counters.offload_lost == 2

@@ -242,9 +242,10 @@ class PfDriver(RingDriver):
         """Bring a VF up (its VSI exists on the NIC); it starts in INIT."""
         self.vf_proxy.enable_vf(vf_id, vsi_id, mac, vlans, trusted=trusted, quota=quota, now=now)
 
-    def set_vf_trust(self, vf_id: int, trusted: bool) -> None:
-        """`ip link set ... vf N trust on|off`: untrusted VFs get the port tag."""
-        self.vf_proxy.set_vf_trust(vf_id, trusted)
+    def set_vf_trust(self, vf_id: int, trusted: bool, now: float) -> None:
+        """`ip link set ... vf N trust on|off`: untrusted VFs get the port tag; an ACTIVE VF
+        is told that inline crypto is now on or off for it (EVENT_CRYPTO)."""
+        self.vf_proxy.set_vf_trust(vf_id, trusted, now)
 
     def vf_flr(self, vf_id: int, now: float) -> None:
         """A function-level reset from the hypervisor: the VM was destroyed or reset."""

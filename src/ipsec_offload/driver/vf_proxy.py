@@ -230,7 +230,7 @@ class VfProxy:
         self._vsis.set_trust(vsi_id, trusted)
         self._vsis.register_local(mac, vlans, now)
 
-    def set_vf_trust(self, vf_id: int, trusted: bool, now: float = 0.0) -> None:
+    def set_vf_trust(self, vf_id: int, trusted: bool, now: float) -> None:
         """`ip link set ... vf N trust on|off`: untrusted VFs get the port tag; an ACTIVE VF
         whose trust changed is told that inline crypto is now on or off for it (EVENT_CRYPTO,
         resent until it answers, replacing one it has not answered)."""
