@@ -26,6 +26,7 @@ from ipsec_offload.sim.observer import WireObserver
 from ipsec_offload.sim.pcap import PcapRecord, read_pcap, write_pcap
 from ipsec_offload.sim.testbed import Testbed
 from ipsec_offload.wire.config import Direction, Opcode, decode_caps, parse_config
+from ipsec_offload.wire.ethernet import EtherType
 
 pytestmark = pytest.mark.usefixtures("agent_path")
 
@@ -151,13 +152,16 @@ def test_restart_agent() -> None:
     assert WireObserver(bed).check() == []
 
 
+_CONFIG = EtherType.CONFIG.to_bytes(2, "big")
+
+
 def _get_caps_times(bed: Testbed, since: int) -> list[float]:
     """When the PF asked GET_CAPS (nic-to-agent records from `since` on)."""
     records = bed.captures["nic-to-agent"].records[since:]
     return [
         r.time
         for r in records
-        if r.frame[12:14] == b"\x88\xb6" and parse_config(r.frame[14:]).opcode == Opcode.GET_CAPS
+        if r.frame[12:14] == _CONFIG and parse_config(r.frame[14:]).opcode == Opcode.GET_CAPS
     ]
 
 

@@ -51,12 +51,14 @@ from ipsec_offload.wire.config import (
     Direction,
     Event,
     Opcode,
+    SaStats,
     Tlv,
     build_config,
     decode_add_sa,
     decode_caps,
     decode_event,
     decode_sa_index,
+    decode_sa_stats,
     parse_config,
 )
 from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, build_ethernet, check_ethertype
@@ -348,6 +350,17 @@ class AgentControl:
         lost = done.opcode in (Opcode.ADD_SA, Opcode.REMOVE_SA) and done.rc == -Errno.ETIMEDOUT
         if lost and self.on_timeout is not None:
             self.on_timeout(now)
+
+
+def reply_sa_stats(rc: int, tlvs: tuple[Tlv, ...] | None) -> tuple[int, SaStats | None]:
+    """A GET_SA_STATS outcome as (return code, counters): a reply whose STATS do not decode
+    is -EINVAL, and there are no counters but in a decoded reply."""
+    if tlvs is None:
+        return rc, None
+    try:
+        return rc, decode_sa_stats(tlvs)
+    except ParseError:
+        return -Errno.EINVAL, None
 
 
 def reply_sa_index(tlvs: tuple[Tlv, ...] | None) -> int | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ipsec_offload.driver.control import AgentControl, Errno, reply_sa_index
+from ipsec_offload.driver.control import AgentControl, Errno, reply_sa_index, reply_sa_stats
 from ipsec_offload.driver.ownership import PF_OWNER, Ownership, OwnershipDb, with_sa_key
 from ipsec_offload.driver.ring import (
     DriverEvent,
@@ -29,12 +29,11 @@ from ipsec_offload.driver.ring import (
     StatsDone,
     add_sa_request,
 )
-from ipsec_offload.errors import ParseError, UsageError
+from ipsec_offload.errors import UsageError
 from ipsec_offload.wire.config import (
     Direction,
     Opcode,
     Tlv,
-    decode_sa_stats,
     encode_add_sa,
     encode_sa_index,
 )
@@ -169,10 +168,6 @@ class OwnStates:
             return
 
         def then(rc: int, tlvs: tuple[Tlv, ...] | None, now: float) -> None:
-            try:
-                stats = decode_sa_stats(tlvs) if tlvs is not None else None
-            except ParseError:
-                rc, stats = -Errno.EINVAL, None
-            self._emit(StatsDone(handle, rc, stats))
+            self._emit(StatsDone(handle, *reply_sa_stats(rc, tlvs)))
 
         self._control.request(Opcode.GET_SA_STATS, encode_sa_index(index), now, then)

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TypeVar
 
-from ipsec_offload.driver.control import AgentControl, Errno, reply_sa_index
+from ipsec_offload.driver.control import AgentControl, Errno, reply_sa_index, reply_sa_stats
 from ipsec_offload.driver.ownership import Ownership, OwnershipDb, with_sa_key
 from ipsec_offload.driver.pf_counters import PfCounters
 from ipsec_offload.driver.vf_info import VfInfo, VfState
@@ -42,10 +42,8 @@ from ipsec_offload.errors import ParseError
 from ipsec_offload.wire.config import (
     AddSaRequest,
     Opcode,
-    SaStats,
     Tlv,
     decode_add_sa,
-    decode_sa_stats,
     encode_add_sa,
     encode_sa_index,
 )
@@ -282,12 +280,7 @@ class VfSaOps:
             return
 
         def then(rc: int, tlvs: tuple[Tlv, ...] | None, now: float) -> None:
-            stats: SaStats | None = None
-            if tlvs is not None:
-                try:
-                    stats = decode_sa_stats(tlvs)
-                except ParseError:
-                    rc = -Errno.EINVAL
+            rc, stats = reply_sa_stats(rc, tlvs)
             if stats is None:
                 self._answer(vf, message, _status(rc), b"", now)
                 return
