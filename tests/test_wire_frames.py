@@ -19,7 +19,7 @@ from scapy.layers.ipsec import ESP
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 
 from ipsec_offload.crypto.esp import explicit_iv
-from ipsec_offload.driver.ring import TxOffload
+from ipsec_offload.driver.ring import NetdevFeature, TxOffload
 from ipsec_offload.errors import UsageError
 from ipsec_offload.host.stack import HostStack
 from ipsec_offload.host.xfrm import Offload, XfrmPolicy, XfrmState
@@ -65,8 +65,7 @@ def build(request: pytest.FixtureRequest) -> BuildFrames:
 class _Device:
     """A device that keeps what the stack transmits and offloads every state."""
 
-    hw_esp_offload = True
-    hw_tso = False
+    features = NetdevFeature.HW_ESP
     ifname = "eth0"
 
     def __init__(self) -> None:
@@ -78,9 +77,11 @@ class _Device:
     def events(self) -> list[Any]:
         return []
 
-    def xdo_dev_state_add(self, state: Any, now: float) -> None: ...
+    def xdo_dev_state_add(self, state: Any, extack: Any, now: float) -> int:
+        return 0
+
     def xdo_dev_state_delete(self, handle: int, now: float) -> None: ...
-    def xdo_dev_state_free(self, handle: int) -> None: ...
+    def xdo_dev_state_free(self, handle: int, now: float) -> None: ...
     def xdo_dev_offload_ok(self, handle: int) -> bool:
         return True
 

@@ -34,6 +34,11 @@ class UsageError(IpsecOffloadError):
     """The API was called wrongly; the message says what to fix."""
 
 
+class SimulationError(IpsecOffloadError):
+    """The simulation cannot go on: it did not settle (a loop that never ends is a model bug),
+    or a driver waits for an answer nothing is left to give."""
+
+
 class ScenarioError(IpsecOffloadError):
     """A scenario file is invalid: names the file, the field and what is wrong."""
 

@@ -46,12 +46,12 @@ from ipsec_offload.driver.own_states import OwnStates
 from ipsec_offload.driver.ownership import OwnershipDb
 from ipsec_offload.driver.pf_counters import PfCounters
 from ipsec_offload.driver.resync import CAPS_INTERVAL, Resync
-from ipsec_offload.driver.ring import DriverEvent, OffloadState, RingDriver
+from ipsec_offload.driver.ring import DriverEvent, ExtAck, OffloadState, RingDriver
 from ipsec_offload.driver.vf_proxy import VF_TRANSITIONS, VfInfo, VfInput, VfProxy, VfState
 from ipsec_offload.driver.vsi_setup import UNTRUSTED_PORT_TAG, VsiSetup
 from ipsec_offload.nic.admin import AdminCommand
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
-from ipsec_offload.wire.config import Caps
+from ipsec_offload.wire.config import Caps, SaStats
 from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, VlanTag
 
 DEFAULT_AGENT_MAC = bytes.fromhex("020000000001")
@@ -92,7 +92,14 @@ class PfDriver(RingDriver):
         self.db = OwnershipDb()
         self.pf_counters = PfCounters()
         self.own_states = OwnStates(
-            self.control, self.db, self.sa_index, self._emit, mac, vlans, extended_key=extended_key
+            self.control,
+            self.db,
+            self.sa_index,
+            self._emit,
+            lambda done, now: self.wait(done, now),
+            mac,
+            vlans,
+            extended_key=extended_key,
         )
         self.cleanup = DomainCleanup(
             self.control, self.db, self.pf_counters, ownership_db=ownership_db
@@ -210,21 +217,21 @@ class PfDriver(RingDriver):
 
     # -- the PF's own xdo_dev_* operations ----------------------------------------------
 
-    def xdo_dev_state_add(self, state: OffloadState, now: float) -> None:
-        """Offload a state; completes with StateAddDone (rc 0 or a negative errno)."""
-        self.own_states.xdo_dev_state_add(state, now)
+    def xdo_dev_state_add(self, state: OffloadState, extack: ExtAck, now: float) -> int:
+        """Offload a state, waiting for the agent: 0 or a negative errno (`extack` says why)."""
+        return self.own_states.xdo_dev_state_add(state, extack, now)
 
     def xdo_dev_state_delete(self, handle: int, now: float) -> None:
-        """Remove an offloaded state from the agent; completes with StateDeleteDone."""
+        """Start removing an offloaded state from the agent; returns at once."""
         self.own_states.xdo_dev_state_delete(handle, now)
 
-    def xdo_dev_state_free(self, handle: int) -> None:
-        """Forget a state after its delete completed (Linux frees driver memory here)."""
-        self.own_states.xdo_dev_state_free(handle)
+    def xdo_dev_state_free(self, handle: int, now: float) -> None:
+        """Wait for the state's removal, then forget it (Linux frees driver memory here)."""
+        self.own_states.xdo_dev_state_free(handle, now)
 
-    def xdo_dev_state_update_stats(self, handle: int, now: float) -> None:
-        """Fetch the agent's counters of a state; completes with StatsDone."""
-        self.own_states.xdo_dev_state_update_stats(handle, now)
+    def xdo_dev_state_update_stats(self, handle: int, now: float) -> SaStats | None:
+        """The agent's counters of an offloaded state, waited for (None: none to read)."""
+        return self.own_states.xdo_dev_state_update_stats(handle, now)
 
     # -- the hypervisor's side: VFs and their VSIs ---------------------------------------
 

@@ -6,16 +6,23 @@ from collections.abc import Iterable, Sequence
 from functools import partial
 
 from ipsec_offload.burst import reference_items
-from ipsec_offload.driver.ring import DriverEvent, OffloadState, PacketReceived, TxOffload
+from ipsec_offload.driver.ring import (
+    DriverEvent,
+    ExtAck,
+    NetdevFeature,
+    OffloadState,
+    PacketReceived,
+    TxOffload,
+)
 from ipsec_offload.errors import UsageError
 from ipsec_offload.nic import fastpath
+from ipsec_offload.wire.config import SaStats
 
 
 class PlainDriver:
     """Frames in and out as they are; the xdo_dev_* calls are refused (no NETIF_F_HW_ESP)."""
 
-    hw_esp_offload = False
-    hw_tso = False
+    features = NetdevFeature(0)
     ifname = "eth0"
     """The interface's name, as `ip` shows it."""
 
@@ -55,17 +62,21 @@ class PlainDriver:
         events, self._events = self._events, []
         return events
 
-    def xdo_dev_state_add(self, state: OffloadState, now: float) -> None:
-        raise UsageError("this device has no ESP offload (hw_esp_offload is False)")
+    def xdo_dev_state_add(self, state: OffloadState, extack: ExtAck, now: float) -> int:
+        raise _no_offload()
 
     def xdo_dev_state_delete(self, handle: int, now: float) -> None:
-        raise UsageError("this device has no ESP offload (hw_esp_offload is False)")
+        raise _no_offload()
 
-    def xdo_dev_state_free(self, handle: int) -> None:
-        raise UsageError("this device has no ESP offload (hw_esp_offload is False)")
+    def xdo_dev_state_free(self, handle: int, now: float) -> None:
+        raise _no_offload()
 
     def xdo_dev_offload_ok(self, handle: int) -> bool:
         return False
 
-    def xdo_dev_state_update_stats(self, handle: int, now: float) -> None:
-        raise UsageError("this device has no ESP offload (hw_esp_offload is False)")
+    def xdo_dev_state_update_stats(self, handle: int, now: float) -> SaStats | None:
+        raise _no_offload()
+
+
+def _no_offload() -> UsageError:
+    return UsageError("this device has no ESP offload (no NETIF_F_HW_ESP): add states without")

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum, IntFlag
 
-from ipsec_offload.errors import ParseError, UsageError
+from ipsec_offload.errors import ParseError, SimulationError, UsageError
 from ipsec_offload.nic import fastpath
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
-from ipsec_offload.wire.config import AddSaRequest, Algorithm, Caps, Direction, SaStats
+from ipsec_offload.wire.config import AddSaRequest, Algorithm, Caps, Direction
 from ipsec_offload.wire.ethernet import EthernetHeader, VlanTag, parse_ethernet
 from ipsec_offload.wire.mailbox import ExpireKind
 from ipsec_offload.wire.metadata import (
@@ -25,6 +26,83 @@ from ipsec_offload.wire.metadata import (
     build_tx_metadata,
     parse_rx_metadata,
 )
+
+
+class NetdevFeature(IntFlag):
+    """The IPsec features a net device announces (Linux's netdev_features_t bits by name)."""
+
+    HW_ESP = 1
+    """NETIF_F_HW_ESP: xfrmdev_ops are there; states may be offloaded."""
+    HW_ESP_TX_CSUM = 2
+    """NETIF_F_HW_ESP_TX_CSUM: the device computes the inner checksum of offloaded sends."""
+    GSO_ESP = 4
+    """NETIF_F_GSO_ESP: large sends over an offloaded state are segmented by the device."""
+
+
+ESP_FEATURES = NetdevFeature.HW_ESP | NetdevFeature.HW_ESP_TX_CSUM | NetdevFeature.GSO_ESP
+
+
+class ExtAck:
+    """Linux's netlink extended ack as the xdo_dev_* calls fill it: one message for the user
+    (`ip xfrm state add` prints it). `set` is NL_SET_ERR_MSG; `set_weak` is
+    NL_SET_ERR_MSG_WEAK, which keeps a message set before."""
+
+    __slots__ = ("msg",)
+
+    def __init__(self) -> None:
+        self.msg: str | None = None
+
+    def set(self, msg: str) -> None:
+        self.msg = msg
+
+    def set_weak(self, msg: str) -> None:
+        if self.msg is None:
+            self.msg = msg
+
+
+Waiter = Callable[[Callable[[], bool], float], float]
+"""How a driver waits (Linux's wait_for_completion): its environment runs the port from `now`
+until `done()` holds and returns the time then, or raises SimulationError when nothing is left
+that could make it hold. The Testbed gives its drivers one."""
+
+
+def no_waiter(_done: Callable[[], bool], _now: float) -> float:
+    """The default `Waiter`: a driver alone cannot wait for anyone."""
+    raise SimulationError(
+        "this driver waits for the agent's answer: give it a `wait` that runs the port (the"
+        " Testbed gives its drivers one)"
+    )
+
+
+_ERRNO_TEXT = {
+    1: "the PF refused: the VF is not set up for offload yet",
+    2: "the device does not hold this state",
+    13: "this VF may not offload IPsec (not trusted)",
+    16: "the VF is being reset",
+    17: "the agent holds an SA with this SPI and destination already",
+    22: "the agent refused the SA as invalid",
+    28: "no room for another SA (the agent's SAD or the VF's quota is full)",
+    90: "the request does not fit a mailbox message",
+    95: "the device cannot offload this state",
+    110: "no answer from the agent (the config channel gave up after its retries)",
+}
+"""The extack message a driver gives with each errno of a failed xdo_dev_state_add."""
+
+
+def errno_text(rc: int) -> str:
+    """The extack message for the negative errno `rc`."""
+    return _ERRNO_TEXT.get(-rc, f"the device failed to offload this state (errno {-rc})")
+
+
+class OffloadType(IntEnum):
+    """What a device offload of a state does (Linux's enum xfrm_dev_offload_type)."""
+
+    CRYPTO = 1
+    """The device encrypts and decrypts; the stack keeps headers, numbers and lifetimes
+    (XFRM_DEV_OFFLOAD_CRYPTO, `ip xfrm state ... offload crypto`)."""
+    PACKET = 2
+    """The device does the whole ESP processing (XFRM_DEV_OFFLOAD_PACKET): not supported by
+    this device, refused at the add."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +124,7 @@ class OffloadState:
     lifetime_bytes: int = 0
     soft_lifetime_packets: int = 0
     soft_lifetime_bytes: int = 0
+    offload_type: OffloadType = OffloadType.CRYPTO
     handover_seq: Callable[[], int | None] | None = field(default=None, compare=False)
     """Reads the stack's live state at the moment an ADD_SA is built (Linux hands the driver
     the `struct xfrm_state` itself): outbound the next sequence number, inbound the highest
@@ -97,22 +176,12 @@ class TxOffload:
 
 @dataclass(frozen=True, slots=True)
 class StateAddDone:
+    """The driver re-installed an offloaded state nobody waited for (after a PF or VF reset,
+    an agent restart, or a listing that missed it): it is in the agent again."""
+
     handle: int
     rc: int
     sa_index: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class StateDeleteDone:
-    handle: int
-    rc: int
-
-
-@dataclass(frozen=True, slots=True)
-class StatsDone:
-    handle: int
-    rc: int
-    stats: SaStats | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +224,6 @@ class PacketReceived:
 
 DriverEvent = (
     StateAddDone
-    | StateDeleteDone
-    | StatsDone
     | CapsDone
     | OffloadLost
     | StateExpired
@@ -183,14 +250,16 @@ class DriverCounters:
 class RingDriver:
     """The data path of a PF or VF driver: Tx and Rx rings, and the queue of events."""
 
-    hw_esp_offload = True
-    hw_tso = True
+    features = ESP_FEATURES
     ifname = "eth0"
     """The interface's name (a VF's in its VM; the PF's is i40e's `ens1f0`), as `ip` shows it."""
 
     def __init__(self, mac: bytes, vlans: tuple[VlanTag, ...] = ()) -> None:
         self.mac = mac
         self.vlans = vlans
+        self.wait: Waiter = no_waiter
+        """How the xdo_dev_* calls that need the agent's answer wait for it (set by the
+        driver's environment: the Testbed's runs the port meanwhile)."""
         self.counters = DriverCounters()
         self.sa_index: dict[int, int] = {}
         """The stack's handle of each offloaded state -> its index in the agent SAD."""

@@ -39,17 +39,18 @@ from enum import IntEnum
 from ipsec_offload.crypto.keywrap import wrap_key
 from ipsec_offload.driver.control import Errno
 from ipsec_offload.driver.ring import (
+    ExtAck,
     OffloadLost,
     OffloadState,
+    OffloadType,
     RingDriver,
     StateAddDone,
-    StateDeleteDone,
     StateExpired,
-    StatsDone,
     add_sa_request,
+    errno_text,
 )
 from ipsec_offload.errors import ParseError, UsageError
-from ipsec_offload.wire.config import encode_add_sa
+from ipsec_offload.wire.config import SaStats, encode_add_sa
 from ipsec_offload.wire.ethernet import VlanTag
 from ipsec_offload.wire.mailbox import (
     MailboxMessage,
@@ -130,6 +131,10 @@ class VfDriver(RingDriver):
         self.vf_counters = VfCounters()
         self._states: dict[int, OffloadState] = {}
         self._parked: set[int] = set()
+        self._adding: dict[int, int | None] = {}
+        """Handles whose xdo_dev_state_add waits: None, then the return value."""
+        self._deleting: set[int] = set()
+        """Handles whose DEL_SA is under way (xdo_dev_state_free waits for it)."""
         self._pending: dict[int, _Request] = {}
         self._now = 0.0
         """The time of the latest call that gave one (continuations have none of their own)."""
@@ -206,6 +211,7 @@ class VfDriver(RingDriver):
                 return
             self._lose_offloads()
             self._pending.clear()
+            self._deleting.clear()  # the PF forgot them: gone from the agent
             self.start(now)
             return
         if message.opcode == MbxOpcode.EVENT_SA_EXPIRE:
@@ -244,6 +250,10 @@ class VfDriver(RingDriver):
     def _granted(self, rc: int, body: bytes) -> None:
         self._resources_request = None
         if rc:
+            parked, self._parked = self._parked, set()
+            for handle in parked:
+                self._states.pop(handle, None)
+                self._added(handle, rc, None)
             return
         try:
             self.quota = decode_handle(body)
@@ -254,10 +264,10 @@ class VfDriver(RingDriver):
         parked, self._parked = self._parked, set()
         for state in list(self._states.values()):
             if state.handle in parked:
-                self._offload(state, readd=False)
+                self._offload(state)
             elif state.handle not in self.sa_index:
                 self.vf_counters.readds += 1
-                self._offload(state, readd=True)
+                self._offload(state)
 
     def _lose_offloads(self) -> None:
         self.sa_index.clear()
@@ -265,18 +275,30 @@ class VfDriver(RingDriver):
 
     # -- the xdo_dev_* operations -----------------------------------------------------------
 
-    def xdo_dev_state_add(self, state: OffloadState, now: float) -> None:
-        """Ask the PF to offload a state; completes with StateAddDone."""
+    def xdo_dev_state_add(self, state: OffloadState, extack: ExtAck, now: float) -> int:
+        """Ask the PF to offload a state and wait for its answer (sent once the PF granted
+        resources, if it has not yet): 0, or a negative errno with a message in `extack`."""
         self._now = now
-        if state.handle in self._states:
-            raise UsageError(f"xfrm state {state.handle} is already offloaded")
-        self._states[state.handle] = state
+        handle = state.handle
+        if handle in self._states:
+            raise UsageError(f"xfrm state {handle} is already offloaded")
+        if state.offload_type != OffloadType.CRYPTO:
+            extack.set("Unsupported ipsec offload type")
+            return -Errno.EINVAL
+        self._states[handle] = state
+        self._adding[handle] = None
         if self.state != VfDriverState.READY:
-            self._parked.add(state.handle)  # sent once the PF grants resources
-            return
-        self._offload(state, readd=False)
+            self._parked.add(handle)  # sent once the PF grants resources
+        else:
+            self._offload(state)
+        self.wait(lambda: self._adding[handle] is not None, now)
+        rc = self._adding.pop(handle)
+        assert rc is not None
+        if rc:
+            extack.set_weak(errno_text(rc))
+        return rc
 
-    def _offload(self, state: OffloadState, *, readd: bool) -> None:
+    def _offload(self, state: OffloadState) -> None:
         wrapped, kek_id = None, None
         if self.kek is not None:
             wrapped, kek_id = wrap_key(self.kek.key, state.key_material), self.kek.kek_id
@@ -291,31 +313,40 @@ class VfDriver(RingDriver):
                     rc = -Errno.EINVAL
             if index is None:
                 self._states.pop(state.handle, None)
-                lost = OffloadLost(state.handle, rc) if readd else None
-                self._events.append(lost or StateAddDone(state.handle, rc, None))
-                return
-            self.sa_index[state.handle] = index
-            self._events.append(StateAddDone(state.handle, 0, index))
+            else:
+                self.sa_index[state.handle] = index
+            self._added(state.handle, rc, index)
 
         body = encode_handle_tlvs(state.handle, encode_add_sa(request))
         self._send(MbxOpcode.ADD_SA, body, then)
 
-    def xdo_dev_state_delete(self, handle: int, now: float) -> None:
-        """Ask the PF to remove an offloaded state; completes with StateDeleteDone."""
-        self._now = now
-        if handle not in self.sa_index:
-            self._events.append(StateDeleteDone(handle, -Errno.ENOENT))
-            return
+    def _added(self, handle: int, rc: int, index: int | None) -> None:
+        """An add is answered: to the xdo_dev_state_add that waits for it, or, for a re-add
+        nobody waits for, as an event (StateAddDone, OffloadLost when it failed)."""
+        if handle in self._adding:
+            self._adding[handle] = rc
+        else:
+            self._events.append(OffloadLost(handle, rc) if rc else StateAddDone(handle, 0, index))
 
-        def then(rc: int, _body: bytes) -> None:
-            self._events.append(StateDeleteDone(handle, rc))
+    def xdo_dev_state_delete(self, handle: int, now: float) -> None:
+        """Ask the PF to remove an offloaded state (DEL_SA); returns at once."""
+        self._now = now
+        if handle not in self.sa_index or handle in self._deleting:
+            return
+        self._deleting.add(handle)
+
+        def then(_rc: int, _body: bytes) -> None:
+            self._deleting.discard(handle)
 
         self._send(MbxOpcode.DEL_SA, encode_handle(handle), then)
 
-    def xdo_dev_state_free(self, handle: int) -> None:
+    def xdo_dev_state_free(self, handle: int, now: float) -> None:
+        """Wait for the state's DEL_SA to be answered (or given up), then forget it."""
+        if handle in self._deleting:
+            self.wait(lambda: handle not in self._deleting, now)
         self.sa_index.pop(handle, None)
         self._states.pop(handle, None)
 
-    def xdo_dev_state_update_stats(self, handle: int, now: float) -> None:
-        """The mailbox has no statistics message: -EOPNOTSUPP (the stack keeps its own)."""
-        self._events.append(StatsDone(handle, -Errno.EOPNOTSUPP, None))
+    def xdo_dev_state_update_stats(self, handle: int, now: float) -> SaStats | None:
+        """The mailbox has no statistics message yet: None (the stack keeps its own)."""
+        return None

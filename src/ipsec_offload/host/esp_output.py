@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ipsec_offload.crypto.esp import esp_seal, explicit_iv
+from ipsec_offload.driver.ring import NetdevFeature
 from ipsec_offload.errors import UsageError
 from ipsec_offload.host.events import StackCounters
 from ipsec_offload.host.ip import IpLayer
@@ -108,7 +109,7 @@ class EspOutput:
         into `mss`-byte segments, where the state and the device allow it: False (nothing
         sent) where they do not (a state in software or in tunnel mode, a device without
         TSO)."""
-        if not self._device.hw_tso or not self.offloadable(state):
+        if NetdevFeature.GSO_ESP not in self._device.features or not self.offloadable(state):
             return False
         l4_len = header.header_len if isinstance(header, TcpHeader) else UDP_HEADER_LEN
         room = _IP_PACKET_MAX - _OFFLOAD_PREFIX[len(dst)] - l4_len

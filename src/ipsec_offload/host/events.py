@@ -41,13 +41,15 @@ class Delivered:
 @dataclass(frozen=True, slots=True)
 class StateResult:
     """The outcome of add_state or delete_state: the xdo_dev_* return value and where the
-    state's ESP work now happens (None: the state is gone)."""
+    state's ESP work now happens (None: the state is gone); `extack`, the driver's message of
+    a failed or refused offload (what `ip xfrm state add` prints)."""
 
     time: float
     handle: int
     operation: str
     rc: int
     offload: Offload | None
+    extack: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,22 +1,29 @@
-"""Device offload of the stack's states: Linux's xfrm_device.c, over the xdo_dev_state_* calls
-of the device (`NetDevice`, Linux's xfrmdev_ops plus transmit).
+"""Device offload of the stack's states: Linux's xfrm_device.c, over the device's
+xfrmdev_ops (`NetDevice`: the xdo_dev_state_* calls plus transmit and the features).
 
 Theory of operation: a state is added to and deleted from the SAD here, and, when it is or
-was to be offloaded, the device is told and its answers handled:
+was to be offloaded, the device is called with Linux's contract:
 
-- `add_state(..., offload=True)` calls the device's xdo_dev_state_add, with the SEQ the add
-  and every re-install the driver makes after a reset read from the state where the stack
-  owns sequence numbers (`SequenceOwnership.handover`). Until the reply arrives the state is
-  PENDING and traffic uses software. On 0 the state is offloaded; on -EOPNOTSUPP it stays in
-  software (Linux's fallback) and traffic still flows; any other error removes the state
-  (Linux's xfrm_state_add fails) and the stack reports the error. Its policies stay: what
-  they select is dropped, never sent in clear, until a new state takes their place.
+- `add_state(..., offload=True)` on a device with NETIF_F_HW_ESP calls xdo_dev_state_add,
+  which returns once the agent answered or the config channel gave up (the driver's `wait`
+  runs the port meanwhile). The state is in the SAD, PENDING and served in software, during
+  the call (Linux inserts it after; see docs/linux-mapping.md). The SEQ the add and every
+  re-install the driver makes after a reset carry is read from the state where the stack owns
+  sequence numbers (`SequenceOwnership.handover`). Linux's rule for the result
+  (xfrm_dev_state_add): 0 offloads the state; -EOPNOTSUPP of a crypto offload falls back to
+  software and traffic still flows; any other error, and any error of a packet offload, fails
+  the add: the state is removed and the outcome carries the errno and the driver's extack
+  message. Its policies stay: what they select is dropped, never sent in clear, until a new
+  state takes their place.
 - A state the device lost for good (a reset, and the re-add failed) falls back to software,
   and carries on from the state's own sequence numbers and window.
-- `delete_state` removes an offloaded state from the device first, and frees it when the
-  device answered; the state goes with the policies that name it (as a key manager deletes
-  a child SA with its policies).
-- `update_stats` asks the device for an offloaded state's counters, kept in `hw_stats`.
+- `delete_state` calls xdo_dev_state_delete, which returns nothing (Linux may call it in
+  atomic context), removes the state with the policies that name it (as a key manager deletes
+  a child SA with its policies), then xdo_dev_state_free, which waits for the device.
+- `update_stats` calls xdo_dev_state_update_stats and merges what the device counted and the
+  stack could not see (frames the agent dropped as replays or for a bad ICV) into the state's
+  `stats`, as deltas since the previous read; the lifetime counters (`packets`, `bytes`) stay
+  the stack's own, which a crypto offload keeps in Linux too.
 - An expiry the agent reports (`StateExpired`, spec 9) is Linux's: a soft one (a soft limit,
   or 2^31 sequence numbers used) is told to the key manager once per state (`StateExpire`,
   a rekey request); at a hard one the state is deleted from the device and the SAD, and its
@@ -34,12 +41,13 @@ from typing import Protocol
 from ipsec_offload.driver.control import Errno
 from ipsec_offload.driver.ring import (
     DriverEvent,
+    ExtAck,
+    NetdevFeature,
     OffloadLost,
     OffloadState,
+    OffloadType,
     StateAddDone,
-    StateDeleteDone,
     StateExpired,
-    StatsDone,
     TxOffload,
 )
 from ipsec_offload.errors import UsageError
@@ -48,25 +56,28 @@ from ipsec_offload.host.sad import Sad
 from ipsec_offload.host.spd import Spd
 from ipsec_offload.host.xfrm import Offload, SequenceOwnership, XfrmState
 from ipsec_offload.wire.config import Algorithm, SaStats
+from ipsec_offload.wire.metadata import RxStatus
 
 _DEVICE = Offload.DEVICE
+_REPLAY = RxStatus.REPLAY - 1
+_AUTH_FAILED = RxStatus.AUTH_FAILED - 1
+"""Where those Rx statuses' counts sit in `SaStats.errors` (one per status 1..5)."""
 
 
 class NetDevice(Protocol):
-    """What the stack needs of its device: Linux's xfrmdev_ops plus transmit."""
+    """What the stack needs of its device: Linux's xfrmdev_ops, transmit and features."""
 
-    hw_esp_offload: bool
-    hw_tso: bool
+    features: NetdevFeature
     ifname: str
 
     def xmit(self, frame: bytes, offload: TxOffload | None = None, mss: int = 0) -> None: ...
     def xmit_burst(self, frames: Sequence[bytes], offload: TxOffload | None = None) -> None: ...
     def events(self) -> list[DriverEvent]: ...
-    def xdo_dev_state_add(self, state: OffloadState, now: float) -> None: ...
+    def xdo_dev_state_add(self, state: OffloadState, extack: ExtAck, now: float) -> int: ...
     def xdo_dev_state_delete(self, handle: int, now: float) -> None: ...
-    def xdo_dev_state_free(self, handle: int) -> None: ...
+    def xdo_dev_state_free(self, handle: int, now: float) -> None: ...
     def xdo_dev_offload_ok(self, handle: int) -> bool: ...
-    def xdo_dev_state_update_stats(self, handle: int, now: float) -> None: ...
+    def xdo_dev_state_update_stats(self, handle: int, now: float) -> SaStats | None: ...
 
 
 def offload_ok(device: NetDevice, state: XfrmState) -> bool:
@@ -82,11 +93,10 @@ class DeviceOffload:
         "_device",
         "_dying",
         "_events",
-        "_expired",
+        "_hw_seen",
         "_sad",
         "_sequences",
         "_spd",
-        "hw_stats",
     )
 
     def __init__(
@@ -104,79 +114,90 @@ class DeviceOffload:
         self._sequences = sequences
         self._counters = counters
         self._events = events
-        self.hw_stats: dict[int, SaStats | None] = {}
-        """The agent's counters of offloaded states, as update_stats last fetched them."""
+        self._hw_seen: dict[int, tuple[int, int]] = {}
+        """The device's (replay, ICV failure) counts of a state at the previous read."""
         self._dying: set[int] = set()
         """States told soft-expired (Linux's x->km.dying): the key manager hears it once."""
-        self._expired: set[int] = set()
-        """States being deleted at their hard expiry: their policies stay."""
 
     # -- the stack's calls ----------------------------------------------------------------
 
     def add_state(self, state: XfrmState, now: float, offload: bool) -> None:
-        """Install a state; with `offload`, ask the device."""
+        """Install a state; with `offload`, on a device that offers it, ask the device."""
         state.add_time = now
         self._sad.add(state)
-        if offload and self._device.hw_esp_offload:
-            state.offload = Offload.PENDING
-            handover = self._sequences.handover(state)
-            self._device.xdo_dev_state_add(_offload_state(state, handover), now)
-        else:
+        if not (offload and NetdevFeature.HW_ESP in self._device.features):
             self._events.append(StateResult(now, state.handle, "add", 0, Offload.SOFTWARE))
+            return
+        state.offload = Offload.PENDING
+        extack = ExtAck()
+        handover = self._sequences.handover(state)
+        rc = self._device.xdo_dev_state_add(_offload_state(state, handover), extack, now)
+        state.add_rc = rc
+        if rc == 0:
+            state.offload = _DEVICE
+        elif rc == -Errno.EOPNOTSUPP and state.offload_type == OffloadType.CRYPTO:
+            state.offload = Offload.SOFTWARE  # Linux's fallback
+            self._counters.offload_fallbacks += 1
+        else:
+            self._sad.remove(state)  # its policies stay, and block
+            extack.set_weak("Device failed to offload this state")
+            self._events.append(StateResult(now, state.handle, "add", rc, None, extack.msg))
+            return
+        self._events.append(
+            StateResult(now, state.handle, "add", rc, state.offload, extack.msg if rc else None)
+        )
 
     def delete_state(self, handle: int, now: float) -> None:
-        """Remove a state; an offloaded one is removed from the device first."""
-        state = self._sad.get(handle)
-        if state.offload == _DEVICE:
+        """Remove a state and the policies that name it."""
+        self._remove(self._sad.get(handle), now, keep_policies=False)
+
+    def _remove(self, state: XfrmState, now: float, *, keep_policies: bool) -> None:
+        """Remove a state, from the device first when it is offloaded; with `keep_policies`
+        (a hard expiry) its policies stay and drop what they select."""
+        handle = state.handle
+        offloaded = state.offload == _DEVICE
+        if offloaded:
             self._device.xdo_dev_state_delete(handle, now)
-            return
-        self._forget(state)
+        self._sad.remove(state)
+        if not keep_policies:
+            self._spd.remove_state(handle)
+        if offloaded:
+            self._device.xdo_dev_state_free(handle, now)
+        self._dying.discard(handle)
+        self._hw_seen.pop(handle, None)
         self._events.append(StateResult(now, handle, "delete", 0, None))
 
     def update_stats(self, handle: int, now: float) -> None:
-        """Ask the device for an offloaded state's counters."""
-        if self._sad.get(handle).offload != _DEVICE:
+        """Merge the device's counters of an offloaded state into its `stats`."""
+        state = self._sad.get(handle)
+        if state.offload != _DEVICE:
             raise UsageError(f"host {self._sad.name}: state {handle} is not offloaded")
-        self._device.xdo_dev_state_update_stats(handle, now)
+        hw = self._device.xdo_dev_state_update_stats(handle, now)
+        if hw is None:
+            return
+        counts = (hw.errors[_REPLAY], hw.errors[_AUTH_FAILED])
+        seen = self._hw_seen.get(handle, (0, 0))
+        # a counter below the previous read was reset (the agent lost the SA, and it was
+        # re-installed): all it holds is new
+        replay, failed = (c - (s if c >= s else 0) for c, s in zip(counts, seen, strict=True))
+        state.stats.replay += replay
+        state.stats.integrity_failed += failed
+        self._hw_seen[handle] = counts
 
     # -- the device's answers -------------------------------------------------------------
 
     def added(self, event: StateAddDone, now: float) -> None:
-        """xdo_dev_state_add answered."""
-        state = self._sad.states.get(event.handle)
-        if state is None:
-            return
-        state.add_rc = event.rc
-        if event.rc == 0:
-            state.offload = _DEVICE
-        elif event.rc == -Errno.EOPNOTSUPP:
-            state.offload = Offload.SOFTWARE
-            self._counters.offload_fallbacks += 1
-        else:
-            self._sad.remove(state)  # its policies stay, and block
-            self._events.append(StateResult(now, event.handle, "add", event.rc, None))
-            return
-        self._events.append(StateResult(now, event.handle, "add", event.rc, state.offload))
-
-    def deleted(self, event: StateDeleteDone, now: float) -> None:
-        """xdo_dev_state_delete answered: the state is freed on the device and forgotten."""
+        """The driver re-installed an offloaded state (after a reset or a restart)."""
         state = self._sad.states.get(event.handle)
         if state is not None:
-            self._device.xdo_dev_state_free(event.handle)
-            if event.handle in self._expired:
-                self._sad.remove(state)  # a hard expiry: its policies stay, and block
-            else:
-                self._forget(state)
-        self._expired.discard(event.handle)
-        self._dying.discard(event.handle)
-        self._events.append(StateResult(now, event.handle, "delete", event.rc, None))
+            self._events.append(StateResult(now, event.handle, "add", event.rc, state.offload))
 
     def expired(self, event: StateExpired, now: float) -> None:
         """The agent reported a limit (spec 9): a soft one is told to the key manager once
         (a rekey request); at a hard one the state is deleted, as Linux deletes an xfrm state
         at its hard expiry, and its policies stay."""
         state = self._sad.states.get(event.handle)
-        if state is None or event.handle in self._expired:
+        if state is None:
             return
         if not event.hard:
             if event.handle not in self._dying:
@@ -185,12 +206,7 @@ class DeviceOffload:
             return
         self._events.append(StateExpire(now, event.handle, True))
         self._counters.hard_expiries += 1
-        if state.offload == _DEVICE:
-            self._expired.add(event.handle)
-            self._device.xdo_dev_state_delete(event.handle, now)
-            return
-        self._sad.remove(state)
-        self._events.append(StateResult(now, event.handle, "delete", 0, None))
+        self._remove(state, now, keep_policies=True)
 
     def lost(self, event: OffloadLost, now: float) -> None:
         """A reset took the state out of the agent and it could not be re-added."""
@@ -200,14 +216,6 @@ class DeviceOffload:
             state.add_rc = event.rc
             self._counters.offload_lost += 1
             self._events.append(StateResult(now, event.handle, "lost", event.rc, state.offload))
-
-    def stats(self, event: StatsDone) -> None:
-        """xdo_dev_state_update_stats answered."""
-        self.hw_stats[event.handle] = event.stats
-
-    def _forget(self, state: XfrmState) -> None:
-        self._sad.remove(state)
-        self._spd.remove_state(state.handle)
 
 
 def _offload_state(state: XfrmState, handover: Callable[[], int | None] | None) -> OffloadState:
@@ -225,5 +233,6 @@ def _offload_state(state: XfrmState, handover: Callable[[], int | None] | None) 
         lifetime_bytes=state.lifetime_bytes,
         soft_lifetime_packets=state.soft_lifetime_packets,
         soft_lifetime_bytes=state.soft_lifetime_bytes,
+        offload_type=state.offload_type,
         handover_seq=handover,
     )

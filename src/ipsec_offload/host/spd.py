@@ -3,18 +3,17 @@ they were added, the first that selects a packet in its direction deciding (Linu
 xfrm_policy_lookup, without priorities).
 
 Outbound, the policy names the state that must protect the packet (`output_state`); none
-sends it in clear. A policy can outlive its state: when a state's add fails, its policies
-stay, as Linux's do when the key manager's xfrm_state_add fails, and the packets they select
-are dropped (`out_no_state`, Linux's XfrmOutNoStates), never sent in clear. Inbound, a packet
-a policy selects must have come through the state it names (`admits`); the compiled receive
-path (`_rxpath.c`) asks `admits` too. A policy with the selector of one already there
-replaces it (`ip xfrm policy update`). The list of policies is one object for the stack's
-life (`HostStack.policies`), changed in place.
+sends it in clear. A policy and its state are added apart, as Linux's policy template and
+state are: a policy can name a state whose add failed, or outlive its state, and the packets
+it selects are then dropped (`out_no_state`, Linux's XfrmOutNoStates), never sent in clear.
+Inbound, a packet a policy selects must have come through the state it names (`admits`); the
+compiled receive path (`_rxpath.c`) asks `admits` too. A policy with the selector of one
+already there replaces it (`ip xfrm policy update`). The list of policies is one object for
+the stack's life (`HostStack.policies`), changed in place.
 """
 
 from __future__ import annotations
 
-from ipsec_offload.errors import UsageError
 from ipsec_offload.host.sad import Sad
 from ipsec_offload.host.xfrm import SendRefused, XfrmPolicy, XfrmState
 from ipsec_offload.wire.config import Direction
@@ -33,9 +32,7 @@ class Spd:
 
     def add(self, policy: XfrmPolicy) -> None:
         """Add a policy after the others, or in place of the one with its direction and
-        selector; it must name a state of the SAD."""
-        if policy.state not in self._sad.states:
-            raise UsageError(f"host {self._sad.name}: policy names unknown state {policy.state}")
+        selector. The state it names need not be in the SAD: its add may have failed."""
         selector = policy.selector
         for i, old in enumerate(self.policies):
             if old.selector == selector:

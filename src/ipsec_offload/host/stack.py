@@ -46,9 +46,7 @@ from ipsec_offload.driver.ring import (
     OffloadLost,
     PacketReceived,
     StateAddDone,
-    StateDeleteDone,
     StateExpired,
-    StatsDone,
 )
 from ipsec_offload.host import fastpath
 from ipsec_offload.host.esp_input import EspInput
@@ -90,7 +88,7 @@ class HostStack:
     """One host's network stack on one interface.
 
     `addresses` (by length: 4 IPv4, 16 IPv6), `neighbors` (IP address -> MAC address, a
-    static table), `states` (by handle), `policies` (in order), `counters` and `hw_stats` are
+    static table), `states` (by handle), `policies` (in order) and `counters` are
     the layers' own tables: change them in place. `mac`, `vlans` and `own_sequence` may be
     set at any time; `name` and `device` are fixed.
     """
@@ -133,7 +131,6 @@ class HostStack:
         self.states = sad.states
         self.policies = spd.policies
         self.counters = counters
-        self.hw_stats = offload.hw_stats
         self._rx_fast: fastpath.RxPath | None = None
         if fastpath.RxPath is not None:
             self._rx_fast = fastpath.RxPath(
@@ -194,21 +191,22 @@ class HostStack:
     # -- configuration --------------------------------------------------------------------
 
     def add_state(self, state: XfrmState, now: float, *, offload: bool = False) -> None:
-        """Install a state; with `offload`, ask the device (outcome: a StateResult event)."""
+        """Install a state; with `offload`, ask the device and wait for its answer (outcome:
+        a StateResult event)."""
         self._offload.add_state(state, now, offload)
 
     def delete_state(self, handle: int, now: float) -> None:
         """Remove a state and the policies that name it; an offloaded one is removed from the
-        device first (outcome: a StateResult event)."""
+        device too, waited for (outcome: a StateResult event)."""
         self._offload.delete_state(handle, now)
 
     def update_stats(self, handle: int, now: float) -> None:
-        """Ask the device for an offloaded state's counters (xdo_dev_state_update_stats); they
-        arrive in `hw_stats`."""
+        """Merge the device's counters of an offloaded state into its `stats`
+        (xdo_dev_state_update_stats: the replays and ICV failures the agent dropped)."""
         self._offload.update_stats(handle, now)
 
     def add_policy(self, policy: XfrmPolicy) -> None:
-        """Add a policy after the others; it must name a state of the stack."""
+        """Add a policy after the others (the state it names need not be in the SAD)."""
         self._spd.add(policy)
 
     # -- sending --------------------------------------------------------------------------
@@ -301,10 +299,6 @@ class HostStack:
                 self._input(event.frame, event.rx, now)
             elif isinstance(event, StateAddDone):
                 offload.added(event, now)
-            elif isinstance(event, StateDeleteDone):
-                offload.deleted(event, now)
-            elif isinstance(event, StatsDone):
-                offload.stats(event)
             elif isinstance(event, OffloadLost):
                 offload.lost(event, now)
             elif isinstance(event, StateExpired):

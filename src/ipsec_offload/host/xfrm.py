@@ -10,6 +10,7 @@ from enum import IntEnum
 
 from ipsec_offload.agent.replay import ReplayWindow
 from ipsec_offload.crypto.gcm import EspAead, key_material_length
+from ipsec_offload.driver.ring import OffloadType
 from ipsec_offload.errors import UsageError
 from ipsec_offload.wire.config import Algorithm, Direction
 
@@ -35,17 +36,6 @@ class Offload(IntEnum):
     """xdo_dev_state_add sent, reply not yet in; traffic meanwhile uses software."""
     DEVICE = 2
     """Offloaded to the agent."""
-
-
-class OffloadType(IntEnum):
-    """What a device offload of a state does (Linux's enum xfrm_dev_offload_type)."""
-
-    CRYPTO = 1
-    """The device encrypts and decrypts; the stack keeps headers, numbers and lifetimes
-    (XFRM_DEV_OFFLOAD_CRYPTO, `ip xfrm state ... offload crypto`)."""
-    PACKET = 2
-    """The device does the whole ESP processing (XFRM_DEV_OFFLOAD_PACKET): not supported by
-    this device, refused at the add."""
 
 
 @dataclass(slots=True)

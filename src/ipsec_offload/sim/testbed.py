@@ -40,7 +40,7 @@ from ipsec_offload.driver.pf import PfDriver, VfState
 from ipsec_offload.driver.plain import PlainDriver
 from ipsec_offload.driver.ring import RingDriver
 from ipsec_offload.driver.vf import Kek, VfDriver
-from ipsec_offload.errors import IpsecOffloadError, UsageError
+from ipsec_offload.errors import SimulationError, UsageError
 from ipsec_offload.host.stack import Delivered, HostStack, StackEvent, StateExpire, StateResult
 from ipsec_offload.host.xfrm import Mode, XfrmPolicy, XfrmState
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
@@ -225,10 +225,6 @@ class _Pair:
     protocol: int | None
 
 
-class SimulationError(IpsecOffloadError):
-    """The simulation did not settle (a loop that never ends is a model bug)."""
-
-
 class Testbed:
     """One FVL port with its agent, host stacks behind it and remote peers on the wire.
 
@@ -275,6 +271,8 @@ class Testbed:
         self.rekeys = 0
         self._next_reqid = 0
         self._pairs: dict[int, tuple[_Pair, SaBundle]] = {}
+        self._rekeying: set[int] = set()
+        """The reqids of the pairs whose rekey is under way."""
         """reqid -> (what secure was asked, the pair's current SAs)."""
         """Passed to every host stack (HostStack.own_sequence)."""
         self.captures: dict[str, LinkCapture] = {name: LinkCapture() for name in LINKS + TAPS}
@@ -511,6 +509,8 @@ class Testbed:
             for addr in stack.addresses.values():
                 other.stack.neighbors[addr] = stack.mac
         self.endpoints[stack.name] = ep
+        if isinstance(ep.driver, RingDriver):
+            ep.driver.wait = partial(self._wait, ep)
 
     def _remove(self, ep: Endpoint) -> None:
         del self.endpoints[ep.stack.name]
@@ -612,7 +612,13 @@ class Testbed:
         pair, current = self._pairs.get(reqid, (None, None))
         if pair is None or current is not bundle:
             raise UsageError("rekey takes the current SaBundle of a pair made by secure")
-        new = self._install(pair, None, 0)
+        # the adds wait for the agent, and the port runs meanwhile: a second soft expiry of
+        # the pair must not start a second rekey
+        self._rekeying.add(reqid)
+        try:
+            new = self._install(pair, None, 0)
+        finally:
+            self._rekeying.discard(reqid)
         self._pairs[reqid] = (pair, new)
         self.rekeys += 1
 
@@ -678,8 +684,9 @@ class Testbed:
 
     def _rekey_current(self, bundle: SaBundle) -> None:
         """Rekey `bundle` unless it was rekeyed meanwhile (both its directions expire)."""
-        _pair, current = self._pairs[bundle.a_out.reqid]
-        if current is bundle:
+        reqid = bundle.a_out.reqid
+        _pair, current = self._pairs[reqid]
+        if current is bundle and reqid not in self._rekeying:
             self.rekey(bundle)
 
     def _spi(self) -> int:
@@ -759,22 +766,44 @@ class Testbed:
                     idle += self._agent_timers_queued
                 if len(queue) == idle:
                     break
-                at, prio, _seq, action = heapq.heappop(queue)
-                if prio == _AGENT_TIMER:
-                    self._agent_timers_queued -= 1
-                if isinstance(action, _Timer):
-                    self._periodic_queued -= action.periodic
-                    if action.cancelled:
-                        continue
-                self.now = max(self.now, at)
-                action()
-                processed += 1
-                if processed > self.max_events:
-                    raise SimulationError(f"no quiet after {self.max_events} events")
+                processed = self._step(processed)
         finally:
             self._running = False
         if until is not None:
             self.now = max(self.now, until)
+
+    def _step(self, processed: int) -> int:
+        """Run the next event of the queue; `processed` counts those run so far."""
+        at, prio, _seq, action = heapq.heappop(self._queue)
+        if prio == _AGENT_TIMER:
+            self._agent_timers_queued -= 1
+        if isinstance(action, _Timer):
+            self._periodic_queued -= action.periodic
+            if action.cancelled:
+                return processed
+        self.now = max(self.now, at)
+        action()
+        if processed >= self.max_events:
+            raise SimulationError(f"no quiet after {self.max_events} events")
+        return processed + 1
+
+    def _wait(self, ep: Endpoint, done: Callable[[], bool], now: float) -> float:
+        """A driver's `wait` (an xdo_dev_* call that needs the agent's answer, as a Linux
+        driver sleeps on a completion): send what it queued, then run the port's events in
+        time order until `done()`, from inside the loop or outside it. Returns the time."""
+        self._flush_driver(ep)
+        running, self._running = self._running, True
+        processed = 0
+        try:
+            while not done():
+                if not self._queue:
+                    raise SimulationError(
+                        f"{ep.stack.name}'s driver waits for an answer nothing left can give"
+                    )
+                processed = self._step(processed)
+        finally:
+            self._running = running
+        return self.now
 
     @property
     def next_event_time(self) -> float | None:
@@ -906,6 +935,11 @@ class Testbed:
         ep.log.extend(events)
         if self.key_manager:
             self._rekey_on(events)
+        self._flush_driver(ep)
+
+    def _flush_driver(self, ep: Endpoint) -> None:
+        """Send what a host's driver queued (frames, admin commands, mailbox messages) and
+        keep its timer armed."""
         driver = ep.driver
         if isinstance(driver, PlainDriver):
             frames = driver.take_frames()
