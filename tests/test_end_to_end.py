@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from ipsec_offload.agent.agent import AgentConfig
 from ipsec_offload.driver.pf import PfDriver
+from ipsec_offload.errors import UsageError
 from ipsec_offload.host.stack import HostStack
 from ipsec_offload.host.xfrm import Mode, Offload
 from ipsec_offload.sim.testbed import SaBundle, Testbed
 from ipsec_offload.wire.config import Algorithm
 from ipsec_offload.wire.ip import IpProto
+from ipsec_offload.wire.packet import find_esp
 
 pytestmark = pytest.mark.usefixtures("agent_path", "nic_path", "host_path")
 
@@ -148,16 +152,35 @@ def test_delete_removes_the_sa_from_the_agent() -> None:
     assert sas.a_out.handle not in host.states
 
 
-def test_update_stats_reads_the_agent_counters() -> None:
+def test_update_stats_merges_the_agents_replays_and_icv_failures_into_the_state() -> None:
+    """xdo_dev_state_update_stats: the drops only the agent saw (a replay, a bad ICV) reach
+    the state's stats (`ip -s xfrm state`'s replay and integrity counts), each once."""
     bed, host, peer = make_bed()
     sas = bed.secure(host, peer)
     exchange(bed, host, peer, 4, 3)
+    frame = bed.wire_frames_to(host, last=1)[0]
+    esp = find_esp(frame)
+    assert esp is not None
+    header = struct.pack("!II", esp.spi, esp.seq)
+    ahead = struct.pack("!II", esp.spi, esp.seq + 100)  # not seen yet, but not what was sealed
+    bed.wire_inject([frame.replace(header, ahead, 1)])  # a bad ICV
+    bed.wire_inject([frame])  # a replay
+    state = host.states[sas.a_in.handle]
+    assert (state.stats.replay, state.stats.integrity_failed) == (0, 0)
     host.update_stats(sas.a_in.handle, bed.now)
-    bed.settle(host)
-    stats = host.hw_stats[sas.a_in.handle]
-    assert stats is not None
-    assert stats.packets == 6
-    assert stats.errors == (0, 0, 0, 0, 0)
+    assert (state.stats.replay, state.stats.integrity_failed) == (1, 1)
+    host.update_stats(sas.a_in.handle, bed.now)  # read again: nothing new
+    assert (state.stats.replay, state.stats.integrity_failed) == (1, 1)
+    bed.wire_inject([frame])
+    host.update_stats(sas.a_in.handle, bed.now)
+    assert (state.stats.replay, state.stats.integrity_failed) == (2, 1)
+
+
+def test_update_stats_of_a_software_state_is_a_usage_error() -> None:
+    bed, host, peer = make_bed()
+    sas = bed.secure(host, peer, offload_a=False)
+    with pytest.raises(UsageError, match="is not offloaded"):
+        host.update_stats(sas.a_in.handle, bed.now)
 
 
 def test_replayed_wire_frame_is_dropped_by_the_driver() -> None:

@@ -10,6 +10,7 @@ import pytest
 from ipsec_offload.agent.agent import AgentConfig
 from ipsec_offload.agent.counters import Path
 from ipsec_offload.driver.pf import PfDriver, VfState
+from ipsec_offload.driver.ring import no_waiter
 from ipsec_offload.driver.vf import Kek, VfDriver, VfDriverState
 from ipsec_offload.host.stack import HostStack
 from ipsec_offload.host.xfrm import Offload
@@ -262,7 +263,9 @@ def test_key_protection_keeps_keys_from_the_pf() -> None:
     sas = bed.secure(vm, peer)
     assert vm.states[sas.a_out.handle].offload == Offload.DEVICE
     keys = [sas.a_out.key_material, sas.a_in.key_material]
-    held = pickle.dumps(pf_of(bed)) + repr(pf_of(bed).dump()).encode()
+    pf = pf_of(bed)
+    pf.wait = no_waiter  # the testbed's waiter holds the whole port, the agent's keys too
+    held = pickle.dumps(pf) + repr(pf.dump()).encode()
     seen = held + b"".join(r.data for r in bed.mailbox_log)
     seen += b"".join(r.frame for r in bed.captures["nic-to-agent"].records)
     for key in keys:

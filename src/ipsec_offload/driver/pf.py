@@ -36,6 +36,7 @@ and metadata frames), `resync` (spec 9's restart detection and reconciliation).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -96,7 +97,7 @@ class PfDriver(RingDriver):
             self.db,
             self.sa_index,
             self._emit,
-            lambda done, now: self.wait(done, now),
+            self._wait_for,
             mac,
             vlans,
             extended_key=extended_key,
@@ -185,6 +186,11 @@ class PfDriver(RingDriver):
         a restart of the agent by its BOOT_ID."""
         self.control.probe(now)
         self.resync.start(now)
+
+    def _wait_for(self, done: Callable[[], bool], now: float) -> float:
+        """The own states' waits go through `wait`, which the environment sets after
+        construction."""
+        return self.wait(done, now)
 
     def next_timer(self) -> float | None:
         """When `handle_timer` next has work (a config frame to resend or give up, a notice to

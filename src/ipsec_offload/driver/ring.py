@@ -222,13 +222,7 @@ class PacketReceived:
     rx: RxMetadata | None
 
 
-DriverEvent = (
-    StateAddDone
-    | CapsDone
-    | OffloadLost
-    | StateExpired
-    | PacketReceived
-)
+DriverEvent = StateAddDone | CapsDone | OffloadLost | StateExpired | PacketReceived
 
 
 _PASSED = frozenset((RxStatus.OK, RxStatus.NO_SA))

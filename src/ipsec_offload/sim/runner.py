@@ -164,7 +164,7 @@ def prepare(scenario: Scenario, source: str, naive: Iterable[str] = ()) -> Scena
     for i, vm in enumerate(scenario.vm):
         _at(run, vm.start, f"vm[{i}].start", lambda vm=vm: _boot(run, vm))  # type: ignore[misc]
     for i, sa in enumerate(scenario.sa):
-        _at(run, sa.at, f"sa[{i}]", lambda i=i: _secure(run, i))  # type: ignore[misc]
+        _at(run, sa.at, f"sa[{i}]", lambda i=i: _secure(run, i), config=True)  # type: ignore[misc]
     for i, flow in enumerate(scenario.flow):
         record = FlowRecord(i, flow)
         run.flows.append(record)
@@ -176,8 +176,11 @@ def prepare(scenario: Scenario, source: str, naive: Iterable[str] = ()) -> Scena
     return run
 
 
-def _at(run: ScenarioRun, time: float, where: str, action: Callable[[], None]) -> None:
-    """Schedule `action`; an API refusal while it runs names the scenario field."""
+def _at(
+    run: ScenarioRun, time: float, where: str, action: Callable[[], None], *, config: bool = False
+) -> None:
+    """Schedule `action` (`config`: see Testbed.at); an API refusal while it runs names the
+    scenario field."""
 
     def guarded() -> None:
         try:
@@ -188,7 +191,7 @@ def _at(run: ScenarioRun, time: float, where: str, action: Callable[[], None]) -
             raise ScenarioError(run.source, where, str(exc)) from None
 
     run.end_time = max(run.end_time, time)
-    run.bed.at(time, guarded)
+    run.bed.at(time, guarded, config=config)
 
 
 def _mac(text: str) -> bytes:

@@ -272,6 +272,8 @@ class Testbed:
         self._next_reqid = 0
         self._pairs: dict[int, tuple[_Pair, SaBundle]] = {}
         self._rekeying: set[int] = set()
+        self._configuring: list[Callable[[], None]] | None = None
+        """While a config action runs: those that came due meanwhile, to run after it."""
         """The reqids of the pairs whose rekey is under way."""
         """reqid -> (what secure was asked, the pair's current SAs)."""
         """Passed to every host stack (HostStack.own_sequence)."""
@@ -575,6 +577,7 @@ class Testbed:
                 " packet's number, seq_start + 1, fits"
             )
         self._next_reqid += 1
+        reqid = self._next_reqid  # the adds below run the port: another secure may come
         pair = _Pair(
             a,
             b,
@@ -588,14 +591,14 @@ class Testbed:
                 "lifetime_packets": lifetime_packets,
                 "soft_lifetime_bytes": soft_lifetime_bytes,
                 "lifetime_bytes": lifetime_bytes,
-                "reqid": self._next_reqid,
+                "reqid": reqid,
             },
             offload_a,
             offload_b,
             protocol,
         )
         bundle = self._install(pair, spis, seq_start)
-        self._pairs[self._next_reqid] = (pair, bundle)
+        self._pairs[reqid] = (pair, bundle)
         return bundle
 
     def current(self, bundle: SaBundle) -> SaBundle:
@@ -633,7 +636,7 @@ class Testbed:
                     stack.delete_state(state.handle, self.now)
             self.settle(pair.a, pair.b)
 
-        self.at(self.now + self.rekey_grace, retire)
+        self.at(self.now + self.rekey_grace, retire, config=True)
         return new
 
     def _install(self, pair: _Pair, spis: tuple[int, int] | None, seq_start: int) -> SaBundle:
@@ -680,7 +683,7 @@ class Testbed:
             for _pair, bundle in self._pairs.values():
                 handles = (bundle.a_out, bundle.a_in, bundle.b_out, bundle.b_in)
                 if any(s.handle == event.handle for s in handles):
-                    self.at(self.now, partial(self._rekey_current, bundle))
+                    self.at(self.now, partial(self._rekey_current, bundle), config=True)
 
     def _rekey_current(self, bundle: SaBundle) -> None:
         """Rekey `bundle` unless it was rekeyed meanwhile (both its directions expire)."""
@@ -740,9 +743,25 @@ class Testbed:
         if not self._running:
             self._run(None, quiet=True)
 
-    def at(self, time: float, action: Callable[[], None]) -> None:
-        """Run `action` at simulated time `time` (not before now)."""
+    def at(self, time: float, action: Callable[[], None], *, config: bool = False) -> None:
+        """Run `action` at simulated time `time` (not before now). A `config` action (an
+        `ip xfrm` command, the key manager's rekey) that comes due while another waits for
+        the agent runs once that one returns: Linux runs xfrm configuration one command at a
+        time (xfrm_cfg_mutex), while the port, faults and traffic go on meanwhile."""
+        if config:
+            action = partial(self._config, action)
         self._schedule(max(0.0, time - self.now), _OTHER, action)
+
+    def _config(self, action: Callable[[], None]) -> None:
+        if self._configuring is not None:
+            self._configuring.append(action)
+            return
+        self._configuring = [action]
+        try:
+            while self._configuring:
+                self._configuring.pop(0)()
+        finally:
+            self._configuring = None
 
     def run(self, until: float | None = None) -> None:
         """Process events until simulated time `until`, or without it until none is left but
