@@ -239,6 +239,13 @@ class PfDriver(RingDriver):
         """The agent's counters of an offloaded state, waited for (None: none to read)."""
         return self.own_states.xdo_dev_state_update_stats(handle, now)
 
+    def xdo_dev_state_advance_esn(self, handle: int, esn: int, now: float) -> None:
+        """An inbound ESN state's window moved into a new 2^32 subspace (`esn`: its highest
+        number). The agent tracks the full ESN of its inbound SAs itself (spec 4), so nothing
+        goes to it; counted in `sa_updates`, as a VF's UPDATE_SA is."""
+        if handle in self.sa_index:
+            self.pf_counters.sa_updates += 1
+
     # -- the hypervisor's side: VFs and their VSIs ---------------------------------------
 
     def enable_vf(

@@ -19,7 +19,8 @@ class PfCounters:
     fifo_full: int = 0
     """VF requests refused FIFO_FULL: too many of that VF's were waiting for the agent."""
     sa_updates: int = 0
-    """UPDATE_SA requests answered without agent traffic (the agent tracks its ESNs itself)."""
+    """ESN advances taken without agent traffic (the agent tracks its ESNs itself): the PF's
+    own states' xdo_dev_state_advance_esn and the VFs' UPDATE_SA requests."""
     cleanup_removed: int = 0
     cleanup_failed: int = 0
     """SAs of a cleaned-up domain the agent would not remove, given up after the retries."""

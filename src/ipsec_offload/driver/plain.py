@@ -71,10 +71,13 @@ class PlainDriver:
     def xdo_dev_state_free(self, handle: int, now: float) -> None:
         raise _no_offload()
 
-    def xdo_dev_offload_ok(self, handle: int) -> bool:
+    def xdo_dev_offload_ok(self, handle: int, l3: bytes) -> bool:
         return False
 
     def xdo_dev_state_update_stats(self, handle: int, now: float) -> SaStats | None:
+        raise _no_offload()
+
+    def xdo_dev_state_advance_esn(self, handle: int, esn: int, now: float) -> None:
         raise _no_offload()
 
 

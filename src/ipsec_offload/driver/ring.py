@@ -229,6 +229,12 @@ _PASSED = frozenset((RxStatus.OK, RxStatus.NO_SA))
 """Rx statuses the driver hands up to the stack; the others it drops and counts."""
 
 
+_IPV4_NO_OPTIONS = 0x45
+"""Version 4, IHL 5: an IPv4 header without options (RFC 791)."""
+_ESP = 50
+"""ESP's protocol number, as the next header of an IPv6 header without extensions."""
+
+
 @dataclass(slots=True)
 class DriverCounters:
     tx_offloaded: int = 0
@@ -239,6 +245,8 @@ class DriverCounters:
     rx_dropped: dict[str, int] = field(
         default_factory=lambda: {s.name: 0 for s in RxStatus if s not in _PASSED}
     )
+    offload_refused: int = 0
+    """Packets `xdo_dev_offload_ok` turned away (IPv4 options, IPv6 extension headers)."""
 
 
 class RingDriver:
@@ -263,9 +271,17 @@ class RingDriver:
         """Tx metadata words built so far, by (next header, L3 offset, ESP offset)."""
         self._fast = None if fastpath.TxPath is None else fastpath.TxPath(TxDescriptor)
 
-    def xdo_dev_offload_ok(self, handle: int) -> bool:
-        """May a packet of this state be handed down for offload?"""
-        return handle in self.sa_index
+    def xdo_dev_offload_ok(self, handle: int, l3: bytes) -> bool:
+        """May this packet of the state `handle` go down for offload? `l3` is its IP header
+        as it leaves (Linux passes the skb). Like ixgbe's and mlx5's, the agent's parser takes
+        no IPv4 options and no IPv6 extension header before ESP: such a packet is refused and
+        the stack seals it itself, with the same state's next number."""
+        if handle not in self.sa_index:
+            return False
+        if l3[0] == _IPV4_NO_OPTIONS or (l3[0] >> 4 == 6 and l3[6] == _ESP):
+            return True
+        self.counters.offload_refused += 1
+        return False
 
     def xmit(self, frame: bytes, offload: TxOffload | None = None, mss: int = 0) -> None:
         """Queue a frame on the Tx ring, with the metadata word when it is offloaded and the

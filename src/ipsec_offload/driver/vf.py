@@ -55,11 +55,13 @@ from ipsec_offload.wire.ethernet import VlanTag
 from ipsec_offload.wire.mailbox import (
     MailboxMessage,
     MbxOpcode,
+    SaUpdate,
     build_mailbox,
     decode_handle,
     decode_sa_expire,
     encode_handle,
     encode_handle_tlvs,
+    encode_sa_update,
     parse_mailbox,
 )
 
@@ -350,3 +352,14 @@ class VfDriver(RingDriver):
     def xdo_dev_state_update_stats(self, handle: int, now: float) -> SaStats | None:
         """The mailbox has no statistics message yet: None (the stack keeps its own)."""
         return None
+
+    def xdo_dev_state_advance_esn(self, handle: int, esn: int, now: float) -> None:
+        """Tell the PF an inbound ESN state's new high-order half (UPDATE_SA); not waited
+        for, as Linux's callback may not sleep."""
+        self._now = now
+        if handle in self.sa_index:
+            self._send(MbxOpcode.UPDATE_SA, encode_sa_update(SaUpdate(handle, esn)), _ignore)
+
+
+def _ignore(_rc: int, _body: bytes) -> None:
+    """The continuation of a request nobody waits for."""

@@ -41,7 +41,7 @@ _RX_OK = RxStatus.OK
 class EspInput:
     """The ESP input of one stack."""
 
-    __slots__ = ("_counters", "_deliver", "_inbound", "_packet", "_sequences")
+    __slots__ = ("_advance_esn", "_counters", "_deliver", "_inbound", "_packet", "_sequences")
 
     def __init__(
         self,
@@ -50,6 +50,7 @@ class EspInput:
         counters: StackCounters,
         packet: Callable[[memoryview, int, str], Packet | None],
         deliver: Deliver,
+        advance_esn: Callable[[XfrmState, int, float], None],
     ) -> None:
         self._inbound = inbound
         self._sequences = sequences
@@ -57,6 +58,8 @@ class EspInput:
         self._packet = packet
         """The IP layer's parse of a packet for this host (`IpLayer.packet`)."""
         self._deliver = deliver
+        self._advance_esn = advance_esn
+        """The device's xdo_dev_state_advance_esn, for an offloaded ESN state."""
 
     def input(
         self, src: bytes, dst: bytes, body: memoryview, rx: RxMetadata | None, now: float
@@ -104,7 +107,11 @@ class EspInput:
             counters.drop("in_malformed")
             return
         if checked:
-            replay.accept(full)
+            if offloaded and state.esn and full >> 32 > replay.highest >> 32:
+                replay.accept(full)
+                self._advance_esn(state, full, now)
+            else:
+                replay.accept(full)
         state.packets += 1
         state.bytes += payload_len
         payload = memoryview(plaintext)[:payload_len]

@@ -56,9 +56,16 @@ from ipsec_offload.host.sad import Sad
 from ipsec_offload.host.spd import Spd
 from ipsec_offload.host.xfrm import Offload, SequenceOwnership, XfrmState
 from ipsec_offload.wire.config import Algorithm, SaStats
+from ipsec_offload.wire.ip import IpProto, IPv4Header, IPv6Header, build_ipv4, build_ipv6
 from ipsec_offload.wire.metadata import RxStatus
 
 _DEVICE = Offload.DEVICE
+_L3_SENT = {
+    4: build_ipv4(IPv4Header(bytes(4), bytes(4), IpProto.ESP, 20)),
+    16: build_ipv6(IPv6Header(bytes(16), bytes(16), IpProto.ESP, 0)),
+}
+"""The shape of the outer IP header this stack's ESP packets leave with, by address length:
+what `xdo_dev_offload_ok` inspects."""
 _REPLAY = RxStatus.REPLAY - 1
 _AUTH_FAILED = RxStatus.AUTH_FAILED - 1
 """Where those Rx statuses' counts sit in `SaStats.errors` (one per status 1..5)."""
@@ -76,13 +83,18 @@ class NetDevice(Protocol):
     def xdo_dev_state_add(self, state: OffloadState, extack: ExtAck, now: float) -> int: ...
     def xdo_dev_state_delete(self, handle: int, now: float) -> None: ...
     def xdo_dev_state_free(self, handle: int, now: float) -> None: ...
-    def xdo_dev_offload_ok(self, handle: int) -> bool: ...
+    def xdo_dev_offload_ok(self, handle: int, l3: bytes) -> bool: ...
     def xdo_dev_state_update_stats(self, handle: int, now: float) -> SaStats | None: ...
+    def xdo_dev_state_advance_esn(self, handle: int, esn: int, now: float) -> None: ...
 
 
 def offload_ok(device: NetDevice, state: XfrmState) -> bool:
-    """Whether a send of `state` goes down for the device to encrypt."""
-    return state.offload == _DEVICE and device.xdo_dev_offload_ok(state.handle)
+    """Whether a send of `state` goes down for the device to encrypt (asked per packet, with
+    the IP header it leaves with: this stack sends no IPv4 options and no IPv6 extension
+    headers)."""
+    return state.offload == _DEVICE and device.xdo_dev_offload_ok(
+        state.handle, _L3_SENT[len(state.dst)]
+    )
 
 
 class DeviceOffload:
@@ -183,6 +195,11 @@ class DeviceOffload:
         state.stats.replay += replay
         state.stats.integrity_failed += failed
         self._hw_seen[handle] = counts
+
+    def advance_esn(self, state: XfrmState, esn: int, now: float) -> None:
+        """An offloaded inbound ESN state's window entered a new 2^32 subspace (Linux calls
+        xdo_dev_state_advance_esn from xfrm_replay_advance_esn)."""
+        self._device.xdo_dev_state_advance_esn(state.handle, esn, now)
 
     # -- the device's answers -------------------------------------------------------------
 

@@ -112,7 +112,9 @@ class HostStack:
         spd = Spd(sad)
         offload = DeviceOffload(device, sad, spd, sequences, counters, events)
         transport = Transport(ip, spd, EspOutput(ip, device, sequences, counters), counters, events)
-        esp_input = EspInput(sad.inbound, sequences, counters, ip.packet, transport.deliver)
+        esp_input = EspInput(
+            sad.inbound, sequences, counters, ip.packet, transport.deliver, offload.advance_esn
+        )
         self._name = name
         self._device = device
         self._sequences = sequences
