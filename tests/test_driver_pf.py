@@ -1,4 +1,9 @@
-"""The PF driver's xdo_dev_state_add outcomes and its config channel (retries, txn ids)."""
+"""The PF driver's xdo_dev_state_add outcomes and its config channel (retries, txn ids).
+
+The xdo_dev_* calls wait for the agent's answer (Linux's synchronous xfrmdev_ops): a Testbed's
+`_wait` runs the port meanwhile; the driver alone is given the `Pump` of test_driver_resync.py,
+which carries its frames to a scripted agent (or to a reply made by hand) and runs its timer.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,11 @@ from ipsec_offload.agent.agent import AgentConfig
 from ipsec_offload.agent.counters import Path
 from ipsec_offload.driver.control import ConfigChannel, Errno
 from ipsec_offload.driver.pf import PfDriver
-from ipsec_offload.driver.ring import OffloadState, StateAddDone, TxOffload
-from ipsec_offload.errors import UsageError
-from ipsec_offload.host.stack import HostStack
+from ipsec_offload.driver.ring import ExtAck, OffloadState, TxOffload
+from ipsec_offload.errors import SimulationError, UsageError
+from ipsec_offload.host.stack import HostStack, StateResult
 from ipsec_offload.host.xfrm import Offload, XfrmState
-from ipsec_offload.nic.descriptors import RxDescriptor
+from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
 from ipsec_offload.sim.testbed import Testbed
 from ipsec_offload.wire.config import (
     Algorithm,
@@ -20,11 +25,14 @@ from ipsec_offload.wire.config import (
     ConfigStatus,
     Direction,
     Opcode,
+    SaStats,
     build_config,
+    decode_sa_index,
     encode_sa_index,
 )
 from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, build_ethernet
 from ipsec_offload.wire.ip import IpProto
+from test_driver_resync import Pump, loaded, outbound, waits
 
 pytestmark = pytest.mark.usefixtures("nic_path")
 
@@ -50,12 +58,17 @@ def bed_with(agent: AgentConfig | None = None, **host: object) -> tuple[Testbed,
     return bed, stack
 
 
-def add(bed: Testbed, stack: HostStack, handle: int, spi: int, **kw: object) -> int:
-    """Offload one outbound state and return the rc its StateResult reports."""
-    state = XfrmState(handle, Direction.OUTBOUND, spi, HOST, PEER, Algorithm.AES_GCM_128, KEY, **kw)  # type: ignore[arg-type]
-    stack.add_state(state, bed.now, offload=True)
+def add_result(bed: Testbed, stack: HostStack, handle: int, spi: int) -> StateResult:
+    """Offload one outbound state and return the StateResult of the add."""
+    state = XfrmState(handle, Direction.OUTBOUND, spi, HOST, PEER, Algorithm.AES_GCM_128, KEY)
+    stack.add_state(state, bed.now, offload=True)  # waits: the Testbed runs the port meanwhile
     bed.settle(stack)
-    return [r.rc for r in bed.results(stack) if r.handle == handle][-1]
+    return [r for r in bed.results(stack) if r.handle == handle][-1]
+
+
+def add(bed: Testbed, stack: HostStack, handle: int, spi: int) -> int:
+    """Offload one outbound state and return the rc its StateResult reports."""
+    return add_result(bed, stack, handle, spi).rc
 
 
 def driver_of(bed: Testbed) -> PfDriver:
@@ -74,7 +87,9 @@ def test_add_ok() -> None:
 def test_add_enospc_when_the_sad_is_full() -> None:
     bed, stack = bed_with(AgentConfig(sad_size=1))
     assert add(bed, stack, 1, 0x100) == 0
-    assert add(bed, stack, 2, 0x101) == -Errno.ENOSPC
+    result = add_result(bed, stack, 2, 0x101)
+    assert result.rc == -Errno.ENOSPC
+    assert result.extack == "no room for another SA (the agent's SAD or the VF's quota is full)"
     assert 2 not in stack.states  # the xfrm add failed: no software fallback
     assert len(bed.agent.sad) == 1
 
@@ -82,13 +97,17 @@ def test_add_enospc_when_the_sad_is_full() -> None:
 def test_add_eexist_for_the_same_key() -> None:
     bed, stack = bed_with()
     assert add(bed, stack, 1, 0x100) == 0
-    assert add(bed, stack, 2, 0x100) == -Errno.EEXIST
+    result = add_result(bed, stack, 2, 0x100)
+    assert result.rc == -Errno.EEXIST
+    assert result.extack == "the agent holds an SA with this SPI and destination already"
     assert len(bed.agent.sad) == 1
 
 
 def test_add_einval_for_a_bad_request() -> None:
     bed, stack = bed_with(port=3)  # the agent has one port: port 3 is a bad field
-    assert add(bed, stack, 1, 0x100) == -Errno.EINVAL
+    result = add_result(bed, stack, 1, 0x100)
+    assert result.rc == -Errno.EINVAL
+    assert result.extack == "the agent refused the SA as invalid"
     assert len(bed.agent.sad) == 0
 
 
@@ -100,7 +119,9 @@ def test_add_eopnotsupp_from_the_agent_without_caps() -> None:
     )
     stack.add_state(state, bed.now, offload=True)
     bed.settle(stack)
-    assert [r.rc for r in bed.results(stack)] == [-Errno.EOPNOTSUPP]
+    assert [(r.rc, r.extack) for r in bed.results(stack)] == [
+        (-Errno.EOPNOTSUPP, "the device cannot offload this state")
+    ]
     assert stack.states[1].offload == Offload.SOFTWARE
     assert bed.agent.counters.paths[Path.CONFIG_REQUEST] == 2  # GET_CAPS and ADD_SA
 
@@ -109,13 +130,21 @@ def test_add_etimedout_after_bounded_retries() -> None:
     bed, stack = bed_with()
     bed.lose("nic-to-agent", count=4, match=is_config)
     start = bed.now
-    assert add(bed, stack, 1, 0x100) == -Errno.ETIMEDOUT
+    state = XfrmState(1, Direction.OUTBOUND, 0x100, HOST, PEER, Algorithm.AES_GCM_128, KEY)
+    stack.add_state(state, start, offload=True)
+    # the add returned when the driver gave up: 4 attempts, 1 ms apart (the StateResult is
+    # stamped with the time of the call, so the wait shows in the Testbed's clock)
+    assert bed.now - start == pytest.approx(0.004)
+    bed.settle(stack)
     control = driver_of(bed).channel.counters
     assert (control.resends, control.timeouts) == (3, 1)
     assert bed.link_drops["nic-to-agent"] == 4
     assert 1 not in stack.states
     (result,) = bed.results(stack)
-    assert result.time - start == pytest.approx(0.004)  # 4 attempts, 1 ms apart, then give up
+    assert (result.rc, result.extack) == (
+        -Errno.ETIMEDOUT,
+        "no answer from the agent (the config channel gave up after its retries)",
+    )
 
 
 def test_lost_request_is_recovered_by_the_retry() -> None:
@@ -163,14 +192,26 @@ def reply_frame(driver: PfDriver, message: ConfigMessage) -> RxDescriptor:
 
 def test_driver_reply_completes_the_add_with_the_sa_index() -> None:
     driver = make_driver()
+    sent: list[TxDescriptor] = []
+
+    def agent(now: float) -> None:
+        """Answer each ADD_SA with SA index 7, by the txn_id read from the frame's bytes."""
+        for desc in driver.tx_descriptors():
+            sent.append(desc)
+            txn_id = int.from_bytes(desc.frame[14 + 6 : 14 + 10])
+            reply = ConfigMessage(Opcode.ADD_SA | Opcode.REPLY, txn_id, encode_sa_index(7))
+            driver.receive([reply_frame(driver, reply)], now)
+
+    driver.wait = Pump(agent, [driver])
     state = OffloadState(9, Direction.OUTBOUND, 0x42, PEER, HOST, Algorithm.AES_GCM_128, KEY)
-    driver.xdo_dev_state_add(state, 0.0)
-    (desc,) = driver.tx_descriptors()
+    extack = ExtAck()
+    assert driver.xdo_dev_state_add(state, extack, 0.0) == 0
+    assert extack.msg is None
+    (desc,) = sent
     assert desc.l2tag is None and is_config(desc.frame)
-    txn_id = int.from_bytes(desc.frame[14 + 6 : 14 + 10])
-    reply = ConfigMessage(Opcode.ADD_SA | Opcode.REPLY, txn_id, encode_sa_index(7))
-    driver.receive([reply_frame(driver, reply)], 0.5)
-    assert driver.events() == [StateAddDone(9, 0, 7)]
+    assert desc.frame[14:16] == bytes([1, Opcode.ADD_SA])  # version 1, ADD_SA
+    assert waits(driver) == [(0.0, 0.0)] and driver.channel.counters.resends == 0
+    assert driver.events() == []  # the call returned the answer: no event
     assert driver.sa_index == {9: 7}
     assert driver.xdo_dev_offload_ok(9)
     driver.xmit(b"\x00" * 60, TxOffload(9, IpProto.UDP, 14, 20))
@@ -203,12 +244,37 @@ def test_driver_misuse_raises_with_a_message() -> None:
         driver.xmit(b"\x00" * 60, TxOffload(1, 17, 14, 22))
 
 
-def test_delete_and_stats_of_an_unknown_handle_complete_with_enoent() -> None:
+def test_delete_free_and_stats_of_an_unknown_handle_send_nothing_and_do_not_wait() -> None:
     driver = make_driver()
+    carried: list[float] = []
+    driver.wait = Pump(carried.append, [driver])
     driver.xdo_dev_state_delete(5, 0.0)
-    driver.xdo_dev_state_update_stats(5, 0.0)
-    assert [e.rc for e in driver.events()] == [-Errno.ENOENT, -Errno.ENOENT]  # type: ignore[union-attr]
+    driver.xdo_dev_state_free(5, 0.0)
+    assert driver.xdo_dev_state_update_stats(5, 0.0) is None
+    assert waits(driver) == [] and carried == []
+    assert driver.events() == []
     assert driver.tx_descriptors() == []
+
+
+def test_an_add_without_a_waiter_says_what_to_give() -> None:
+    driver = make_driver()
+    state = OffloadState(9, Direction.OUTBOUND, 0x42, PEER, HOST, Algorithm.AES_GCM_128, KEY)
+    with pytest.raises(SimulationError, match="give it a `wait` that runs the port"):
+        driver.xdo_dev_state_add(state, ExtAck(), 0.0)
+
+
+def test_update_stats_waits_for_the_agents_counters() -> None:
+    pf, agent = loaded()
+    assert pf.xdo_dev_state_add(outbound(5, 0x100), ExtAck(), 0.0) == 0
+    agent.sad[1].stats = SaStats(3, 300, (0, 1, 0, 2, 0))
+    assert pf.xdo_dev_state_update_stats(5, 0.1) == SaStats(3, 300, (0, 1, 0, 2, 0))
+    request = agent.requests[-1]
+    assert request.opcode == Opcode.GET_SA_STATS and decode_sa_index(request.tlvs) == 1
+    assert waits(pf)[-1] == (0.1, 0.1)
+    del agent.sad[1]  # the agent no longer holds it: NOT_FOUND, no counters
+    assert pf.xdo_dev_state_update_stats(5, 0.2) is None
+    assert agent.requests[-1].opcode == Opcode.GET_SA_STATS
+    assert pf.events() == []
 
 
 # -- the config channel's transaction table: every state and input --------------------------
