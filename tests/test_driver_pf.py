@@ -32,7 +32,7 @@ from ipsec_offload.wire.config import (
 )
 from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, build_ethernet
 from ipsec_offload.wire.ip import IpProto
-from test_driver_resync import Pump, loaded, outbound, waits
+from test_driver_resync import ESP_L3, Pump, loaded, outbound, waits
 
 pytestmark = pytest.mark.usefixtures("nic_path")
 
@@ -213,7 +213,7 @@ def test_driver_reply_completes_the_add_with_the_sa_index() -> None:
     assert waits(driver) == [(0.0, 0.0)] and driver.channel.counters.resends == 0
     assert driver.events() == []  # the call returned the answer: no event
     assert driver.sa_index == {9: 7}
-    assert driver.xdo_dev_offload_ok(9)
+    assert driver.xdo_dev_offload_ok(9, ESP_L3)
     driver.xmit(b"\x00" * 60, TxOffload(9, IpProto.UDP, 14, 20))
     (data,) = driver.tx_descriptors()
     assert data.l2tag == 0x80110E05  # OFFLOAD | next header 17 | L3 14 | ESP 20/4

@@ -56,6 +56,7 @@ from ipsec_offload.wire.config import (
     parse_config,
 )
 from ipsec_offload.wire.ethernet import EthernetHeader, EtherType, build_ethernet
+from ipsec_offload.wire.ip import IpProto, IPv4Header, build_ipv4
 from ipsec_offload.wire.mailbox import (
     ExpireKind,
     MailboxMessage,
@@ -71,6 +72,8 @@ PF_MAC = bytes.fromhex("020000000010")
 VF_MAC = bytes.fromhex("020000000101")
 HOST, PEER = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
 KEY = bytes(range(20))
+ESP_L3 = build_ipv4(IPv4Header(HOST, PEER, IpProto.ESP, 20))
+"""The IP header of an ESP packet from HOST, as `xdo_dev_offload_ok` sees it."""
 ETIMEDOUT_TEXT = "no answer from the agent (the config channel gave up after its retries)"
 """The extack of an add whose every attempt went unanswered (PF or VF alike)."""
 
@@ -454,13 +457,13 @@ def test_agent_started_reinstalls_the_pfs_and_the_vfs_sas_with_their_live_seq() 
     p.agent.restart()
     pf_seq.value, vf_seq.value = 1500, 2500  # the stacks sent on (in software) meanwhile
     p.agent.event(EventType.AGENT_STARTED, 0.1)
-    assert not p.pf.xdo_dev_offload_ok(5)  # software until the re-add is answered
+    assert not p.pf.xdo_dev_offload_ok(5, ESP_L3)  # software until the re-add is answered
     p.run(0.1)
     assert p.pf.pf_counters.agent_restarts == 1
     seqs = {sa.request.spi: sa.request.seq for sa in p.agent.sad.values()}
     assert seqs == {0x100: 1500, 0x200: 2500}
     assert {sa.request.local_mac for sa in p.agent.sad.values()} == {PF_MAC, VF_MAC}
-    assert p.pf.xdo_dev_offload_ok(5) and p.vf.xdo_dev_offload_ok(7)
+    assert p.pf.xdo_dev_offload_ok(5, ESP_L3) and p.vf.xdo_dev_offload_ok(7, ESP_L3)
     # nobody waited for the re-installs: each is told as an event
     assert p.pf.events() == [StateAddDone(5, 0, p.pf.sa_index[5])]
     assert p.vf.events() == [StateAddDone(7, 0, p.vf.sa_index[7])]
