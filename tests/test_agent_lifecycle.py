@@ -51,7 +51,7 @@ def _times(records: list[PcapRecord]) -> list[tuple[float, bool]]:
 
 
 def test_golden_resends_unanswered_events_after_the_last_record() -> None:
-    result = replay(_agent(), [PcapRecord(1.0, _caps(5))], [])
+    result = replay(_agent(), [PcapRecord.at(1.0, _caps(5))], [])
     assert _times(result.host_out) == [(1.0, True), (1.0, False)] + [
         (1.0 + n / 100, True) for n in range(1, 6)
     ]
@@ -60,7 +60,7 @@ def test_golden_resends_unanswered_events_after_the_last_record() -> None:
 
 
 def test_golden_fires_timers_before_a_record_of_the_same_time() -> None:
-    records = [PcapRecord(1.0, _caps(5)), PcapRecord(1.02, _caps(6)), PcapRecord(1.025, _ack(1))]
+    records = [PcapRecord.at(1.0, _caps(5)), PcapRecord.at(1.02, _caps(6)), PcapRecord.at(1.025, _ack(1))]
     result = replay(_agent(), records, [])
     assert _times(result.host_out) == [
         (1.0, True),
@@ -196,7 +196,7 @@ def test_a_restart_whose_agent_started_is_lost_is_found_by_the_next_get_caps() -
 
 def test_golden_command_boot_id(tmp_path: Path) -> None:
     host_in, ho, wo = tmp_path / "in.pcap", tmp_path / "HO.pcap", tmp_path / "WO.pcap"
-    write_pcap(host_in, [PcapRecord(1.0, _caps(5))])
+    write_pcap(host_in, [PcapRecord.at(1.0, _caps(5))])
     args = ["agent", "--host-in", host_in, "--host-out", ho, "--wire-out", wo]
     for given, expected in ((None, 1), ("18446744073709551615", (1 << 64) - 1)):
         extra = [] if given is None else ["--boot-id", given]

@@ -200,7 +200,7 @@ def dissect(
 
 
 def write_frames(path: Path, frames: Iterable[bytes]) -> Path:
-    write_pcap(path, [PcapRecord(i * 0.001, f) for i, f in enumerate(frames)])
+    write_pcap(path, [PcapRecord.at(i * 0.001, f) for i, f in enumerate(frames)])
     return path
 
 

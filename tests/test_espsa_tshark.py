@@ -179,7 +179,7 @@ def test_tshark_decrypts_with_our_esp_sa(tmp_path: Path) -> None:
     for case in CASES.values():
         frames += [(case, i, frame) for i, frame in enumerate(_frames(case))]
     pcap = tmp_path / "esp.pcap"
-    write_pcap(pcap, [PcapRecord(1.0 + n / 1000, f) for n, (_, _, f) in enumerate(frames)])
+    write_pcap(pcap, [PcapRecord.at(1.0 + n / 1000, f) for n, (_, _, f) in enumerate(frames)])
 
     rows = tshark_decode(pcap, [case.entry for case in CASES.values()], FIELDS)
 
@@ -209,7 +209,7 @@ def test_tshark_with_esp_sa_file_path_and_negative_controls(tmp_path: Path) -> N
     unknown = _frames(Case(EspSaEntry(V4_A, V4_B, 0x0BADBAD0, KEY128, 1), 1, PAYLOADS))[0]
     pcap = tmp_path / "controls.pcap"
     write_pcap(
-        pcap, [PcapRecord(0.0, good), PcapRecord(1.0, bytes(tampered)), PcapRecord(2.0, unknown)]
+        pcap, [PcapRecord.at(0.0, good), PcapRecord.at(1.0, bytes(tampered)), PcapRecord.at(2.0, unknown)]
     )
     esp_sa = tmp_path / "esp_sa"
     write_esp_sa(esp_sa, [case.entry])
@@ -228,7 +228,7 @@ def test_tshark_with_esp_sa_file_path_and_negative_controls(tmp_path: Path) -> N
 def test_tshark_json_output(tmp_path: Path) -> None:
     case = CASES["ipv6-gcm256"]
     pcap = tmp_path / "json.pcap"
-    write_pcap(pcap, [PcapRecord(0.0, frame) for frame in _frames(case)[:1]])
+    write_pcap(pcap, [PcapRecord.at(0.0, frame) for frame in _frames(case)[:1]])
     (layers,) = tshark_decode(pcap, [case.entry])
     assert layers["udp"]["udp.dstport"] == str(50100 + case.entry.spi % 100)
     assert "esp" in layers
@@ -247,7 +247,7 @@ def test_require_tool_skips_or_fails_when_missing(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.interop
 def test_tshark_decode_reports_a_bad_esp_sa_file(tmp_path: Path) -> None:
     pcap = tmp_path / "one.pcap"
-    write_pcap(pcap, [PcapRecord(0.0, _frames(CASES["ipv4-gcm128"])[0])])
+    write_pcap(pcap, [PcapRecord.at(0.0, _frames(CASES["ipv4-gcm128"])[0])])
     esp_sa = tmp_path / "esp_sa"
     esp_sa.write_text('"IPv4","*","*","*","no such algorithm","0x00","NULL",""\n')
     with pytest.raises(TsharkError, match="esp_sa"):

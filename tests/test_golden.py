@@ -297,16 +297,16 @@ def write_inputs(tmp_path: Path) -> tuple[Path, Path]:
     write_pcap(
         host_in,
         [
-            PcapRecord(T_ADD_OUT, config_frame(OUT_TXN, OUT_REQUEST)),
-            PcapRecord(T_OFFLOAD, offload_frame()),
-            PcapRecord(T_TIE, config_frame(IN_TXN, IN_REQUEST)),
-            PcapRecord(T_BYPASS, bypass_frame(with_tag=True)),
+            PcapRecord.at(T_ADD_OUT, config_frame(OUT_TXN, OUT_REQUEST)),
+            PcapRecord.at(T_OFFLOAD, offload_frame()),
+            PcapRecord.at(T_TIE, config_frame(IN_TXN, IN_REQUEST)),
+            PcapRecord.at(T_BYPASS, bypass_frame(with_tag=True)),
         ],
     )
     # out of time order in the file on purpose: the model sorts by timestamp
     write_pcap(
         wire_in,
-        [PcapRecord(T_TIE, wire_esp_frame()), PcapRecord(T_PLAIN, plain_wire_frame())],
+        [PcapRecord.at(T_TIE, wire_esp_frame()), PcapRecord.at(T_PLAIN, plain_wire_frame())],
     )
     return host_in, wire_in
 
@@ -347,16 +347,16 @@ def test_agent_command_on_hand_built_pcaps(tmp_path: Path) -> None:
 
     host_out = read_pcap(ho)
     assert host_out == [
-        PcapRecord(T_PLAIN, tagged(plain_wire_frame(), RX_NOT_ESP)),
-        PcapRecord(T_ADD_OUT, add_sa_reply(OUT_TXN, 1)),
+        PcapRecord.at(T_PLAIN, tagged(plain_wire_frame(), RX_NOT_ESP)),
+        PcapRecord.at(T_ADD_OUT, add_sa_reply(OUT_TXN, 1)),
         # tie at T_TIE: the host side first, so the SA exists when the wire frame arrives
-        PcapRecord(T_TIE, add_sa_reply(IN_TXN, 2)),
-        PcapRecord(T_TIE, expected_decrypted()),
+        PcapRecord.at(T_TIE, add_sa_reply(IN_TXN, 2)),
+        PcapRecord.at(T_TIE, expected_decrypted()),
     ]
     wire_out = read_pcap(wo)
     assert wire_out == [
-        PcapRecord(T_OFFLOAD, expected_encrypted()),
-        PcapRecord(T_BYPASS, bypass_frame(with_tag=False)),
+        PcapRecord.at(T_OFFLOAD, expected_encrypted()),
+        PcapRecord.at(T_BYPASS, bypass_frame(with_tag=False)),
     ]
 
     # the encrypted frame, decrypted here with the SA's key
@@ -403,7 +403,7 @@ def test_golden_esp_sa_decrypts_in_tshark(tshark: str, tmp_path: Path) -> None:
     result, _ho, wo, keys = run_hand_built(tmp_path, "--kek", f"{KEK_ID}:{KEK.hex()}")
     assert result.exit_code == 0, result.output
     both = tmp_path / "both.pcap"
-    write_pcap(both, [*read_pcap(wo), PcapRecord(T_TIE, wire_esp_frame())])
+    write_pcap(both, [*read_pcap(wo), PcapRecord.at(T_TIE, wire_esp_frame())])
     rows = tshark_decode(both, keys, fields=["esp.spi", "esp.icv_good", "udp.srcport", "data.data"])
     assert [(r["esp.spi"], r["udp.srcport"]) for r in rows] == [
         ("0x00002001", "40500"),

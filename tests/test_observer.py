@@ -98,9 +98,9 @@ def test_two_ciphertexts_under_one_key_and_iv_are_a_reuse_and_copies_are_not() -
     first, second = sealed(bed, out, 7, b"one"), sealed(bed, out, 7, b"two")
     forged = first[:-1] + bytes((first[-1] ^ 1,))  # its ICV does not verify
     unknown = sealed(bed, out, 7, b"one", spi=0x9999)
-    bed.captures["agent-to-wire"].add_burst(1.0, [first, first, forged, unknown])
+    bed.captures["agent-to-wire"].add_burst(1_000_000_000, [first, first, forged, unknown])
     assert watch.check() == []  # a copy is the same encryption
-    bed.captures["agent-hairpin"].add_burst(2.0, [second])
+    bed.captures["agent-hairpin"].add_burst(2_000_000_000, [second])
     assert watch.check() == [NonceReuse(2.0, "agent-hairpin", out.src, out.dst, out.spi, 7)]
     assert watch.check() == []  # found once
     summary = watch.summary()
@@ -222,7 +222,7 @@ def test_a_config_reply_to_another_mac_than_the_pfs_is_a_crafted_request_obeyed(
     assert watch.check() == []  # the PF's own transactions
     to_pf = config_reply(mac(HOST_MAC), Opcode.REMOVE_ALL_SAS)
     to_vm = config_reply(mac(VM_MAC), Opcode.REMOVE_ALL_SAS)
-    bed.captures["agent-to-nic"].add_burst(3.0, [to_pf, to_vm])
+    bed.captures["agent-to-nic"].add_burst(3_000_000_000, [to_pf, to_vm])
     assert watch.check() == [
         CraftedConfigObeyed(3.0, mac(VM_MAC), Opcode.REMOVE_ALL_SAS, ConfigStatus.OK, 0xBAD)
     ]

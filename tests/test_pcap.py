@@ -16,7 +16,10 @@ from ipsec_offload.sim.pcap import PcapRecord, PcapSink, read_pcap, write_pcap
 
 FRAME_A = bytes.fromhex("020000000002020000000001080045000014000100004011f7b2c0000201c0000202")
 FRAME_B = bytes(range(256)) * 4
-GLOBAL_HEADER_LE = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)
+GLOBAL_HEADER_LE = struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, 1)
+"""What write_pcap writes: nanosecond timestamps."""
+GLOBAL_HEADER_US = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)
+S = 1_000_000_000
 
 
 def _record_bytes(sec: int, frac: int, frame: bytes, endian: str = "<") -> bytes:
@@ -25,11 +28,11 @@ def _record_bytes(sec: int, frac: int, frame: bytes, endian: str = "<") -> bytes
 
 def test_round_trip_keeps_bytes_and_timestamps(tmp_path: Path) -> None:
     records = [
-        PcapRecord(time=0.0, frame=FRAME_A),
-        PcapRecord(time=1.000001, frame=FRAME_B),
-        PcapRecord(time=1.5, frame=b""),
-        PcapRecord(time=4294967295.999999, frame=FRAME_A[:14]),
-        PcapRecord(time=0.25, frame=FRAME_A),  # not sorted: order is kept
+        PcapRecord(time_ns=0, frame=FRAME_A),
+        PcapRecord(time_ns=S + 1, frame=FRAME_B),
+        PcapRecord(time_ns=S + S // 2, frame=b""),
+        PcapRecord(time_ns=2**32 * S - 1, frame=FRAME_A[:14]),
+        PcapRecord(time_ns=S // 4, frame=FRAME_A),  # not sorted: order is kept
     ]
     path = tmp_path / "rt.pcap"
     write_pcap(path, records)
@@ -39,14 +42,27 @@ def test_round_trip_keeps_bytes_and_timestamps(tmp_path: Path) -> None:
 
 def test_written_bytes_are_exact(tmp_path: Path) -> None:
     path = tmp_path / "exact.pcap"
-    write_pcap(path, [PcapRecord(time=12.000034, frame=FRAME_A)])
-    assert path.read_bytes() == GLOBAL_HEADER_LE + _record_bytes(12, 34, FRAME_A)
+    write_pcap(path, [PcapRecord(time_ns=12 * S + 34_567, frame=FRAME_A)])
+    assert path.read_bytes() == GLOBAL_HEADER_LE + _record_bytes(12, 34_567, FRAME_A)
 
 
-def test_time_is_rounded_to_the_microsecond(tmp_path: Path) -> None:
+def test_microsecond_files_round_to_the_microsecond(tmp_path: Path) -> None:
     path = tmp_path / "round.pcap"
-    write_pcap(path, [PcapRecord(1.0000004, b"a"), PcapRecord(1.9999996, b"b")])
-    assert [r.time for r in read_pcap(path)] == [1.0, 2.0]
+    records = [PcapRecord(S + 400, b"a"), PcapRecord(2 * S - 400, b"b"), PcapRecord(1500, b"c")]
+    write_pcap(path, records, resolution="us")
+    assert path.read_bytes()[:24] == GLOBAL_HEADER_US
+    assert [r.time_ns for r in read_pcap(path)] == [S, 2 * S, 2000]
+
+
+def test_a_resolution_other_than_ns_or_us_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="resolution 'ms'"):
+        write_pcap(tmp_path / "x.pcap", [], resolution="ms")
+
+
+def test_a_record_at_seconds_is_the_nearest_nanosecond() -> None:
+    assert PcapRecord.at(0.010001, b"x") == PcapRecord(10_001_000, b"x")
+    assert PcapRecord.at(0.010000999999999998, b"x").time_ns == 10_001_000
+    assert PcapRecord(10_001_000, b"x").time == 0.010001
 
 
 def test_empty_capture(tmp_path: Path) -> None:
@@ -59,19 +75,19 @@ def test_empty_capture(tmp_path: Path) -> None:
 def test_large_frame_is_not_truncated(tmp_path: Path) -> None:
     frame = bytes(range(256)) * 300  # 76800 bytes: a TSO super-frame, above 65535
     path = tmp_path / "big.pcap"
-    write_pcap(path, [PcapRecord(3.0, frame)])
-    assert read_pcap(path) == [PcapRecord(3.0, frame)]
+    write_pcap(path, [PcapRecord(3 * S, frame)])
+    assert read_pcap(path) == [PcapRecord(3 * S, frame)]
 
 
 @settings(max_examples=50, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.integers(0, 2**32 * 10**6 - 1), st.binary(max_size=200)),
+        st.tuples(st.integers(0, 2**32 * S - 1), st.binary(max_size=200)),
         max_size=8,
     )
 )
 def test_round_trip_property(tmp_path_factory: pytest.TempPathFactory, items: list) -> None:
-    records = [PcapRecord(time=us / 1_000_000, frame=frame) for us, frame in items]
+    records = [PcapRecord(time_ns=ns, frame=frame) for ns, frame in items]
     path = tmp_path_factory.mktemp("prop") / "p.pcap"
     write_pcap(path, records)
     assert read_pcap(path) == records
@@ -83,20 +99,20 @@ def test_reads_big_endian_nanosecond_and_gzip(tmp_path: Path) -> None:
         struct.pack(">IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 65535, 1)
         + _record_bytes(7, 500_000_000, FRAME_A, ">")
     )
-    assert read_pcap(big_nano) == [PcapRecord(7.5, FRAME_A)]
+    assert read_pcap(big_nano) == [PcapRecord(7 * S + S // 2, FRAME_A)]
     plain = tmp_path / "plain.pcap"
-    write_pcap(plain, [PcapRecord(2.0, FRAME_B)])
+    write_pcap(plain, [PcapRecord(2 * S + 3000, FRAME_B)], resolution="us")
     zipped = tmp_path / "plain.pcap.gz"
     zipped.write_bytes(gzip.compress(plain.read_bytes()))
-    assert read_pcap(zipped) == [PcapRecord(2.0, FRAME_B)]
+    assert read_pcap(zipped) == [PcapRecord(2 * S + 3000, FRAME_B)]
 
 
 def test_sink_collects_and_writes(tmp_path: Path) -> None:
     sink = PcapSink()
-    sink.add(0.5, FRAME_A)
-    sink.add(0.75, FRAME_B)
+    sink.add(S // 2, FRAME_A)
+    sink.add(3 * S // 4, FRAME_B)
     assert len(sink) == 2
-    assert sink.records == (PcapRecord(0.5, FRAME_A), PcapRecord(0.75, FRAME_B))
+    assert sink.records == (PcapRecord(S // 2, FRAME_A), PcapRecord(3 * S // 4, FRAME_B))
     assert list(sink) == list(sink.records)
     path = tmp_path / "sink.pcap"
     sink.write(path)
@@ -106,18 +122,24 @@ def test_sink_collects_and_writes(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("time", "frame"),
-    [(-1.0, b""), (float("nan"), b""), (float("inf"), b""), (2.0**32, b""), (0.0, "text")],
+    ("time_ns", "frame"),
+    [(-1, b""), (1.5, b""), (True, b""), (2**32 * S, b""), (0, "text")],
 )
-def test_bad_record_is_a_usage_error(time: float, frame: object) -> None:
+def test_bad_record_is_a_usage_error(time_ns: object, frame: object) -> None:
     with pytest.raises(UsageError, match="PcapRecord"):
-        PcapRecord(time=time, frame=frame)  # type: ignore[arg-type]
+        PcapRecord(time_ns=time_ns, frame=frame)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("time", [float("nan"), float("inf"), -1.0, 2.0**32])
+def test_a_record_at_a_bad_time_in_seconds_is_a_usage_error(time: float) -> None:
+    with pytest.raises(UsageError, match="PcapRecord"):
+        PcapRecord.at(time, b"")
 
 
 def test_time_rounding_up_to_2_pow_32_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "late.pcap"
     with pytest.raises(UsageError, match="2\\*\\*32"):
-        write_pcap(path, [PcapRecord(4294967295.9999999, b"")])
+        write_pcap(path, [PcapRecord(2**32 * S - 1, b"")], resolution="us")
 
 
 def _bad_file_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
@@ -146,7 +168,12 @@ def _bad_file_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     )
     case(
         "bad-usec.pcap",
-        GLOBAL_HEADER_LE + _record_bytes(1, 1_000_000, FRAME_A),
+        GLOBAL_HEADER_US + _record_bytes(1, 1_000_000, FRAME_A),
+        "invalid timestamp",
+    )
+    case(
+        "bad-nsec.pcap",
+        GLOBAL_HEADER_LE + _record_bytes(1, S, FRAME_A),
         "invalid timestamp",
     )
     # A minimal pcapng section header block
@@ -166,6 +193,7 @@ def _bad_file_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "cut-record.pcap",
         "cut-header.pcap",
         "bad-usec.pcap",
+        "bad-nsec.pcap",
         "capture.pcapng",
     ],
 )
@@ -188,7 +216,7 @@ def test_directory_is_a_usage_error(tmp_path: Path) -> None:
 def test_unwritable_path_is_a_usage_error(tmp_path: Path) -> None:
     path = tmp_path / "no-such-dir" / "out.pcap"
     with pytest.raises(UsageError) as info:
-        write_pcap(path, [PcapRecord(0.0, FRAME_A)])
+        write_pcap(path, [PcapRecord(0, FRAME_A)])
     assert str(info.value).startswith(f"{path}: cannot write pcap file")
 
 
@@ -200,7 +228,7 @@ def test_non_record_item_is_a_usage_error(tmp_path: Path) -> None:
 @pytest.mark.interop
 def test_tshark_reads_what_we_write(tmp_path: Path, tshark: str) -> None:
     path = tmp_path / "ts.pcap"
-    write_pcap(path, [PcapRecord(1.000001, FRAME_A), PcapRecord(2.5, FRAME_B)])
+    write_pcap(path, [PcapRecord.at(1.000001, FRAME_A), PcapRecord.at(2.5, FRAME_B)])
     out = subprocess.run(
         [
             tshark,

@@ -11,7 +11,8 @@ from ipsec_offload.errors import UsageError
 from ipsec_offload.sim.pcap import PcapSink, read_pcap
 from ipsec_offload.sim.testbed import LinkCapture, Testbed
 
-BURSTS = [(0.5, [b"a" * 60, b"b" * 61]), (0.75, []), (1.0, [b"c" * 62])]
+S = 1_000_000_000
+BURSTS = [(S // 2, [b"a" * 60, b"b" * 61]), (3 * S // 4, []), (S, [b"c" * 62])]
 
 
 def fed(sink: PcapSink) -> PcapSink:
@@ -29,8 +30,8 @@ def test_a_link_capture_holds_what_a_pcap_sink_holds(tmp_path: Path) -> None:
     assert len(capture) == len(plain) == 3
     assert capture.records == plain.records
     assert list(capture) == list(plain)
-    capture.add(2.0, b"d" * 60)  # after the bursts taken so far
-    plain.add(2.0, b"d" * 60)
+    capture.add(2 * S, b"d" * 60)  # after the bursts taken so far
+    plain.add(2 * S, b"d" * 60)
     assert capture.records == plain.records
     capture.write(tmp_path / "capture.pcap")
     plain.write(tmp_path / "plain.pcap")
@@ -43,11 +44,13 @@ def test_a_link_capture_holds_what_a_pcap_sink_holds(tmp_path: Path) -> None:
 def test_a_link_capture_refuses_a_bad_record_when_it_is_added() -> None:
     capture = LinkCapture()
     with pytest.raises(UsageError, match="must be bytes"):
-        capture.add_burst(1.0, [b"good", bytearray(b"bad")])  # type: ignore[list-item]
+        capture.add_burst(S, [b"good", bytearray(b"bad")])  # type: ignore[list-item]
     assert [r.frame for r in capture.records] == [b"good"]  # as PcapSink.add frame by frame
     with pytest.raises(UsageError, match="2\\*\\*32"):
-        capture.add_burst(float(2**32), [b"late"])
-    capture.add_burst(3, [b"whole seconds"])  # an int time is a valid one
+        capture.add_burst(2**32 * S, [b"late"])
+    with pytest.raises(UsageError, match="an int of nanoseconds"):
+        capture.add_burst(3.0, [b"seconds"])  # type: ignore[arg-type]
+    capture.add_burst(3 * S, [b"whole seconds"])
     assert capture.records[-1].time == 3
 
 

@@ -1,6 +1,7 @@
 """The agent alone as a frame-level golden model, driven by pcap files (spec section 8).
 
-Frames from both inputs are processed in timestamp order, host side first on a tie, by an
+Frames from both inputs are processed in timestamp order (integer nanoseconds), host side
+first on a tie (the order `sim/clock.py` documents, which the testbed shares), by an
 agent that starts with an empty SAD; every frame it emits is written with the timestamp of the
 frame that caused it, toward the host or the wire.
 
@@ -24,6 +25,7 @@ from ipsec_offload.agent.agent import AgentConfig, AgentOutput, IpsecAgent
 from ipsec_offload.agent.counters import Path as AgentPath
 from ipsec_offload.agent.sad import SecurityAssociation
 from ipsec_offload.errors import UsageError
+from ipsec_offload.sim.clock import deadline_ns, seconds
 from ipsec_offload.sim.espsa import EspSaEntry, write_esp_sa
 from ipsec_offload.sim.pcap import PcapRecord, read_pcap, write_pcap
 from ipsec_offload.wire.addr import mac_from_str
@@ -44,24 +46,28 @@ def replay(
     agent: IpsecAgent, host_in: Iterable[PcapRecord], wire_in: Iterable[PcapRecord]
 ) -> GoldenResult:
     """Feed both inputs to `agent` in timestamp order (host first on a tie)."""
-    events = [(r.time, HOST, i, r) for i, r in enumerate(host_in)]
-    events += [(r.time, WIRE, i, r) for i, r in enumerate(wire_in)]
+    events = [(r.time_ns, HOST, i, r) for i, r in enumerate(host_in)]
+    events += [(r.time_ns, WIRE, i, r) for i, r in enumerate(wire_in)]
     events.sort(key=lambda e: e[:3])
     result = GoldenResult([], [], [])
     held: dict[tuple[int, bytes, bytes | None], EspSaEntry] = {}
 
-    def emit(time: float, out: AgentOutput) -> None:
-        result.host_out.extend(PcapRecord(time, f) for f in out.to_host)
-        result.wire_out.extend(PcapRecord(time, f) for f in out.to_wire)
+    def emit(time_ns: int, out: AgentOutput) -> None:
+        result.host_out.extend(PcapRecord(time_ns, f) for f in out.to_host)
+        result.wire_out.extend(PcapRecord(time_ns, f) for f in out.to_wire)
 
-    def fire_timers(until: float | None) -> None:
-        while (due := agent.next_timer()) is not None and (until is None or due <= until):
-            emit(due, agent.on_timer(due))
+    def fire_timers(until_ns: int | None) -> None:
+        while (due := agent.next_timer()) is not None:
+            due_ns = deadline_ns(due)
+            if until_ns is not None and due_ns > until_ns:
+                return
+            emit(due_ns, agent.on_timer(seconds(due_ns)))
 
     if events:
-        emit(events[0][0], agent.start(events[0][0]))
-    for time, side, _i, record in events:
-        fire_timers(time)
+        emit(events[0][0], agent.start(seconds(events[0][0])))
+    for time_ns, side, _i, record in events:
+        fire_timers(time_ns)
+        time = seconds(time_ns)
         if side == WIRE:
             out = agent.from_wire([record.frame], time)
         else:
@@ -70,7 +76,7 @@ def replay(
             if agent.counters.paths[AgentPath.CONFIG_REQUEST] != requests:
                 for sa in agent.sad:
                     held.setdefault((sa.spi, sa.dst, sa.src), _entry(sa))
-        emit(time, out)
+        emit(time_ns, out)
     fire_timers(None)
     result.sas.extend(held.values())
     return result

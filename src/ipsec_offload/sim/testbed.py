@@ -1,14 +1,16 @@
 """The simulator: one port (NIC + agent) between host stacks and a wire with remote peers.
 
-Theory of operation: a deterministic discrete-event loop in simulated seconds. Every hop over
-a link takes `link_delay`; events at the same time run in a fixed order (frames reaching the
-agent from the host side before those from the wire, then first scheduled first), so a run
-is the same every time. The testbed is the only place where the sans-IO cores meet: it moves
+Theory of operation: a deterministic discrete-event loop on an integer nanosecond clock
+(`now_ns`; `now` is it in seconds, as the cores take it; `sim/clock.py`). Every hop over a link
+takes `link_delay`; events at the same time run in the order `sim/clock.py` documents (the
+agent's timers, then frames reaching the agent from the host side, then from the wire, then the
+rest, first scheduled first), the order the golden model shares, so a run is the same every
+time and its replay exact. The testbed is the only place where the sans-IO cores meet: it moves
 descriptors from drivers to the NIC, frames from the NIC to the agent and on to the wire, and
 back; it fires the drivers' retransmission timers and the agent's event resends (before the
 frames that reach the agent at the same time, as the golden model does); it starts the agent
-when the first frame reaches it and can restart it (`restart_agent`); it records every frame
-on the NIC-agent link and the agent-wire link for pcap files.
+when the first frame reaches it and can restart it (`restart_agent`); it records every frame on
+the NIC-agent link and the agent-wire link for pcap files.
 
 Faults (spec section 9) act on the four link directions and on the two directions of the
 mailbox alike: a `Fault` loses, duplicates (carries twice, back to back) or delays (carries
@@ -45,6 +47,7 @@ from ipsec_offload.host.stack import Delivered, HostStack, StackEvent, StateExpi
 from ipsec_offload.host.xfrm import Mode, XfrmPolicy, XfrmState
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
 from ipsec_offload.nic.nic import Nic, SwitchMode, VsiKind
+from ipsec_offload.sim.clock import NS_PER_S, Order, deadline_ns, seconds, to_ns
 from ipsec_offload.sim.espsa import EspSaEntry
 from ipsec_offload.sim.pcap import PcapRecord, PcapSink
 from ipsec_offload.wire.config import Algorithm, Direction
@@ -60,12 +63,15 @@ FAULT_TARGETS = LINKS + MAILBOX_LINKS
 TAPS = ("agent-hairpin",)
 """What the testbed records besides the links: frames the agent turned around (encrypted)."""
 
-_AGENT_TIMER, _HOST_FIRST, _WIRE_SECOND, _OTHER = -1, 0, 1, 2
-"""The order of events at one time: the agent's timers fire before the frames that reach it
-at that time, as the golden model fires them before an input record of that time."""
+_AGENT_TIMER, _HOST_FIRST, _WIRE_SECOND, _OTHER = (
+    Order.AGENT_TIMER,
+    Order.HOST_SIDE,
+    Order.WIRE_SIDE,
+    Order.OTHER,
+)
 _ARRIVAL_ORDER = {"nic-to-agent": _HOST_FIRST, "wire-to-agent": _WIRE_SECOND}
 """Where a link's delayed frame goes among the events of its new time (default `_OTHER`)."""
-_PCAP_TIME_LIMIT = 2**32
+_PCAP_TIME_LIMIT = 2**32 * NS_PER_S
 _SEQ_LIMIT = {False: 2**32 - 1, True: 2**64 - 1}
 
 
@@ -77,14 +83,15 @@ class LinkCapture(PcapSink):
 
     def __init__(self) -> None:
         super().__init__()
-        self._bursts: list[tuple[float, tuple[bytes, ...]]] = []
+        self._bursts: list[tuple[int, tuple[bytes, ...]]] = []
 
-    def add_burst(self, time: float, frames: Iterable[bytes]) -> None:
-        """Record `frames`, all seen at `time` seconds."""
+    def add_burst(self, time_ns: int, frames: Iterable[bytes]) -> None:
+        """Record `frames`, all seen at `time_ns` nanoseconds."""
+        time = time_ns
         burst = tuple(frames)
         if not burst:
             return
-        valid_time = isinstance(time, float) and 0 <= time < _PCAP_TIME_LIMIT
+        valid_time = type(time) is int and 0 <= time < _PCAP_TIME_LIMIT
         if valid_time and all(isinstance(frame, bytes) for frame in burst):
             self._bursts.append((time, burst))
             return
@@ -98,9 +105,9 @@ class LinkCapture(PcapSink):
             for frame in frames:
                 super().add(time, frame)
 
-    def add(self, time: float, frame: bytes) -> None:
+    def add(self, time_ns: int, frame: bytes) -> None:
         self._catch_up()
-        super().add(time, frame)
+        super().add(time_ns, frame)
 
     @property
     def records(self) -> tuple[PcapRecord, ...]:
@@ -180,7 +187,7 @@ class _Timer:
 
     __slots__ = ("at", "cancelled", "fire", "periodic")
 
-    def __init__(self, at: float, fire: Callable[[], None], *, periodic: bool = False) -> None:
+    def __init__(self, at: int, fire: Callable[[], None], *, periodic: bool = False) -> None:
         self.at = at
         self.fire = fire
         self.cancelled = False
@@ -255,7 +262,8 @@ class Testbed:
         self._periodic_queued = 0
         self.agent_restarts = 0
         self.nic = Nic(mode=mode, meta_ethertype=self.agent.config.meta_ethertype)
-        self.now = 0.0
+        self.now_ns = 0
+        """The clock, in integer nanoseconds."""
         self.link_delay = link_delay
         self.mailbox_delay = mailbox_delay
         self.pf: PfDriver | None = None
@@ -263,6 +271,7 @@ class Testbed:
         self.max_events = max_events
         self.capture = capture
         self.own_sequence = own_sequence
+        """Passed to every host stack (HostStack.own_sequence)."""
         self.key_manager = key_manager
         """The simulated key manager (an IKE daemon's stand-in): a soft expiry of a state of a
         pair made by `secure` asks for a rekey of the pair (`rekey`)."""
@@ -271,12 +280,11 @@ class Testbed:
         self.rekeys = 0
         self._next_reqid = 0
         self._pairs: dict[int, tuple[_Pair, SaBundle]] = {}
+        """reqid -> (what secure was asked, the pair's current SAs)."""
         self._rekeying: set[int] = set()
+        """The reqids of the pairs whose rekey is under way."""
         self._configuring: list[Callable[[], None]] | None = None
         """While a config action runs: those that came due meanwhile, to run after it."""
-        """The reqids of the pairs whose rekey is under way."""
-        """reqid -> (what secure was asked, the pair's current SAs)."""
-        """Passed to every host stack (HostStack.own_sequence)."""
         self.captures: dict[str, LinkCapture] = {name: LinkCapture() for name in LINKS + TAPS}
         self.link_drops: dict[str, int] = dict.fromkeys(FAULT_TARGETS, 0)
         """Frames (mailbox messages) lost by a fault, per link (`FAULT_TARGETS`)."""
@@ -293,7 +301,7 @@ class Testbed:
         self.endpoints: dict[str, Endpoint] = {}
         self.retired: dict[str, Endpoint] = {}
         """Hosts that are gone (destroyed VMs), kept for what they received."""
-        self._queue: list[tuple[float, int, int, Callable[[], None]]] = []
+        self._queue: list[tuple[int, int, int, Callable[[], None]]] = []
         self._seq = 0
         self._next_spi = 0x1000
         self._used_spis: set[int] = set()
@@ -448,7 +456,7 @@ class Testbed:
             raise UsageError(f"{ep.stack.name} is not behind the NIC")
         vsi = ep.vsi
         descs = [TxDescriptor(frame, l2tag)]
-        self._schedule(0.0, _OTHER, lambda: self._nic_tx(vsi, descs))
+        self._schedule(0, _OTHER, lambda: self._nic_tx(vsi, descs))
         if not self._running:
             self._run(None, quiet=True)
 
@@ -750,7 +758,7 @@ class Testbed:
         time (xfrm_cfg_mutex), while the port, faults and traffic go on meanwhile."""
         if config:
             action = partial(self._config, action)
-        self._schedule(max(0.0, time - self.now), _OTHER, action)
+        self._schedule(max(0, to_ns(time) - self.now_ns), _OTHER, action)
 
     def _config(self, action: Callable[[], None]) -> None:
         if self._configuring is not None:
@@ -777,9 +785,10 @@ class Testbed:
             raise UsageError("Testbed.run() is already running (call it from outside events)")
         processed = 0
         queue = self._queue
+        until_ns = None if until is None else to_ns(until)
         self._running = True
         try:
-            while queue and (until is None or queue[0][0] <= until):
+            while queue and (until_ns is None or queue[0][0] <= until_ns):
                 idle = self._periodic_queued if until is None else 0
                 if quiet:
                     idle += self._agent_timers_queued
@@ -788,8 +797,8 @@ class Testbed:
                 processed = self._step(processed)
         finally:
             self._running = False
-        if until is not None:
-            self.now = max(self.now, until)
+        if until_ns is not None:
+            self.now_ns = max(self.now_ns, until_ns)
 
     def _step(self, processed: int) -> int:
         """Run the next event of the queue; `processed` counts those run so far."""
@@ -800,7 +809,7 @@ class Testbed:
             self._periodic_queued -= action.periodic
             if action.cancelled:
                 return processed
-        self.now = max(self.now, at)
+        self.now_ns = max(self.now_ns, at)
         action()
         if processed >= self.max_events:
             raise SimulationError(f"no quiet after {self.max_events} events")
@@ -826,8 +835,8 @@ class Testbed:
 
     @property
     def next_event_time(self) -> float | None:
-        """When the next queued event happens (None: nothing queued)."""
-        return self._queue[0][0] if self._queue else None
+        """When the next queued event happens, in seconds (None: nothing queued)."""
+        return seconds(self._queue[0][0]) if self._queue else None
 
     def delivered(self, stack: HostStack) -> list[Delivered]:
         """Everything the host's applications received so far (also once it is gone)."""
@@ -881,7 +890,7 @@ class Testbed:
         if not all(isinstance(frame, bytes) for frame in burst):
             raise UsageError("wire_inject takes frames as bytes")
         self.wire_injections.extend(burst)
-        self._schedule(self.link_delay, _WIRE_SECOND, lambda: self._agent_wire(burst))
+        self._schedule(self._link_ns, _WIRE_SECOND, lambda: self._agent_wire(burst))
         if not self._running:
             self._run(None, quiet=True)
 
@@ -904,9 +913,32 @@ class Testbed:
 
     # -- the plumbing ---------------------------------------------------------------------
 
-    def _schedule(self, delay: float, prio: int, action: Callable[[], None]) -> None:
+    @property
+    def now(self) -> float:
+        """The clock in seconds, as the sans-IO cores take `now`."""
+        return seconds(self.now_ns)
+
+    @property
+    def link_delay(self) -> float:
+        """Seconds a hop over a link takes (whole nanoseconds)."""
+        return seconds(self._link_ns)
+
+    @link_delay.setter
+    def link_delay(self, value: float) -> None:
+        self._link_ns = to_ns(value)
+
+    @property
+    def mailbox_delay(self) -> float:
+        """Seconds a mailbox message takes (whole nanoseconds)."""
+        return seconds(self._mailbox_ns)
+
+    @mailbox_delay.setter
+    def mailbox_delay(self, value: float) -> None:
+        self._mailbox_ns = to_ns(value)
+
+    def _schedule(self, delay_ns: int, prio: int, action: Callable[[], None]) -> None:
         self._seq += 1
-        heapq.heappush(self._queue, (self.now + delay, prio, self._seq, action))
+        heapq.heappush(self._queue, (self.now_ns + delay_ns, prio, self._seq, action))
 
     def _carry(self, link: str, items: list[bytes], onward: Callable[[list[bytes]], None]) -> None:
         """Hand `items` (frames or mailbox messages) at the end of `link` to `onward`, through
@@ -938,12 +970,12 @@ class Testbed:
             else:
                 self.link_delays[link] += 1
                 order = _ARRIVAL_ORDER.get(link, _OTHER)
-                self._schedule(fault.seconds, order, partial(onward, [item]))
+                self._schedule(to_ns(fault.seconds), order, partial(onward, [item]))
         return carried
 
     def _record(self, link: str, frames: Iterable[bytes]) -> None:
         if self.capture:
-            self.captures[link].add_burst(self.now, frames)
+            self.captures[link].add_burst(self.now_ns, frames)
 
     def _flush(self, ep: Endpoint) -> None:
         """After a host acted: collect its events, send what its driver queued, arm timers."""
@@ -963,22 +995,23 @@ class Testbed:
         if isinstance(driver, PlainDriver):
             frames = driver.take_frames()
             if frames:
-                self._schedule(self.link_delay, _WIRE_SECOND, lambda: self._agent_wire(frames))
+                self._schedule(self._link_ns, _WIRE_SECOND, lambda: self._agent_wire(frames))
             return
         descs = driver.tx_descriptors()
         if descs:
             assert ep.vsi is not None
             vsi = ep.vsi
-            self._schedule(0.0, _OTHER, lambda: self._nic_tx(vsi, descs))
+            self._schedule(0, _OTHER, lambda: self._nic_tx(vsi, descs))
         if isinstance(driver, VfDriver):
             for data in driver.mailbox_messages():
-                self._schedule(self.mailbox_delay, _OTHER, partial(self._to_pf, driver.vf_id, data))
+                self._schedule(self._mailbox_ns, _OTHER, partial(self._to_pf, driver.vf_id, data))
         else:
             for command in driver.admin_commands():
                 self.nic.execute(command)
             for vf, data in driver.mailbox_messages():
-                self._schedule(self.mailbox_delay, _OTHER, partial(self._to_vf, vf, data))
-        deadline = driver.next_timer()
+                self._schedule(self._mailbox_ns, _OTHER, partial(self._to_vf, vf, data))
+        next_timer = driver.next_timer()
+        deadline = None if next_timer is None else deadline_ns(next_timer)
         periodic = isinstance(driver, PfDriver) and not driver.waiting
         timer = ep.timer
         if timer is not None and timer.at == deadline and timer.periodic == periodic:
@@ -989,7 +1022,7 @@ class Testbed:
         if deadline is not None:
             ep.timer = _Timer(deadline, lambda: self._timer(ep), periodic=periodic)
             self._periodic_queued += periodic
-            self._schedule(deadline - self.now, _OTHER, ep.timer)
+            self._schedule(max(0, deadline - self.now_ns), _OTHER, ep.timer)
 
     def _to_pf(self, vf: int, data: bytes) -> None:
         self._carry("vf-to-pf", [data], partial(self._pf_mailbox, vf))
@@ -1023,7 +1056,7 @@ class Testbed:
         self._nic_rx(out.rx)
         if out.to_agent:
             frames = out.to_agent
-            self._schedule(self.link_delay, _HOST_FIRST, lambda: self._agent_host(frames))
+            self._schedule(self._link_ns, _HOST_FIRST, lambda: self._agent_host(frames))
 
     def _agent_host(self, frames: list[bytes]) -> None:
         self._carry("nic-to-agent", frames, self._host_side_in)
@@ -1063,7 +1096,8 @@ class Testbed:
 
     def _arm_agent_timer(self) -> None:
         """Keep one event in the queue at the agent's `next_timer()` (its event resends)."""
-        deadline = self.agent.next_timer()
+        next_timer = self.agent.next_timer()
+        deadline = None if next_timer is None else deadline_ns(next_timer)
         timer = self._agent_timer
         if timer is not None and timer.at == deadline:
             return
@@ -1079,10 +1113,10 @@ class Testbed:
             heapq.heappush(self._queue, (deadline, _AGENT_TIMER, self._seq, action))
 
     def _toward_nic(self, frames: list[bytes]) -> None:
-        self._schedule(self.link_delay, _OTHER, lambda: self._from_agent(frames))
+        self._schedule(self._link_ns, _OTHER, lambda: self._from_agent(frames))
 
     def _toward_wire(self, frames: list[bytes]) -> None:
-        self._schedule(self.link_delay, _OTHER, lambda: self._peers_rx(frames))
+        self._schedule(self._link_ns, _OTHER, lambda: self._peers_rx(frames))
 
     def _from_agent(self, frames: list[bytes]) -> None:
         self._nic_rx(self.nic.from_agent(frames, self.now).rx)

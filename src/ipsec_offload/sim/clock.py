@@ -1,0 +1,55 @@
+"""The simulator's clock: integer nanoseconds, and one order for what happens at one time.
+
+Theory of operation: the testbed and the golden model count time in integer nanoseconds
+(`now_ns`), so that two frames are simultaneous exactly when their times are equal, and a
+pcap with nanosecond timestamps holds every time exactly. The sans-IO cores take `now` in
+seconds (a float): each is handed `seconds(now_ns)`, and a deadline a core computes in seconds
+goes back to the clock through `deadline_ns`: the nearest nanosecond, or the next one where
+that would read as a moment before the deadline, so that a timer always fires at a `now` the
+core takes as due (a core's own arithmetic, such as now + 0.001, is off from a whole
+nanosecond by far less than one half).
+
+What happens at one time happens in this order (`Order`), in the testbed and in the golden
+model alike, so that fed a run's inputs the golden model reproduces its outputs exactly:
+
+1. the agent's timers (its EVENT resends) due then;
+2. frames reaching the agent from the host side (the nic-to-agent link);
+3. frames reaching the agent from the wire (the wire-to-agent link);
+4. everything else (frames leaving the agent, drivers' timers, mailbox messages, a host's
+   actions), in the order they were scheduled.
+
+Within one class, first scheduled runs first; a pcap's records keep that order.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+NS_PER_S = 1_000_000_000
+"""Nanoseconds in a second."""
+
+
+class Order(IntEnum):
+    """Where an event goes among those of its time (smaller first)."""
+
+    AGENT_TIMER = -1
+    HOST_SIDE = 0
+    WIRE_SIDE = 1
+    OTHER = 2
+
+
+def to_ns(seconds: float) -> int:
+    """A time or a delay in seconds as whole nanoseconds (the nearest)."""
+    return round(seconds * NS_PER_S)
+
+
+def seconds(ns: int) -> float:
+    """A clock reading in seconds, as the sans-IO cores take `now`."""
+    return ns / NS_PER_S
+
+
+def deadline_ns(deadline: float) -> int:
+    """The first clock reading at which a core's timer of `deadline` seconds is due: the
+    nearest nanosecond, one more where that one reads as before the deadline."""
+    ns = round(deadline * NS_PER_S)
+    return ns if seconds(ns) >= deadline else ns + 1
