@@ -60,7 +60,11 @@ def test_golden_resends_unanswered_events_after_the_last_record() -> None:
 
 
 def test_golden_fires_timers_before_a_record_of_the_same_time() -> None:
-    records = [PcapRecord.at(1.0, _caps(5)), PcapRecord.at(1.02, _caps(6)), PcapRecord.at(1.025, _ack(1))]
+    records = [
+        PcapRecord.at(1.0, _caps(5)),
+        PcapRecord.at(1.02, _caps(6)),
+        PcapRecord.at(1.025, _ack(1)),
+    ]
     result = replay(_agent(), records, [])
     assert _times(result.host_out) == [
         (1.0, True),

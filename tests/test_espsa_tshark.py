@@ -209,7 +209,12 @@ def test_tshark_with_esp_sa_file_path_and_negative_controls(tmp_path: Path) -> N
     unknown = _frames(Case(EspSaEntry(V4_A, V4_B, 0x0BADBAD0, KEY128, 1), 1, PAYLOADS))[0]
     pcap = tmp_path / "controls.pcap"
     write_pcap(
-        pcap, [PcapRecord.at(0.0, good), PcapRecord.at(1.0, bytes(tampered)), PcapRecord.at(2.0, unknown)]
+        pcap,
+        [
+            PcapRecord.at(0.0, good),
+            PcapRecord.at(1.0, bytes(tampered)),
+            PcapRecord.at(2.0, unknown),
+        ],
     )
     esp_sa = tmp_path / "esp_sa"
     write_esp_sa(esp_sa, [case.entry])

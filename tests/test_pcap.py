@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipsec_offload.errors import UsageError
-from ipsec_offload.sim.pcap import PcapRecord, PcapSink, read_pcap, write_pcap
+from ipsec_offload.sim.pcap import (
+    Interface,
+    PcapRecord,
+    PcapSink,
+    read_pcap,
+    write_pcap,
+    write_pcapng,
+)
 
 FRAME_A = bytes.fromhex("020000000002020000000001080045000014000100004011f7b2c0000201c0000202")
 FRAME_B = bytes(range(256)) * 4
@@ -176,9 +183,11 @@ def _bad_file_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         GLOBAL_HEADER_LE + _record_bytes(1, S, FRAME_A),
         "invalid timestamp",
     )
-    # A minimal pcapng section header block
+    # a pcapng section header block, then an interface of link type 101 and a packet on it
     shb = struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("<I", 28)
-    case("capture.pcapng", shb, "pcapng files are not supported")
+    idb = struct.pack("<IIHHII", 1, 20, 101, 0, 65535, 20)
+    epb = struct.pack("<IIIIIII", 6, 32, 0, 0, 0, 0, 0) + struct.pack("<I", 32)
+    case("raw-ip.pcapng", shb + idb + epb, "link type 101")
     return cases
 
 
@@ -194,7 +203,7 @@ def _bad_file_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "cut-header.pcap",
         "bad-usec.pcap",
         "bad-nsec.pcap",
-        "capture.pcapng",
+        "raw-ip.pcapng",
     ],
 )
 def test_bad_file_is_a_usage_error_naming_it(tmp_path: Path, name: str) -> None:
@@ -248,3 +257,83 @@ def test_tshark_reads_what_we_write(tmp_path: Path, tshark: str) -> None:
     ).stdout.split("\n")
     rows = [line.split("\t") for line in out if line]
     assert [(float(t), int(n)) for t, n in rows] == [(1.000001, len(FRAME_A)), (2.5, len(FRAME_B))]
+
+
+# -- pcapng -----------------------------------------------------------------------------------
+
+
+def _two_directions() -> list[Interface]:
+    out = [PcapRecord(5, FRAME_A), PcapRecord(2**32 + 7, FRAME_B)]  # a high timestamp word
+    back = [PcapRecord(5, FRAME_B[:100]), PcapRecord(S, FRAME_A[:3])]
+
+    def note(frame: bytes) -> str:
+        return f"frame of {len(frame)} bytes"
+
+    return [
+        Interface("nic-to-agent", out, direction=1, describe=note),
+        Interface("agent-to-nic", back, 2, describe=note),
+    ]
+
+
+def test_pcapng_holds_both_directions_in_time_order_to_the_nanosecond(tmp_path: Path) -> None:
+    path = tmp_path / "link.pcapng"
+    write_pcapng(path, _two_directions())
+    # on the tie at 5 ns, the first interface first
+    assert read_pcap(path) == [
+        PcapRecord(5, FRAME_A),
+        PcapRecord(5, FRAME_B[:100]),
+        PcapRecord(S, FRAME_A[:3]),
+        PcapRecord(2**32 + 7, FRAME_B),
+    ]
+    assert path.read_bytes()[:4] == bytes.fromhex("0a0d0d0a")
+
+
+def test_write_pcap_to_a_pcapng_path_writes_one_interface(tmp_path: Path) -> None:
+    records = [PcapRecord(S + 1, FRAME_A), PcapRecord(S + 2, FRAME_B)]
+    write_pcap(tmp_path / "agent-to-wire.pcapng", records)
+    assert read_pcap(tmp_path / "agent-to-wire.pcapng") == records
+
+
+def test_a_failed_write_leaves_the_old_file_whole(tmp_path: Path) -> None:
+    path = tmp_path / "kept.pcap"
+    write_pcap(path, [PcapRecord(1, FRAME_A)])
+    before = path.read_bytes()
+    with pytest.raises(UsageError, match="PcapRecord"):
+        write_pcap(path, [PcapRecord(2, FRAME_B), "not a record"])  # type: ignore[list-item]
+    with pytest.raises(UsageError, match="PcapRecord"):
+        write_pcapng(path, [Interface("x", ["not a record"])])  # type: ignore[list-item]
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.pcap"]
+
+
+@pytest.mark.interop
+def test_tshark_reads_our_pcapng_interfaces_comments_and_nanoseconds(
+    tmp_path: Path, tshark: str
+) -> None:
+    path = tmp_path / "link.pcapng"
+    write_pcapng(path, _two_directions())
+    out = subprocess.run(
+        [
+            tshark,
+            "-n",
+            "-r",
+            str(path),
+            "-T",
+            "fields",
+            "-e",
+            "frame.interface_name",
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "frame.comment",
+            "-e",
+            "frame.len",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    rows = [line.split("\t") for line in out]
+    assert [r[0] for r in rows] == ["nic-to-agent", "agent-to-nic", "agent-to-nic", "nic-to-agent"]
+    assert rows[0][1].endswith("0.000000005") and rows[3][1].endswith("4.294967303")
+    assert [r[2] for r in rows] == [f"frame of {n} bytes" for n in (len(FRAME_A), 100, 3, 1024)]

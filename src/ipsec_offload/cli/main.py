@@ -45,7 +45,20 @@ def main() -> None:
     is_flag=True,
     help="After the summary, print what `ip -s xfrm state` shows on every live host.",
 )
-def run(scenario: str | None, out: Path, naive: tuple[str, ...], timeline: int, xfrm: bool) -> None:
+@click.option(
+    "--pcapng",
+    is_flag=True,
+    help="Also write each link as pcapng (host-link.pcapng, wire-link.pcapng): an interface"
+    " per direction and a comment naming each frame.",
+)
+def run(
+    scenario: str | None,
+    out: Path,
+    naive: tuple[str, ...],
+    timeline: int,
+    xfrm: bool,
+    pcapng: bool,
+) -> None:
     """Run SCENARIO (a TOML file, or a built-in: default, basic, faults) and print its summary.
 
     Without SCENARIO, the built-in default tells the deck's whole story on one port.
@@ -56,7 +69,7 @@ def run(scenario: str | None, out: Path, naive: tuple[str, ...], timeline: int, 
         with _Progress() as progress:
             prepared.run(progress.update)
         report = build_report(prepared)
-        write_outputs(prepared.bed, out, report)
+        write_outputs(prepared.bed, out, report, pcapng=pcapng)
     except IpsecOffloadError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(summary(report, out, timeline))

@@ -5,8 +5,14 @@ bytes written are the bytes read back. Timestamps are integer nanoseconds (the s
 clock), so every time survives a round trip exactly. Written files are little-endian with
 nanosecond timestamps (`resolution="us"` writes microseconds, rounding each time to the
 nearest one), so the same records always give the same bytes. Reading also accepts
-big-endian, microsecond and gzip-compressed pcap files; pcapng is refused (convert it with
-``editcap -F pcap``).
+big-endian, microsecond and gzip-compressed pcap files, and pcapng files (through scapy's
+reader: every Ethernet interface's packets in file order, at the interface's resolution).
+
+pcapng is written here (`write_pcapng`, or `write_pcap` to a path ending in ``.pcapng``):
+scapy's pcapng writer has microsecond timestamps only (no ``if_tsresol``). A file holds one
+interface per capture (for a link, one per direction, named after it), nanosecond
+timestamps, the direction flag where given, and a comment per packet where the interface's
+`describe` names what the frame is.
 
 Every problem with a file is a :class:`~ipsec_offload.errors.UsageError` naming the file and
 what is wrong with it.
@@ -16,7 +22,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator
+import struct
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +34,15 @@ from scapy.utils import RawPcapNgReader, RawPcapReader, RawPcapWriter
 from ipsec_offload.errors import UsageError
 from ipsec_offload.sim.clock import NS_PER_S, seconds, to_ns
 
-__all__ = ["LINKTYPE_ETHERNET", "PcapRecord", "PcapSink", "read_pcap", "write_pcap"]
+__all__ = [
+    "LINKTYPE_ETHERNET",
+    "Interface",
+    "PcapRecord",
+    "PcapSink",
+    "read_pcap",
+    "write_pcap",
+    "write_pcapng",
+]
 
 LINKTYPE_ETHERNET = 1
 """The pcap link-layer header type of Ethernet (DLT_EN10MB)."""
@@ -95,12 +111,6 @@ def _open_reader(name: str) -> Any:
         raise UsageError(
             f"{name}: not a pcap file: no valid pcap file header (bad magic number or truncated)"
         ) from None
-    if isinstance(reader, RawPcapNgReader):
-        reader.close()
-        raise UsageError(
-            f"{name}: pcapng files are not supported, only classic pcap"
-            " (convert it with: editcap -F pcap IN OUT)"
-        )
     return reader
 
 
@@ -112,6 +122,8 @@ def read_pcap(path: str | os.PathLike[str]) -> list[PcapRecord]:
     """
     name = os.fspath(path)
     reader = _open_reader(name)
+    if isinstance(reader, RawPcapNgReader):
+        return _read_pcapng(name, reader)
     try:
         linktype = int(reader.linktype)
         if linktype != LINKTYPE_ETHERNET:
@@ -155,10 +167,39 @@ def read_pcap(path: str | os.PathLike[str]) -> list[PcapRecord]:
         reader.close()
 
 
+def _read_pcapng(name: str, reader: Any) -> list[PcapRecord]:
+    """Every packet of a pcapng file's Ethernet interfaces, in file order."""
+    records: list[PcapRecord] = []
+    try:
+        while True:
+            try:
+                data, meta = reader._read_packet(_SNAPLEN)
+            except EOFError:
+                break
+            if int(meta.linktype) != LINKTYPE_ETHERNET:
+                raise UsageError(
+                    f"{name}: packet {len(records) + 1} is on an interface of link type"
+                    f" {int(meta.linktype)}, only Ethernet (link type {LINKTYPE_ETHERNET})"
+                )
+            ticks = int(meta.tshigh) << 32 | int(meta.tslow)
+            time_ns = (ticks * NS_PER_S + int(meta.tsresol) // 2) // int(meta.tsresol)
+            records.append(PcapRecord(time_ns, bytes(data)))
+    except (struct.error, Scapy_Exception) as exc:
+        raise UsageError(
+            f"{name}: damaged pcapng file after {len(records)} packets: {exc}"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot read pcap file: {exc.strerror or exc}") from None
+    finally:
+        reader.close()
+    return records
+
+
 def write_pcap(
     path: str | os.PathLike[str], records: Iterable[PcapRecord], *, resolution: str = "ns"
 ) -> None:
-    """Write ``records`` to a classic pcap file of Ethernet frames, replacing the file.
+    """Write ``records`` to a classic pcap file of Ethernet frames, replacing the file (to a
+    pcapng file of one interface, named after the file, when `path` ends in ``.pcapng``).
 
     The file is little-endian with nanosecond timestamps, or with `resolution="us"`
     microsecond ones (each time rounded to the nearest microsecond, the half up); the parent
@@ -166,12 +207,22 @@ def write_pcap(
     naming the file if it cannot be written.
     """
     name = os.fspath(path)
+    if name.endswith(".pcapng"):
+        write_pcapng(path, [Interface(os.path.basename(name)[: -len(".pcapng")], records)])
+        return
     per_second = _RESOLUTIONS.get(resolution)
     if per_second is None:
         raise UsageError(f"{name}: resolution {resolution!r}: write 'ns' or 'us'")
+    with _replacing(name) as temporary:
+        _write_classic(name, temporary, records, per_second)
+
+
+def _write_classic(
+    name: str, temporary: str, records: Iterable[PcapRecord], per_second: int
+) -> None:
     try:
         writer = RawPcapWriter(
-            name,
+            temporary,
             linktype=LINKTYPE_ETHERNET,
             endianness="<",
             snaplen=_SNAPLEN,
@@ -229,3 +280,106 @@ class PcapSink:
     def write(self, path: str | os.PathLike[str]) -> None:
         """Write the records collected so far to ``path`` (see :func:`write_pcap`)."""
         write_pcap(path, self._records)
+
+
+# -- pcapng --------------------------------------------------------------------------------
+
+Describe = Callable[[bytes], str | None]
+"""What a frame is, in a few words, for its packet's comment (None: no comment)."""
+
+_SHB = 0x0A0D0D0A
+_IDB, _EPB = 1, 6
+_BYTE_ORDER_MAGIC = 0x1A2B3C4D
+_OPT_END, _OPT_COMMENT, _IF_NAME, _EPB_FLAGS, _IF_TSRESOL = 0, 1, 2, 2, 9
+_TSRESOL_NS = 9
+"""if_tsresol: 10^-9 seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    """One capture of a pcapng file: its name, its records, the direction of its packets
+    as seen from the capture point (0: not given, 1: inbound, 2: outbound), and what names a
+    frame for its packet's comment."""
+
+    name: str
+    records: Iterable[PcapRecord]
+    direction: int = 0
+    describe: Describe | None = None
+
+
+def _option(code: int, value: bytes) -> bytes:
+    return struct.pack("<HH", code, len(value)) + value + bytes(-len(value) % 4)
+
+
+def _block(kind: int, body: bytes) -> bytes:
+    """A pcapng block: type, total length, body (padded to 32 bits), total length."""
+    body += bytes(-len(body) % 4)
+    length = 12 + len(body)
+    return struct.pack("<II", kind, length) + body + struct.pack("<I", length)
+
+
+def write_pcapng(path: str | os.PathLike[str], interfaces: Sequence[Interface]) -> None:
+    """Write `interfaces` to a pcapng file, replacing it: one interface description per
+    capture, then every record in time order (on a tie, in `interfaces` order, each
+    capture's own order kept), with nanosecond timestamps, the interface's direction flag
+    and, where its `describe` names the frame, a comment. Raises UsageError naming the
+    file."""
+    name = os.fspath(path)
+    shb = struct.pack("<IHHq", _BYTE_ORDER_MAGIC, 1, 0, -1)
+    blocks = [_block(_SHB, shb)]
+    packets: list[tuple[int, int, int, bytes]] = []
+    for index, interface in enumerate(interfaces):
+        options = _option(_IF_NAME, interface.name.encode())
+        options += _option(_IF_TSRESOL, bytes((_TSRESOL_NS,))) + _option(_OPT_END, b"")
+        blocks.append(_block(_IDB, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, _SNAPLEN) + options))
+        for order, record in enumerate(interface.records):
+            if not isinstance(record, PcapRecord):
+                raise UsageError(
+                    f"{name}: write_pcapng takes PcapRecord items, not {type(record).__name__}"
+                )
+            if len(record.frame) > _SNAPLEN:
+                raise UsageError(
+                    f"{name}: a frame of {len(record.frame)} bytes is longer than the"
+                    f" {_SNAPLEN}-byte limit of a pcap record"
+                )
+            packets.append((record.time_ns, index, order, record.frame))
+    packets.sort(key=lambda p: p[:3])
+    for time_ns, index, _order, frame in packets:
+        options = b""
+        describe = interfaces[index].describe
+        note = describe(frame) if describe is not None else None
+        if note:
+            options += _option(_OPT_COMMENT, note.encode())
+        if interfaces[index].direction:
+            options += _option(_EPB_FLAGS, struct.pack("<I", interfaces[index].direction & 3))
+        if options:
+            options += _option(_OPT_END, b"")
+        head = struct.pack(
+            "<IIIII", index, time_ns >> 32, time_ns & 0xFFFFFFFF, len(frame), len(frame)
+        )
+        blocks.append(_block(_EPB, head + frame + bytes(-len(frame) % 4) + options))
+    with _replacing(name) as temporary:
+        try:
+            with open(temporary, "wb") as file:
+                file.write(b"".join(blocks))
+        except OSError as exc:
+            raise UsageError(f"{name}: cannot write pcap file: {exc.strerror or exc}") from None
+
+
+@contextmanager
+def _replacing(name: str) -> Iterator[str]:
+    """A temporary path beside `name` to write the file into; renamed over `name` once
+    written whole, removed when the writing fails, so that a failed write leaves the old
+    file (or none) and never half a file."""
+    if os.path.isdir(name):
+        raise UsageError(f"{name}: cannot write pcap file: it is a directory")
+    directory, base = os.path.split(name)
+    temporary = os.path.join(directory, f".{base}.{os.getpid()}.tmp")
+    try:
+        yield temporary
+        os.replace(temporary, name)
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot write pcap file: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)

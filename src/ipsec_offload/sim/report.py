@@ -15,10 +15,11 @@ from ipsec_offload.agent.sad import SecurityAssociation
 from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.host.stack import StateExpire
 from ipsec_offload.host.xfrm import Offload, XfrmState
+from ipsec_offload.sim.describe import describer
 from ipsec_offload.sim.espsa import write_esp_sa
 from ipsec_offload.sim.iproute import xfrm_state_text
 from ipsec_offload.sim.observer import ObserverSummary, WireObserver
-from ipsec_offload.sim.pcap import PcapRecord, write_pcap
+from ipsec_offload.sim.pcap import Interface, PcapRecord, write_pcap, write_pcapng
 from ipsec_offload.sim.runner import FORGED_PAYLOAD, ScenarioRun, TimelineEntry, results_of
 from ipsec_offload.sim.testbed import Testbed
 from ipsec_offload.wire.addr import ip_to_str, mac_to_str
@@ -36,6 +37,8 @@ from ipsec_offload.wire.metadata import RxStatus
 from ipsec_offload.wire.packet import find_esp
 
 HELD, FAILED, ABSENT = "held", "FAILED", "not exercised"
+_INBOUND, _OUTBOUND = 1, 2
+"""pcapng's direction flags, as seen from the agent."""
 LINK_FILES = {
     "host-link": ("nic-to-agent", "agent-to-nic"),
     "wire-link": ("wire-to-agent", "agent-to-wire"),
@@ -447,11 +450,12 @@ def _headline(entry: dict[str, Any]) -> bool:
 # -- outputs ----------------------------------------------------------------------------------
 
 
-def write_outputs(bed: Testbed, out: Path, report: dict[str, Any]) -> None:
+def write_outputs(bed: Testbed, out: Path, report: dict[str, Any], *, pcapng: bool = False) -> None:
     """Every capture (each link direction, the hairpin tap), each link both ways, the
     esp_sa keys file, each live host's `ip -s xfrm state` (xfrm-HOST.txt) and report.json,
-    whose "outputs" lists every file written. The text files are written atomically: each
-    replaces its old version whole, or is left as it was."""
+    whose "outputs" lists every file written; with `pcapng`, each link also as a pcapng
+    file, a named interface per direction and a comment on each frame. Every file is
+    written atomically: each replaces its old version whole, or is left as it was."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -460,9 +464,17 @@ def write_outputs(bed: Testbed, out: Path, report: dict[str, Any]) -> None:
     for link, sink in bed.captures.items():
         sink.write(out / f"{link}.pcap")
         written.append(f"{link}.pcap")
+    meta = bed.agent.config.meta_ethertype
     for name, (first, second) in LINK_FILES.items():
         write_pcap(out / f"{name}.pcap", merged(bed, first, second))
         written.append(f"{name}.pcap")
+        if pcapng:
+            toward_agent, from_agent = (
+                Interface(link, bed.captures[link].records, direction, describer(link, meta))
+                for link, direction in ((first, _INBOUND), (second, _OUTBOUND))
+            )
+            write_pcapng(out / f"{name}.pcapng", [toward_agent, from_agent])
+            written.append(f"{name}.pcapng")
     write_esp_sa(out / "esp_sa", bed.esp_sa_entries())
     written.append("esp_sa")
     for host, text in xfrm_states(bed).items():
