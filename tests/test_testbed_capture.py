@@ -83,9 +83,29 @@ def test_a_testbed_without_capture_keeps_no_frame_and_delivers_the_same(capture:
     bed.secure(host, peer)
     host.send_udp_burst(peer.addresses[4], 1000, 53, [b"one", b"two"], bed.now)
     bed.settle(host)
-    assert [d.payload for d in bed.delivered(peer)] == [b"one", b"two"]
+    assert peer.counters.rx_delivered == 2
     kept = {name: len(sink) for name, sink in bed.captures.items()}
     if capture:
+        assert [d.payload for d in bed.delivered(peer)] == [b"one", b"two"]
         assert kept["nic-to-agent"] >= 2 and kept["agent-to-wire"] >= 2
     else:
         assert set(kept.values()) == {0}
+        with pytest.raises(UsageError, match="keeps no deliveries"):
+            bed.delivered(peer)
+
+
+def test_a_testbed_without_capture_keeps_its_logs_flat_however_long_the_run() -> None:
+    """Memory stays flat: the hosts' logs keep no delivered payload (768k datagrams once
+    grew them to 1.3 GB); what else they log (state results) stays."""
+    bed = Testbed(capture=False)
+    host = bed.add_pf_host("host", "02:00:00:00:01:00", ipv4="192.0.2.1")
+    peer = bed.add_peer("peer", "02:00:00:00:02:00", ipv4="192.0.2.2")
+    bed.secure(host, peer)
+    logged = [len(bed.endpoint(s).log) for s in (host, peer)]
+    for _ in range(20):
+        host.send_udp_burst(peer.addresses[4], 1000, 53, [b"x" * 100] * 64, bed.now)
+        peer.send_udp_burst(host.addresses[4], 53, 1000, [b"y" * 100] * 64, bed.now)
+        bed.settle(host, peer)
+    assert peer.counters.rx_delivered == host.counters.rx_delivered == 20 * 64
+    assert [len(bed.endpoint(s).log) for s in (host, peer)] == logged
+    assert len(bed.results(host)) == 2

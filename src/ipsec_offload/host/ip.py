@@ -21,18 +21,19 @@ The packets it builds carry no IPv4 options nor IPv6 extension headers.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 
 from ipsec_offload.driver.ring import TxOffload
 from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.host.events import StackCounters
 from ipsec_offload.host.offload import NetDevice
+from ipsec_offload.wire.addr import ip_from_str
 from ipsec_offload.wire.ethernet import (
     EthernetHeader,
     EtherType,
     VlanTag,
     build_ethernet,
+    check_vlans,
     ethernet_fields,
 )
 from ipsec_offload.wire.frames import build_udp_frames
@@ -51,6 +52,26 @@ _ETHERTYPE_VERSION: dict[int, int] = {EtherType.IPV4: 4, EtherType.IPV6: 6}
 
 Packet = tuple[bytes, bytes, int, memoryview]
 """A received IP packet for this host: source, destination, upper-layer protocol and bytes."""
+
+
+def host_addresses(name: str, ipv4: str | None, ipv6: str | None) -> dict[int, bytes]:
+    """A host's addresses by length (4: IPv4, 16: IPv6) from their texts; a UsageError naming
+    the host when there is none or one is not of its family."""
+    if ipv4 is None and ipv6 is None:
+        raise UsageError(f"host {name}: give it an IPv4 or an IPv6 address (or both)")
+    addresses: dict[int, bytes] = {}
+    for text, size, option in ((ipv4, 4, "ipv4"), (ipv6, 16, "ipv6")):
+        if text is None:
+            continue
+        try:
+            packed = ip_from_str(text) if isinstance(text, str) else b""
+        except UsageError:
+            packed = b""
+        if len(packed) != size:
+            family = 4 if size == 4 else 6
+            raise UsageError(f"host {name}: {option}={text!r} is not an IPv{family} address")
+        addresses[size] = packed
+    return addresses
 
 
 class IpLayer:
@@ -79,18 +100,12 @@ class IpLayer:
         ipv6: str | None,
         counters: StackCounters,
     ) -> None:
-        if ipv4 is None and ipv6 is None:
-            raise UsageError(f"host {name}: give it an IPv4 or an IPv6 address (or both)")
         self.name = name
         self.device = device
         self.mac = mac
-        self.vlans = vlans
-        self.addresses: dict[int, bytes] = {}
+        self.vlans = check_vlans(vlans, f"host {name}")
+        self.addresses = host_addresses(name, ipv4, ipv6)
         """The interface's addresses by length (4: IPv4, 16: IPv6)."""
-        for text in (ipv4, ipv6):
-            if text is not None:
-                packed = ipaddress.ip_address(text).packed
-                self.addresses[len(packed)] = packed
         self.neighbors: dict[bytes, bytes] = {}
         """IP address -> MAC address (a static neighbour table)."""
         self.counters = counters

@@ -43,6 +43,7 @@ from ipsec_offload.driver.plain import PlainDriver
 from ipsec_offload.driver.ring import RingDriver
 from ipsec_offload.driver.vf import Kek, VfDriver
 from ipsec_offload.errors import SimulationError, UsageError
+from ipsec_offload.host.ip import host_addresses
 from ipsec_offload.host.stack import Delivered, HostStack, StackEvent, StateExpire, StateResult
 from ipsec_offload.host.xfrm import Mode, XfrmPolicy, XfrmState
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
@@ -50,8 +51,9 @@ from ipsec_offload.nic.nic import Nic, SwitchMode, VsiKind
 from ipsec_offload.sim.clock import NS_PER_S, Order, deadline_ns, seconds, to_ns
 from ipsec_offload.sim.espsa import EspSaEntry
 from ipsec_offload.sim.pcap import PcapRecord, PcapSink
+from ipsec_offload.wire.addr import check_unicast_mac, ip_to_str
 from ipsec_offload.wire.config import Algorithm, Direction
-from ipsec_offload.wire.ethernet import VlanTag, vlan_key
+from ipsec_offload.wire.ethernet import VlanTag, check_vlans, vlan_key
 from ipsec_offload.wire.packet import find_esp
 
 LINKS = ("nic-to-agent", "agent-to-nic", "wire-to-agent", "agent-to-wire")
@@ -235,8 +237,9 @@ class _Pair:
 class Testbed:
     """One FVL port with its agent, host stacks behind it and remote peers on the wire.
 
-    Every frame on every link is kept in `captures`; with `capture` False none is, so that a
-    long run of traffic holds no frame once it is delivered."""
+    Every frame on every link is kept in `captures`, and every payload a host received in
+    its log (`delivered`); with `capture` False neither is, so that a long run of traffic
+    holds no frame once it is delivered (count deliveries with the stacks' counters)."""
 
     __test__ = False  # not a pytest test class, whatever its name
 
@@ -254,6 +257,8 @@ class Testbed:
         key_manager: bool = False,
         rekey_grace: float = 0.002,
     ) -> None:
+        if agent is not None and not isinstance(agent, AgentConfig):
+            raise UsageError(f"Testbed(agent=...) takes an AgentConfig, not {agent!r}")
         self.rng = random.Random(seed)
         self.agent = IpsecAgent(self._with_boot_id(agent or AgentConfig()))
         self._agent_started = False
@@ -333,7 +338,7 @@ class Testbed:
         in VEPA mode with `hairpin`, registers local addresses for the hairpin)."""
         if self.pf is not None:
             raise UsageError("this port has a PF host already")
-        mac_b = _mac(mac)
+        mac_b, vlans = self._check_new(name, mac, ipv4, ipv6, vlans)
         vsi = self.nic.add_vsi(VsiKind.PF, mac_b, vlans)
         driver = PfDriver(
             mac_b,
@@ -377,10 +382,10 @@ class Testbed:
         """A VM on VF `vf`: the VF is enabled (its VSI created) on first use; a VF whose
         previous VM was destroyed is reused. The VF driver asks the PF for resources."""
         pf = self._pf()
-        mac_b = _mac(mac)
-        info = pf.vfs.get(vf)
         if any(ep.vf == vf for ep in self.endpoints.values()):
             raise UsageError(f"VF {vf} has a VM already; destroy it first")
+        mac_b, vlans = self._check_new(name, mac, ipv4, ipv6, vlans)
+        info = pf.vfs.get(vf)
         if info is None or info.state == VfState.DISABLED:
             vsi = self.nic.add_vsi(VsiKind.VF, mac_b, vlans)
             pf.enable_vf(vf, vsi.vsi_id, mac_b, vlans, trusted=trusted, quota=quota, now=self.now)
@@ -454,6 +459,10 @@ class Testbed:
         ep = self.endpoint(host)
         if ep.vsi is None:
             raise UsageError(f"{ep.stack.name} is not behind the NIC")
+        if not isinstance(frame, bytes):
+            raise UsageError(f"inject takes the frame as bytes, not {type(frame).__name__}")
+        if l2tag is not None and not (isinstance(l2tag, int) and 0 <= l2tag <= 0xFFFFFFFF):
+            raise UsageError(f"l2tag {l2tag!r}: the descriptor's L2TAG is 32 bits (0 .. 2^32-1)")
         vsi = ep.vsi
         descs = [TxDescriptor(frame, l2tag)]
         self._schedule(0, _OTHER, lambda: self._nic_tx(vsi, descs))
@@ -486,11 +495,38 @@ class Testbed:
         vlans: tuple[VlanTag, ...] = (),
     ) -> HostStack:
         """A remote host on the wire doing ESP in software (on a VLAN if `vlans`)."""
-        mac_b = _mac(mac)
+        mac_b, vlans = self._check_new(name, mac, ipv4, ipv6, vlans)
         driver = PlainDriver(mac_b)
         stack = self._new_stack(name, driver, mac_b, ipv4, ipv6, vlans)
         self._add(Endpoint(stack, driver, None))
         return stack
+
+    def _check_new(
+        self, name: str, mac: str, ipv4: str | None, ipv6: str | None, vlans: object
+    ) -> tuple[bytes, tuple[VlanTag, ...]]:
+        """A new host's MAC and VLANs, once all it is given is checked, before anything is
+        built: a unicast MAC that is not the agent's, addresses of their families, and none
+        of them another host's in its L2 domain (its VLAN stack)."""
+        if name in self.endpoints:
+            raise UsageError(f"a host named {name!r} exists")
+        value = _mac(mac, f"host {name}")
+        if value == self.agent.config.mac:
+            raise UsageError(f"host {name}: {mac} is the agent's MAC; give the host its own")
+        tags = check_vlans(vlans, f"host {name}")
+        addresses = set(host_addresses(name, ipv4, ipv6).values())
+        domain = vlan_key(tags)
+        for other in self.endpoints.values():
+            if vlan_key(other.stack.vlans) != domain:
+                continue
+            if other.stack.mac == value:
+                raise UsageError(f"host {name}: {other.stack.name} has its MAC already")
+            shared = set(other.stack.addresses.values()) & addresses
+            if shared:
+                raise UsageError(
+                    f"host {name}: {other.stack.name} has {ip_to_str(shared.pop())}"
+                    " already (traffic to it would reach neither)"
+                )
+        return value, tags
 
     def _new_stack(
         self,
@@ -508,8 +544,6 @@ class Testbed:
     def _add(self, ep: Endpoint) -> None:
         """Join a host to the L2 domain of its VLAN stack: hosts there learn each other."""
         stack = ep.stack
-        if stack.name in self.endpoints:
-            raise UsageError(f"a host named {stack.name!r} exists")
         domain = vlan_key(stack.vlans)
         for other in self.endpoints.values():
             if vlan_key(other.stack.vlans) != domain:
@@ -840,6 +874,11 @@ class Testbed:
 
     def delivered(self, stack: HostStack) -> list[Delivered]:
         """Everything the host's applications received so far (also once it is gone)."""
+        if not self.capture:
+            raise UsageError(
+                "this Testbed keeps no deliveries (capture=False): count them with"
+                " stack.counters.rx_delivered, or make it with capture=True"
+            )
         return [e for e in self._log(stack) if isinstance(e, Delivered)]
 
     def results(self, stack: HostStack) -> list[StateResult]:
@@ -983,7 +1022,10 @@ class Testbed:
             return  # the VM was destroyed meanwhile
         ep.stack.poll(self.now)
         events = ep.stack.events()
-        ep.log.extend(events)
+        if self.capture:
+            ep.log.extend(events)
+        else:  # the payloads would grow with the traffic: keep the rest
+            ep.log.extend(e for e in events if not isinstance(e, Delivered))
         if self.key_manager:
             self._rekey_on(events)
         self._flush_driver(ep)
@@ -1142,14 +1184,15 @@ def _every(_item: bytes) -> bool:
     return True
 
 
-def _mac(text: str) -> bytes:
+def _mac(text: str, what: str) -> bytes:
+    """A host's MAC from its text: six bytes, unicast, not all zeros."""
     try:
         value = bytes.fromhex(text.replace(":", ""))
-    except ValueError:
+    except (ValueError, AttributeError):
         value = b""
     if len(value) != 6:
-        raise UsageError(f"{text!r} is not a MAC address (write it as 02:00:00:00:00:10)")
-    return value
+        raise UsageError(f"{what}: {text!r} is not a MAC address (write it as 02:00:00:00:00:10)")
+    return check_unicast_mac(value, what)
 
 
 def _net(addr: bytes) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

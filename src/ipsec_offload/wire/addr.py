@@ -41,3 +41,12 @@ def ip_from_str(text: str) -> bytes:
         return ipaddress.ip_address(text).packed
     except ValueError as exc:
         raise UsageError(f"{text!r} is not an IPv4 or IPv6 address") from exc
+
+
+def check_unicast_mac(mac: bytes, what: str) -> bytes:
+    """`mac` if a host may have it: neither multicast (broadcast included) nor all zeros."""
+    if mac[0] & 1:
+        raise UsageError(f"{what}: {mac_to_str(mac)} is a multicast address; give a host's")
+    if not any(mac):
+        raise UsageError(f"{what}: 00:00:00:00:00:00 is not a host's MAC address")
+    return mac

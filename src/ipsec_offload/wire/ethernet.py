@@ -77,6 +77,25 @@ class VlanTag:
         return bool(self.tci & 0x1000)
 
 
+def check_vlans(vlans: object, what: str) -> tuple[VlanTag, ...]:
+    """`vlans` as a VLAN stack: a sequence of at most two VlanTag, each with an 802.1Q or
+    802.1ad TPID and a 16-bit TCI; a UsageError naming `what` otherwise."""
+    if isinstance(vlans, VlanTag) or not isinstance(vlans, tuple | list):
+        raise UsageError(f"{what}: give the VLANs as a tuple of VlanTag, not {vlans!r}")
+    for tag in vlans:
+        if not isinstance(tag, VlanTag):
+            raise UsageError(
+                f"{what}: each VLAN is a VlanTag(tpid, tci), e.g. VlanTag(0x8100, 10), not {tag!r}"
+            )
+        if tag.tpid not in _VLAN_TPIDS or not 0 <= tag.tci <= 0xFFFF:
+            raise UsageError(
+                f"{what}: {tag!r} needs TPID 0x8100 or 0x88A8 and a TCI of 0 .. 0xFFFF"
+            )
+    if len(vlans) > MAX_VLANS:
+        raise UsageError(f"{what}: at most {MAX_VLANS} VLAN tags, not {len(vlans)}")
+    return tuple(vlans)
+
+
 VlanKey: TypeAlias = tuple[tuple[int, int], ...]
 """A VLAN stack as a switch or the SAD compares it: (TPID, VID) per tag, outermost first."""
 
