@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ipsec_offload.bench.cli import bench
+from ipsec_offload.cli.compare import compare
 from ipsec_offload.errors import IpsecOffloadError
 from ipsec_offload.sim.golden import run_golden
 from ipsec_offload.sim.report import build_report, summary, write_outputs, xfrm_listing
@@ -198,3 +199,4 @@ def agent(
 
 
 main.add_command(bench)
+main.add_command(compare)

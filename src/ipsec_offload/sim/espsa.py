@@ -15,7 +15,7 @@ comments.
 Wireshark 4.0 has no sequence-number column: it always authenticates ``SPI || seq`` (32-bit
 sequence numbers). For an SA with extended sequence numbers (RFC 4303 section 2.2.1) it still
 decrypts the payload (the keystream does not depend on the AAD) but reports the ICV as bad.
-Such an SA gets a comment line saying so.
+Such an SA gets a comment line saying so, which :func:`parse_esp_sa` reads back.
 
 The file goes in the Wireshark configuration directory as ``esp_sa`` (for example a directory
 named by ``WIRESHARK_CONFIG_DIR``), and decryption is switched on with
@@ -25,8 +25,10 @@ the ICV checked).
 
 from __future__ import annotations
 
+import csv
 import ipaddress
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -38,6 +40,8 @@ __all__ = [
     "SALT_LEN",
     "EspSaEntry",
     "format_esp_sa",
+    "parse_esp_sa",
+    "read_esp_sa",
     "write_esp_sa",
 ]
 
@@ -56,6 +60,10 @@ _KEY_MATERIAL_LEN = {
 _ENCRYPTION_ALGORITHM = "AES-GCM with 16 octet ICV [RFC4106]"
 _AUTHENTICATION_ALGORITHM = "NULL"
 _HEADER = "# Wireshark ESP SA table (esp_sa), written by ipsec-offload\n"
+_ESN_COMMENT = re.compile(r"#\s*SPI (0x[0-9a-fA-F]+) uses extended sequence numbers")
+_ALGORITHM_BY_LENGTH = {length: alg for alg, length in _KEY_MATERIAL_LEN.items()}
+_PROTOCOL_ADDRESS_LEN = {"IPv4": 4, "IPv6": 16}
+_FIELDS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,3 +161,96 @@ def write_esp_sa(path: str | os.PathLike[str], entries: Iterable[EspSaEntry]) ->
             out.write(text)
     except OSError as exc:
         raise UsageError(f"{name}: cannot write esp_sa file: {exc.strerror or exc}") from None
+
+
+def parse_esp_sa(text: str, source: str = "esp_sa") -> list[EspSaEntry]:
+    """The SAs of an ``esp_sa`` file's text, as :func:`format_esp_sa` writes them.
+
+    Reads what this module writes, and Wireshark's own files where they stay within it:
+    protocol ``IPv4`` or ``IPv6``, a source address or ``*``, a destination address, a hex SPI,
+    ``AES-GCM with 16 octet ICV [RFC4106]`` with ``0x`` key || salt (20 or 36 bytes), any
+    authentication columns (AES-GCM needs none). A comment saying that an SPI uses extended
+    sequence numbers marks the next entry with that SPI as ESN. Blank lines and other comments
+    are skipped. Raises :class:`UsageError` naming ``source``, the line and what is wrong.
+    """
+    entries: list[EspSaEntry] = []
+    esn_spis: set[int] = set()
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if stripped.startswith("#"):
+            marked = _ESN_COMMENT.match(stripped)
+            if marked:
+                esn_spis.add(int(marked.group(1), 16))
+            continue
+        where = f"{source}: line {number}"
+        entry = _parse_line(stripped, where, esn_spis)
+        esn_spis.discard(entry.spi)
+        entries.append(entry)
+    return entries
+
+
+def _parse_line(line: str, where: str, esn_spis: set[int]) -> EspSaEntry:
+    try:
+        fields = next(csv.reader([line], skipinitialspace=True))
+    except csv.Error as exc:
+        raise UsageError(f"{where}: not a line of quoted, comma-separated fields: {exc}") from None
+    if len(fields) < _FIELDS - 2:
+        raise UsageError(f"{where}: {len(fields)} fields, an esp_sa line has {_FIELDS}")
+    protocol, src_text, dst_text, spi_text, algorithm, key_text = fields[:6]
+    address_len = _PROTOCOL_ADDRESS_LEN.get(protocol)
+    if address_len is None:
+        raise UsageError(f"{where}: protocol {protocol!r}, give IPv4 or IPv6")
+    src = None if src_text == "*" else _address(src_text, address_len, where, "source")
+    dst = _address(dst_text, address_len, where, "destination")
+    try:
+        spi = int(spi_text, 16)
+    except ValueError:
+        raise UsageError(f"{where}: SPI {spi_text!r} is not a hex number like 0x00001001") from None
+    if algorithm != _ENCRYPTION_ALGORITHM:
+        raise UsageError(
+            f"{where}: encryption algorithm {algorithm!r} is not supported,"
+            f" only {_ENCRYPTION_ALGORITHM!r}"
+        )
+    key_hex = key_text[2:] if key_text[:2].lower() == "0x" else key_text
+    try:
+        key_material = bytes.fromhex(key_hex)
+    except ValueError:
+        raise UsageError(f"{where}: encryption key {key_text!r} is not 0x and hex digits") from None
+    code = _ALGORITHM_BY_LENGTH.get(len(key_material))
+    if code is None:
+        raise UsageError(
+            f"{where}: encryption key of {len(key_material)} bytes; AES-GCM takes key || salt"
+            " of 20 (AES-GCM-128) or 36 (AES-GCM-256) bytes"
+        )
+    try:
+        return EspSaEntry(src, dst, spi, key_material, code, esn=spi in esn_spis)
+    except UsageError as exc:
+        raise UsageError(f"{where}: {exc}") from None
+
+
+def _address(text: str, length: int, where: str, what: str) -> bytes:
+    try:
+        packed = ipaddress.ip_address(text).packed
+    except ValueError:
+        raise UsageError(f"{where}: {what} address {text!r} is not an IP address") from None
+    if len(packed) != length:
+        raise UsageError(f"{where}: {what} address {text} does not match the protocol")
+    return packed
+
+
+def read_esp_sa(path: str | os.PathLike[str]) -> list[EspSaEntry]:
+    """The SAs of the ``esp_sa`` file at ``path`` (see :func:`parse_esp_sa`).
+
+    Raises :class:`UsageError` naming the file if it cannot be read or a line is wrong.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8") as source:
+            text = source.read()
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot read esp_sa file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{name}: not an esp_sa file: it is not text") from None
+    return parse_esp_sa(text, name)
