@@ -42,6 +42,7 @@ from typing import Any
 from ipsec_offload.crypto.esp import esp_open, explicit_iv
 from ipsec_offload.crypto.gcm import EspAead
 from ipsec_offload.errors import AuthenticationError, ParseError
+from ipsec_offload.sim.clock import NS_PER_S
 from ipsec_offload.sim.espsa import EspSaEntry
 from ipsec_offload.sim.pcap import PcapRecord
 from ipsec_offload.wire.addr import mac_to_str
@@ -103,16 +104,7 @@ __all__ = [
     "comparison_json",
     "decode_frame",
     "format_comparison",
-    "record_time_ns",
 ]
-
-_NS_PER_S = 1_000_000_000
-
-
-def record_time_ns(record: PcapRecord) -> int:
-    """A record's timestamp in integer nanoseconds: every timestamp the scoreboard reads goes
-    through here (`PcapRecord.time` is float seconds today)."""
-    return round(record.time * _NS_PER_S)
 
 
 class FindingKind(IntEnum):
@@ -909,7 +901,7 @@ def _text(value: _Value | None) -> str:
 
 
 def _time(ns: int) -> str:
-    return f"{ns // _NS_PER_S}.{ns % _NS_PER_S:09d} s"
+    return f"{ns // NS_PER_S}.{ns % NS_PER_S:09d} s"
 
 
 def _pair_key(frame: bytes, meta_ethertype: int) -> Hashable:
@@ -964,7 +956,7 @@ def compare(
     equal = 0
     for i, j in matches:
         done_a[i] = done_b[j] = 1
-        if timestamps and record_time_ns(expected[i]) != record_time_ns(actual[j]):
+        if timestamps and expected[i].time_ns != actual[j].time_ns:
             events.append(_Event((2 * i, j), FindingKind.MISMATCHED, i, j))
         else:
             equal += 1
@@ -1011,7 +1003,7 @@ def compare(
                 offset = _first_difference(exp.frame, act.frame)
                 shown = _show_bytes(exp.frame, offset), _show_bytes(act.frame, offset)
                 diffs.append(FieldDiff("frame", *shown, offset))
-            t_exp, t_act = record_time_ns(exp), record_time_ns(act)
+            t_exp, t_act = exp.time_ns, act.time_ns
             if timestamps and t_exp != t_act:
                 diffs.insert(0, FieldDiff("time", _time(t_exp), _time(t_act)))
             field_counts.update(diff.field for diff in diffs)
