@@ -15,12 +15,12 @@ from ipsec_offload.agent.sad import SecurityAssociation
 from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.host.stack import StateExpire
 from ipsec_offload.host.xfrm import Offload, XfrmState
-from ipsec_offload.sim.describe import describer
 from ipsec_offload.sim.espsa import write_esp_sa
 from ipsec_offload.sim.iproute import xfrm_state_text
 from ipsec_offload.sim.observer import ObserverSummary, WireObserver
 from ipsec_offload.sim.pcap import Interface, PcapRecord, write_pcap, write_pcapng
 from ipsec_offload.sim.runner import FORGED_PAYLOAD, ScenarioRun, TimelineEntry, results_of
+from ipsec_offload.sim.scoreboard import describer
 from ipsec_offload.sim.testbed import Testbed
 from ipsec_offload.wire.addr import ip_to_str, mac_to_str
 from ipsec_offload.wire.config import (

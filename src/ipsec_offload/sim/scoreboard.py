@@ -405,6 +405,20 @@ def decode_frame(
     return _done(d, frame)
 
 
+def describer(link: str, meta_ethertype: int = EtherType.META) -> Callable[[bytes], str]:
+    """The one-line summary of each frame of a link direction (a pcapng packet's comment):
+    the agent's output toward the NIC carries Rx metadata, its input from the NIC Tx
+    metadata."""
+    layout = {"agent-to-nic": MetaLayout.RX, "nic-to-agent": MetaLayout.TX}.get(
+        link, MetaLayout.AUTO
+    )
+
+    def summary(frame: bytes) -> str:
+        return decode_frame(frame, meta=layout, meta_ethertype=meta_ethertype).summary
+
+    return summary
+
+
 def _done(d: _Decoder, frame: bytes) -> DecodedFrame:
     d.summary.append(f"{len(frame)} bytes")
     return DecodedFrame(d.fields, ", ".join(d.summary), d.layout)
