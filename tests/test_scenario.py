@@ -149,3 +149,53 @@ start = 0.001
     run = prepare(scenario, "busy.toml")
     with pytest.raises(ScenarioError, match=r"busy.toml: vm\[1\].start: VF 0 has a VM already"):
         run.run()
+
+
+# -- hostile files --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (GOOD.encode("utf-16"), "not UTF-8 text at byte 0 (it looks like UTF-16)"),
+        (GOOD.replace("host", "hôst").encode("latin-1"), "not UTF-8 text at byte"),
+        (b"a = 1\n\x00\x01\x02", "holds NUL bytes"),
+        (("a = " + "[" * 5000 + "]" * 5000).encode(), "nested too deep"),
+        (b"#" * (1 << 20) + b"\n", "larger than 1048576 bytes"),
+    ],
+    ids=["utf-16", "latin-1", "binary", "deep", "huge"],
+)
+def test_a_hostile_file_is_one_line_naming_it(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_bytes(content)
+    result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {path}: ")
+    assert message in result.output and result.output.count("\n") == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where", "message"),
+    [
+        ("count = 3", "count = true", "flow[0].count", "valid integer"),
+        ("count = 3", "count = 3\nstart = 1e300", "flow[0].start", "less than or equal to 3600"),
+        ("count = 3", "count = 1000000\nrate = 1.0", "flow[0]", "after the 3600 s"),
+        ("vf = 0", "vf = 0.0", "vm[0].vf", "valid integer"),
+        ('"peer"]', '"peer"]\nesn = 1', "sa[0].esn", "valid boolean"),
+    ],
+)
+def test_values_of_the_wrong_type_or_out_of_time_name_their_field(
+    old: str, new: str, where: str, message: str
+) -> None:
+    assert old in GOOD
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(GOOD.replace(old, new, 1), "t.toml")
+    assert str(info.value).startswith(f"t.toml: {where}: ")
+    assert message in str(info.value)
+
+
+def test_a_negative_timeline_is_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["run", "basic", "--timeline", "-1"])
+    assert result.exit_code == 2 and "-1 is not in the range x>=0" in result.output

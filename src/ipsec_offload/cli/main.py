@@ -40,7 +40,13 @@ def main() -> None:
     type=click.Choice(NAIVE_SWITCHES),
     help="Switch off one of the deck's fixes to watch its failure (repeatable).",
 )
-@click.option("--timeline", default=40, show_default=True, help="Timeline lines to print.")
+@click.option(
+    "--timeline",
+    default=40,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Timeline lines to print.",
+)
 @click.option(
     "--xfrm",
     is_flag=True,

@@ -18,6 +18,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -36,6 +39,11 @@ NAIVE_SWITCHES = (
     "resync",
 )
 """The deck's fixes and spec 9's `run --naive` can switch off (any number at once)."""
+
+
+MAX_SECONDS = 3600.0
+"""The latest time a scenario may name (an hour of simulated time; the PF's GET_CAPS probe
+alone runs once a second through it)."""
 
 
 class _Model(BaseModel):
@@ -71,7 +79,7 @@ Mac = Annotated[str, Field(description="MAC address, 02:00:00:00:01:00")]
 class VlanSpec(_Model):
     """One VLAN tag: `vid` 1..4094 and `tpid` 0x8100 (802.1Q) or 0x88a8 (802.1ad)."""
 
-    vid: int = Field(ge=1, le=4094)
+    vid: StrictInt = Field(ge=1, le=4094)
     tpid: Literal[0x8100, 0x88A8] = 0x8100
 
 
@@ -123,8 +131,8 @@ class PortSpec(_Model):
         default=None,
         description="the PF MAC the agent takes config frames from (default: the PF's)",
     )
-    sad_size: int = Field(default=4096, ge=1, le=(1 << 24) - 1)
-    max_replay_window: int = Field(default=4096, ge=0, le=1 << 31)
+    sad_size: StrictInt = Field(default=4096, ge=1, le=(1 << 24) - 1)
+    max_replay_window: StrictInt = Field(default=4096, ge=0, le=1 << 31)
     keks: dict[str, str] = Field(
         default_factory=dict, description="KEK id (decimal text) -> key in hex (16/24/32 bytes)"
     )
@@ -150,10 +158,12 @@ class PortSpec(_Model):
 
 
 class VmSpec(HostSpec):
-    vf: int = Field(ge=0, le=127)
-    trusted: bool = True
-    kek: int | None = Field(default=None, description="wrap keys under this KEK id")
-    start: float = Field(default=0.0, ge=0.0, description="when the VM boots (seconds)")
+    vf: StrictInt = Field(ge=0, le=127)
+    trusted: StrictBool = True
+    kek: StrictInt | None = Field(default=None, description="wrap keys under this KEK id")
+    start: StrictFloat = Field(
+        default=0.0, ge=0.0, le=MAX_SECONDS, description="when the VM boots (seconds)"
+    )
 
 
 class SaSpec(_Model):
@@ -162,15 +172,15 @@ class SaSpec(_Model):
     family: Literal[4, 6] = 4
     mode: Literal["transport", "tunnel"] = "transport"
     algorithm: Literal["aes-gcm-128", "aes-gcm-256"] = "aes-gcm-128"
-    esn: bool = False
-    replay_window: int = Field(default=64, ge=0, le=1 << 31)
-    offload: bool = True
-    spis: tuple[int, int] | None = None
-    at: float = Field(default=0.0, ge=0.0)
-    soft_lifetime_packets: int = Field(default=0, ge=0, lt=1 << 64)
-    lifetime_packets: int = Field(default=0, ge=0, lt=1 << 64)
-    soft_lifetime_bytes: int = Field(default=0, ge=0, lt=1 << 64)
-    lifetime_bytes: int = Field(default=0, ge=0, lt=1 << 64)
+    esn: StrictBool = False
+    replay_window: StrictInt = Field(default=64, ge=0, le=1 << 31)
+    offload: StrictBool = True
+    spis: tuple[StrictInt, StrictInt] | None = None
+    at: StrictFloat = Field(default=0.0, ge=0.0, le=MAX_SECONDS)
+    soft_lifetime_packets: StrictInt = Field(default=0, ge=0, lt=1 << 64)
+    lifetime_packets: StrictInt = Field(default=0, ge=0, lt=1 << 64)
+    soft_lifetime_bytes: StrictInt = Field(default=0, ge=0, lt=1 << 64)
+    lifetime_bytes: StrictInt = Field(default=0, ge=0, lt=1 << 64)
 
     @field_validator("spis")
     @classmethod
@@ -185,13 +195,23 @@ class FlowSpec(_Model):
     to: str
     protocol: Literal["udp", "tcp", "icmp"] = "udp"
     family: Literal[4, 6] = 4
-    size: int = Field(default=200, ge=1, le=65000)
-    count: int = Field(default=10, ge=1, le=1_000_000)
-    rate: float = Field(default=10_000.0, gt=0, description="packets per second")
-    start: float = Field(default=0.0, ge=0.0)
-    tso: bool = False
-    mss: int = Field(default=1400, ge=1, le=65535)
+    size: StrictInt = Field(default=200, ge=1, le=65000)
+    count: StrictInt = Field(default=10, ge=1, le=1_000_000)
+    rate: StrictFloat = Field(default=10_000.0, gt=0, le=1e9, description="packets per second")
+    start: StrictFloat = Field(default=0.0, ge=0.0, le=MAX_SECONDS)
+    tso: StrictBool = False
+    mss: StrictInt = Field(default=1400, ge=1, le=65535)
     sa: str | None = Field(default=None, description='the SA it uses, or "none" for clear')
+
+    @model_validator(mode="after")
+    def _ends_in_time(self) -> FlowSpec:
+        last = self.start + (self.count - 1) / self.rate
+        if last > MAX_SECONDS:
+            raise ValueError(
+                f"its last packet would leave at {last:g} s, after the {MAX_SECONDS:g} s a"
+                " scenario may run: raise the rate or lower the count"
+            )
+        return self
 
 
 ConfigOpcodeName = Literal[
@@ -207,7 +227,7 @@ ConfigOpcodeName = Literal[
 
 
 class EventSpec(_Model):
-    at: float = Field(ge=0.0)
+    at: StrictFloat = Field(ge=0.0, le=MAX_SECONDS)
     action: Literal[
         "destroy_vm",
         "reset_vf",
@@ -222,7 +242,7 @@ class EventSpec(_Model):
     ]
     target: str | None = None
     frame: Literal["remove_all_sas", "add_sa", "forged_offload"] | None = None
-    count: int = Field(default=1, ge=1, le=1000)
+    count: StrictInt = Field(default=1, ge=1, le=1000)
     opcode: ConfigOpcodeName | None = Field(
         default=None,
         description="lose_config, lose_replies: only requests (replies) of this opcode",
@@ -242,13 +262,33 @@ class Scenario(_Model):
     event: list[EventSpec] = Field(default_factory=list)
 
 
+MAX_SCENARIO_BYTES = 1 << 20
+"""A scenario file's size limit (1 MiB): a scenario is a short text; a device or a runaway
+file is refused before it is read whole."""
+
+
 def load_scenario(path: Path) -> Scenario:
     """Read and validate a scenario file; ScenarioError says where and what is wrong."""
+    source = str(path)
     try:
-        text = path.read_text()
+        with open(path, "rb") as file:
+            data = file.read(MAX_SCENARIO_BYTES + 1)
     except OSError as exc:
-        raise ScenarioError(str(path), "file", exc.strerror or str(exc)) from None
-    return parse_scenario(text, str(path))
+        raise ScenarioError(source, "file", exc.strerror or str(exc)) from None
+    if len(data) > MAX_SCENARIO_BYTES:
+        raise ScenarioError(
+            source, "file", f"larger than {MAX_SCENARIO_BYTES} bytes: not a scenario file"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        hint = " (it looks like UTF-16)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ScenarioError(
+            source,
+            "file",
+            f"not UTF-8 text at byte {exc.start}{hint}: a TOML file is UTF-8 (save it so)",
+        ) from None
+    return parse_scenario(text, source)
 
 
 BUILTIN = ("default", "basic", "faults")
@@ -278,12 +318,18 @@ def resolve_scenario(argument: str | None) -> tuple[Scenario, str]:
 
 def parse_scenario(text: str, source: str) -> Scenario:
     """Validate scenario text from `source` (a file name for messages)."""
+    if "\x00" in text:
+        raise ScenarioError(source, "file", "holds NUL bytes: a binary file, not TOML text")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(source, "TOML", str(exc)) from None
+    except RecursionError:
+        raise ScenarioError(source, "TOML", "arrays or tables nested too deep") from None
     try:
         scenario = Scenario.model_validate(data)
+    except RecursionError:
+        raise ScenarioError(source, "(top level)", "values nested too deep") from None
     except ValidationError as exc:
         # An unknown key first: a misspelt one also makes the right one look missing.
         error = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
