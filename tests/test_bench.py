@@ -90,6 +90,7 @@ def test_quick_run_writes_every_figure_with_its_ratio(tmp_path: Path) -> None:
     report = json.loads(out.read_text(encoding="utf-8"))
     figures = {f["id"]: f for f in report["figures"]}
     small, large = QUICK.sad_sizes
+    golden_small, golden_large = QUICK.golden_frames
     expected = [
         f"{name}/{algorithm.name.lower()}/{size}"
         for name in DATAPATH
@@ -109,6 +110,11 @@ def test_quick_run_writes_every_figure_with_its_ratio(tmp_path: Path) -> None:
         "sa_memory/inbound",
         "config/agent",
         "config/pf_driver",
+        f"golden/agent_alone/{golden_small}",
+        f"golden/replay/{golden_small}",
+        f"golden/replay/{golden_large}",
+        f"golden/cost/{golden_small}",
+        f"golden/cost/{golden_large}",
     ]
     assert sorted(figures) == sorted(expected)
     for figure in figures.values():
@@ -123,7 +129,11 @@ def test_quick_run_writes_every_figure_with_its_ratio(tmp_path: Path) -> None:
     measured = [f for f in figures.values() if not f["baseline"]]
     assert all(f["ratios"] for f in measured)
     targeted = {f["id"].split("/")[0] for f in measured if any(r["target"] for r in f["ratios"])}
-    assert targeted == {"agent_tx", "agent_rx", "full_path", "sad_lookup", "sa_memory"}
+    assert targeted == {"agent_tx", "agent_rx", "full_path", "sad_lookup", "sa_memory", "golden"}
+    cost = figures[f"golden/cost/{golden_large}"]
+    assert [(r["baseline"], r["target"]) for r in cost["ratios"]] == [
+        (f"golden/cost/{golden_small}", "<= 1.3")
+    ]
     for algorithm in QUICK.algorithms:
         tx = figures[f"agent_tx/{algorithm.name.lower()}/1400"]
         assert [r["target"] for r in tx["ratios"]] == [">= 0.5", ">= 100"]

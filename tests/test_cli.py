@@ -335,11 +335,11 @@ def test_run_into_an_impossible_folder_is_a_clean_error(tmp_path: Path) -> None:
 def test_a_progress_bar_once_a_run_takes_more_than_a_moment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ipsec_offload.cli import main as cli
+    from ipsec_offload.cli.progress import Progress
 
     quick = run("basic", "--out", str(tmp_path / "quick"))
     assert "simulating" not in quick.stderr  # a quick run shows none
-    monkeypatch.setattr(cli._Progress, "DELAY", 0.0)
+    monkeypatch.setattr(Progress, "DELAY", 0.0)
     slow = run("basic", "--out", str(tmp_path / "slow"))
     assert slow.exit_code == 0, slow.output
     assert "simulating" in slow.stderr

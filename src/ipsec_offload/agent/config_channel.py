@@ -84,6 +84,9 @@ class ConfigChannel:
         self.local_addrs = local_addrs
         self.counters = counters
         self.replies: OrderedDict[tuple[bytes, int], bytes] = OrderedDict()
+        self.on_add: Callable[[SecurityAssociation], None] | None = None
+        """Called with each SA an ADD_SA adds, as it is added (sans-IO: the caller decides
+        what to do with it; the golden model learns the keys file's SAs from it)."""
         self._tag = tag
         self.events = EventChannel(
             mac=config.mac,
@@ -176,29 +179,30 @@ class ConfigChannel:
             index = self.sad.allocate_index()
         except SadFull:
             return ConfigStatus.NO_SPACE, ()
-        self.sad.insert(
-            SecurityAssociation(
-                index=index,
-                port=msg.port,
-                direction=req.direction,
-                spi=req.spi,
-                dst=req.dst,
-                src=req.src,
-                algorithm=req.alg,
-                key_material=key_material,
-                domain=domain,
-                esn=req.esn,
-                ivdb=(1 if req.seq is None else req.seq) if outbound else 0,
-                replay=None
-                if outbound
-                else ReplayWindow(window, req.esn, 0 if req.seq is None else req.seq),
-                lifetime_packets=req.lifetime_packets or 0,
-                lifetime_bytes=req.lifetime_bytes or 0,
-                # a soft limit above the hard one is accepted, as Linux does: it never fires
-                soft_lifetime_packets=req.soft_lifetime_packets or 0,
-                soft_lifetime_bytes=req.soft_lifetime_bytes or 0,
-            )
+        sa = SecurityAssociation(
+            index=index,
+            port=msg.port,
+            direction=req.direction,
+            spi=req.spi,
+            dst=req.dst,
+            src=req.src,
+            algorithm=req.alg,
+            key_material=key_material,
+            domain=domain,
+            esn=req.esn,
+            ivdb=(1 if req.seq is None else req.seq) if outbound else 0,
+            replay=None
+            if outbound
+            else ReplayWindow(window, req.esn, 0 if req.seq is None else req.seq),
+            lifetime_packets=req.lifetime_packets or 0,
+            lifetime_bytes=req.lifetime_bytes or 0,
+            # a soft limit above the hard one is accepted, as Linux does: it never fires
+            soft_lifetime_packets=req.soft_lifetime_packets or 0,
+            soft_lifetime_bytes=req.soft_lifetime_bytes or 0,
         )
+        self.sad.insert(sa)
+        if self.on_add is not None:
+            self.on_add(sa)
         return ConfigStatus.OK, encode_sa_index(index)
 
     def _key_material(self, req: AddSaRequest) -> bytes | None:

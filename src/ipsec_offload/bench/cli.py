@@ -26,9 +26,9 @@ from ipsec_offload.errors import IpsecOffloadError
 def bench(out: Path, quick: bool, markdown: bool) -> None:
     """Measure the datapath against its ceiling (bare AES-GCM) and its peer (scapy).
 
-    Agent Tx and Rx, the whole simulated path, SAD lookups, memory per SA and the config
-    plane, each as an absolute figure and as a ratio to its baseline from the same run.
-    A full run takes about a minute; see docs/performance.md.
+    Agent Tx and Rx, the whole simulated path, SAD lookups, memory per SA, the config plane
+    and the golden model, each as an absolute figure and as a ratio to its baseline from the
+    same run. A full run takes about two minutes; see docs/performance.md.
     """
     try:
         results = run_benchmark(

@@ -55,6 +55,12 @@ class Settings:
     config_round_trips: int = 1000
     memory_sas: int = 2000
     """SAs installed to measure the memory of one."""
+    golden_frames: tuple[int, int] = (10_000, 1_000_000)
+    """The golden model's mixed traces (a tenth config frames): the large one is timed once
+    (it takes seconds), in turn with `golden_repeats` runs of the small one in a row."""
+    golden_repeats: int = 50
+    """Runs of the small trace (at least 2; half the large trace's frames, so that both are
+    timed over seconds): half of them just before the large one, half just after."""
 
 
 FULL = Settings()
@@ -68,6 +74,8 @@ QUICK = Settings(
     lookups=1000,
     config_round_trips=4,
     memory_sas=20,
+    golden_frames=(400, 4000),
+    golden_repeats=10,
 )
 
 
@@ -135,20 +143,27 @@ class Results:
         raise KeyError(figure_id)
 
 
-def race(timed: Mapping[str, Prepare], rounds: int) -> dict[str, float]:
+def race(
+    timed: Mapping[str, Prepare],
+    rounds: int,
+    warm_up: bool = True,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
     """Operations per second of each workload: the best of `rounds` rounds in which the
-    workloads take turns, after a warm-up round."""
+    workloads take turns, after a warm-up round (without `warm_up`, for runs long enough to
+    warm themselves up), timed by `clock` (wall time; `time.process_time` counts only the
+    processor time this process got)."""
     best = dict.fromkeys(timed, 0.0)
     gc.collect()
     gc.freeze()  # the workloads' data (a million SAs, say) is left out of every collection
     try:
-        for counted in [False] + [True] * rounds:
+        for counted in [False] * warm_up + [True] * rounds:
             for name, prepare in timed.items():
                 run = prepare()
                 gc.collect()
-                start = time.perf_counter()
+                start = clock()
                 done = run()
-                elapsed = time.perf_counter() - start
+                elapsed = clock() - start
                 if counted:
                     best[name] = max(best[name], done / elapsed)
     finally:
@@ -212,6 +227,9 @@ def run_benchmark(
     results.figures.extend(_sa_memory(settings))
     progress("config plane: ADD_SA round trips")
     results.figures.extend(_config_plane(settings))
+    small, large = settings.golden_frames
+    progress(f"golden model: mixed traces of {small:,} and {large:,} frames")
+    results.figures.extend(_golden(settings))
     results.seconds = time.perf_counter() - started
     return results
 
@@ -359,9 +377,14 @@ def _against(
     ]
 
 
-def _costs(timed: Mapping[str, Prepare], rounds: int) -> dict[str, float]:
+def _costs(
+    timed: Mapping[str, Prepare],
+    rounds: int,
+    warm_up: bool = True,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
     """Nanoseconds per operation of each workload (see `race`)."""
-    return {name: 1e9 / rate for name, rate in race(timed, rounds).items()}
+    return {name: 1e9 / rate for name, rate in race(timed, rounds, warm_up, clock).items()}
 
 
 def _sa_memory(settings: Settings) -> list[Figure]:
@@ -394,5 +417,72 @@ def _config_plane(settings: Settings) -> list[Figure]:
             rates["driver"],
             unit,
             ratios=(ratio,),
+        ),
+    ]
+
+
+def _golden(settings: Settings) -> list[Figure]:
+    """The golden model (`sim.golden.replay`) on mixed traces (`workloads.golden_trace`):
+    `golden_repeats` runs of the small trace in a row straight into the agent alone (its
+    floor), then through the golden model, half of them before the one run of the large trace
+    and half after, each timed once and without a warm-up round (the first of the small runs
+    warms the rest up): its rate against the agent alone's, and its cost per frame on the
+    large trace against the small ones', timed around it.
+
+    In processor time (`time.process_time`): the large trace takes tens of seconds, where no
+    best-of can pick a moment the rest of the machine left alone, and processor time leaves
+    out the time the machine gave other processes, so that the ratios are the model's own and
+    not the load of the moment."""
+    small, large = settings.golden_frames
+    repeats = settings.golden_repeats
+    trace = workloads.golden_trace(small)
+    big = workloads.golden_trace(large)
+    before, after = repeats // 2, repeats - repeats // 2
+    rates = race(
+        {
+            "alone": workloads.golden_agent_alone(trace, repeats),
+            "before": workloads.golden_replay(trace, before),
+            "large": workloads.golden_replay(big),
+            "after": workloads.golden_replay(trace, after),
+        },
+        1,
+        warm_up=False,
+        clock=time.process_time,
+    )
+    del big
+    # the small traces' runs half before and half after the large one, as one figure
+    seconds = before / rates["before"] + after / rates["after"]
+    rates["small"] = repeats / seconds
+    unit = "frames/s"
+    traces = f"mixed traces of {small:,} frames ({small // 10:,} config), {repeats} in a row"
+    large_trace = f"mixed trace of {large:,} frames ({large // 10:,} config)"
+    alone = Figure(f"golden/agent_alone/{small}", f"agent alone, {traces}", rates["alone"], unit)
+    return [
+        alone,
+        *(
+            Figure(
+                f"golden/replay/{frames}",
+                f"golden model, {what}",
+                rates[name],
+                unit,
+                ratios=(Ratio(alone.id, rates[name] / rates["alone"]),),
+            )
+            for name, frames, what in (("small", small, traces), ("large", large, large_trace))
+        ),
+        *_against(
+            Figure(
+                f"golden/cost/{small}",
+                f"golden model per frame, {traces}",
+                1e9 / rates["small"],
+                "ns",
+            ),
+            [
+                (
+                    f"golden/cost/{large}",
+                    f"golden model per frame, {large_trace}",
+                    1e9 / rates["large"],
+                )
+            ],
+            Target(1.3, at_most=True),
         ),
     ]

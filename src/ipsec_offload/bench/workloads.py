@@ -8,10 +8,12 @@ figure never measures a shortcut.
 from __future__ import annotations
 
 import gc
+import heapq
 import random
 import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from scapy.layers.inet import IP
@@ -19,6 +21,7 @@ from scapy.layers.ipsec import ESP
 from scapy.layers.ipsec import SecurityAssociation as ScapySa
 
 from ipsec_offload.agent.agent import AgentConfig, IpsecAgent
+from ipsec_offload.agent.counters import Path
 from ipsec_offload.agent.sad import (
     Domain,
     PacketKey,
@@ -41,11 +44,24 @@ from ipsec_offload.bench.traffic import (
     sa_request,
     udp_data,
 )
+from ipsec_offload.bench.traffic import packet as flow_packet
 from ipsec_offload.host.xfrm import Offload, XfrmState
+from ipsec_offload.sim.golden import replay
+from ipsec_offload.sim.pcap import PcapRecord
 from ipsec_offload.sim.testbed import Testbed
 from ipsec_offload.wire.addr import ip_to_str, mac_to_str
-from ipsec_offload.wire.config import Algorithm, Direction
-from ipsec_offload.wire.ethernet import VlanKey
+from ipsec_offload.wire.config import (
+    Algorithm,
+    ConfigMessage,
+    Direction,
+    Opcode,
+    Tlv,
+    TlvType,
+    build_config,
+    encode_add_sa,
+    encode_sa_index,
+)
+from ipsec_offload.wire.ethernet import EthernetHeader, VlanKey, build_ethernet
 from ipsec_offload.wire.metadata import RxStatus
 
 Runner = Callable[[], int]
@@ -413,6 +429,195 @@ def config_driver(n: int) -> Prepare:
             if any(state.offload != Offload.DEVICE for state in states):
                 raise BenchError("the PF driver did not offload every state")
             return n
+
+        return run
+
+    return prepare
+
+
+# -- the golden model -------------------------------------------------------------------------
+
+GOLDEN_LIVE_PAIRS = 8
+"""SA pairs the golden trace keeps installed: each block adds one and removes the oldest."""
+GOLDEN_BLOCK = 40
+"""Frames per block of the golden trace: 4 config frames, 18 Tx and 18 Rx data frames."""
+_GOLDEN_DATA = (GOLDEN_BLOCK - 4) // 2
+_ESP_SPI_AT = L2_LEN + 6 + 20
+"""Where the SPI is in a Tx offload frame: Ethernet with the metadata tag, IPv4."""
+
+
+@dataclass(frozen=True, slots=True)
+class GoldenTrace:
+    """A mixed trace of the golden model's inputs, one frame a microsecond: blocks of
+    `GOLDEN_BLOCK` frames, each with 4 config frames (ADD_SA of a new SA pair, outbound and
+    inbound, REMOVE_SA of the pair added `GOLDEN_LIVE_PAIRS` blocks before, or GET_SA_STATS
+    of the new pair while there is none to remove: a tenth of the frames), then Tx offload
+    frames on the new outbound SA and ESP frames from the wire on the new inbound SA, taking
+    turns (a fresh sequence number each)."""
+
+    host: list[PcapRecord]
+    wire: list[PcapRecord]
+    config: int
+    tx: int
+    rx: int
+    pairs: int
+
+    @property
+    def frames(self) -> int:
+        return len(self.host) + len(self.wire)
+
+    def in_order(self) -> list[tuple[bool, bytes]]:
+        """(from the host?, frame) in time order: what the golden model feeds the agent."""
+        merged = [(r.time, 0, r.frame) for r in self.host]
+        merged += [(r.time, 1, r.frame) for r in self.wire]
+        merged.sort(key=lambda e: e[:2])
+        return [(side == 0, frame) for _, side, frame in merged]
+
+
+def _request(agent: IpsecAgent, opcode: Opcode, txn_id: int, tlvs: tuple[Tlv, ...]) -> bytes:
+    header = EthernetHeader(agent.config.mac, HOST_MAC, agent.config.config_ethertype)
+    return build_ethernet(header) + build_config(ConfigMessage(opcode, txn_id, tlvs))
+
+
+class _AddSa:
+    """ADD_SA requests of the flow's SA (`sa_request`) with any SPI: the TLVs encoded (and
+    checked) once per direction, the SPI TLV replaced for each SA."""
+
+    def __init__(self, algorithm: Algorithm) -> None:
+        self._tlvs = {
+            direction: encode_add_sa(sa_request(direction, algorithm))
+            for direction in (Direction.OUTBOUND, Direction.INBOUND)
+        }
+
+    def frame(self, agent: IpsecAgent, direction: Direction, spi: int, txn_id: int) -> bytes:
+        spi_tlv = Tlv(TlvType.SPI, spi.to_bytes(4, "big"))
+        tlvs = tuple(spi_tlv if t.type == TlvType.SPI else t for t in self._tlvs[direction])
+        return _request(agent, Opcode.ADD_SA, txn_id, tlvs)
+
+
+def golden_trace(frames: int, size: int = 128) -> GoldenTrace:
+    """The golden trace of `frames` frames (a multiple of `GOLDEN_BLOCK`), data frames of
+    `size` bytes; the ESP frames from the wire sealed by an agent at the other end."""
+    if frames % GOLDEN_BLOCK:
+        raise BenchError(f"the golden trace has blocks of {GOLDEN_BLOCK} frames, not {frames}")
+    pairs = frames // GOLDEN_BLOCK
+    algorithm = Algorithm.AES_GCM_128
+    agent = IpsecAgent()
+    sealer = IpsecAgent(AgentConfig(sad_size=max(pairs, 1), txn_memory=0))
+    template = flow_packet(size, 1, algorithm).offload
+    add_sa = _AddSa(algorithm)
+    host: list[PcapRecord] = []
+    wire: list[PcapRecord] = []
+    free: list[int] = []
+    next_index = 1
+    live: list[tuple[int, int]] = []
+    txn = 0
+    config = 0
+    with _no_collection():
+        for k in range(pairs):
+            out_spi, in_spi = SPI + 2 * k, SPI + 2 * k + 1
+            offload = bytearray(template)
+            offload[_ESP_SPI_AT : _ESP_SPI_AT + 4] = out_spi.to_bytes(4, "big")
+            tx = bytes(offload)
+            offload[_ESP_SPI_AT : _ESP_SPI_AT + 4] = in_spi.to_bytes(4, "big")
+            added = sealer.from_host([add_sa.frame(sealer, Direction.OUTBOUND, in_spi, k)])
+            check_added(added.to_host)
+            sealed = sealer.from_host([bytes(offload)] * _GOLDEN_DATA).to_wire
+            requests = []
+            indexes = []
+            for direction, spi in ((Direction.OUTBOUND, out_spi), (Direction.INBOUND, in_spi)):
+                txn += 1
+                requests.append(add_sa.frame(agent, direction, spi, txn))
+                # the agent hands out the lowest free index (SecurityAssociationDatabase)
+                if free:
+                    indexes.append(heapq.heappop(free))
+                else:
+                    indexes.append(next_index)
+                    next_index += 1
+            live.append((indexes[0], indexes[1]))
+            if len(live) > GOLDEN_LIVE_PAIRS:
+                gone = live.pop(0)
+                opcode = Opcode.REMOVE_SA
+                for index in gone:
+                    heapq.heappush(free, index)
+            else:
+                gone = live[-1]
+                opcode = Opcode.GET_SA_STATS
+            for index in gone:
+                txn += 1
+                requests.append(_request(agent, opcode, txn, encode_sa_index(index)))
+            time = k * GOLDEN_BLOCK
+            for frame in requests:
+                host.append(PcapRecord(time * 1000, frame))
+                time += 1
+            config += len(requests)
+            for frame in sealed:
+                host.append(PcapRecord(time * 1000, tx))
+                wire.append(PcapRecord((time + 1) * 1000, frame))
+                time += 2
+    return GoldenTrace(host, wire, config, pairs * _GOLDEN_DATA, pairs * _GOLDEN_DATA, pairs)
+
+
+def _check_golden(agent: IpsecAgent, trace: GoldenTrace, to_wire: int) -> None:
+    """Raise BenchError unless the agent did all the trace asks."""
+    counters = agent.counters
+    if any(counters.drops.values()) or to_wire != trace.tx:
+        raise BenchError("the golden model's agent dropped Tx frames")
+    if counters.rx_status[RxStatus.OK] != trace.rx:
+        raise BenchError("the golden model's agent did not decrypt every Rx frame")
+    if counters.paths[Path.CONFIG_REQUEST] != trace.config:
+        raise BenchError("the golden model's agent did not answer every config request")
+    if len(agent.sad) != 2 * min(trace.pairs, GOLDEN_LIVE_PAIRS):
+        raise BenchError("the golden model's agent refused an ADD_SA or a REMOVE_SA")
+
+
+def golden_replay(trace: GoldenTrace, repeats: int = 1) -> Prepare:
+    """The golden model (`sim.golden.replay`) on the trace's records, `repeats` times in a
+    row, a fresh agent each time (made before the timing): the records sorted in time order,
+    each fed to the agent alone, every frame it emits recorded with its time, the keys of
+    every SA it added learned."""
+
+    def prepare() -> Runner:
+        agents = [
+            IpsecAgent(AgentConfig(sad_size=2 * GOLDEN_LIVE_PAIRS + 2)) for _ in range(repeats)
+        ]
+
+        def run() -> int:
+            for agent in agents:
+                result = replay(agent, trace.host, trace.wire)
+                _check_golden(agent, trace, len(result.wire_out))
+                if len(result.sas) != 2 * trace.pairs:
+                    raise BenchError("the golden model did not learn every SA")
+                del result
+            return trace.frames * repeats
+
+        return run
+
+    return prepare
+
+
+def golden_agent_alone(trace: GoldenTrace, repeats: int = 1) -> Prepare:
+    """The floor under the golden model: the same frames in the same order straight into an
+    agent, one per call (`from_host` or `from_wire`), `repeats` times in a row, a fresh agent
+    each time (made before the timing); no records."""
+    frames = trace.in_order()
+
+    def prepare() -> Runner:
+        agents = [
+            IpsecAgent(AgentConfig(sad_size=2 * GOLDEN_LIVE_PAIRS + 2)) for _ in range(repeats)
+        ]
+
+        def run() -> int:
+            for agent in agents:
+                from_host, from_wire = agent.from_host, agent.from_wire
+                to_wire = 0
+                for host_side, frame in frames:
+                    if host_side:
+                        to_wire += len(from_host([frame]).to_wire)
+                    else:
+                        from_wire([frame])
+                _check_golden(agent, trace, to_wire)
+            return trace.frames * repeats
 
         return run
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
 from ipsec_offload.bench.cli import bench
 from ipsec_offload.cli.compare import compare
+from ipsec_offload.cli.progress import Progress
 from ipsec_offload.errors import IpsecOffloadError
+from ipsec_offload.sim.agent_options import AGENT_OPTIONS, agent_config
 from ipsec_offload.sim.golden import run_golden
 from ipsec_offload.sim.report import build_report, summary, write_outputs, xfrm_listing
 from ipsec_offload.sim.runner import prepare
@@ -73,7 +73,7 @@ def run(
     try:
         spec, source = resolve_scenario(scenario)
         prepared = prepare(spec, source, naive)
-        with _Progress() as progress:
+        with Progress("simulating") as progress:
             prepared.run(progress.update)
         report = build_report(prepared)
         write_outputs(prepared.bed, out, report, pcapng=pcapng)
@@ -84,31 +84,18 @@ def run(
         click.echo(f"\n{xfrm_listing(prepared.bed)}")
 
 
-class _Progress:
-    """A progress bar on stderr, shown only once a run has taken more than a moment."""
-
-    DELAY = 0.5
-
-    def __init__(self) -> None:
-        self._start = time.monotonic()
-        self._bar: Any = None
-        self._shown = 0
-
-    def __enter__(self) -> _Progress:
-        return self
-
-    def update(self, fraction: float) -> None:
-        if self._bar is None and time.monotonic() - self._start > self.DELAY:
-            self._bar = click.progressbar(length=1000, label="simulating", file=sys.stderr)
-            self._bar.__enter__()
-        if self._bar is not None:
-            target = int(fraction * 1000)
-            self._bar.update(target - self._shown)
-            self._shown = target
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(None, None, None)
+def _agent_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options of `agent` that set the agent: one per entry of AGENT_OPTIONS."""
+    for option in reversed(AGENT_OPTIONS):
+        command = click.option(
+            option.flag,
+            option.param,
+            multiple=option.repeatable,
+            type=click.Choice(option.choices) if option.choices else str,
+            metavar=option.metavar,
+            help=option.help,
+        )(command)
+    return command
 
 
 @main.command()
@@ -145,63 +132,43 @@ class _Progress:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the keys of the SAs the agent learned, in Wireshark's esp_sa format.",
 )
-@click.option(
-    "--agent-mac",
-    default="02:00:00:00:00:01",
-    show_default=True,
-    help="The agent's own MAC address (config frames must be sent to it).",
-)
-@click.option(
-    "--pf-mac",
-    default=None,
-    help="The PF driver's MAC: config frames from any other source are ignored and counted"
-    " (default: accept any source).",
-)
-@click.option(
-    "--kek",
-    "keks",
-    multiple=True,
-    metavar="ID:HEX",
-    help="A key-encryption key the agent holds for WRAPPED_KEY (repeatable).",
-)
-@click.option("--sad-size", default=4096, show_default=True, help="SAD entries.")
-@click.option(
-    "--boot-id",
-    "boot_id",
-    default=1,
-    show_default=True,
-    help="The agent's BOOT_ID (u64): in GET_CAPS replies and EVENT frames. To reproduce a"
-    " simulated run, give its agent's (report.json, agent.boot_id).",
-)
+@_agent_options
 def agent(
     host_in: Path,
     wire_in: Path | None,
     host_out: Path,
     wire_out: Path,
     esp_sa: Path | None,
-    agent_mac: str,
-    pf_mac: str | None,
-    keks: tuple[str, ...],
-    sad_size: int,
-    boot_id: int,
+    **settings: str | tuple[str, ...] | None,
 ) -> None:
-    """The agent alone as a frame-level golden model, driven by pcap files."""
+    """The agent alone as a frame-level golden model, driven by pcap files.
+
+    The options after --esp-sa set the agent; a run writes the command that replays it, with
+    its agent's settings, into report.json ("golden").
+    """
+    values = {option.name: _texts(settings[option.param]) for option in AGENT_OPTIONS}
     try:
-        summary = run_golden(
-            host_in=host_in,
-            wire_in=wire_in,
-            host_out=host_out,
-            wire_out=wire_out,
-            esp_sa=esp_sa,
-            agent_mac=agent_mac,
-            pf_mac=pf_mac,
-            keks=keks,
-            sad_size=sad_size,
-            boot_id=boot_id,
-        )
+        config = agent_config(values)
+        with Progress("replaying") as progress:
+            summary = run_golden(
+                host_in=host_in,
+                wire_in=wire_in,
+                host_out=host_out,
+                wire_out=wire_out,
+                esp_sa=esp_sa,
+                config=config,
+                progress=progress.update,
+            )
     except IpsecOffloadError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(summary)
+
+
+def _texts(value: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    """An option's values as given: none, one, or (repeatable) several."""
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else value
 
 
 main.add_command(bench)

@@ -13,22 +13,25 @@ record the rest fire (every event is answered or given up within 60 ms). The tes
 agent when the first frame reaches it and fires its timers before the frames of the same time,
 so that fed a run's inputs (and its agent's configuration, BOOT_ID included) the golden model
 reproduces the run's outputs byte for byte.
+
+The configuration is the command's options (`agent_options`: every setting of `AgentConfig`
+that changes the agent's output), and a run writes the command that replays it into
+report.json (`golden`). The keys file (esp_sa) lists each SA an ADD_SA added (the first of each
+SPI, destination and source), learnt as the agent adds it, so that the cost is linear in the
+records however large the SAD grows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ipsec_offload.agent.agent import AgentConfig, AgentOutput, IpsecAgent
-from ipsec_offload.agent.counters import Path as AgentPath
 from ipsec_offload.agent.sad import SecurityAssociation
-from ipsec_offload.errors import UsageError
 from ipsec_offload.sim.clock import deadline_ns, seconds
 from ipsec_offload.sim.espsa import EspSaEntry, write_esp_sa
 from ipsec_offload.sim.pcap import PcapRecord, read_pcap, write_pcap
-from ipsec_offload.wire.addr import mac_from_str
 
 HOST, WIRE = 0, 1
 
@@ -42,15 +45,35 @@ class GoldenResult:
     sas: list[EspSaEntry]
 
 
+PROGRESS_EVERY = 4096
+"""Input records between two calls of `replay`'s progress callback."""
+
+
 def replay(
-    agent: IpsecAgent, host_in: Iterable[PcapRecord], wire_in: Iterable[PcapRecord]
+    agent: IpsecAgent,
+    host_in: Iterable[PcapRecord],
+    wire_in: Iterable[PcapRecord],
+    progress: Callable[[float], None] | None = None,
 ) -> GoldenResult:
-    """Feed both inputs to `agent` in timestamp order (host first on a tie)."""
+    """Feed both inputs to `agent` in timestamp order (host first on a tie); `progress` gets
+    the fraction of the input records done, every `PROGRESS_EVERY` records and at the end.
+
+    Linear in the records: the keys file learns each SA as the agent adds it
+    (`ConfigChannel.on_add`), never by walking the SAD."""
     events = [(r.time_ns, HOST, i, r) for i, r in enumerate(host_in)]
     events += [(r.time_ns, WIRE, i, r) for i, r in enumerate(wire_in)]
     events.sort(key=lambda e: e[:3])
     result = GoldenResult([], [], [])
     held: dict[tuple[int, bytes, bytes | None], EspSaEntry] = {}
+    total = len(events)
+
+    channel = agent.channel
+    previous = channel.on_add
+
+    def learn(sa: SecurityAssociation) -> None:
+        held.setdefault((sa.spi, sa.dst, sa.src), _entry(sa))
+        if previous is not None:
+            previous(sa)
 
     def emit(time_ns: int, out: AgentOutput) -> None:
         result.host_out.extend(PcapRecord(time_ns, f) for f in out.to_host)
@@ -63,52 +86,31 @@ def replay(
                 return
             emit(due_ns, agent.on_timer(seconds(due_ns)))
 
-    if events:
-        emit(events[0][0], agent.start(seconds(events[0][0])))
-    for time_ns, side, _i, record in events:
-        fire_timers(time_ns)
-        time = seconds(time_ns)
-        if side == WIRE:
-            out = agent.from_wire([record.frame], time)
-        else:
-            requests = agent.counters.paths[AgentPath.CONFIG_REQUEST]
-            out = agent.from_host([record.frame], time)
-            if agent.counters.paths[AgentPath.CONFIG_REQUEST] != requests:
-                for sa in agent.sad:
-                    held.setdefault((sa.spi, sa.dst, sa.src), _entry(sa))
-        emit(time_ns, out)
-    fire_timers(None)
+    channel.on_add = learn
+    try:
+        if events:
+            emit(events[0][0], agent.start(seconds(events[0][0])))
+        for done, (time_ns, side, _i, record) in enumerate(events):
+            if progress is not None and not done % PROGRESS_EVERY:
+                progress(done / total)
+            fire_timers(time_ns)
+            time = seconds(time_ns)
+            if side == WIRE:
+                out = agent.from_wire([record.frame], time)
+            else:
+                out = agent.from_host([record.frame], time)
+            emit(time_ns, out)
+        fire_timers(None)
+    finally:
+        channel.on_add = previous
+    if progress is not None:
+        progress(1.0)
     result.sas.extend(held.values())
     return result
 
 
 def _entry(sa: SecurityAssociation) -> EspSaEntry:
     return EspSaEntry(sa.src, sa.dst, sa.spi, sa.key_material, int(sa.algorithm), sa.esn)
-
-
-def parse_keks(specs: Iterable[str]) -> dict[int, bytes]:
-    """Key-encryption keys from "ID:HEX" texts (16, 24 or 32 bytes each)."""
-    keks: dict[int, bytes] = {}
-    for spec in specs:
-        ident, sep, hexkey = spec.partition(":")
-        try:
-            kek_id = int(ident, 0)
-            key = bytes.fromhex(hexkey)
-        except ValueError:
-            kek_id, key = -1, b""
-        if not sep or not 0 <= kek_id <= 0xFFFFFFFF or len(key) not in (16, 24, 32):
-            raise UsageError(
-                f"--kek {spec!r}: write ID:HEX with a 32-bit ID and a 16, 24 or 32-byte key"
-            )
-        keks[kek_id] = key
-    return keks
-
-
-def _mac_option(option: str, text: str) -> bytes:
-    try:
-        return mac_from_str(text)
-    except (UsageError, ValueError) as exc:
-        raise UsageError(f"{option} {text!r}: {exc}") from None
 
 
 def run_golden(
@@ -118,24 +120,14 @@ def run_golden(
     host_out: Path,
     wire_out: Path,
     esp_sa: Path | None,
-    agent_mac: str,
-    keks: Iterable[str],
-    sad_size: int,
-    pf_mac: str | None = None,
-    boot_id: int = 1,
+    config: AgentConfig,
+    progress: Callable[[float], None] | None = None,
 ) -> str:
     """The `ipsec-offload agent` command: returns a one-paragraph summary."""
-    mac = _mac_option("--agent-mac", agent_mac)
-    pf = None if pf_mac is None else _mac_option("--pf-mac", pf_mac)
-    if not 0 <= boot_id < 1 << 64:
-        raise UsageError(f"--boot-id {boot_id}: give 0 .. 2^64-1 (BOOT_ID is a u64)")
-    config = AgentConfig(
-        mac=mac, pf_mac=pf, keks=parse_keks(keks), sad_size=sad_size, boot_id=boot_id
-    )
     agent = IpsecAgent(config)
     host_records = read_pcap(host_in)
     wire_records = read_pcap(wire_in) if wire_in is not None else []
-    result = replay(agent, host_records, wire_records)
+    result = replay(agent, host_records, wire_records, progress)
     write_pcap(host_out, result.host_out)
     write_pcap(wire_out, result.wire_out)
     if esp_sa is not None:

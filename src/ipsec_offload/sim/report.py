@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from ipsec_offload.agent.sad import SecurityAssociation
 from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.host.stack import StateExpire
 from ipsec_offload.host.xfrm import Offload, XfrmState
+from ipsec_offload.sim.agent_options import agent_argv
 from ipsec_offload.sim.espsa import write_esp_sa
 from ipsec_offload.sim.iproute import xfrm_state_text
 from ipsec_offload.sim.observer import ObserverSummary, WireObserver
@@ -64,9 +66,55 @@ def build_report(run: ScenarioRun) -> dict[str, Any]:
         "pf": bed.pf.dump() if bed.pf is not None else {},
         "hosts": {name: ep.stack.dump() for name, ep in {**bed.retired, **bed.endpoints}.items()},
         "link_drops": dict(bed.link_drops),
+        "golden": golden(run),
         "timeline": [
             {"time": round(e.time, 9), "actor": e.actor, "what": e.what} for e in timeline(run)
         ],
+    }
+
+
+GOLDEN_OUTPUTS = {
+    "agent-to-nic": "golden-agent-to-nic.pcap",
+    "agent-to-wire": "golden-agent-to-wire.pcap",
+}
+"""Where the replaying command writes what reproduces each output capture of the agent."""
+
+
+def golden(run: ScenarioRun) -> dict[str, Any]:
+    """The command that replays the run's agent alone on its inputs (the golden model):
+    `argv` and `command` (paths relative to the output folder), made from the agent's
+    configuration as the run started it by `agent_argv`, the table the command's options are
+    read with; which output of the run each of the command's outputs reproduces; and, when a
+    scenario event restarted the agent, `until`: how many frames of each the command
+    reproduces, those before the restart (the golden agent never loses its SAD)."""
+    argv = [
+        "ipsec-offload",
+        "agent",
+        "--host-in",
+        "nic-to-agent.pcap",
+        "--wire-in",
+        "wire-to-agent.pcap",
+        "--host-out",
+        GOLDEN_OUTPUTS["agent-to-nic"],
+        "--wire-out",
+        GOLDEN_OUTPUTS["agent-to-wire"],
+        *agent_argv(run.agent_config),
+    ]
+    until = None
+    if run.restarts:
+        first = run.restarts[0]
+        until = {
+            "event": first.where,
+            "time": round(first.time, 9),
+            "frames": {f"{link}.pcap": count for link, count in first.frames.items()},
+            "why": f"{first.where} restarts the agent at {first.time * 1e3:.3f} ms: it loses"
+            " its SAD and starts again with a new BOOT_ID; the golden agent never restarts",
+        }
+    return {
+        "argv": argv,
+        "command": shlex.join(argv),
+        "reproduces": {out: f"{link}.pcap" for link, out in GOLDEN_OUTPUTS.items()},
+        "until": until,
     }
 
 
@@ -595,4 +643,12 @@ def summary(report: dict[str, Any], out: Path | None, timeline_lines: int = 40) 
             f"\nWrote pcaps, the esp_sa keys file, each host's ip -s xfrm state and"
             f" report.json to {out}/"
         )
+        golden = report.get("golden")
+        if golden is not None:
+            until = golden["until"]
+            which = "" if until is None else f" (up to {until['event']}, the agent's restart)"
+            lines.append(
+                f"The agent alone reproduces its output{which} with the golden model"
+                f" (report.json, golden): cd {shlex.quote(str(out))} && {golden['command']}"
+            )
     return "\n".join(lines)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -15,7 +15,14 @@ from ipsec_offload.errors import IpsecOffloadError, ParseError, ScenarioError
 from ipsec_offload.host.stack import HostStack
 from ipsec_offload.host.xfrm import Mode
 from ipsec_offload.nic.nic import SwitchMode
-from ipsec_offload.sim.scenario import NAIVE_SWITCHES, FlowSpec, HostSpec, Scenario, VmSpec
+from ipsec_offload.sim.scenario import (
+    AGENT_NAIVE,
+    NAIVE_SWITCHES,
+    FlowSpec,
+    HostSpec,
+    Scenario,
+    VmSpec,
+)
 from ipsec_offload.sim.testbed import SaBundle, Testbed
 from ipsec_offload.wire.config import (
     Algorithm,
@@ -78,6 +85,17 @@ class Replay:
     frames: int
 
 
+@dataclass(frozen=True, slots=True)
+class AgentRestart:
+    """A scenario event that restarted the agent, and how many frames the agent had sent
+    toward each side (agent-to-nic, agent-to-wire) before it."""
+
+    time: float
+    where: str
+    """The scenario field: event[i]."""
+    frames: dict[str, int]
+
+
 @dataclass(slots=True)
 class ScenarioRun:
     """A scenario built on a testbed, ready to run (and, after `run`, its results)."""
@@ -86,12 +104,16 @@ class ScenarioRun:
     source: str
     naive: frozenset[str]
     bed: Testbed
+    agent_config: AgentConfig
+    """The agent's configuration as the run starts it (BOOT_ID included): what the golden
+    model needs to reproduce it (`bed.agent` is a new agent after a restart)."""
     hosts: dict[str, HostStack] = field(default_factory=dict)
     bundles: dict[str, SaBundle] = field(default_factory=dict)
     flows: list[FlowRecord] = field(default_factory=list)
     events: list[TimelineEntry] = field(default_factory=list)
     injections: list[Injection] = field(default_factory=list)
     replays: list[Replay] = field(default_factory=list)
+    restarts: list[AgentRestart] = field(default_factory=list)
     destroyed: list[str] = field(default_factory=list)
     end_time: float = 0.0
 
@@ -123,26 +145,25 @@ def prepare(scenario: Scenario, source: str, naive: Iterable[str] = ()) -> Scena
         )
     port = scenario.port
     pf = scenario.pf
-    # spec 9 invariant 3: the agent takes config from the PF alone. Its source check backs
-    # both the port tag and the Tx EtherType filter: switching off either switches it off
-    # too, so that the failure each guards against shows.
-    open_plane = not switches.isdisjoint(("port-tag", "vf-filter"))
-    pf_mac = None if open_plane else _mac(port.pf_mac or pf.mac)
+    # spec 9 invariant 3: the agent takes config from the PF alone (unless a switch of
+    # AGENT_NAIVE opens its config plane: its source check backs both the port tag and the Tx
+    # EtherType filter, so that the failure each guards against shows)
     agent = AgentConfig(
         mac=_mac(port.agent_mac),
-        pf_mac=pf_mac,
+        pf_mac=_mac(port.pf_mac or pf.mac),
         sad_size=port.sad_size,
         max_replay_window=port.max_replay_window,
         keks={int(k): bytes.fromhex(v) for k, v in port.keks.items()},
-        ivdb="ivdb" not in switches,
     )
+    for switch in sorted(switches & AGENT_NAIVE.keys()):
+        agent = replace(agent, **AGENT_NAIVE[switch])
     bed = Testbed(
         agent=agent,
         mode=SwitchMode.VEPA if port.mode == "vepa" else SwitchMode.VEB,
         own_sequence="seq-handover" not in switches,
         key_manager=True,
     )
-    run = ScenarioRun(scenario, source, switches, bed)
+    run = ScenarioRun(scenario, source, switches, bed, bed.agent.config)
     run.hosts[pf.name] = bed.add_pf_host(
         pf.name,
         pf.mac,
@@ -322,6 +343,8 @@ def _event(run: ScenarioRun, index: int) -> None:
         bed.lose("agent-to-nic", event.count, partial(_agent_event, bed))
         run.note("link", f"the agent's next {event.count} EVENT frame(s) are lost")
     elif event.action == "restart_agent":
+        sent = {link: len(bed.captures[link]) for link in ("agent-to-nic", "agent-to-wire")}
+        run.restarts.append(AgentRestart(bed.now, where, sent))
         bed.restart_agent()
         run.note("agent", "the agent restarts (FPGA reload): its SAD is lost")
     elif event.action == "replay_wire":

@@ -40,6 +40,19 @@ NAIVE_SWITCHES = (
 )
 """The deck's fixes and spec 9's `run --naive` can switch off (any number at once)."""
 
+AGENT_NAIVE: dict[str, dict[str, Any]] = {
+    "port-tag": {"pf_mac": None},
+    "ivdb": {"ivdb": False},
+    "vf-filter": {"pf_mac": None},
+}
+"""The switches that change the agent itself, each with the `AgentConfig` fields it sets
+(the runner applies them; `ipsec-offload agent --naive` takes these and no others). `ivdb`
+makes the agent use the stack's sequence numbers and IVs; `port-tag` and `vf-filter` open its
+config plane to any source (no PF MAC: its source check backs both fixes, so switching off
+either switches it off too) besides what they change in the PF driver. The others (`sa-key`,
+`ownership-db`, `hairpin`, `seq-handover`, `resync`) change only the host stack or the
+drivers: the agent is the same, and only the frames it is given differ."""
+
 
 MAX_SECONDS = 3600.0
 """The latest time a scenario may name (an hour of simulated time; the PF's GET_CAPS probe
