@@ -359,3 +359,25 @@ def test_a_text_output_that_cannot_be_replaced_is_a_clean_error_and_leaves_no_sc
     assert f"{out / 'report.json'}: cannot write" in result.output
     assert (out / "xfrm-host.txt").read_text().startswith("src 2001:db8::2 dst 2001:db8::1\n")
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_strict_run_exits_1_on_a_failed_check_or_an_incomplete_flow(tmp_path: Path) -> None:
+    held = run("basic", "--strict", "--out", str(tmp_path / "held"))
+    assert held.exit_code == 0, held.output
+    failed = run("default", "--naive", "sa-key", "--strict", "--out", str(tmp_path / "failed"))
+    assert failed.exit_code == 1
+    last = failed.output.splitlines()[-1]
+    assert last.startswith("Error: --strict: FAILED: False match across SAD domains")
+    assert "incomplete flows: peer2->vm2" in last
+    assert (tmp_path / "failed" / "report.json").exists()  # the outputs are written first
+    lenient = run("default", "--naive", "sa-key", "--out", str(tmp_path / "lenient"))
+    assert lenient.exit_code == 0
+
+
+def test_bench_refuses_an_out_file_in_a_missing_folder_before_it_measures(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "nodir" / "b.json"
+    result = CliRunner().invoke(main, ["bench", "--quick", "--out", str(target)])
+    assert result.exit_code == 1
+    assert result.output == f"Error: {target}: the folder {target.parent} does not exist\n"

@@ -23,13 +23,18 @@ from ipsec_offload.errors import IpsecOffloadError
     "--quick", is_flag=True, help="Tiny sizes: shows that every figure is produced, in seconds."
 )
 @click.option("--markdown", is_flag=True, help="Print the table in Markdown.")
-def bench(out: Path, quick: bool, markdown: bool) -> None:
+@click.option(
+    "--strict", is_flag=True, help="Exit with status 1 when a target is missed (for CI gates)."
+)
+def bench(out: Path, quick: bool, markdown: bool, strict: bool) -> None:
     """Measure the datapath against its ceiling (bare AES-GCM) and its peer (scapy).
 
     Agent Tx and Rx, the whole simulated path, SAD lookups, memory per SA, the config plane
     and the golden model, each as an absolute figure and as a ratio to its baseline from the
     same run. A full run takes about two minutes; see docs/performance.md.
     """
+    if not out.parent.is_dir():
+        raise click.ClickException(f"{out}: the folder {out.parent} does not exist")
     try:
         results = run_benchmark(
             QUICK if quick else FULL, lambda step: click.echo(f"measuring {step}", err=True)
@@ -47,3 +52,5 @@ def bench(out: Path, quick: bool, markdown: bool) -> None:
     with_target = targets(results)
     met = sum(1 for _, ratio in with_target if ratio.met)
     click.echo(f"\n{met} of {len(with_target)} targets met; {results.seconds:.0f} s; JSON: {out}")
+    if strict and met < len(with_target):
+        raise click.ClickException(f"--strict: {len(with_target) - met} targets missed")

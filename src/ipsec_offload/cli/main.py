@@ -13,7 +13,7 @@ from ipsec_offload.cli.progress import Progress
 from ipsec_offload.errors import IpsecOffloadError
 from ipsec_offload.sim.agent_options import AGENT_OPTIONS, agent_config
 from ipsec_offload.sim.golden import run_golden
-from ipsec_offload.sim.report import build_report, summary, write_outputs, xfrm_listing
+from ipsec_offload.sim.report import FAILED, build_report, summary, write_outputs, xfrm_listing
 from ipsec_offload.sim.runner import prepare
 from ipsec_offload.sim.scenario import NAIVE_SWITCHES, resolve_scenario
 
@@ -53,6 +53,12 @@ def main() -> None:
     help="After the summary, print what `ip -s xfrm state` shows on every live host.",
 )
 @click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit with status 1 when a challenge or invariant FAILED or a flow is incomplete"
+    " (for CI gates; under --naive the switched-off fix's failure counts too).",
+)
+@click.option(
     "--pcapng",
     is_flag=True,
     help="Also write each link as pcapng (host-link.pcapng, wire-link.pcapng): an interface"
@@ -64,6 +70,7 @@ def run(
     naive: tuple[str, ...],
     timeline: int,
     xfrm: bool,
+    strict: bool,
     pcapng: bool,
 ) -> None:
     """Run SCENARIO (a TOML file, or a built-in: default, basic, faults) and print its summary.
@@ -82,6 +89,17 @@ def run(
     click.echo(summary(report, out, timeline))
     if xfrm:
         click.echo(f"\n{xfrm_listing(prepared.bed)}")
+    if strict:
+        failed = [
+            c["challenge"]
+            for c in report["challenges"] + report["invariants"]
+            if c["outcome"] == FAILED
+        ]
+        incomplete = [name for name, flow in report["flows"].items() if not flow["complete"]]
+        if failed or incomplete:
+            parts = [f"FAILED: {', '.join(failed)}"] if failed else []
+            parts += [f"incomplete flows: {', '.join(incomplete)}"] if incomplete else []
+            raise click.ClickException(f"--strict: {'; '.join(parts)}")
 
 
 def _agent_options(command: Callable[..., None]) -> Callable[..., None]:
