@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ipsec_offload.errors import UsageError
+from ipsec_offload.sim.outputs import write_text
 
 __all__ = [
     "ESP_SA_ALGORITHM_AES_GCM_128",
@@ -154,13 +155,7 @@ def write_esp_sa(path: str | os.PathLike[str], entries: Iterable[EspSaEntry]) ->
 
     Raises :class:`UsageError` naming the file if it cannot be written.
     """
-    name = os.fspath(path)
-    text = format_esp_sa(entries)
-    try:
-        with open(name, "w", encoding="ascii", newline="\n") as out:
-            out.write(text)
-    except OSError as exc:
-        raise UsageError(f"{name}: cannot write esp_sa file: {exc.strerror or exc}") from None
+    write_text(path, format_esp_sa(entries), "esp_sa file")
 
 
 def parse_esp_sa(text: str, source: str = "esp_sa") -> list[EspSaEntry]:

@@ -31,6 +31,7 @@ from ipsec_offload.agent.agent import AgentConfig, AgentOutput, IpsecAgent
 from ipsec_offload.agent.sad import SecurityAssociation
 from ipsec_offload.sim.clock import deadline_ns, seconds
 from ipsec_offload.sim.espsa import EspSaEntry, write_esp_sa
+from ipsec_offload.sim.outputs import check_outputs
 from ipsec_offload.sim.pcap import PcapRecord, read_pcap, write_pcap
 
 HOST, WIRE = 0, 1
@@ -123,7 +124,12 @@ def run_golden(
     config: AgentConfig,
     progress: Callable[[float], None] | None = None,
 ) -> str:
-    """The `ipsec-offload agent` command: returns a one-paragraph summary."""
+    """The `ipsec-offload agent` command: returns a one-paragraph summary. The outputs are
+    checked before anything is read (`check_outputs`) and each is written whole."""
+    check_outputs(
+        {"--host-in": host_in, "--wire-in": wire_in},
+        {"--host-out": host_out, "--wire-out": wire_out, "--esp-sa": esp_sa},
+    )
     agent = IpsecAgent(config)
     host_records = read_pcap(host_in)
     wire_records = read_pcap(wire_in) if wire_in is not None else []

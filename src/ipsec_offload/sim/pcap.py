@@ -24,7 +24,6 @@ import math
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +32,7 @@ from scapy.utils import RawPcapNgReader, RawPcapReader, RawPcapWriter
 
 from ipsec_offload.errors import UsageError
 from ipsec_offload.sim.clock import NS_PER_S, seconds, to_ns
+from ipsec_offload.sim.outputs import replacing
 
 __all__ = [
     "LINKTYPE_ETHERNET",
@@ -213,7 +213,7 @@ def write_pcap(
     per_second = _RESOLUTIONS.get(resolution)
     if per_second is None:
         raise UsageError(f"{name}: resolution {resolution!r}: write 'ns' or 'us'")
-    with _replacing(name) as temporary:
+    with replacing(name, "pcap file") as temporary:
         _write_classic(name, temporary, records, per_second)
 
 
@@ -358,28 +358,9 @@ def write_pcapng(path: str | os.PathLike[str], interfaces: Sequence[Interface]) 
             "<IIIII", index, time_ns >> 32, time_ns & 0xFFFFFFFF, len(frame), len(frame)
         )
         blocks.append(_block(_EPB, head + frame + bytes(-len(frame) % 4) + options))
-    with _replacing(name) as temporary:
+    with replacing(name, "pcap file") as temporary:
         try:
             with open(temporary, "wb") as file:
                 file.write(b"".join(blocks))
         except OSError as exc:
             raise UsageError(f"{name}: cannot write pcap file: {exc.strerror or exc}") from None
-
-
-@contextmanager
-def _replacing(name: str) -> Iterator[str]:
-    """A temporary path beside `name` to write the file into; renamed over `name` once
-    written whole, removed when the writing fails, so that a failed write leaves the old
-    file (or none) and never half a file."""
-    if os.path.isdir(name):
-        raise UsageError(f"{name}: cannot write pcap file: it is a directory")
-    directory, base = os.path.split(name)
-    temporary = os.path.join(directory, f".{base}.{os.getpid()}.tmp")
-    try:
-        yield temporary
-        os.replace(temporary, name)
-    except OSError as exc:
-        raise UsageError(f"{name}: cannot write pcap file: {exc.strerror or exc}") from None
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)

@@ -4,7 +4,6 @@ agent counters and a timeline of the control plane; as data (report.json) and as
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from ipsec_offload.sim.agent_options import agent_argv
 from ipsec_offload.sim.espsa import write_esp_sa
 from ipsec_offload.sim.iproute import xfrm_state_text
 from ipsec_offload.sim.observer import ObserverSummary, WireObserver
+from ipsec_offload.sim.outputs import write_text
 from ipsec_offload.sim.pcap import Interface, PcapRecord, write_pcap, write_pcapng
 from ipsec_offload.sim.runner import FORGED_PAYLOAD, ScenarioRun, TimelineEntry, results_of
 from ipsec_offload.sim.scoreboard import describer
@@ -526,25 +526,11 @@ def write_outputs(bed: Testbed, out: Path, report: dict[str, Any], *, pcapng: bo
     write_esp_sa(out / "esp_sa", bed.esp_sa_entries())
     written.append("esp_sa")
     for host, text in xfrm_states(bed).items():
-        _write_text(out / f"xfrm-{host}.txt", text)
+        write_text(out / f"xfrm-{host}.txt", text)
         written.append(f"xfrm-{host}.txt")
     written.append("report.json")
     report["outputs"] = sorted(written)
-    _write_text(out / "report.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically: into a new file beside it, renamed over it."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        try:
-            with open(temporary, "w", encoding="utf-8", newline="\n") as file:
-                file.write(text)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot write ({exc.strerror})") from None
+    write_text(out / "report.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
 
 
 def xfrm_states(bed: Testbed) -> dict[str, str]:
