@@ -189,10 +189,13 @@ def test_update_sa_is_checked_and_answered_without_the_agent() -> None:
     foreign = encode_sa_update(SaUpdate(pf.db.owned_by(1)[0].handle, 1))
     assert ask(bed, 0, MbxOpcode.UPDATE_SA, foreign, OWN_ID + 1).status == MbxStatus.NOT_FOUND
     assert ask(bed, 0, MbxOpcode.UPDATE_SA, b"\x00", OWN_ID + 2).status == MbxStatus.INVALID_PARAMS
+    assert pf.channel.counters.requests == requests  # no config frame for any of them
     pf.vf_proxy.set_vf_trust(0, False, bed.now)
+    bed.settle(bed.endpoint("pf").stack)  # told crypto is OFF, the VF removes its SAs
+    requests = pf.channel.counters.requests
     assert ask(bed, 0, MbxOpcode.UPDATE_SA, mine, OWN_ID + 3).status == MbxStatus.NOT_PERMITTED
     assert pf.pf_counters.sa_updates == 1
-    assert pf.channel.counters.requests == requests  # no config frame for any of them
+    assert pf.channel.counters.requests == requests
 
 
 def test_get_caps_tells_trust_quota_and_the_agents_caps() -> None:

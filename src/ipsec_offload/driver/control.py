@@ -69,6 +69,7 @@ class Errno(IntEnum):
 
     EPERM = 1
     ENOENT = 2
+    EACCES = 13
     EBUSY = 16
     EEXIST = 17
     EINVAL = 22

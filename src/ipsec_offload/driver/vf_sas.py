@@ -23,9 +23,11 @@ answer goes out only while the VF is still ACTIVE, and after each agent transact
 tells the proxy, with any SA the agent added once the VF's clean-up had begun (the clean-up's
 to remove).
 
-An untrusted VF's ADD_SA is refused UNSUPPORTED (EOPNOTSUPP) for now, which its driver turns
-into the stack's software fallback; NOT_PERMITTED (EACCES, as ixgbe answers) replaces it once
-the VF driver maps that status to the fallback too. Its UPDATE_SA is refused NOT_PERMITTED.
+An untrusted VF's ADD_SA and UPDATE_SA are refused NOT_PERMITTED (EACCES, as ixgbe answers).
+Its driver learns of its trust from GET_CAPS (crypto) and EVENT_CRYPTO and carries its states
+in software without asking, so an ADD_SA meets the refusal only when the trust went off after
+the driver last heard (the add fails with -EACCES; EVENT_CRYPTO OFF follows). Its DEL_SA,
+DEL_SAS and READ_SA are served: its own SAs only.
 """
 
 from __future__ import annotations
@@ -184,7 +186,7 @@ class VfSaOps:
         if request.local_mac is not None or request.vlans:
             refusal = MbxStatus.INVALID_PARAMS  # a VF does not choose its domain
         elif not vf.trusted:
-            refusal = MbxStatus.UNSUPPORTED
+            refusal = MbxStatus.NOT_PERMITTED
         elif handle in vf.pending_handles or self._db.lookup(vf.vf_id, handle) is not None:
             refusal = MbxStatus.EXISTS
         elif self._held(vf) >= vf.quota:

@@ -156,7 +156,8 @@ class MbxStatus(IntEnum):
     NOT_FOUND = 2
     """ENOENT: the handle is not one of this VF's SAs (foreign, stale or still being added)."""
     NOT_PERMITTED = 13
-    """EACCES: inline crypto is not permitted for this VF (untrusted), as ixgbe answers."""
+    """EACCES: inline crypto is not permitted for this VF (untrusted): its ADD_SA and
+    UPDATE_SA, as ixgbe answers."""
     NOT_READY = 16
     """EBUSY: the VF is resetting or being removed, or the agent's capabilities are not known
     yet (INLINE_IPSEC_ERR_NOT_READY)."""
@@ -169,7 +170,7 @@ class MbxStatus(IntEnum):
     TOO_BIG = 90
     """EMSGSIZE: longer than the mailbox."""
     UNSUPPORTED = 95
-    """EOPNOTSUPP: the agent cannot offload this SA (and, for now, an untrusted VF's ADD_SA)."""
+    """EOPNOTSUPP: the agent cannot offload this SA."""
     FIFO_FULL = 105
     """ENOBUFS: too many of this VF's requests are under way (INLINE_IPSEC_ERR_FIFO_FULL)."""
     TIMED_OUT = 110
