@@ -241,9 +241,14 @@ def test_common_descriptors_take_the_fast_path(
     out = nic.transmit(0, [_common(), _common(word=None), to_me, no_vsi, _common(size=1400)])
     nic.transmit(2, [_common(2), _common(2, 0)])
     nic.transmit(3, [TxDescriptor(_frame(PEER_MAC, PEER_MAC, V10, b"open"), WORD)])
-    nic.transmit(4, [_common(4), _common(4, None)])
+    nic.transmit(4, [_common(4, None), _common(4, None)])
     assert calls == []
     assert len(out.to_agent) == 5
+    # a port-tagged VSI's descriptor with a word of its own goes to the reference path, which
+    # drops an offload request (the tag would replace it: its payload would leave in clear)
+    own = _common(4)
+    assert nic.transmit(4, [own]).to_agent == []
+    assert calls == [own] and nic.vsi(4).counters.tx_offload_refused == 1
 
 
 _OPEN = 3

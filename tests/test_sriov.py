@@ -29,6 +29,7 @@ from ipsec_offload.wire.mailbox import (
     parse_mailbox,
 )
 from ipsec_offload.wire.metadata import RxStatus
+from test_testbed_faults import mailbox_is
 
 pytestmark = pytest.mark.usefixtures("agent_path", "nic_path")
 
@@ -472,3 +473,23 @@ def test_malicious_vf_forged_offload_tag(port_tagging: bool) -> None:
         assert on_wire == frame  # carried as plain data, the forged tag inside
         assert bed.agent.counters.paths[Path.TX_BYPASS] == 1
         assert bed.nic.vsi(bed.endpoint(attacker).vsi or 0).counters.tx_port_tagged == 1
+
+
+def test_a_vf_that_lost_its_trust_but_still_offloads_sends_nothing_in_clear() -> None:
+    """The port tag takes effect when the PF's commands run; the VF learns of it only from
+    EVENT_CRYPTO (here every copy is lost). Meanwhile its offload requests are dropped by the
+    NIC: the port tag would replace them, and the frame would leave unencrypted."""
+    bed = sriov_bed()
+    vm = bed.add_vm("vm", 0, "02:00:00:00:01:01", ipv4="10.0.1.100")
+    peer = bed.add_peer("peer", "02:00:00:00:02:01", ipv4="10.0.1.1")
+    sas = bed.secure(vm, peer)
+    bed.lose("pf-to-vf", 100, mailbox_is(MbxOpcode.EVENT_CRYPTO, reply=False))
+    pf_of(bed).set_vf_trust(0, False, bed.now)
+    bed.settle(bed.endpoint("pf").stack)
+    assert sas.a_out.offload == Offload.DEVICE  # the VF does not know
+    vm.send_udp("10.0.1.1", 1, 2, b"SECRET-PAYLOAD", bed.now)
+    bed.settle(vm, peer)
+    vsi = bed.nic.vsi(bed.endpoint(vm).vsi or 0)
+    assert vsi.counters.tx_offload_refused == 1 and vsi.counters.tx_packets == 0
+    assert not any(b"SECRET" in r.frame for r in bed.captures["agent-to-wire"].records)
+    assert udp_payloads(bed, peer) == []

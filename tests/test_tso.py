@@ -449,12 +449,16 @@ def test_nic_counts_refused_tso_sends_by_reason() -> None:
 
 
 def test_port_tagged_vsi_gets_no_tso() -> None:
-    """An untrusted VF's port tag (OFFLOAD=0) overrides the descriptor: TSO is refused."""
+    """An untrusted VF's offload request is dropped before segmentation (the port tag would
+    replace it); without a word of its own, the port tag (OFFLOAD=0) refuses the TSO."""
     nic, vsi = _nic()
     nic.set_port_tag(vsi, build_tx_metadata(TxMetadata(False)))
     frame, word = large_send(4, IpProto.TCP, bytes(3000))
     assert nic.transmit(vsi, [TxDescriptor(frame, word, 1000)]).to_agent == []
-    assert nic.vsi(vsi).counters.tso_drops["NO_OFFLOAD"] == 1
+    counters = nic.vsi(vsi).counters
+    assert (counters.tx_offload_refused, counters.tso_drops["NO_OFFLOAD"]) == (1, 0)
+    assert nic.transmit(vsi, [TxDescriptor(frame, None, 1000)]).to_agent == []
+    assert (counters.tx_offload_refused, counters.tso_drops["NO_OFFLOAD"]) == (1, 1)
 
 
 def test_spoofed_tso_send_is_counted_as_spoofed_before_segmentation() -> None:

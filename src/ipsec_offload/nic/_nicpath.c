@@ -259,6 +259,8 @@ static PyObject *tx_one(const TxPath *self, PyObject *desc, const VsiView *view,
         small_uint(mss, 0, &zero))
         Py_RETURN_NONE;
     if (view->port_tagged) {
+        if (l2tag != Py_None) /* an untrusted VSI's own word: the reference path judges it */
+            Py_RETURN_NONE;
         tagged = 1;
         word = view->port_tag;
     } else {

@@ -48,6 +48,7 @@ from ipsec_offload.wire.ethernet import (
     ethernet_fields,
     vlan_key,
 )
+from ipsec_offload.wire.metadata import TxFlag
 
 _META_TAG = struct.Struct(">HI")
 _MAC_END = 12
@@ -81,6 +82,10 @@ class VsiCounters:
     tx_port_tagged: int = 0
     tx_ethertype_filtered: int = 0
     """Frames the VSI's Tx EtherType filter dropped (a VF's config or metadata frames)."""
+    tx_offload_refused: int = 0
+    """Descriptors of a port-tagged (untrusted) VSI that asked for offload, dropped: the port
+    tag would replace the request and the frame, its payload not yet encrypted, would leave
+    in clear (as i40e's malicious driver detection stops such a VF's descriptor)."""
     tso_sends: int = 0
     """TSO descriptors segmented."""
     tso_segments: int = 0
@@ -247,7 +252,13 @@ class Nic:
             # spec 9 invariant 3: a VF's config or metadata frame never reaches the agent
             counters.tx_ethertype_filtered += 1
             return
-        word = desc.l2tag if vsi.port_tag is None else vsi.port_tag
+        if vsi.port_tag is None:
+            word = desc.l2tag
+        elif desc.l2tag is not None and desc.l2tag & TxFlag.OFFLOAD:
+            counters.tx_offload_refused += 1
+            return
+        else:
+            word = vsi.port_tag
         frames = [frame]
         if desc.mss:
             segments = tso_segment(frame, word, desc.mss)
