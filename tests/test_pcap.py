@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -337,3 +338,28 @@ def test_tshark_reads_our_pcapng_interfaces_comments_and_nanoseconds(
     assert [r[0] for r in rows] == ["nic-to-agent", "agent-to-nic", "agent-to-nic", "nic-to-agent"]
     assert rows[0][1].endswith("0.000000005") and rows[3][1].endswith("4.294967303")
     assert [r[2] for r in rows] == [f"frame of {n} bytes" for n in (len(FRAME_A), 100, 3, 1024)]
+
+
+def test_the_longest_record_written_is_read_back_and_a_longer_one_refused_quietly(
+    tmp_path: Path,
+) -> None:
+    longest = bytes(range(256)) * 1023 + bytes(252)  # 262140 bytes: 4 x 65535
+    for name in ("max.pcap", "max.pcapng"):
+        write_pcap(tmp_path / name, [PcapRecord(1, longest)])
+        assert read_pcap(tmp_path / name) == [PcapRecord(1, longest)]
+    with pytest.raises(UsageError, match="262141 bytes is longer than the 262140-byte limit"):
+        write_pcap(tmp_path / "over.pcap", [PcapRecord(1, longest + b"x")])
+    foreign = tmp_path / "foreign.pcap"
+    foreign.write_bytes(GLOBAL_HEADER_US + _record_bytes(1, 0, bytes(262144)))
+    with pytest.raises(UsageError, match="record 1 holds 262144 bytes, more than the 262140"):
+        read_pcap(foreign)
+    # the command says it in one line: scapy's "packet has been truncated" stays off stderr
+    command = [sys.executable, "-c", "from ipsec_offload.cli.main import main; main()"]
+    command += ["agent", "--host-in", str(foreign), "--host-out", str(tmp_path / "h.pcap")]
+    command += ["--wire-out", str(tmp_path / "w.pcap")]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"Error: {foreign}: record 1 holds 262144 bytes, more than the 262140"
+        " this tool reads of a record\n"
+    )

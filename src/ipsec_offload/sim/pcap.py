@@ -20,6 +20,7 @@ what is wrong with it.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import struct
@@ -47,7 +48,10 @@ __all__ = [
 LINKTYPE_ETHERNET = 1
 """The pcap link-layer header type of Ethernet (DLT_EN10MB)."""
 
-_SNAPLEN = 262144  # libpcap's maximum; frames up to this length are kept whole
+_SNAPLEN = 262144  # libpcap's maximum, the snapshot length the files declare
+MAX_FRAME = 4 * 65535
+"""The longest frame a record may hold here: what scapy's reader reads of one record (a
+TSO send, the longest frame this project makes, is at most 64 KiB and its headers)."""
 _FILE_HEADER_LEN = 24
 _RECORD_HEADER_LEN = 16
 _MAX_TIME = 2**32  # the seconds field of a record is 32 bits
@@ -115,12 +119,22 @@ def _open_reader(name: str) -> Any:
 
 
 def read_pcap(path: str | os.PathLike[str]) -> list[PcapRecord]:
-    """Read every frame of a classic pcap file of Ethernet frames, in file order.
+    """Read every frame of a pcap or pcapng file of Ethernet frames, in file order.
 
     Raises :class:`UsageError` naming the file if it is missing or unreadable, is not a pcap
-    file, has a link type other than Ethernet (1), or has a truncated record.
+    file, has a link type other than Ethernet (1), or has a truncated record. scapy's own
+    warnings are kept off stderr: every problem is the one UsageError.
     """
-    name = os.fspath(path)
+    scapy_log = logging.getLogger("scapy.runtime")
+    level = scapy_log.level
+    scapy_log.setLevel(logging.ERROR)
+    try:
+        return _read(os.fspath(path))
+    finally:
+        scapy_log.setLevel(level)
+
+
+def _read(name: str) -> list[PcapRecord]:
     reader = _open_reader(name)
     if isinstance(reader, RawPcapNgReader):
         return _read_pcapng(name, reader)
@@ -140,6 +154,11 @@ def read_pcap(path: str | os.PathLike[str]) -> list[PcapRecord]:
             except EOFError:
                 break
             caplen = int(meta.caplen)
+            if caplen > MAX_FRAME:
+                raise UsageError(
+                    f"{name}: record {len(records) + 1} holds {caplen} bytes, more than the"
+                    f" {MAX_FRAME} this tool reads of a record"
+                )
             if len(data) != caplen:
                 raise UsageError(
                     f"{name}: record {len(records) + 1} is truncated or too large"
@@ -217,6 +236,17 @@ def write_pcap(
         _write_classic(name, temporary, records, per_second)
 
 
+def _check_record(name: str, record: object, writer: str) -> None:
+    """A record `writer` can write to `name`: a PcapRecord whose frame fits a record."""
+    if not isinstance(record, PcapRecord):
+        raise UsageError(f"{name}: {writer} takes PcapRecord items, not {type(record).__name__}")
+    if len(record.frame) > MAX_FRAME:
+        raise UsageError(
+            f"{name}: a frame of {len(record.frame)} bytes is longer than the"
+            f" {MAX_FRAME}-byte limit of a record"
+        )
+
+
 def _write_classic(
     name: str, temporary: str, records: Iterable[PcapRecord], per_second: int
 ) -> None:
@@ -233,15 +263,7 @@ def _write_classic(
     try:
         writer.write_header(None)
         for record in records:
-            if not isinstance(record, PcapRecord):
-                raise UsageError(
-                    f"{name}: write_pcap takes PcapRecord items, not {type(record).__name__}"
-                )
-            if len(record.frame) > _SNAPLEN:
-                raise UsageError(
-                    f"{name}: a frame of {len(record.frame)} bytes is longer than the"
-                    f" {_SNAPLEN}-byte limit of a pcap record"
-                )
+            _check_record(name, record, "write_pcap")
             sec, sub = _split_time(record.time_ns, per_second)
             writer.write_packet(record.frame, sec=sec, usec=sub)
     except OSError as exc:
@@ -333,15 +355,7 @@ def write_pcapng(path: str | os.PathLike[str], interfaces: Sequence[Interface]) 
         options += _option(_IF_TSRESOL, bytes((_TSRESOL_NS,))) + _option(_OPT_END, b"")
         blocks.append(_block(_IDB, struct.pack("<HHI", LINKTYPE_ETHERNET, 0, _SNAPLEN) + options))
         for order, record in enumerate(interface.records):
-            if not isinstance(record, PcapRecord):
-                raise UsageError(
-                    f"{name}: write_pcapng takes PcapRecord items, not {type(record).__name__}"
-                )
-            if len(record.frame) > _SNAPLEN:
-                raise UsageError(
-                    f"{name}: a frame of {len(record.frame)} bytes is longer than the"
-                    f" {_SNAPLEN}-byte limit of a pcap record"
-                )
+            _check_record(name, record, "write_pcapng")
             packets.append((record.time_ns, index, order, record.frame))
     packets.sort(key=lambda p: p[:3])
     for time_ns, index, _order, frame in packets:
