@@ -467,6 +467,7 @@ def test_a_nic_and_a_driver_pickle(nic_path: str) -> None:
     [
         [b"\x01" * 20, PF_MAC + b"rest", b"\x02" * 30, b"\x01", bytearray(PF_MAC + b"x")],
         [PF_MAC[:3], PF_MAC, b"\xff" * 6, b"\x00" * 6 + b"tail"],
+        [b"", PF_MAC + PEER_MAC + b"\x08", b"", PF_MAC + PEER_MAC + b"\x08\x00", bytearray()],
     ],
 )
 def test_plain_driver_keeps_the_same_frames_both_ways(
@@ -479,6 +480,35 @@ def test_plain_driver_keeps_the_same_frames_both_ways(
     fast.receive(iter(frames), 0.0)
     reference.receive(frames, 0.0)
     assert fast.events() == reference.events()
+    assert fast.counters == reference.counters
+    assert fast.counters.rx_runt == sum(len(f) < 14 for f in frames)
+
+
+@st.composite
+def _received(draw: st.DrawFn) -> bytes | bytearray:
+    """A frame from the wire: for the driver, another station, broadcast or multicast, of any
+    length from empty (a runt below 14 bytes) up, sometimes a bytearray."""
+    dst = draw(st.sampled_from([PF_MAC, VF_MAC, BROADCAST, MULTICAST, PF_MAC[:5] + b"\x11"]))
+    frame = (dst + draw(st.binary(max_size=40)))[: draw(st.integers(0, 60))]
+    return bytearray(frame) if draw(st.integers(0, 9)) == 0 else frame
+
+
+@given(bursts=st.lists(st.lists(_received(), max_size=10), max_size=4))
+@settings(max_examples=int(os.environ.get("FAST_PATH_EXAMPLES", "300")))
+def test_plain_driver_fuzz_both_ways(bursts: list[list[bytes]]) -> None:
+    """The compiled receive filter against the Python one on random bursts: the same events
+    and the same counted runts."""
+    require_built(fastpath.NIC_PATH_BUILT, "the NIC's compiled module (nic/_nicpath.c)")
+    fast = PlainDriver(PF_MAC)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fastpath, "plain_receive", None)
+        reference = PlainDriver(PF_MAC)
+    for burst in bursts:
+        fast.receive(burst, 0.0)
+        reference.receive(list(burst), 0.0)
+        assert fast.events() == reference.events()
+        assert fast.counters == reference.counters
+    assert fast.counters.rx_runt == sum(len(f) < 14 for burst in bursts for f in burst)
 
 
 def test_plain_driver_events_are_the_dataclasses_the_python_path_makes() -> None:
