@@ -180,7 +180,7 @@ def _apply(nic: Nic, step: tuple[str, int, Any]) -> tuple[Any, ...]:
 
 @given(mode=st.sampled_from(SwitchMode), steps=st.lists(_step(), max_size=8))
 @settings(
-    max_examples=int(os.environ.get("FAST_PATH_EXAMPLES", "500")),
+    max_examples=int(os.environ.get("FAST_PATH_EXAMPLES", "200")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
