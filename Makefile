@@ -42,7 +42,8 @@ campaign: $(VENV)/.installed-test
 
 # The compiled paths under AddressSanitizer and UndefinedBehaviorSanitizer: the C extensions
 # built with the sanitizers into a venv of their own (the normal .venv is not touched: the
-# package is installed there from a copy of the sources, not in place), then the fast-path and
+# package is installed there from a copy of the sources, not in place; -fno-wrapv undoes the
+# -fwrapv of Python's own flags, so that UBSan checks signed overflow too), then the fast-path and
 # differential tests and a bounded fuzz of every compiled path (agent Tx/Rx and its SAD table,
 # host receive, NIC Tx and receive filter, frame builder, checksum), the Python interpreter
 # uninstrumented with the sanitizers' runtimes preloaded. PYTHONMALLOC=malloc gives each Python
@@ -78,14 +79,14 @@ $(ASAN_BIN)/python:
 	$(PYTHON) -m venv $(ASAN_VENV)
 	$(ASAN_BIN)/pip install -q --upgrade pip
 
-ASAN_SOURCES := pyproject.toml setup.py README.md \
+ASAN_SOURCES := Makefile pyproject.toml setup.py README.md \
 	$(shell find src -name "*.py" -o -name "*.pyi" -o -name "*.c" -o -name "*.h")
 
 $(ASAN_VENV)/.installed: $(ASAN_SOURCES) | $(ASAN_BIN)/python
 	rm -rf $(ASAN_STAGE) && mkdir -p $(ASAN_STAGE)
 	tar -cf - --exclude='*.so' --exclude=__pycache__ pyproject.toml setup.py README.md src \
 		| tar -xf - -C $(ASAN_STAGE)
-	CFLAGS="$(SANITIZERS) -fno-omit-frame-pointer -O1 -g" LDFLAGS="$(SANITIZERS)" \
+	CFLAGS="$(SANITIZERS) -fno-wrapv -fno-omit-frame-pointer -O1 -g" LDFLAGS="$(SANITIZERS)" \
 		$(ASAN_BIN)/pip install -q "./$(ASAN_STAGE)[test]"
 	cd $(ASAN_VENV) && $(ASAN_ENV) bin/python -c "import importlib, pathlib; \
 		names = 'agent._datapath host._rxpath nic._nicpath wire._frames wire._checksum'; \
