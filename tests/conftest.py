@@ -1,10 +1,25 @@
-"""Shared fixtures. Helpers live in ``tools.py`` next to this file."""
+"""Shared fixtures. Helpers live in ``tools.py`` next to this file.
+
+Hypothesis runs under the profile named by $HYPOTHESIS_PROFILE (default "project"): no
+per-example deadline (the default 200 ms flakes on a loaded machine, and the first example of
+a test pays for imports and cipher contexts), and no health check for slow data generation.
+A test's own ``@settings`` sets its example count. "sanitize" is the profile of ``make
+sanitize``: the same, with the examples of every test that does not set its own count bounded,
+so that the run under AddressSanitizer stays within its time (see the Makefile).
+"""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tools import require_built, require_fast_path, require_tool
+
+settings.register_profile("project", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("sanitize", settings.get_profile("project"), max_examples=50)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "project"))
 
 
 @pytest.fixture

@@ -495,3 +495,167 @@ def test_burst_keeps_order_and_counts() -> None:
     }
     assert snap["paths"]["RX_ESP"] == 4
     assert set(snap["drops"].values()) == {0}
+
+
+# -- SAs that carried traffic: what the compiled fast path sees -------------------------------
+#
+# The fast path takes a frame only once its SA's cipher context exists, which the reference
+# path makes on the SA's first packet: a test whose SAs never carried traffic runs the
+# reference path alone, whichever path the fixture names. These send a first packet on each
+# SA, then the frames under test.
+
+
+def _warm_esp(seq: int, payload: bytes = b"warm", **kw: object) -> bytes:
+    return esp_packet(KEY128, SPI, seq, payload, **kw)  # type: ignore[arg-type]
+
+
+_TPID_CASES = {
+    "802.1Q": ((VlanTag(0x8100, 100),), [(VlanTag(0x88A8, 100),)]),
+    "802.1ad": ((VlanTag(0x88A8, 100),), [(VlanTag(0x8100, 100),)]),
+    "Q-in-Q": (
+        (VLAN_OUTER, VLAN_INNER),
+        [
+            (VlanTag(0x8100, VLAN_OUTER.tci), VLAN_INNER),
+            (VLAN_OUTER, VlanTag(0x88A8, VLAN_INNER.tci)),
+            (VlanTag(0x8100, VLAN_OUTER.tci), VlanTag(0x88A8, VLAN_INNER.tci)),
+            (VlanTag(0x88A8, VLAN_OUTER.tci), VlanTag(0x88A8, VLAN_INNER.tci)),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("vlans, others", _TPID_CASES.values(), ids=_TPID_CASES.keys())
+def test_a_domain_that_carried_traffic_matches_only_its_tpids(
+    vlans: tuple[VlanTag, ...], others: list[tuple[VlanTag, ...]]
+) -> None:
+    """The TPID is part of the domain (spec 5): a frame with the SA's VIDs under other TPIDs
+    finds no SA, also once the SA carries traffic (each miss with a fresh sequence number, so
+    that only the lookup can refuse it)."""
+    agent = IpsecAgent()
+    index = add_sa(agent, IN, SPI, LOCAL4, local_mac=VF_MAC, vlans=vlans)
+    hits = [wire_frame(_warm_esp(seq), dst_mac=VF_MAC, vlans=vlans) for seq in (1, 2)]
+    assert [(s, i) for s, i, _ in _rx(agent, hits)] == [(OK, index)] * 2
+    misses = [
+        wire_frame(_warm_esp(seq, b"other TPID"), dst_mac=VF_MAC, vlans=v)
+        for seq, v in enumerate(others, 3)
+    ]
+    assert [(s, i) for s, i, _ in _rx(agent, misses)] == [(NO_SA, 0)] * len(misses)
+    last = wire_frame(_warm_esp(len(others) + 3, b"again"), dst_mac=VF_MAC, vlans=vlans)
+    assert [(s, i) for s, i, _ in _rx(agent, [last])] == [(OK, index)]
+    sa = agent.sad.get(index)
+    assert sa is not None and sa.packets == 3
+    assert agent.counters.rx_status[NO_SA] == len(misses)
+
+
+def _fill_sad(agent: IpsecAgent, count: int) -> None:
+    """Take the SAD's indexes 1 .. count with outbound SAs to another peer (as many config
+    requests would, at a fraction of the time)."""
+    from ipsec_offload.agent.sad import SecurityAssociation
+
+    other = bytes((198, 51, 100, 1))
+    for spi in range(1, count + 1):
+        agent.sad.insert(
+            SecurityAssociation(
+                index=agent.sad.allocate_index(),
+                port=0,
+                direction=OUT,
+                spi=spi,
+                dst=other,
+                src=None,
+                algorithm=Algorithm.AES_GCM_128,
+                key_material=KEY128,
+                domain=None,
+                esn=False,
+                ivdb=1,
+                replay=None,
+                lifetime_packets=0,
+                lifetime_bytes=0,
+            )
+        )
+
+
+def test_sa_index_above_16_bits_reaches_the_host() -> None:
+    """SA_INDEX is 24 bits (spec 3): an SA at index 2^16 + 1 is named in full in the Rx
+    metadata of every status, on the fast path's frames too."""
+    from ipsec_offload.agent.agent import AgentConfig
+
+    agent = IpsecAgent(AgentConfig(sad_size=(1 << 16) + 2))
+    _fill_sad(agent, 1 << 16)
+    index = add_sa(agent, IN, SPI, LOCAL4)
+    assert index == (1 << 16) + 1
+    forged = bytearray(_pkt(9))
+    forged[-1] ^= 1
+    frames = [_pkt(1), _pkt(2), _pkt(3), _pkt(2), bytes(forged)]
+    rx = _rx(agent, frames)
+    assert [(s, i) for s, i, _ in rx] == [
+        (OK, index),
+        (OK, index),
+        (OK, index),
+        (REPLAY, index),
+        (AUTH_FAILED, index),
+    ]
+
+
+@pytest.mark.parametrize("pad_len", [1, 2, 3, 6])
+@pytest.mark.parametrize("wrong", ["first", "last"])
+def test_a_wrong_pad_byte_after_a_good_icv_on_an_sa_in_use(pad_len: int, wrong: str) -> None:
+    """RFC 4303 2.4: the padding bytes are 1, 2, 3, ...; a plaintext whose first or last pad
+    byte is wrong is MALFORMED, on an SA whose cipher exists (the fast path opens it)."""
+    agent = IpsecAgent()
+    index = add_sa(agent, IN, SPI, LOCAL4)
+    assert _statuses(agent, [_pkt(1)]) == [OK]
+    payload = b"x" * (4 - (pad_len + 2) % 4 if (pad_len + 2) % 4 else 4)
+    pad = bytearray(range(1, pad_len + 1))
+    pad[0 if wrong == "first" else -1] ^= 0x40
+    plaintext = payload + bytes(pad) + bytes((pad_len, PROTO_UDP))
+    assert len(plaintext) % 4 == 0
+    bad = wire_frame(esp_packet(KEY128, SPI, 2, b"", plaintext=plaintext))
+    good = wire_frame(esp_packet(KEY128, SPI, 3, b"", plaintext=plaintext[:-2] + b"\x00\x11"))
+    rx = _rx(agent, [bad, good])
+    assert [(s, i) for s, i, _ in rx] == [(MALFORMED, index), (OK, index)]
+    assert rx[0][2] == bad
+    sa = agent.sad.get(index)
+    assert sa is not None and sa.packets == 2
+    assert sa.replay is not None and sa.replay.highest == 3
+
+
+# Frames cut at the end of a VLAN tag (14 + 4 per tag) or inside the EtherType after it: the
+# compiled parser reads the EtherType after each tag only where the frame holds it. A bound
+# off by two there reads past the frame's bytes, which only a sanitizer sees (the byte after a
+# bytes object's last one is its NUL terminator, and the EtherType read is then no VLAN TPID):
+# `make sanitize` runs these under AddressSanitizer.
+_MAC2 = HOST_MAC + PEER_MAC
+_CUT_AT_A_TAG = {
+    "tpid only": _MAC2 + b"\x81\x00",
+    "tpid and half a tci": _MAC2 + b"\x81\x00\x00",
+    "one tag": _MAC2 + b"\x81\x00\x00\x64",
+    "one tag, half an ethertype": _MAC2 + b"\x81\x00\x00\x64\x08",
+    "two tags": _MAC2 + b"\x88\xa8\x00\x07\x81\x00\x00\xc8",
+    "two tags, half an ethertype": _MAC2 + b"\x88\xa8\x00\x07\x81\x00\x00\xc8\x08",
+    "two tags, tpid of a third": _MAC2 + b"\x88\xa8\x00\x07\x81\x00\x00\xc8\x81\x00",
+}
+
+
+@pytest.mark.parametrize("frame", _CUT_AT_A_TAG.values(), ids=_CUT_AT_A_TAG.keys())
+def test_a_frame_cut_at_a_vlan_tag_is_a_counted_drop(frame: bytes) -> None:
+    agent = IpsecAgent()
+    add_sa(agent, IN, SPI, LOCAL4)
+    assert _statuses(agent, [_pkt(1)]) == [OK]  # the SA's cipher exists: the fast path runs
+    out = agent.from_wire([_pkt(2), frame, _pkt(3)])
+    assert out.to_wire == []
+    assert [rx_word(split_tag(f)[0]).status for f in out.to_host] == [OK, OK]
+    assert {r: n for r, n in agent.counters.drops.items() if n} == {DropReason.MALFORMED_FRAME: 1}
+    assert agent.counters.paths[Path.RX_ESP] == 3
+
+
+@pytest.mark.parametrize("vlans", [1, 2])
+def test_a_frame_whose_header_ends_after_its_vlan_tags_is_not_esp(vlans: int) -> None:
+    """The shortest frames the parser takes whole: the tags and an EtherType, no IP header."""
+    agent = IpsecAgent()
+    add_sa(agent, IN, SPI, LOCAL4)
+    assert _statuses(agent, [_pkt(1)]) == [OK]
+    frame = eth_header(HOST_MAC, PEER_MAC, ETH_IPV4, (VLAN_OUTER, VLAN_INNER)[2 - vlans :])
+    out = agent.from_wire([frame, _pkt(2)])
+    assert split_tag(out.to_host[0]) == (0, frame)
+    assert agent.counters.paths[Path.RX_NOT_ESP] == 1
+    assert not any(agent.counters.drops.values())

@@ -199,6 +199,8 @@ def test_table_agrees_with_the_dict(
                 (VF_MAC, DOMAIN.vlans),
                 (VF_MAC, QINQ.vlans),
                 (VF_MAC, QINQ_OTHER.vlans),
+                (VF_MAC, ((0x88A8, 100),)),  # DOMAIN's VID under the other TPID
+                (VF_MAC, ((0x8100, 7), (0x8100, 100))),  # QINQ's VIDs, outer TPID 802.1Q
                 (HOST_MAC, ()),
             )
         ]

@@ -465,3 +465,66 @@ def test_broadcast_without_local_addresses_goes_to_the_wire_only() -> None:
     assert len(out.to_wire) == 1
     assert out.to_host == []
     assert agent.counters.paths[Path.HAIRPIN] == 0
+
+
+# -- SAs that carried traffic: what the compiled fast path sees -------------------------------
+
+
+_TPID_CASES = {
+    "802.1Q": ((VLAN_Q,), [(VlanTag(0x88A8, VLAN_Q.tci),)]),
+    "802.1ad": ((VlanTag(0x88A8, 100),), [(VLAN_Q,)]),
+    "Q-in-Q": (
+        (VLAN_OUTER, VLAN_INNER),
+        [
+            (VlanTag(0x8100, VLAN_OUTER.tci), VLAN_INNER),
+            (VLAN_OUTER, VlanTag(0x88A8, VLAN_INNER.tci)),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("vlans, others", _TPID_CASES.values(), ids=_TPID_CASES.keys())
+def test_a_domain_sa_that_carried_traffic_takes_only_its_tpids(
+    vlans: tuple[VlanTag, ...], others: list[tuple[VlanTag, ...]]
+) -> None:
+    """The TPID is part of the domain (spec 5), also once the SA carries traffic (the fast path
+    takes an SA's frames once its cipher exists): the same VIDs under other TPIDs are never
+    encrypted with it."""
+    agent = IpsecAgent()
+    add_sa(agent, OUT, SPI, PEER4, local_mac=VF_MAC, vlans=vlans)
+    l3 = 14 + 4 * len(vlans)
+    for iv in (1, 2):  # the first makes the cipher, on the reference path
+        frame = offload_frame(SPI, iv, b"mine", src_mac=VF_MAC, vlans=vlans)
+        assert open_encrypted(_one_wire_frame(agent, frame), KEY128, l3=l3).iv == iv
+    for other in others:
+        frame = offload_frame(SPI, 9, b"other TPID", src_mac=VF_MAC, vlans=other)
+        _dropped(agent, frame, DropReason.NO_OUTBOUND_SA)
+    frame = offload_frame(SPI, 3, b"mine again", src_mac=VF_MAC, vlans=vlans)
+    assert open_encrypted(_one_wire_frame(agent, frame), KEY128, l3=l3).iv == 3
+    assert [sa.packets for sa in agent.sad] == [3]
+
+
+_META_TAG = struct.pack(">HI", 0x88B5, tx_word(True, PROTO_UDP, 18, 5))
+_CUT_AT_A_TAG = {
+    "tpid only": b"\x81\x00",
+    "tpid and half a tci": b"\x81\x00\x00",
+    "one tag": b"\x81\x00\x00\x64",
+    "one tag, half an ethertype": b"\x81\x00\x00\x64\x08",
+    "two tags": b"\x88\xa8\x00\x07\x81\x00\x00\xc8",
+    "two tags, half an ethertype": b"\x88\xa8\x00\x07\x81\x00\x00\xc8\x08",
+    "two tags, tpid of a third": b"\x88\xa8\x00\x07\x81\x00\x00\xc8\x81\x00",
+}
+
+
+@pytest.mark.parametrize("tags", _CUT_AT_A_TAG.values(), ids=_CUT_AT_A_TAG.keys())
+def test_a_tagged_frame_cut_at_a_vlan_tag_is_a_counted_drop(tags: bytes) -> None:
+    """Host frames cut at the end of a VLAN tag after the metadata tag, or inside the
+    EtherType after it: the compiled parser reads each EtherType only where the frame holds it
+    (a bound off by two there reads past the frame, which `make sanitize` runs to see)."""
+    agent = IpsecAgent()
+    add_sa(agent, OUT, SPI, PEER4)
+    assert len(_one_wire_frame(agent, offload_frame(SPI, 1, b"warm"))) > 0
+    frame = PEER_MAC + HOST_MAC + _META_TAG + tags
+    out = agent.from_host([offload_frame(SPI, 2, b"a"), frame, offload_frame(SPI, 3, b"b")])
+    assert len(out.to_wire) == 2 and out.to_host == []
+    assert {r: n for r, n in agent.counters.drops.items() if n} == {DropReason.MALFORMED_FRAME: 1}

@@ -4,6 +4,7 @@ decrypted with another domain's SA (every VM has the same address and reuses the
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -140,5 +141,14 @@ class SriovMachine(RuleBasedStateMachine):
             assert {d.state for d in self.bed.delivered(vm)} <= self.inbound[vf]
 
 
-SriovMachine.TestCase.settings = settings(max_examples=15, stateful_step_count=15, deadline=None)
-TestSriov = SriovMachine.TestCase
+class TestSriov(SriovMachine.TestCase):
+    """A few short runs in every test run."""
+
+    settings = settings(max_examples=5, stateful_step_count=10, deadline=None)
+
+
+@pytest.mark.slow
+class TestSriovLong(SriovMachine.TestCase):
+    """The long runs: `pytest -m slow tests/test_sriov_stateful.py`."""
+
+    settings = settings(max_examples=15, stateful_step_count=15, deadline=None)

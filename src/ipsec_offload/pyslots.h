@@ -18,19 +18,29 @@
 #include <stdint.h>
 
 /* Where the slot `name` of `type`'s objects lies: 0, or -1 with an error set (TypeError when
- * `name` is an attribute of `type` but not a `__slots__` entry; the lookup's own error, such as
- * AttributeError, when it is not an attribute at all). */
+ * `name` is an attribute of `type` but not a `__slots__` entry of `type` or of a base class of
+ * it; the lookup's own error, such as AttributeError, when it is not an attribute at all).
+ *
+ * The descriptor must be one of `type`'s own layout: a member descriptor of another class
+ * (`class C: frame = Other.__dict__["frame"]`) names an offset in the other class's objects,
+ * which may lie past the end of `type`'s, and reading or writing there would corrupt memory. */
 static inline int slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *offset) {
     PyObject *descr = PyObject_GetAttrString((PyObject *)type, name);
+    PyMemberDef *member;
     if (descr == NULL)
         return -1;
-    if (Py_TYPE(descr) != &PyMemberDescr_Type ||
-        ((PyMemberDescrObject *)descr)->d_member->type != T_OBJECT_EX) {
-        PyErr_Format(PyExc_TypeError, "%s.%s must be a __slots__ entry", type->tp_name, name);
+    member = Py_TYPE(descr) == &PyMemberDescr_Type ? ((PyMemberDescrObject *)descr)->d_member
+                                                   : NULL;
+    if (member == NULL || member->type != T_OBJECT_EX || (member->flags & READONLY) ||
+        !PyType_IsSubtype(type, PyDescr_TYPE(descr)) ||
+        member->offset < (Py_ssize_t)sizeof(PyObject) ||
+        member->offset + (Py_ssize_t)sizeof(PyObject *) > type->tp_basicsize) {
+        PyErr_Format(PyExc_TypeError, "%s.%s must be a __slots__ entry of %s or of a base class",
+                     type->tp_name, name, type->tp_name);
         Py_DECREF(descr);
         return -1;
     }
-    *offset = ((PyMemberDescrObject *)descr)->d_member->offset;
+    *offset = member->offset;
     Py_DECREF(descr);
     return 0;
 }

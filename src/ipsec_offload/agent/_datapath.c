@@ -346,31 +346,45 @@ static PyObject *SadTable_get(SadTable *self, PyObject *tuple) {
 
 /* The SA index of each packet key (direction, SPI, destination, MAC, VLAN key) of a burst
  * (0: none), as the engine's lookup stage yields it: the extended key first, then the naive
- * key. In the passes of the theory of operation. */
-static PyObject *SadTable_lookup_burst(SadTable *self, PyObject *keys) {
+ * key. In the passes of the theory of operation.
+ *
+ * Packing a key can run Python code (a VLAN's TPID or VID is read with its __index__), which
+ * may change or empty the list: the keys are taken from a tuple made of it first, which holds
+ * a reference to each key for the whole call. */
+static PyObject *SadTable_lookup_burst(SadTable *self, PyObject *list) {
     Py_ssize_t n, nlines = 0;
     Probe *probes = NULL;
     const uint8_t **lines;
-    PyObject *result = NULL;
+    PyObject *keys, *result = NULL;
     if (table_ready(self))
         return NULL;
-    if (!PyList_Check(keys)) {
+    if (!PyList_Check(list)) {
         PyErr_SetString(PyExc_TypeError, "lookup_burst takes a list of keys");
         return NULL;
     }
-    n = PyList_GET_SIZE(keys);
+    keys = PyList_AsTuple(list);
+    if (keys == NULL)
+        return NULL;
+    n = PyTuple_GET_SIZE(keys);
     probes = PyMem_Malloc((sizeof *probes + PROBE_LINES * sizeof *lines) * (size_t)(n ? n : 1));
-    if (probes == NULL)
+    if (probes == NULL) {
+        Py_DECREF(keys);
         return PyErr_NoMemory();
+    }
     lines = (const uint8_t **)(probes + n);
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *key = PyList_GET_ITEM(keys, i);
+        PyObject *key = PyTuple_GET_ITEM(keys, i);
         if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 5) {
             PyErr_SetString(PyExc_TypeError, "a packet key is (direction, SPI, dst, MAC, VLANs)");
             goto done;
         }
         if (pack_tuple(key, probes[i].key[0], 0) || pack_tuple(key, probes[i].key[1], 1))
             goto done;
+    }
+    /* the keys are packed and no Python code runs from here: the table stays as it is */
+    if (table_ready(self))
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
         probes[i].hash[0] = key_hash(probes[i].key[0]);
         probes[i].hash[1] = key_hash(probes[i].key[1]);
         nlines += probe_lines(self, &probes[i], lines + nlines);
@@ -386,6 +400,7 @@ static PyObject *SadTable_lookup_burst(SadTable *self, PyObject *keys) {
     }
 done:
     PyMem_Free(probes);
+    Py_DECREF(keys);
     return result;
 }
 
@@ -924,12 +939,26 @@ static int count(PyObject *counters, PyObject *key, Py_ssize_t n) {
     return rc;
 }
 
+/* Whether __init__ has run and the SAD table it was given is still initialised (a Datapath
+ * made by Datapath.__new__ alone holds no table, counters nor types): 0, or -1 with an error
+ * set. */
+static int datapath_ready(const Datapath *self) {
+    if (self->table == NULL || self->sa_type == NULL || self->paths == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the Datapath is not initialised");
+        return -1;
+    }
+    return table_ready(self->table);
+}
+
 /* Handle frames[start:] in order while each is the common case, appending the results to
  * `out`; returns the position of the first frame left to the reference path (len when none).
- * `counters` are the (dict, key) pairs one handled frame adds 1 to. */
+ * `counters` are the (dict, key) pairs one handled frame adds 1 to. The list's length is read
+ * again before each frame: a frame's AEAD call goes through Python objects. */
 static PyObject *burst(Datapath *self, PyObject *args, FrameFn fn, PyObject *counters[2][2]) {
     PyObject *frames, *out, *result;
     Py_ssize_t start, i, n;
+    if (datapath_ready(self))
+        return NULL;
     if (!PyArg_ParseTuple(args, "O!nO!", &PyList_Type, &frames, &start, &PyList_Type, &out))
         return NULL;
     n = PyList_GET_SIZE(frames);
@@ -941,7 +970,7 @@ static PyObject *burst(Datapath *self, PyObject *args, FrameFn fn, PyObject *cou
      * after a frame the reference path took find the rest of them cached already */
     if (start == 0 && cache_lines(self, frames, fn == tx_frame))
         return NULL;
-    for (i = start; i < n; i++) {
+    for (i = start; i < PyList_GET_SIZE(frames); i++) {
         PyObject *frame = PyList_GET_ITEM(frames, i);
         Py_INCREF(frame);
         result = fn(self, frame);

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import partial
 
 from ipsec_offload.burst import reference_items
@@ -18,6 +19,19 @@ from ipsec_offload.errors import UsageError
 from ipsec_offload.nic import fastpath
 from ipsec_offload.wire.config import SaStats
 
+ETHERNET_HEADER_LEN = 14
+"""Destination and source MAC and an EtherType: a shorter frame is a runt."""
+
+
+@dataclass(slots=True)
+class PlainCounters:
+    """What a plain driver drops on receive, by reason (its MAC filter's misses are not drops:
+    the frames are someone else's)."""
+
+    rx_runt: int = 0
+    """Frames shorter than an Ethernet header (14 bytes), empty ones included: the NIC has no
+    destination address to filter them by."""
+
 
 class PlainDriver:
     """Frames in and out as they are; the xdo_dev_* calls are refused (no NETIF_F_HW_ESP)."""
@@ -31,6 +45,7 @@ class PlainDriver:
         self._tx: list[bytes] = []
         self._events: list[DriverEvent] = []
         self._fast_receive = fastpath.plain_receive
+        self.counters = PlainCounters()
 
     def xmit(self, frame: bytes, offload: TxOffload | None = None, mss: int = 0) -> None:
         if offload is not None or mss:
@@ -46,11 +61,13 @@ class PlainDriver:
     def receive(self, frames: Iterable[bytes], now: float) -> None:
         """Frames from the wire: keep those for this MAC, broadcast and multicast (the
         NIC's compiled receive filter, `nic.fastpath.plain_receive`, where there is one, keeps
-        the common ones)."""
+        the common ones); a runt (shorter than an Ethernet header) is a counted drop."""
         fast = self._fast_receive
         burst = None if fast is None else partial(fast, self.mac, self._events, PacketReceived)
         for frame in reference_items(frames, burst):
-            if frame[:6] == self.mac or frame[0] & 1:
+            if len(frame) < ETHERNET_HEADER_LEN:
+                self.counters.rx_runt += 1
+            elif frame[:6] == self.mac or frame[0] & 1:
                 self._events.append(PacketReceived(frame, None))
 
     def take_frames(self) -> list[bytes]:

@@ -84,9 +84,11 @@ typedef struct {
 
 /* What one call has looked up so far. Nothing the call runs (the AEAD, the policy check)
  * changes the stack's states or policies, so within a call an answer stays right; it is
- * asked again in the next call. */
+ * asked again in the next call. The memo holds a reference to each state it names, so that
+ * a state taken out of the table by Python code the call runs all the same (the policy check
+ * is a Python method) is never read after it is freed; `memo_clear` drops them. */
 typedef struct {
-    PyObject *state; /* borrowed */
+    PyObject *state; /* strong reference, or NULL */
     Py_ssize_t addr_len;
     uint8_t src[16], dst[16];
     int admitted;
@@ -95,7 +97,7 @@ typedef struct {
 typedef struct {
     Verdict v[MEMO_SIZE];
     int used, next;
-    PyObject *state; /* the last state found (borrowed), NULL before the first */
+    PyObject *state; /* the last state found (strong reference), NULL before the first */
     uint32_t spi;    /* and its key */
     Py_ssize_t addr_len;
     uint8_t dst[16];
@@ -115,7 +117,8 @@ static PyObject *inbound_state(RxPath *self, Memo *memo, const Frame *f, uint32_
     state = PyDict_GetItemWithError(self->inbound, key);
     Py_DECREF(key);
     if (state != NULL) {
-        memo->state = state;
+        Py_INCREF(state);
+        Py_XSETREF(memo->state, state);
         memo->spi = spi;
         memo->addr_len = f->addr_len;
         memcpy(memo->dst, f->p + f->dst_off, (size_t)f->addr_len);
@@ -148,12 +151,20 @@ static int admitted(RxPath *self, Memo *memo, PyObject *state, const Frame *f, P
     v = &memo->v[memo->next];
     memo->next = (memo->next + 1) % MEMO_SIZE;
     memo->used += memo->used < MEMO_SIZE;
-    v->state = state;
+    Py_INCREF(state);
+    Py_XSETREF(v->state, state);
     v->addr_len = f->addr_len;
     memcpy(v->src, s, (size_t)f->addr_len);
     memcpy(v->dst, d, (size_t)f->addr_len);
     v->admitted = ok;
     return ok;
+}
+
+/* Drop the references a call's memo holds. */
+static void memo_clear(Memo *memo) {
+    for (int i = 0; i < MEMO_SIZE; i++)
+        Py_CLEAR(memo->v[i].state);
+    Py_CLEAR(memo->state);
 }
 
 /* Whether the frame's destination is one of the host's addresses (IpLayer.packet). */
@@ -350,16 +361,27 @@ error:
     return NULL;
 }
 
+/* -1 with an error set when __init__ has not run (RxPath.__new__ alone), else 0. */
+static int not_initialised(const RxPath *self) {
+    if (self->inbound != NULL && self->counters != NULL && self->admits != NULL &&
+        self->state_type != NULL && self->delivered_type != NULL)
+        return 0;
+    PyErr_SetString(PyExc_ValueError, "RxPath is not initialised");
+    return -1;
+}
+
 /* events[start:] in order while each is the common case, their Delivered events (at `now`)
  * appended to `out`; the position of the first event left to the Python path (len when
  * none). `now` and `out` come first, so that the stack binds them once per poll. The counters
- * are added to once, at the end, for the events handled (also when an error stopped it). */
+ * are added to once, at the end, for the events handled (also when an error stopped it). The
+ * list's length is read again before each event: the policy check is Python code. */
 static PyObject *RxPath_burst(RxPath *self, PyObject *args) {
     PyObject *events, *now, *out, *result;
     Py_ssize_t start, i, n;
     Memo memo = {0};
     int appended;
-    if (!PyArg_ParseTuple(args, "OO!O!n", &now, &PyList_Type, &out, &PyList_Type, &events,
+    if (not_initialised(self) ||
+        !PyArg_ParseTuple(args, "OO!O!n", &now, &PyList_Type, &out, &PyList_Type, &events,
                           &start))
         return NULL;
     n = PyList_GET_SIZE(events);
@@ -367,7 +389,7 @@ static PyObject *RxPath_burst(RxPath *self, PyObject *args) {
         PyErr_SetString(PyExc_IndexError, "start must be 0..len(events)");
         return NULL;
     }
-    for (i = start; i < n; i++) {
+    for (i = start; i < PyList_GET_SIZE(events); i++) {
         PyObject *event = PyList_GET_ITEM(events, i);
         Py_INCREF(event);
         result = rx_event(self, event, now, &memo);
@@ -385,19 +407,21 @@ static PyObject *RxPath_burst(RxPath *self, PyObject *args) {
             break;
         }
     }
-    if (PyErr_Occurred()) {
-        PyObject *type, *value, *traceback;
-        PyErr_Fetch(&type, &value, &traceback);
-        if (count(self, i - start) < 0) {
-            Py_XDECREF(type);
-            Py_XDECREF(value);
-            Py_XDECREF(traceback);
-            return NULL;
-        }
+    /* the events before an error were handled: count them, then raise the error */
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    memo_clear(&memo);
+    if (count(self, i - start) < 0) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(traceback);
+        return NULL;
+    }
+    if (type != NULL) {
         PyErr_Restore(type, value, traceback);
         return NULL;
     }
-    return count(self, i - start) < 0 ? NULL : PyLong_FromSsize_t(i);
+    return PyLong_FromSsize_t(i);
 }
 
 static int RxPath_init(RxPath *self, PyObject *args, PyObject *kwds) {

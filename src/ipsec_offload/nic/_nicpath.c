@@ -32,8 +32,8 @@
  * `plain_receive` is the receive side of a NIC without offload, PlainDriver.receive: the MAC
  * filter a NIC applies in hardware. Each bytes frame for the driver's MAC, broadcast or
  * multicast becomes a PacketReceived(frame, None), the others are dropped; at the first frame
- * that is not a non-empty bytes object it returns its position to the Python driver, the
- * reference path, as TxPath.transmit does.
+ * that is not a bytes object holding an Ethernet header (a runt, which the driver counts) it
+ * returns its position to the Python driver, the reference path, as TxPath.transmit does.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -482,9 +482,9 @@ static PyTypeObject TxPathType = {
 enum { PACKET_FRAME, PACKET_RX, PACKET_FIELDS };
 static const char *const packet_names[PACKET_FIELDS] = {"frame", "rx"};
 
-/* frames[start:] onto `events` as PlainDriver.receive keeps them, while each is a non-empty
- * bytes object; the position of the first frame left to the Python path. The driver's own
- * arguments come first, so that the driver binds them once per burst. */
+/* frames[start:] onto `events` as PlainDriver.receive keeps them, while each is a bytes object
+ * of at least an Ethernet header; the position of the first frame left to the Python path. The
+ * driver's own arguments come first, so that the driver binds them once per burst. */
 static PyObject *plain_receive(PyObject *module, PyObject *args) {
     PyObject *frames, *mac, *events, *event, *values[PACKET_FIELDS];
     PyTypeObject *packet_type;
@@ -505,12 +505,12 @@ static PyObject *plain_receive(PyObject *module, PyObject *args) {
         const uint8_t *p;
         Py_ssize_t len;
         int for_mac;
-        if (!PyBytes_CheckExact(frame) || PyBytes_GET_SIZE(frame) == 0)
-            break;
+        if (!PyBytes_CheckExact(frame) || PyBytes_GET_SIZE(frame) < ETH_MIN_LEN)
+            break; /* a runt (or another type): the Python path counts it */
         p = (const uint8_t *)PyBytes_AS_STRING(frame);
         len = PyBytes_GET_SIZE(frame);
-        for_mac = mac_len == (len < 6 ? len : 6) && /* frame[:6] == mac */
-                  memcmp(p, PyBytes_AS_STRING(mac), (size_t)mac_len) == 0;
+        for_mac = mac_len == MAC_LEN && len >= MAC_LEN && /* frame[:6] == mac */
+                  memcmp(p, PyBytes_AS_STRING(mac), MAC_LEN) == 0;
         if (!for_mac && !(p[0] & 1)) /* nor a group address */
             continue;
         values[PACKET_FRAME] = Py_NewRef(frame);
@@ -531,8 +531,8 @@ static PyMethodDef nicpath_functions[] = {
     {"plain_receive", plain_receive, METH_VARARGS,
      "plain_receive(mac, events, packet_type, frames, start) -> int: append a\n"
      "packet_type(frame, None) to events for each of frames[start:] for mac, broadcast or\n"
-     "multicast, while each is a non-empty bytes object; the position of the first frame left\n"
-     "to the Python path."},
+     "multicast, while each is a bytes object of at least an Ethernet header (14 bytes); the\n"
+     "position of the first frame left to the Python path."},
     {NULL, NULL, 0, NULL},
 };
 
