@@ -354,3 +354,23 @@ def test_sa_keys_holds_every_sa_also_once_its_host_is_gone() -> None:
     assert bed.sa_keys == expected
     assert bed.sa_keys[second.b_out.src, second.b_out.dst, second.b_out.spi].esn
     assert len(bed.esp_sa_entries()) == 4  # the peer's states, as before
+
+
+def test_an_add_sa_delayed_past_its_give_up_is_removed_at_the_next_probe() -> None:
+    """The first ADD_SA is 10 ms late and its resends are lost: the add fails (-ETIMEDOUT)
+    at 4 ms and the listing then finds nothing; the late copy adds the SA at 10 ms, an
+    orphan, which the listing at the next GET_CAPS probe (1 s) removes."""
+    bed = Testbed()
+    host = bed.add_pf_host("host", "02:00:00:00:01:00", ipv4="192.0.2.1")
+    peer = bed.add_peer("peer", "02:00:00:00:02:00", ipv4="192.0.2.2")
+    bed.delay("nic-to-agent", 1, 0.010, is_add_sa)
+    bed.lose("nic-to-agent", 3, is_add_sa)
+    start = bed.now
+    bundle = bed.secure(host, peer, offload_b=False)
+    assert bundle.a_out.handle not in host.states  # the add failed
+    bed.run(until=start + 0.5)
+    # the inbound SA, offloaded, and the orphan
+    assert sorted(sa.spi for sa in bed.agent.sad) == [bundle.a_out.spi, bundle.a_in.spi]
+    bed.run(until=start + 1.1)
+    assert [sa.spi for sa in bed.agent.sad] == [bundle.a_in.spi]
+    assert bed.pf is not None and bed.pf.pf_counters.orphans_removed == 1

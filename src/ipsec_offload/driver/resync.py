@@ -37,7 +37,8 @@ timed out may have left its SA there likewise: the stack frees the state whateve
 so the ownership entry goes too. After such a time-out (a clean-up's too, once it gave up),
 and after a restart or a PF reset, the PF lists the agent's SAs (LIST_SAS, paging with the
 cursor) and removes (REMOVE_SA) each that is in no ownership entry and that no ADD_SA under
-way would add (its reply may still come). The listing covers the whole port, not each known
+way would add (its reply may still come), and lists once more at the next GET_CAPS probe, for
+an ADD_SA delayed on the link past its time-out. The listing covers the whole port, not each known
 domain: an SA of a domain the PF no longer knows is an orphan too. A missed reply is therefore
 never adopted late: the stack already saw the add fail, so the SA goes, and nothing offloaded
 is left that no stack holds (no orphan, and no counter the stack does not drive: no nonce
@@ -106,6 +107,8 @@ class Resync:
         self._next_probe: float | None = None
         self._listing = False
         self._list_again = False
+        self._recheck = False
+        """A reconciliation asks for one more listing, at the next GET_CAPS probe."""
         self._expected: set[int] = set()
         """The PF's own SA indexes the listing under way must show."""
         self._listed_indexes: set[int] = set()
@@ -151,6 +154,9 @@ class Resync:
         assert self.caps_interval is not None
         self._next_probe = now + self.caps_interval
         self._control.probe(now, report=False)
+        if self._recheck:
+            self._recheck = False
+            self._list_sad(now)
 
     def caps_seen(self, caps: Caps, now: float) -> None:
         """A GET_CAPS answer: a BOOT_ID other than the known one is a restart."""
@@ -190,12 +196,18 @@ class Resync:
 
     def reconcile(self, now: float) -> None:
         """List the agent's SAs and remove those nobody owns (after a lost ADD_SA reply, a
-        restart or a PF reset). A listing under way is followed by a new one."""
+        restart or a PF reset). A listing under way is followed by a new one, and the next
+        GET_CAPS probe lists once more: an ADD_SA delayed on the link beyond its time-out can
+        reach the agent after this listing."""
         caps = self._control.caps
         if not self.resync or not self._cleanup.ownership_db:
             return
         if caps is None or caps.boot_id is None:
             return  # a spec 1.0 agent: no LIST_SAS
+        self._recheck = True
+        self._list_sad(now)
+
+    def _list_sad(self, now: float) -> None:
         if self._listing:
             self._list_again = True
             return
@@ -249,7 +261,7 @@ class Resync:
         self._listing = False
         if self._list_again:
             self._list_again = False
-            self.reconcile(now)
+            self._list_sad(now)
 
     def _remove_orphan(self, index: int, now: float) -> None:
         def then(rc: int, _tlvs: tuple[Tlv, ...] | None, now: float) -> None:
