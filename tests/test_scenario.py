@@ -3,15 +3,19 @@ naming the file, the place and what is wrong, and nothing runs."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from ipsec_offload.agent.fastpath import FAST_PATH_BUILT
 from ipsec_offload.cli.main import main
 from ipsec_offload.errors import ScenarioError
 from ipsec_offload.sim.runner import prepare
 from ipsec_offload.sim.scenario import BUILTIN, builtin_scenario, load_scenario, parse_scenario
+from tools import require_built
 
 GOOD = """
 [pf]
@@ -199,3 +203,24 @@ def test_values_of_the_wrong_type_or_out_of_time_name_their_field(
 def test_a_negative_timeline_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["run", "basic", "--timeline", "-1"])
     assert result.exit_code == 2 and "-1 is not in the range x>=0" in result.output
+
+
+def test_a_sad_the_machine_cannot_map_is_one_line_naming_the_port(tmp_path: Path) -> None:
+    """The largest SAD (2^24-1 entries) reserves about 6 GiB of address space for its
+    compiled index: where that is not to be had, the run says so in one line."""
+    require_built(FAST_PATH_BUILT, "the agent's compiled module (agent/_datapath.c)")
+    path = tmp_path / "big.toml"
+    path.write_text(GOOD + "\n[port]\nsad_size = 16777215\n")
+    script = (
+        "import resource; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30));"
+        " from ipsec_offload.cli.main import main; main()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "run", str(path), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"Error: {path}: port: a SAD of 16777215 entries")
+    assert done.stderr.count("\n") == 1

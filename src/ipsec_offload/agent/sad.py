@@ -23,6 +23,7 @@ from typing import NamedTuple
 from ipsec_offload.agent.fastpath import SadTable
 from ipsec_offload.agent.replay import ReplayWindow
 from ipsec_offload.crypto.gcm import EspAead
+from ipsec_offload.errors import UsageError
 from ipsec_offload.wire.config import Algorithm, Direction, EventType
 from ipsec_offload.wire.ethernet import VlanKey
 
@@ -169,7 +170,13 @@ class SecurityAssociationDatabase:
         self._by_key: dict[_IndexKey, SecurityAssociation] = {}
         self._free: list[int] = []
         self._next_unused = 1
-        self._table = None if SadTable is None else SadTable(capacity)
+        try:
+            self._table = None if SadTable is None else SadTable(capacity)
+        except MemoryError:
+            raise UsageError(
+                f"a SAD of {capacity} entries: its compiled index cannot be mapped here"
+                " (address space limited?); give a smaller sad_size"
+            ) from None
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -11,7 +11,7 @@ from typing import Any
 
 from ipsec_offload.agent.agent import AgentConfig
 from ipsec_offload.driver.vf import Kek
-from ipsec_offload.errors import IpsecOffloadError, ParseError, ScenarioError
+from ipsec_offload.errors import IpsecOffloadError, ParseError, ScenarioError, UsageError
 from ipsec_offload.host.stack import HostStack
 from ipsec_offload.host.xfrm import Mode
 from ipsec_offload.nic.nic import SwitchMode
@@ -157,12 +157,15 @@ def prepare(scenario: Scenario, source: str, naive: Iterable[str] = ()) -> Scena
     )
     for switch in sorted(switches & AGENT_NAIVE.keys()):
         agent = replace(agent, **AGENT_NAIVE[switch])
-    bed = Testbed(
-        agent=agent,
-        mode=SwitchMode.VEPA if port.mode == "vepa" else SwitchMode.VEB,
-        own_sequence="seq-handover" not in switches,
-        key_manager=True,
-    )
+    try:
+        bed = Testbed(
+            agent=agent,
+            mode=SwitchMode.VEPA if port.mode == "vepa" else SwitchMode.VEB,
+            own_sequence="seq-handover" not in switches,
+            key_manager=True,
+        )
+    except UsageError as exc:
+        raise ScenarioError(source, "port", str(exc)) from None
     run = ScenarioRun(scenario, source, switches, bed, bed.agent.config)
     run.hosts[pf.name] = bed.add_pf_host(
         pf.name,
