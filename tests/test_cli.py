@@ -69,7 +69,7 @@ def test_run_basic_writes_the_documented_outputs(tmp_path: Path) -> None:
         ("ipv4-transport", "outbound"): ["0x00001001", "DEVICE", "0", "25"],
         ("ipv4-transport", "inbound"): ["0x00001002", "DEVICE", "0", "25"],
         ("ipv6-tunnel", "outbound"): ["0x00001003", "DEVICE", "0", "15"],
-        ("ipv6-tunnel", "inbound"): ["0x00001004", "SOFTWARE", "-95", "15"],
+        ("ipv6-tunnel", "inbound"): ["0x00001004", "SOFTWARE", "-EOPNOTSUPP", "15"],
     }
     assert "Agent SAD at the end: 3 of 4096 entries" in result.output
     assert "Agent drops: none" in result.output
@@ -381,3 +381,25 @@ def test_bench_refuses_an_out_file_in_a_missing_folder_before_it_measures(
     result = CliRunner().invoke(main, ["bench", "--quick", "--out", str(target)])
     assert result.exit_code == 1
     assert result.output == f"Error: {target}: the folder {target.parent} does not exist\n"
+
+
+def test_flows_count_sends_and_the_packets_they_make(tmp_path: Path) -> None:
+    """A TSO (or TCP) send leaves as MSS-sized segments: the summary sets the packets the
+    sends made beside the packets delivered, not the sends."""
+    result = run("--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    line = next(li for li in result.output.splitlines() if "host->remote tcp/v4#9" in li)
+    assert line.split()[2:] == ["3", "45", "45", "0", "yes"]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    flow = report["flows"]["host->remote tcp/v4#9"]
+    assert (flow["sends"], flow["sent"], flow["delivered"]) == (3, 45, 45)
+    assert "by agent: of the delivered packets, those the agent decrypted" in result.output
+
+
+def test_the_timeline_names_each_state_by_its_sa_direction_and_spi(tmp_path: Path) -> None:
+    result = run("basic", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert "host           add state 1 (ipv4-transport out SPI 0x00001001): 0 (device)" in (
+        result.output
+    )
+    assert "add state 6 (ipv6-tunnel in SPI 0x00001004): -EOPNOTSUPP (software)" in result.output

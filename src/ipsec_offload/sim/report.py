@@ -3,8 +3,10 @@ agent counters and a timeline of the control plane; as data (report.json) and as
 
 from __future__ import annotations
 
+import errno
 import json
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 from ipsec_offload.agent.counters import DropReason
 from ipsec_offload.agent.counters import Path as AgentPath
 from ipsec_offload.agent.sad import SecurityAssociation
+from ipsec_offload.driver.control import Errno
 from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.host.stack import StateExpire
 from ipsec_offload.host.xfrm import Offload, XfrmState
@@ -429,10 +432,28 @@ def _sas(run: ScenarioRun) -> list[dict[str, Any]]:
     return rows
 
 
+def _state_labels(run: ScenarioRun) -> Callable[[int], str]:
+    """A state's handle as the timeline names it: the handle, the scenario's SA (by its
+    reqid, which rekeys keep), the direction and the SPI."""
+    names = {bundle.a_out.reqid: name for name, bundle in run.bundles.items()}
+    made = run.bed.states_made
+
+    def label(handle: int) -> str:
+        state = made.get(handle)
+        if state is None:
+            return str(handle)
+        direction = "out" if state.direction == Direction.OUTBOUND else "in"
+        sa = names.get(state.reqid, "")
+        return f"{handle} ({sa} {direction} SPI 0x{state.spi:08x})".replace("( ", "(")
+
+    return label
+
+
 def timeline(run: ScenarioRun) -> list[TimelineEntry]:
     """Scenario events, state results, config transactions and mailbox messages in order."""
     bed = run.bed
     entries = list(run.events)
+    label = _state_labels(run)
     for name, ep in {**bed.retired, **bed.endpoints}.items():
         for result in bed.results(ep.stack):
             where = "gone" if result.offload is None else result.offload.name.lower()
@@ -440,14 +461,17 @@ def timeline(run: ScenarioRun) -> list[TimelineEntry]:
                 TimelineEntry(
                     result.time,
                     name,
-                    f"{result.operation} state {result.handle}: rc {result.rc} ({where})",
+                    f"{result.operation} state {label(result.handle)}:"
+                    f" {_errno_name(result.rc)} ({where})",
                 )
             )
         for expire in (e for e in ep.log if isinstance(e, StateExpire)):
             what = "deleted" if expire.hard else "the key manager rekeys its pair"
             kind = "hard" if expire.hard else "soft"
             entries.append(
-                TimelineEntry(expire.time, name, f"{kind} expiry of state {expire.handle}: {what}")
+                TimelineEntry(
+                    expire.time, name, f"{kind} expiry of state {label(expire.handle)}: {what}"
+                )
             )
     for link, actor in (("nic-to-agent", "driver->agent"), ("agent-to-nic", "agent->driver")):
         for record in bed.captures[link].records:
@@ -555,6 +579,16 @@ def merged(bed: Testbed, first: str, second: str) -> list[PcapRecord]:
 # -- text -------------------------------------------------------------------------------------
 
 
+def _errno_name(rc: int) -> str:
+    """A return code as Linux's headers name it: 0, or -EOPNOTSUPP and the like."""
+    if rc >= 0:
+        return str(rc)
+    try:
+        return f"-{Errno(-rc).name}"
+    except ValueError:
+        return f"-{errno.errorcode.get(-rc, str(-rc))}"
+
+
 def summary(report: dict[str, Any], out: Path | None, timeline_lines: int = 40) -> str:
     """The report as a person reads it at a glance."""
     lines = [
@@ -568,21 +602,26 @@ def summary(report: dict[str, Any], out: Path | None, timeline_lines: int = 40) 
     lines += ["", "Spec 9's invariants (the fourth, only the PF configures, is challenge 3):"]
     for i, c in enumerate(report["invariants"], len(rows) + 1):
         lines.append(f"  {i}. {c['challenge']:<32} {c['outcome'].upper():<14} {c['observed']}")
-    lines += ["", "Flows:", f"  {'flow':<30}{'sent':>6}{'delivered':>11}{'by agent':>10}  complete"]
+    lines += [
+        "",
+        "Flows (packets: what the sends make on the wire, a TSO or TCP send cut into",
+        "MSS-sized segments; by agent: of the delivered packets, those the agent decrypted):",
+        f"  {'flow':<30}{'sends':>6}{'packets':>9}{'delivered':>11}{'by agent':>10}  complete",
+    ]
     for name, f in report["flows"].items():
         lines.append(
-            f"  {name:<30}{f['sent']:>6}{f['delivered']:>11}{f['decrypted_by_agent']:>10}"
-            f"  {'yes' if f['complete'] else 'NO'}"
+            f"  {name:<30}{f['sends']:>6}{f['sent']:>9}{f['delivered']:>11}"
+            f"{f['decrypted_by_agent']:>10}  {'yes' if f['complete'] else 'NO'}"
         )
     lines += [
         "",
-        "SAs as the hosts hold them:",
-        f"  {'sa':<16}{'host':<8}{'dir':<10}{'SPI':<12}{'where':<10}{'rc':>5}{'pkts':>6}",
+        "SAs as the hosts hold them (add: what xdo_dev_state_add returned):",
+        f"  {'sa':<16}{'host':<8}{'dir':<10}{'SPI':<12}{'where':<10}{'add':<12}{'pkts':>6}",
     ]
     for row in report["sas"]:
         lines.append(
             f"  {row['sa']:<16}{row['host']:<8}{row['direction']:<10}{row['spi']:<12}"
-            f"{row['offload']:<10}{row['rc']:>5}{row['packets']:>6}"
+            f"{row['offload']:<10}{_errno_name(row['rc']):<12}{row['packets']:>6}"
         )
     agent = report["agent"]
     lines += [

@@ -53,7 +53,10 @@ class FlowRecord:
 
     index: int
     spec: FlowSpec
+    sends: int = 0
+    """Sends made (one TSO or TCP send may leave as several packets)."""
     sent: int = 0
+    """Packets those sends make on the wire (a send cut into MSS-sized segments counts each)."""
     sent_bytes: int = 0
     payloads: list[bytes] = field(default_factory=list)
 
@@ -308,7 +311,9 @@ def _send(run: ScenarioRun, record: FlowRecord, n: int) -> None:
             mss=mss,
             flags=TcpFlags.ACK | TcpFlags.PSH,
         )
-    record.sent += 1
+    record.sends += 1
+    cut = flow.protocol == "tcp" or (flow.protocol == "udp" and flow.tso)
+    record.sent += -(-len(payload) // flow.mss) if cut else 1
     record.sent_bytes += len(payload)
     record.payloads.append(payload)
     run.bed.settle(src)
@@ -417,7 +422,7 @@ def _crafted(run: ScenarioRun, vm: HostStack, kind: str) -> bytes:
 
 
 def results_of(run: ScenarioRun) -> dict[str, Any]:
-    """Per-flow outcome: sent, delivered, decrypted by the agent (plus TCP bytes)."""
+    """Per-flow outcome: sends, packets sent, delivered, decrypted by the agent (and bytes)."""
     out: dict[str, Any] = {}
     for record in run.flows:
         flow = record.spec
@@ -432,6 +437,7 @@ def results_of(run: ScenarioRun) -> dict[str, Any]:
         )
         delivered_bytes = sum(len(d.payload) for d in got)
         entry = {
+            "sends": record.sends,
             "sent": record.sent,
             "sent_bytes": record.sent_bytes,
             "delivered": len(got),

@@ -311,6 +311,9 @@ class Testbed:
         self._next_spi = 0x1000
         self._used_spis: set[int] = set()
         self._next_handle = 1
+        self.states_made: dict[int, XfrmState] = {}
+        """Every state `secure` and `rekey` made, by handle (handles are the testbed's, one
+        counter for every host): what a log's handle names, also once the state is gone."""
         self._running = False
 
     # -- building the topology ------------------------------------------------------------
@@ -754,6 +757,7 @@ class Testbed:
         handle = self._next_handle
         self._next_handle += 1
         state = XfrmState(handle, direction, spi, src, dst, key_material=key, **common)
+        self.states_made[handle] = state
         if direction == Direction.OUTBOUND:
             state.oseq = seq_start
         else:
