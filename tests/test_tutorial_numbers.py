@@ -1,0 +1,85 @@
+"""docs/tutorial.md quotes the summary's challenge and invariant lines of each run it tells
+of; each quoted line must be what that run prints today, so the tutorial's numbers cannot
+drift. A `...` in a quoted line stands for text left out. Prose numbers are
+the author's to keep by these lines."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ipsec_offload.cli.main import main
+
+TUTORIAL = Path(__file__).resolve().parent.parent / "docs" / "tutorial.md"
+_LINE = re.compile(r"^\s+(\d+)\.\s")
+
+
+def sections() -> list[tuple[str, tuple[str, ...], list[str]]]:
+    """(heading, run arguments, quoted result lines) for each heading whose first code block
+    quotes summary lines."""
+    text = TUTORIAL.read_text()
+    found = []
+    scenario = "default"
+    for part in re.split(r"^(#{2,3} .*)$", text, flags=re.M)[1:]:
+        if part.startswith("#"):
+            heading = part
+            continue
+        if "`faults` story" in heading:
+            scenario = "faults"
+        blocks = re.findall(r"^```\n(.*?)^```", part, flags=re.M | re.S)
+        if not blocks:
+            continue
+        quoted = [line for line in blocks[0].splitlines() if _LINE.match(line)]
+        if not quoted:
+            continue
+        args = (
+            scenario,
+            *[a for s in re.findall(r"--naive ([\w-]+)", heading) for a in ("--naive", s)],
+        )
+        found.append((heading, args, quoted))
+    return found
+
+
+def _normal(line: str) -> str:
+    return " ".join(line.split())
+
+
+SECTIONS = sections()
+
+
+def test_the_tutorial_quotes_every_run_it_tells_of() -> None:
+    assert len(SECTIONS) >= 9
+    assert {args[0] for _h, args, _q in SECTIONS} == {"default", "faults"}
+
+
+@pytest.mark.parametrize(("heading", "args", "quoted"), SECTIONS, ids=[s[0] for s in SECTIONS])
+def test_each_quoted_summary_line_is_what_the_run_prints(
+    heading: str, args: tuple[str, ...], quoted: list[str], tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(main, ["run", *args, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    printed = {
+        m.group(1): _normal(line) for line in result.output.splitlines() if (m := _LINE.match(line))
+    }
+    for line in quoted:
+        number = _LINE.match(line).group(1)  # type: ignore[union-attr]
+        want = _normal(line)
+        got = printed.get(number, "(not printed)")
+        assert _matches(want, got), f"{heading}\nquoted:  {want}\nprinted: {got}"
+
+
+def _matches(quoted: str, printed: str) -> bool:
+    """Whether `printed` is `quoted` with each `...` standing for some text left out."""
+    parts = [part.strip() for part in quoted.split("...")]
+    if not printed.startswith(parts[0]):
+        return False
+    at = len(parts[0])
+    for part in parts[1:]:
+        found = printed.find(part, at)
+        if found < 0:
+            return False
+        at = found + len(part)
+    return quoted.endswith("...") or printed.endswith(parts[-1])
