@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ipsec_offload.bench.run import Figure, Ratio, Results
+from ipsec_offload.sim.outputs import write_text
 
 _COLUMNS = ("figure", "size", "algorithm", "absolute", "Gbit/s", "ratio", "to", "target")
 
@@ -47,7 +48,8 @@ def _figure_json(figure: Figure) -> dict[str, Any]:
 
 
 def write_json(results: Results, path: Path) -> None:
-    path.write_text(json.dumps(to_json(results), indent=2) + "\n", encoding="utf-8")
+    """The figures as JSON, written whole or not at all (a UsageError names the file)."""
+    write_text(path, json.dumps(to_json(results), indent=2) + "\n", "bench JSON")
 
 
 def table(results: Results, markdown: bool = False) -> str:
