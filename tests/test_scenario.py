@@ -188,6 +188,8 @@ def test_a_hostile_file_is_one_line_naming_it(tmp_path: Path, content: bytes, me
         ("count = 3", "count = 1000000\nrate = 1.0", "flow[0]", "after the 3600 s"),
         ("vf = 0", "vf = 0.0", "vm[0].vf", "valid integer"),
         ('"peer"]', '"peer"]\nesn = 1', "sa[0].esn", "valid boolean"),
+        ('ipv4 = "10.0.0.2"', 'ipv4 = "10.0.0.1"', "peer[0].ipv4", "is host's address too"),
+        ('mac = "02:00:00:00:00:20"', 'mac = "ff:ff:ff:ff:ff:ff"', "peer[0].mac", "multicast"),
     ],
 )
 def test_values_of_the_wrong_type_or_out_of_time_name_their_field(

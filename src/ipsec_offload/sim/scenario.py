@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -395,6 +396,7 @@ def _check_references(scenario: Scenario, source: str) -> None:
                 if host.kek is not None and str(host.kek) not in scenario.port.keks:
                     fail(f"{where}.kek", f"no KEK {host.kek} under [port.keks]")
             macs.setdefault(host.mac, host.name)
+    _check_addresses(scenario, fail)
     sa_names = set()
     for i, sa in enumerate(scenario.sa):
         for side in sa.between:
@@ -442,6 +444,32 @@ def _check_references(scenario: Scenario, source: str) -> None:
             )
         if event.opcode is not None and event.action not in ("lose_config", "lose_replies"):
             fail(f"event[{i}].opcode", "only lose_config and lose_replies take an opcode")
+
+
+def _check_addresses(scenario: Scenario, fail: Callable[[str, str], None]) -> None:
+    """No address twice in one L2 domain (a VLAN stack): traffic to it would reach neither
+    host. VMs on one VF, one after the other, may keep theirs."""
+    vf_of = {vm.name: vm.vf for vm in scenario.vm}
+    owners: dict[tuple[tuple[tuple[int, int], ...], str], str] = {}
+    hosts = [("pf", scenario.pf)]
+    hosts += [(f"vm[{i}]", vm) for i, vm in enumerate(scenario.vm)]
+    hosts += [(f"peer[{i}]", peer) for i, peer in enumerate(scenario.peer)]
+    for where, host in hosts:
+        domain = tuple((tag.tpid, tag.vid) for tag in host.vlans)
+        for option in ("ipv4", "ipv6"):
+            text = getattr(host, option)
+            if text is None:
+                continue
+            key = (domain, str(ipaddress.ip_address(text)))
+            other = owners.setdefault(key, host.name)
+            if other != host.name and not (
+                host.name in vf_of and vf_of.get(other) == vf_of[host.name]
+            ):
+                fail(
+                    f"{where}.{option}",
+                    f"{text} is {other}'s address too (in one L2 domain, traffic to it would"
+                    " reach neither)",
+                )
 
 
 def _family_address(host: HostSpec, family: int) -> str | None:
