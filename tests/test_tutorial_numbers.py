@@ -17,9 +17,9 @@ TUTORIAL = Path(__file__).resolve().parent.parent / "docs" / "tutorial.md"
 _LINE = re.compile(r"^\s+(\d+)\.\s")
 
 
-def sections() -> list[tuple[str, tuple[str, ...], list[str]]]:
-    """(heading, run arguments, quoted result lines) for each heading whose first code block
-    quotes summary lines."""
+def sections() -> list[tuple[str, tuple[str, ...], list[str], str]]:
+    """(heading, run arguments, quoted result lines, prose) for each heading whose first
+    code block quotes summary lines."""
     text = TUTORIAL.read_text()
     found = []
     scenario = "default"
@@ -39,7 +39,8 @@ def sections() -> list[tuple[str, tuple[str, ...], list[str]]]:
             scenario,
             *[a for s in re.findall(r"--naive ([\w-]+)", heading) for a in ("--naive", s)],
         )
-        found.append((heading, args, quoted))
+        prose = re.sub(r"^```\n.*?^```", "", part, flags=re.M | re.S)
+        found.append((heading, args, quoted, prose))
     return found
 
 
@@ -52,12 +53,14 @@ SECTIONS = sections()
 
 def test_the_tutorial_quotes_every_run_it_tells_of() -> None:
     assert len(SECTIONS) >= 9
-    assert {args[0] for _h, args, _q in SECTIONS} == {"default", "faults"}
+    assert {args[0] for _h, args, _q, _p in SECTIONS} == {"default", "faults"}
 
 
-@pytest.mark.parametrize(("heading", "args", "quoted"), SECTIONS, ids=[s[0] for s in SECTIONS])
-def test_each_quoted_summary_line_is_what_the_run_prints(
-    heading: str, args: tuple[str, ...], quoted: list[str], tmp_path: Path
+@pytest.mark.parametrize(
+    ("heading", "args", "quoted", "prose"), SECTIONS, ids=[s[0] for s in SECTIONS]
+)
+def test_each_quoted_summary_line_and_counter_is_what_the_run_prints(
+    heading: str, args: tuple[str, ...], quoted: list[str], prose: str, tmp_path: Path
 ) -> None:
     result = CliRunner().invoke(main, ["run", *args, "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
@@ -69,6 +72,17 @@ def test_each_quoted_summary_line_is_what_the_run_prints(
         want = _normal(line)
         got = printed.get(number, "(not printed)")
         assert _matches(want, got), f"{heading}\nquoted:  {want}\nprinted: {got}"
+    # the counters the prose names: the agent's (NAME=N, or an Rx status NAME N) as the
+    # summary prints them, a host's (`name` N) as report.json holds them
+    report = (tmp_path / "out" / "report.json").read_text()
+    for name, value in re.findall(r"\b([A-Z][A-Z_]{3,})[= ](\d+)\b", prose):
+        if name in ("OFFLOAD", "VLAN"):
+            continue  # a metadata bit and a VLAN id, not counters
+        assert f"{name}={value}" in result.output or f"{name} {value}" in result.output, (
+            f"{heading}: the prose says {name} {value}"
+        )
+    for name, value in re.findall(r"`([a-z_]+)` (\d+)", prose):
+        assert f'"{name}": {value}' in report, f"{heading}: the prose says {name} {value}"
 
 
 def _matches(quoted: str, printed: str) -> bool:
