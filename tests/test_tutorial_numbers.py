@@ -14,7 +14,9 @@ from click.testing import CliRunner
 from ipsec_offload.cli.main import main
 
 TUTORIAL = Path(__file__).resolve().parent.parent / "docs" / "tutorial.md"
-_LINE = re.compile(r"^\s+(\d+)\.\s")
+_LINE = re.compile(r"^\s+(\d+\.|\S+->\S+ \S+)\s")
+"""A summary line the tutorial may quote: a challenge or invariant (by its number) or a flow
+(by its name)."""
 
 
 def sections() -> list[tuple[str, tuple[str, ...], list[str], str]]:
@@ -68,9 +70,9 @@ def test_each_quoted_summary_line_and_counter_is_what_the_run_prints(
         m.group(1): _normal(line) for line in result.output.splitlines() if (m := _LINE.match(line))
     }
     for line in quoted:
-        number = _LINE.match(line).group(1)  # type: ignore[union-attr]
+        key = _LINE.match(line).group(1)  # type: ignore[union-attr]
         want = _normal(line)
-        got = printed.get(number, "(not printed)")
+        got = printed.get(key, "(not printed)")
         assert _matches(want, got), f"{heading}\nquoted:  {want}\nprinted: {got}"
     # the counters the prose names: the agent's (NAME=N, or an Rx status NAME N) as the
     # summary prints them, a host's (`name` N) as report.json holds them
