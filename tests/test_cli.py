@@ -403,3 +403,14 @@ def test_the_timeline_names_each_state_by_its_sa_direction_and_spi(tmp_path: Pat
         result.output
     )
     assert "add state 6 (ipv6-tunnel in SPI 0x00001004): -EOPNOTSUPP (software)" in result.output
+
+
+def test_abandoned_sas_count_what_a_vf_removed_itself(tmp_path: Path) -> None:
+    """In `faults` vm1's driver reloads and removes its two SAs itself (DEL_SAS, all) before
+    its RESET: the PF's clean-up finds none left."""
+    result = run("faults", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    line = next(li for li in result.output.splitlines() if "2. Abandoned SAs" in li)
+    assert "SAs removed by the PF's clean-up: 0, by the VFs' own DEL_SAS: 2;" in line
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["pf"]["pf"]["vf_bulk_removed"] == 2

@@ -21,6 +21,8 @@ class PfCounters:
     sa_updates: int = 0
     """ESN advances taken without agent traffic (the agent tracks its ESNs itself): the PF's
     own states' xdo_dev_state_advance_esn and the VFs' UPDATE_SA requests."""
+    vf_bulk_removed: int = 0
+    """SAs the agent removed for a VF's own DEL_SAS (a list, or all of its SAs)."""
     cleanup_removed: int = 0
     cleanup_failed: int = 0
     """SAs of a cleaned-up domain the agent would not remove, given up after the retries."""

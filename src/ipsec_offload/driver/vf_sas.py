@@ -264,6 +264,7 @@ class VfSaOps:
 
         def removed(i: int, status: MbxStatus, now: float) -> None:
             statuses[i] = status
+            self._counters.vf_bulk_removed += status == MbxStatus.SUCCESS
             del waiting[i]
             if not waiting:
                 self._answer(vf, message, *result(), now)

@@ -219,9 +219,12 @@ def _abandoned(run: ScenarioRun) -> dict[str, str]:
         return _challenge(name, ABSENT, "no VM destroyed, VF reset or removed")
     bed = run.bed
     diff = sad_diff(bed)
-    removed = bed.pf.pf_counters.cleanup_removed if bed.pf is not None else 0
+    counters = bed.pf.pf_counters if bed.pf is not None else None
+    removed = counters.cleanup_removed if counters is not None else 0
+    by_vfs = counters.vf_bulk_removed if counters is not None else 0
     observed = (
-        f"{len(resets)} VM/VF reset(s); SAs removed by the PF's clean-up: {removed}; "
+        f"{len(resets)} VM/VF reset(s); SAs removed by the PF's clean-up: {removed}, by the"
+        f" VFs' own DEL_SAS: {by_vfs}; "
         f"orphans left in the agent SAD: {len(diff.orphans)} (SAD holds {len(bed.agent.sad)}, "
         f"live offloaded SAs: {diff.held})"
     )
