@@ -20,7 +20,13 @@ from ipsec_offload.sim.golden import replay
 from ipsec_offload.sim.testbed import FAULT_TARGETS, SaBundle, SaKey, Testbed
 from ipsec_offload.wire.config import Algorithm, Opcode, parse_config_header
 from ipsec_offload.wire.ethernet import EtherType, parse_ethernet
-from ipsec_offload.wire.mailbox import MbxOpcode, decode_handle_tlvs, parse_mailbox
+from ipsec_offload.wire.mailbox import (
+    MailboxMessage,
+    MbxOpcode,
+    build_mailbox,
+    decode_handle_tlvs,
+    parse_mailbox,
+)
 from ipsec_offload.wire.packet import find_esp
 
 SEQ_MASK = 0xFFFF_FFFF
@@ -374,3 +380,22 @@ def test_an_add_sa_delayed_past_its_give_up_is_removed_at_the_next_probe() -> No
     bed.run(until=start + 1.1)
     assert [sa.spi for sa in bed.agent.sad] == [bundle.a_in.spi]
     assert bed.pf is not None and bed.pf.pf_counters.orphans_removed == 1
+
+
+def test_mailbox_inject_returns_its_answer_and_delivers_the_rest() -> None:
+    """A hostile VF's message gets its answer back; a notice the PF queued for another VF
+    meanwhile goes over the mailbox at once, not on its resend 10 ms later."""
+    bed, _vm, _peer = vm_and_peer()
+    bed.add_vm("vm2", 1, "02:00:00:00:01:02", ipv4="192.0.2.12")
+    assert bed.pf is not None
+    start = bed.now
+    bed.pf.set_vf_trust(0, False, bed.now)  # EVENT_CRYPTO for the VM's VF, queued
+    hostile = build_mailbox(MailboxMessage(MbxOpcode.GET_CAPS, 77))
+    replies = bed.mailbox_inject(1, hostile)
+    assert [parse_mailbox(r).msg_id for r in replies] == [77]
+    notices = [
+        r
+        for r in bed.mailbox_log
+        if not r.to_pf and r.vf == 0 and mailbox_is(MbxOpcode.EVENT_CRYPTO, False)(r.data)
+    ]
+    assert notices and notices[0].time < start + 0.001

@@ -42,7 +42,7 @@ from ipsec_offload.driver.pf import PfDriver, VfState
 from ipsec_offload.driver.plain import PlainDriver
 from ipsec_offload.driver.ring import RingDriver
 from ipsec_offload.driver.vf import Kek, VfDriver
-from ipsec_offload.errors import SimulationError, UsageError
+from ipsec_offload.errors import ParseError, SimulationError, UsageError
 from ipsec_offload.host.ip import host_addresses
 from ipsec_offload.host.stack import Delivered, HostStack, StackEvent, StateExpire, StateResult
 from ipsec_offload.host.xfrm import Mode, XfrmPolicy, XfrmState
@@ -54,6 +54,7 @@ from ipsec_offload.sim.pcap import PcapRecord, PcapSink
 from ipsec_offload.wire.addr import check_unicast_mac, ip_to_str
 from ipsec_offload.wire.config import Algorithm, Direction
 from ipsec_offload.wire.ethernet import VlanTag, check_vlans, vlan_key
+from ipsec_offload.wire.mailbox import parse_mailbox, peek_msg_id
 from ipsec_offload.wire.packet import find_esp
 
 LINKS = ("nic-to-agent", "agent-to-nic", "wire-to-agent", "agent-to-wire")
@@ -473,10 +474,18 @@ class Testbed:
             self._run(None, quiet=True)
 
     def mailbox_inject(self, vf: int, data: bytes) -> list[bytes]:
-        """Raw bytes into the PF from VF `vf`'s mailbox (a hostile VF); returns the replies."""
+        """Raw bytes into the PF from VF `vf`'s mailbox (a hostile VF); returns the PF's
+        immediate answers to them (its msg_id, to VF `vf`). Whatever else the PF sends then
+        (notices, answers to other VFs) goes over the mailbox as usual."""
         pf = self._pf()
         pf.mailbox_receive(vf, data, self.now)
-        replies = [msg for target, msg in pf.mailbox_messages() if target == vf]
+        msg_id = peek_msg_id(data)
+        replies = []
+        for target, message in pf.mailbox_messages():
+            if target == vf and _is_reply_to(message, msg_id):
+                replies.append(message)
+            else:
+                self._schedule(self._mailbox_ns, _OTHER, partial(self._to_vf, target, message))
         self.settle(self.endpoints[self.pf_name()].stack)
         return replies
 
@@ -1182,6 +1191,15 @@ class Testbed:
             if isinstance(ep.driver, PlainDriver):
                 ep.driver.receive(frames, self.now)
                 self._flush(ep)
+
+
+def _is_reply_to(message: bytes, msg_id: int) -> bool:
+    """Whether a PF's mailbox message answers the message `msg_id`."""
+    try:
+        parsed = parse_mailbox(message)
+    except ParseError:
+        return False
+    return parsed.is_reply and parsed.msg_id == msg_id
 
 
 def _every(_item: bytes) -> bool:
