@@ -107,11 +107,11 @@ class EspInput:
             counters.drop("in_malformed")
             return
         if checked:
-            if offloaded and state.esn and full >> 32 > replay.highest >> 32:
-                replay.accept(full)
+            # an offloaded ESN state's window entering a new 2^32 subspace: the device hears
+            crossed = offloaded and state.esn and full >> 32 > replay.highest >> 32
+            replay.accept(full)
+            if crossed:
                 self._advance_esn(state, full, now)
-            else:
-                replay.accept(full)
         state.packets += 1
         state.bytes += payload_len
         payload = memoryview(plaintext)[:payload_len]

@@ -90,16 +90,15 @@ class LinkCapture(PcapSink):
 
     def add_burst(self, time_ns: int, frames: Iterable[bytes]) -> None:
         """Record `frames`, all seen at `time_ns` nanoseconds."""
-        time = time_ns
         burst = tuple(frames)
         if not burst:
             return
-        valid_time = type(time) is int and 0 <= time < _PCAP_TIME_LIMIT
+        valid_time = type(time_ns) is int and 0 <= time_ns < _PCAP_TIME_LIMIT
         if valid_time and all(isinstance(frame, bytes) for frame in burst):
-            self._bursts.append((time, burst))
+            self._bursts.append((time_ns, burst))
             return
         for frame in burst:  # PcapRecord refuses one of them now, as `add` would
-            self.add(time, frame)
+            self.add(time_ns, frame)
 
     def _catch_up(self) -> None:
         """Make the records of the bursts taken so far."""
