@@ -47,3 +47,9 @@ class ScenarioError(IpsecOffloadError):
         self.source = source
         self.where = where
         self.what = what
+
+
+class LinuxGuestError(IpsecOffloadError):
+    """The Linux guest (the Linux peer's kernel under QEMU) cannot be built, booted or driven:
+    a tool or package is missing, the guest did not answer in time, or a command in it
+    failed. The message says which and what to do."""

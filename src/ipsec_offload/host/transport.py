@@ -240,28 +240,17 @@ class Transport:
             self._counters.drop("bad_checksum")
             return
         handle = None if state is None else state.handle
-        tcp: TcpHeader | None = None
         try:
-            if protocol == _UDP:
-                src_port, dst_port, length, _ = udp_fields(segment)
-                ports = (src_port, dst_port)
-                payload = bytes(segment[UDP_HEADER_LEN:length])
-            elif protocol == _TCP:
-                tcp = parse_tcp(segment)
-                ports = (tcp.src_port, tcp.dst_port)
-                payload = bytes(segment[tcp.header_len :])
-            elif protocol in (_ICMP4, _ICMP6):
-                echo = parse_icmp_echo(segment)
-                ports = (echo.ident, echo.seq)
-                payload = bytes(segment[8:])
-                if echo.type == _ECHO_REQUEST[len(src)]:
-                    self._send_icmp(src, _ECHO_REPLY[len(src)], echo.ident, echo.seq, payload, now)
-            else:
-                self._counters.drop("unknown_protocol")
-                return
+            found = upper_layer(protocol, segment)
         except ParseError:
             self._counters.drop("malformed")
             return
+        if found is None:
+            self._counters.drop("unknown_protocol")
+            return
+        ports, payload, tcp = found
+        if protocol in (_ICMP4, _ICMP6) and segment[0] == _ECHO_REQUEST[len(src)]:
+            self._send_icmp(src, _ECHO_REPLY[len(src)], ports[0], ports[1], payload, now)
         self._counters.rx_delivered += 1
         self._events.append(
             Delivered(
@@ -278,6 +267,24 @@ class Transport:
                 None if tcp is None else tcp.flags,
             )
         )
+
+
+def upper_layer(
+    protocol: int, segment: bytes | memoryview
+) -> tuple[tuple[int, int], bytes, TcpHeader | None] | None:
+    """What a delivery of `segment` carries: its ports (an echo's identifier and sequence
+    number), its payload, and its TCP header (None for other protocols); None for a protocol
+    the stack does not deliver. Raises ParseError on a malformed segment."""
+    if protocol == _UDP:
+        src_port, dst_port, length, _ = udp_fields(segment)
+        return (src_port, dst_port), bytes(segment[UDP_HEADER_LEN:length]), None
+    if protocol == _TCP:
+        tcp = parse_tcp(segment)
+        return (tcp.src_port, tcp.dst_port), bytes(segment[tcp.header_len :]), tcp
+    if protocol in (_ICMP4, _ICMP6):
+        echo = parse_icmp_echo(segment)
+        return (echo.ident, echo.seq), bytes(segment[8:]), None
+    return None
 
 
 def _addr(value: str | bytes) -> bytes:

@@ -21,6 +21,7 @@ from ipsec_offload.host.xfrm import Offload, XfrmState
 from ipsec_offload.sim.agent_options import agent_argv
 from ipsec_offload.sim.espsa import write_esp_sa
 from ipsec_offload.sim.iproute import xfrm_state_text
+from ipsec_offload.sim.linux.peer import LinuxPeer
 from ipsec_offload.sim.observer import ObserverSummary, WireObserver
 from ipsec_offload.sim.outputs import write_text
 from ipsec_offload.sim.pcap import Interface, PcapRecord, write_pcap, write_pcapng
@@ -563,7 +564,10 @@ def write_outputs(bed: Testbed, out: Path, report: dict[str, Any], *, pcapng: bo
 def xfrm_states(bed: Testbed) -> dict[str, str]:
     """What `ip -s xfrm state` prints on each live host, by host name (a destroyed VM has no
     kernel left to ask: its states at the end are in report.json's "hosts")."""
-    return {name: xfrm_state_text(ep.stack) for name, ep in bed.endpoints.items()}
+    return {
+        name: ep.stack.xfrm_text() if isinstance(ep.stack, LinuxPeer) else xfrm_state_text(ep.stack)
+        for name, ep in bed.endpoints.items()
+    }
 
 
 def xfrm_listing(bed: Testbed) -> str:

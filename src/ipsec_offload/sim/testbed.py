@@ -50,6 +50,8 @@ from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
 from ipsec_offload.nic.nic import Nic, SwitchMode, VsiKind
 from ipsec_offload.sim.clock import NS_PER_S, Order, deadline_ns, seconds, to_ns
 from ipsec_offload.sim.espsa import EspSaEntry
+from ipsec_offload.sim.linux.guest import LinuxGuest, shared_guest
+from ipsec_offload.sim.linux.peer import LinuxPeer, LinuxWire
 from ipsec_offload.sim.pcap import PcapRecord, PcapSink
 from ipsec_offload.wire.addr import check_unicast_mac, ip_to_str
 from ipsec_offload.wire.config import Algorithm, Direction
@@ -75,6 +77,9 @@ _AGENT_TIMER, _HOST_FIRST, _WIRE_SECOND, _OTHER = (
 _ARRIVAL_ORDER = {"nic-to-agent": _HOST_FIRST, "wire-to-agent": _WIRE_SECOND}
 """Where a link's delayed frame goes among the events of its new time (default `_OTHER`)."""
 _PCAP_TIME_LIMIT = 2**32 * NS_PER_S
+Host = HostStack | LinuxPeer
+"""A host of the testbed: a software stack (behind the NIC or a software peer on the wire),
+or a Linux peer (a namespace of the Linux guest)."""
 _SEQ_LIMIT = {False: 2**32 - 1, True: 2**64 - 1}
 
 
@@ -175,8 +180,8 @@ class SaKey(NamedTuple):
 class Endpoint:
     """A host stack with its driver, and its VSI when it sits behind the NIC."""
 
-    stack: HostStack
-    driver: PfDriver | VfDriver | PlainDriver
+    stack: Host
+    driver: PfDriver | VfDriver | PlainDriver | LinuxWire
     vsi: int | None
     vf: int | None = None
     log: list[StackEvent] = field(default_factory=list)
@@ -225,8 +230,8 @@ class SaBundle:
 class _Pair:
     """What `secure` was asked for two hosts, for the rekeys of the pair."""
 
-    a: HostStack
-    b: HostStack
+    a: Host
+    b: Host
     size: int
     common: dict[str, Any]
     offload_a: bool
@@ -256,6 +261,7 @@ class Testbed:
         own_sequence: bool = True,
         key_manager: bool = False,
         rekey_grace: float = 0.002,
+        linux_guest: LinuxGuest | None = None,
     ) -> None:
         if agent is not None and not isinstance(agent, AgentConfig):
             raise UsageError(f"Testbed(agent=...) takes an AgentConfig, not {agent!r}")
@@ -315,6 +321,9 @@ class Testbed:
         """Every state `secure` and `rekey` made, by handle (handles are the testbed's, one
         counter for every host): what a log's handle names, also once the state is gone."""
         self._running = False
+        self._linux_guest = linux_guest
+        self.linux: LinuxWire | None = None
+        """The Linux peers and their guest, once a Linux peer is added."""
 
     # -- building the topology ------------------------------------------------------------
 
@@ -512,6 +521,26 @@ class Testbed:
         self._add(Endpoint(stack, driver, None))
         return stack
 
+    def add_linux_peer(
+        self,
+        name: str,
+        mac: str,
+        *,
+        ipv4: str | None = None,
+        ipv6: str | None = None,
+        vlans: tuple[VlanTag, ...] = (),
+    ) -> LinuxPeer:
+        """A remote host on the wire whose IP and ESP are a real Linux kernel's: a network
+        namespace of the Linux guest (the testbed's `linux_guest`, else the one this process
+        boots once and shares, `sim.linux.guest.shared_guest`). Frames to and from it cross
+        in real time while the simulation waits for them; docs/linux-peer.md."""
+        mac_b, vlans = self._check_new(name, mac, ipv4, ipv6, vlans)
+        if self.linux is None:
+            self.linux = LinuxWire(self._linux_guest or shared_guest())
+        peer = LinuxPeer(self.linux, name, mac_b, host_addresses(name, ipv4, ipv6), vlans)
+        self._add(Endpoint(peer, self.linux, None))
+        return peer
+
     def _check_new(
         self, name: str, mac: str, ipv4: str | None, ipv6: str | None, vlans: object
     ) -> tuple[bytes, tuple[VlanTag, ...]]:
@@ -571,16 +600,16 @@ class Testbed:
         del self.endpoints[ep.stack.name]
         self.retired[ep.stack.name] = ep
 
-    def endpoint(self, stack: HostStack | str) -> Endpoint:
+    def endpoint(self, stack: Host | str) -> Endpoint:
         name = stack if isinstance(stack, str) else stack.name
         try:
             return self.endpoints[name]
         except KeyError:
             raise UsageError(f"no host named {name!r} on this testbed") from None
 
-    def _stack(self, host: HostStack | str) -> HostStack:
+    def _stack(self, host: Host | str) -> Host:
         """A host on this testbed, live or destroyed."""
-        if isinstance(host, HostStack):
+        if not isinstance(host, str):
             return host
         ep = self.endpoints.get(host, self.retired.get(host))
         if ep is None:
@@ -591,8 +620,8 @@ class Testbed:
 
     def secure(
         self,
-        a: HostStack,
-        b: HostStack,
+        a: Host,
+        b: Host,
         *,
         family: int = 4,
         mode: Mode = Mode.TRANSPORT,
@@ -785,7 +814,7 @@ class Testbed:
 
     # -- running --------------------------------------------------------------------------
 
-    def settle(self, *stacks: HostStack) -> None:
+    def settle(self, *stacks: Host) -> None:
         """Let the given hosts act on what their API calls queued, then run until idle but
         for the agent's timers (the resends of its unanswered events, which `run()` fires in
         their time, as does any later run through it) and the PF's periodic GET_CAPS probe.
@@ -884,7 +913,7 @@ class Testbed:
         """When the next queued event happens, in seconds (None: nothing queued)."""
         return seconds(self._queue[0][0]) if self._queue else None
 
-    def delivered(self, stack: HostStack) -> list[Delivered]:
+    def delivered(self, stack: Host) -> list[Delivered]:
         """Everything the host's applications received so far (also once it is gone)."""
         if not self.capture:
             raise UsageError(
@@ -893,11 +922,11 @@ class Testbed:
             )
         return [e for e in self._log(stack) if isinstance(e, Delivered)]
 
-    def results(self, stack: HostStack) -> list[StateResult]:
+    def results(self, stack: Host) -> list[StateResult]:
         """The outcome of every state operation the host made so far."""
         return [e for e in self._log(stack) if isinstance(e, StateResult)]
 
-    def _log(self, stack: HostStack) -> list[StackEvent]:
+    def _log(self, stack: Host) -> list[StackEvent]:
         gone = self.retired.get(stack.name)
         return gone.log if gone is not None and gone.stack is stack else self.endpoint(stack).log
 
@@ -945,7 +974,18 @@ class Testbed:
         if not self._running:
             self._run(None, quiet=True)
 
-    def wire_frames_to(self, host: HostStack | str, last: int | None = None) -> list[bytes]:
+    def peer_inject(self, frames: Iterable[bytes]) -> None:
+        """An attacker on the wire: `frames` reach the remote peers as the agent's would (they
+        are remembered in `wire_injections`; no link records them)."""
+        burst = list(frames)
+        if not all(isinstance(frame, bytes) for frame in burst):
+            raise UsageError("peer_inject takes frames as bytes")
+        self.wire_injections.extend(burst)
+        self._schedule(self._link_ns, _OTHER, lambda: self._peers_rx(burst))
+        if not self._running:
+            self._run(None, quiet=True)
+
+    def wire_frames_to(self, host: Host | str, last: int | None = None) -> list[bytes]:
         """The ESP frames captured on wire-to-agent so far whose destination MAC is `host`'s
         (a live or a destroyed one), oldest first; with `last`, only the last that many: what
         an attacker on the wire replays."""
@@ -1046,10 +1086,14 @@ class Testbed:
         """Send what a host's driver queued (frames, admin commands, mailbox messages) and
         keep its timer armed."""
         driver = ep.driver
+        if isinstance(driver, LinuxWire):
+            frames, touched = driver.take_frames(self.now)
+            self._from_peers(frames)
+            for peer in touched - {ep.stack}:
+                self._flush(self.endpoint(peer))
+            return
         if isinstance(driver, PlainDriver):
-            frames = driver.take_frames()
-            if frames:
-                self._schedule(self._link_ns, _WIRE_SECOND, lambda: self._agent_wire(frames))
+            self._from_peers(driver.take_frames())
             return
         descs = driver.tx_descriptors()
         if descs:
@@ -1185,11 +1229,24 @@ class Testbed:
                 ep.driver.receive(descs, self.now)
                 self._flush(ep)
 
+    def _from_peers(self, frames: list[bytes]) -> None:
+        """Frames the remote peers sent: to the agent, over the wire."""
+        if frames:
+            self._schedule(self._link_ns, _WIRE_SECOND, lambda: self._agent_wire(frames))
+
     def _peers_rx(self, frames: list[bytes]) -> None:
         for ep in list(self.endpoints.values()):
             if isinstance(ep.driver, PlainDriver):
                 ep.driver.receive(frames, self.now)
                 self._flush(ep)
+        linux = self.linux
+        if linux is not None and linux.peers:
+            touched = linux.receive(frames, self.now)
+            frames_back, more = linux.take_frames(self.now)
+            self._from_peers(frames_back)
+            for peer in touched | more:
+                if self.endpoints.get(peer.name) is not None:
+                    self._flush(self.endpoint(peer))
 
 
 def _is_reply_to(message: bytes, msg_id: int) -> bool:
