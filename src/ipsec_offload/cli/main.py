@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from ipsec_offload.cli.progress import Progress
 from ipsec_offload.errors import IpsecOffloadError
 from ipsec_offload.sim.agent_options import AGENT_OPTIONS, agent_config
 from ipsec_offload.sim.golden import run_golden
+from ipsec_offload.sim.linux.guest import LinuxGuest
+from ipsec_offload.sim.linux.image import GUEST_DIR_ENV, KERNEL_METAPACKAGE, build_image
 from ipsec_offload.sim.report import FAILED, build_report, summary, write_outputs, xfrm_listing
 from ipsec_offload.sim.runner import prepare
 from ipsec_offload.sim.scenario import NAIVE_SWITCHES, resolve_scenario
@@ -64,6 +67,12 @@ def main() -> None:
     help="Also write each link as pcapng (host-link.pcapng, wire-link.pcapng): an interface"
     " per direction and a comment naming each frame.",
 )
+@click.option(
+    "--linux-peers",
+    is_flag=True,
+    help="Make every peer a Linux peer: a real Linux kernel under QEMU does its IP and ESP"
+    " (the guest is built once with `ipsec-offload linux-guest build`; docs/linux-peer.md).",
+)
 def run(
     scenario: str | None,
     out: Path,
@@ -72,6 +81,7 @@ def run(
     xfrm: bool,
     strict: bool,
     pcapng: bool,
+    linux_peers: bool,
 ) -> None:
     """Run SCENARIO (a TOML file, or a built-in: default, basic, faults) and print its summary.
 
@@ -79,7 +89,7 @@ def run(
     """
     try:
         spec, source = resolve_scenario(scenario)
-        prepared = prepare(spec, source, naive)
+        prepared = prepare(spec, source, naive, linux_peers=linux_peers)
         with Progress("simulating") as progress:
             prepared.run(progress.update)
         report = build_report(prepared)
@@ -100,6 +110,49 @@ def run(
             parts = [f"FAILED: {', '.join(failed)}"] if failed else []
             parts += [f"incomplete flows: {', '.join(incomplete)}"] if incomplete else []
             raise click.ClickException(f"--strict: {'; '.join(parts)}")
+
+
+@main.group("linux-guest")
+def linux_guest() -> None:
+    """The Linux guest that runs Linux peers: a stock Debian kernel under QEMU."""
+
+
+@linux_guest.command("build")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"Where to build and keep the image (default: ${GUEST_DIR_ENV}, else the user's"
+    " cache, ipsec-offload/linux-guest).",
+)
+@click.option(
+    "--kernel-package",
+    default=None,
+    help="The linux-image package to boot (default: the one Debian's"
+    f" {KERNEL_METAPACKAGE} depends on now).",
+)
+@click.option("--force", is_flag=True, help="Rebuild even when the cached image is current.")
+@click.option("--boot", is_flag=True, help="Then boot it once and say how long that took.")
+def linux_guest_build(
+    directory: Path | None, kernel_package: str | None, force: bool, boot: bool
+) -> None:
+    """Build the guest's image from Debian's packages (reused while its inputs are the same)."""
+    try:
+        started = time.monotonic()
+        image = build_image(directory, kernel_package=kernel_package, force=force)
+        took = time.monotonic() - started
+        size = image.initramfs.stat().st_size + image.kernel.stat().st_size
+        click.echo(
+            f"{image.kernel.parent}: {image.kernel_package} {image.kernel_version}"
+            f" ({image.release}), kernel and initramfs {size / 1e6:.1f} MB, ready in {took:.1f} s"
+        )
+        if boot:
+            with LinuxGuest.boot(image) as guest:
+                release = guest.run("/bin/uname", "-r")[1].strip()
+                click.echo(f"booted {release} under QEMU (TCG) in {guest.boot_seconds:.1f} s")
+    except IpsecOffloadError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _agent_options(command: Callable[..., None]) -> Callable[..., None]:

@@ -180,6 +180,8 @@ class WireObserver:
         self._injections_read = 0
         self._injected: set[bytes] = set()
         self._aeads: dict[bytes, EspAead] = {}
+        self._esn_high: dict[tuple[bytes, bytes, int], int] = {}
+        """The high half of the sequence number of the last verified frame of each ESN SA."""
         self._ciphertexts: dict[tuple[bytes, int], set[bytes]] = {}
         self._logs: dict[int, tuple[Endpoint, int]] = {}
         """Per host (by the id of its endpoint, which the tuple keeps alive): how many of
@@ -267,16 +269,26 @@ class WireObserver:
 
     def _verifies(self, sa: SaKey, esp: EspFrame) -> bool:
         """Does the frame's ICV verify under the SA's key, the IV's high half and the ESP
-        header's low half being the sequence number (spec section 2)?"""
+        header's low half being the sequence number (spec section 2)? A sender whose IV is
+        not its sequence number (Linux's seqiv) leaves an ESN SA's high half unsaid: the
+        SA's last verified high half, or the next, is tried then (from 0)."""
         aead = self._aeads.get(sa.key_material)
         if aead is None:
             aead = self._aeads[sa.key_material] = EspAead(sa.algorithm, sa.key_material)
-        seq = esp.iv & _SEQ_HI | esp.seq
-        try:
-            aead.open(esp.spi, seq, sa.esn, explicit_iv(esp.iv), esp.sealed)
-        except AuthenticationError:
-            return False
-        return True
+        candidates = [esp.iv & _SEQ_HI | esp.seq]
+        key = (esp.src, esp.dst, esp.spi)
+        if sa.esn:
+            high = self._esn_high.get(key, 0)
+            candidates += [high << 32 | esp.seq, (high + 1) << 32 | esp.seq]
+        for seq in candidates:
+            try:
+                aead.open(esp.spi, seq, sa.esn, explicit_iv(esp.iv), esp.sealed)
+            except AuthenticationError:
+                continue
+            if sa.esn:
+                self._esn_high[key] = seq >> 32
+            return True
+        return False
 
     def _config_reply(self, record: PcapRecord, found: list[Violation]) -> None:
         frame = record.frame

@@ -21,7 +21,7 @@ from ipsec_offload.host.xfrm import Offload, XfrmState
 from ipsec_offload.sim.agent_options import agent_argv
 from ipsec_offload.sim.espsa import write_esp_sa
 from ipsec_offload.sim.iproute import xfrm_state_text
-from ipsec_offload.sim.linux.peer import LinuxPeer
+from ipsec_offload.sim.linux.peer import LinuxPeer, guest_sa_fields
 from ipsec_offload.sim.observer import ObserverSummary, WireObserver
 from ipsec_offload.sim.outputs import write_text
 from ipsec_offload.sim.pcap import Interface, PcapRecord, write_pcap, write_pcapng
@@ -70,6 +70,7 @@ def build_report(run: ScenarioRun) -> dict[str, Any]:
         "pf": bed.pf.dump() if bed.pf is not None else {},
         "hosts": {name: ep.stack.dump() for name, ep in {**bed.retired, **bed.endpoints}.items()},
         "link_drops": dict(bed.link_drops),
+        "linux_peers": linux_peers(bed),
         "golden": golden(run),
         "timeline": [
             {"time": round(e.time, 9), "actor": e.actor, "what": e.what} for e in timeline(run)
@@ -408,8 +409,57 @@ def _tso(run: ScenarioRun, flows: dict[str, Any]) -> dict[str, str]:
 # -- tables -----------------------------------------------------------------------------------
 
 
+def linux_peers(bed: Testbed) -> dict[str, Any]:
+    """Each live Linux peer's SAs as the guest's `ip -s xfrm state` counts them, each beside
+    the state of the other end of the SA (the host that sends what the peer opens, or opens
+    what it sends), and what crossed between the simulation and the guest."""
+    wire = bed.linux
+    if wire is None:
+        return {}
+    ours: dict[tuple[str, str, int], tuple[str, XfrmState]] = {}
+    for name, ep in bed.endpoints.items():
+        if not isinstance(ep.stack, LinuxPeer):
+            for state in ep.stack.states.values():
+                ours[ip_to_str(state.src), ip_to_str(state.dst), state.spi] = (name, state)
+    peers: dict[str, Any] = {}
+    for peer in wire.peers.values():
+        if bed.endpoints.get(peer.name) is None:
+            continue
+        sas = []
+        for sa in peer.guest_sas():
+            row = {"guest": guest_sa_fields(sa), "ours": None}
+            other = ours.get((sa.src, sa.dst, sa.spi))
+            if other is not None:
+                host, state = other
+                row["ours"] = {
+                    "host": host,
+                    "packets": state.packets,
+                    "replay": state.stats.replay,
+                    "failed": state.stats.integrity_failed,
+                }
+            sas.append(row)
+        peers[peer.name] = {"netns": peer.netns, "sas": sas}
+    guest = wire.guest
+    return {
+        "kernel": f"{guest.image.kernel_package} {guest.image.kernel_version}",
+        "boot_seconds": round(guest.boot_seconds, 3),
+        "exchanges": wire.exchanges,
+        "frames_in": guest.frames_in,
+        "frames_out": guest.frames_out,
+        "multicast_held": wire.multicast_held,
+        "peers": peers,
+    }
+
+
 def _sas(run: ScenarioRun) -> list[dict[str, Any]]:
-    """Each SA pair's states as the hosts hold them: the latest of its rekeys."""
+    """Each SA pair's states as the hosts hold them: the latest of its rekeys (a Linux
+    peer's packets are the guest's count)."""
+    guest_packets = {
+        (peer.name, sa.spi, sa.dst): sa.packets
+        for peer in (run.bed.linux.peers.values() if run.bed.linux is not None else ())
+        if run.bed.endpoints.get(peer.name) is not None
+        for sa in peer.guest_sas()
+    }
     rows = []
     for spec in run.scenario.sa:
         first = run.bundles.get(spec.name)
@@ -430,7 +480,9 @@ def _sas(run: ScenarioRun) -> list[dict[str, Any]]:
                     "spi": f"0x{state.spi:08x}",
                     "offload": state.offload.name,
                     "rc": state.add_rc,
-                    "packets": state.packets,
+                    "packets": guest_packets.get(
+                        (host, state.spi, ip_to_str(state.dst)), state.packets
+                    ),
                 }
             )
     return rows
@@ -596,6 +648,31 @@ def _errno_name(rc: int) -> str:
         return f"-{errno.errorcode.get(-rc, str(-rc))}"
 
 
+def _linux_lines(linux: dict[str, Any]) -> list[str]:
+    """The Linux peers' section of the summary (none without Linux peers)."""
+    if not linux:
+        return []
+    lines = [
+        "",
+        f"Linux peers ({linux['kernel']}, booted in {linux['boot_seconds']:.1f} s; frames in"
+        f" {linux['frames_in']}, out {linux['frames_out']}, multicast held back"
+        f" {linux['multicast_held']}), as the guest's ip -s xfrm state"
+        " counts, beside ours (the state at the SA's other end):",
+        f"  {'peer':<8}{'SPI':<12}{'src -> dst':<34}{'pkts':>6}{'replay':>8}{'failed':>8}"
+        f"  {'ours':>6}{'replay':>8}{'failed':>8}  host",
+    ]
+    for name, peer in linux["peers"].items():
+        for row in peer["sas"]:
+            sa, ours = row["guest"], row["ours"] or {}
+            lines.append(
+                f"  {name:<8}{sa['spi']:<12}{sa['src'] + ' -> ' + sa['dst']:<34}"
+                f"{sa['packets']:>6}{sa['replay']:>8}{sa['failed']:>8}"
+                f"  {ours.get('packets', '-'):>6}{ours.get('replay', '-'):>8}"
+                f"{ours.get('failed', '-'):>8}  {ours.get('host', '-')}"
+            )
+    return lines
+
+
 def summary(report: dict[str, Any], out: Path | None, timeline_lines: int = 40) -> str:
     """The report as a person reads it at a glance."""
     lines = [
@@ -630,6 +707,7 @@ def summary(report: dict[str, Any], out: Path | None, timeline_lines: int = 40) 
             f"  {row['sa']:<16}{row['host']:<8}{row['direction']:<10}{row['spi']:<12}"
             f"{row['offload']:<10}{_errno_name(row['rc']):<12}{row['packets']:>6}"
         )
+    lines += _linux_lines(report.get("linux_peers") or {})
     agent = report["agent"]
     lines += [
         "",

@@ -12,9 +12,9 @@ from typing import Any
 from ipsec_offload.agent.agent import AgentConfig
 from ipsec_offload.driver.vf import Kek
 from ipsec_offload.errors import IpsecOffloadError, ParseError, ScenarioError, UsageError
-from ipsec_offload.host.stack import HostStack
 from ipsec_offload.host.xfrm import Mode
 from ipsec_offload.nic.nic import SwitchMode
+from ipsec_offload.sim.linux.guest import LinuxGuest
 from ipsec_offload.sim.scenario import (
     AGENT_NAIVE,
     NAIVE_SWITCHES,
@@ -23,7 +23,7 @@ from ipsec_offload.sim.scenario import (
     Scenario,
     VmSpec,
 )
-from ipsec_offload.sim.testbed import SaBundle, Testbed
+from ipsec_offload.sim.testbed import Host, SaBundle, Testbed
 from ipsec_offload.wire.config import (
     Algorithm,
     ConfigMessage,
@@ -110,7 +110,7 @@ class ScenarioRun:
     agent_config: AgentConfig
     """The agent's configuration as the run starts it (BOOT_ID included): what the golden
     model needs to reproduce it (`bed.agent` is a new agent after a restart)."""
-    hosts: dict[str, HostStack] = field(default_factory=dict)
+    hosts: dict[str, Host] = field(default_factory=dict)
     bundles: dict[str, SaBundle] = field(default_factory=dict)
     flows: list[FlowRecord] = field(default_factory=list)
     events: list[TimelineEntry] = field(default_factory=list)
@@ -138,8 +138,17 @@ class ScenarioRun:
         self.events.append(TimelineEntry(self.bed.now, actor, what))
 
 
-def prepare(scenario: Scenario, source: str, naive: Iterable[str] = ()) -> ScenarioRun:
-    """Build the port and schedule everything the scenario says; nothing has run yet."""
+def prepare(
+    scenario: Scenario,
+    source: str,
+    naive: Iterable[str] = (),
+    *,
+    linux_peers: bool = False,
+    linux_guest: LinuxGuest | None = None,
+) -> ScenarioRun:
+    """Build the port and schedule everything the scenario says; nothing has run yet. With
+    `linux_peers` every peer is a Linux peer, whatever its `kind` (in `linux_guest`, else
+    the process's shared guest)."""
     switches = frozenset(naive)
     unknown = switches - set(NAIVE_SWITCHES)
     if unknown:
@@ -166,6 +175,7 @@ def prepare(scenario: Scenario, source: str, naive: Iterable[str] = ()) -> Scena
             mode=SwitchMode.VEPA if port.mode == "vepa" else SwitchMode.VEB,
             own_sequence="seq-handover" not in switches,
             key_manager=True,
+            linux_guest=linux_guest,
         )
     except UsageError as exc:
         raise ScenarioError(source, "port", str(exc)) from None
@@ -185,7 +195,8 @@ def prepare(scenario: Scenario, source: str, naive: Iterable[str] = ()) -> Scena
     )
     run.note(pf.name, f"PF up on a {port.mode.upper()} port")
     for peer in scenario.peer:
-        run.hosts[peer.name] = bed.add_peer(
+        add = bed.add_linux_peer if linux_peers or peer.kind == "linux" else bed.add_peer
+        run.hosts[peer.name] = add(
             peer.name, peer.mac, ipv4=peer.ipv4, ipv6=peer.ipv6, vlans=_vlans(peer)
         )
     for i, vm in enumerate(scenario.vm):
@@ -269,7 +280,7 @@ def _secure(run: ScenarioRun, index: int) -> None:
     run.note(sa.between[0], f"installs SA {sa.name} with {sa.between[1]}")
 
 
-def _host(run: ScenarioRun, name: str, where: str) -> HostStack:
+def _host(run: ScenarioRun, name: str, where: str) -> Host:
     host = run.hosts.get(name)
     if host is None or name in run.destroyed:
         raise ScenarioError(run.source, where, f"{name} is not running at that time")
@@ -325,11 +336,13 @@ def _event(run: ScenarioRun, index: int) -> None:
     where = f"event[{index}]"
     target = event.target or ""
     if event.action == "destroy_vm":
-        bed.destroy_vm(_host(run, target, where))
+        _host(run, target, where)
+        bed.destroy_vm(target)
         run.destroyed.append(target)
         run.note(target, "VM destroyed (virsh destroy): its VF gets a function-level reset")
     elif event.action == "reset_vf":
-        bed.reset_vf(_host(run, target, where))
+        _host(run, target, where)
+        bed.reset_vf(target)
         run.note(target, "VF driver reloads: RESET, REQUEST_RESOURCES, re-adds its SAs")
     elif event.action == "remove_vf":
         vf = next(v.vf for v in run.scenario.vm if v.name == target)
@@ -368,7 +381,7 @@ def _event(run: ScenarioRun, index: int) -> None:
             run.injections.append(
                 Injection(bed.now, target, event.frame, frame, len(bed.agent.sad))
             )
-            bed.inject(vm, frame)
+            bed.inject(target, frame)
         run.note(target, f"malicious VF posts {event.count} crafted {event.frame} frame(s)")
 
 
@@ -400,7 +413,7 @@ def _agent_event(bed: Testbed, frame: bytes) -> bool:
     return found is not None and found[1].opcode == Opcode.EVENT
 
 
-def _crafted(run: ScenarioRun, vm: HostStack, kind: str) -> bytes:
+def _crafted(run: ScenarioRun, vm: Host, kind: str) -> bytes:
     """What a malicious VF driver writes on its own Tx ring."""
     agent_mac = run.bed.agent.config.mac
     if kind in ("remove_all_sas", "add_sa"):

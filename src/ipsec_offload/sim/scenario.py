@@ -263,6 +263,11 @@ class EventSpec(_Model):
     )
 
 
+class PeerSpec(HostSpec):
+    kind: Literal["software", "linux"] = "software"
+    """software: the model's own stack; linux: a real Linux kernel (the Linux guest)."""
+
+
 class Scenario(_Model):
     """A whole scenario file."""
 
@@ -270,7 +275,7 @@ class Scenario(_Model):
     port: PortSpec = Field(default_factory=PortSpec)
     pf: HostSpec
     vm: list[VmSpec] = Field(default_factory=list)
-    peer: list[HostSpec] = Field(default_factory=list)
+    peer: list[PeerSpec] = Field(default_factory=list)
     sa: list[SaSpec] = Field(default_factory=list)
     flow: list[FlowSpec] = Field(default_factory=list)
     event: list[EventSpec] = Field(default_factory=list)

@@ -52,6 +52,9 @@ from ipsec_offload.wire.transport import (
 _PRIORITY_BLOCK = 10
 """The quiet policies' priority (lower first): before the SAs' policies."""
 _PRIORITY_SA = 100
+LINUX_MAX_REPLAY_WINDOW = 4096
+"""The largest replay window Linux's xfrm takes (XFRMA_REPLAY_ESN_MAX, in bits); a larger
+one asked of a Linux peer is clamped to it, as a key manager would have to."""
 _TPID_QINQ = 0x88A8
 _ICV_BITS = 128
 _AEAD = "rfc4106(gcm(aes))"
@@ -151,9 +154,13 @@ class LinuxPeer:
         what the key manager would ask, and the kernel has nothing to give it)."""
         del offload
         self._neighbours()
-        self._ip("xfrm", "state", "add", *_state_args(state))
+        window = min(state.replay_window, LINUX_MAX_REPLAY_WINDOW)
+        self._ip("xfrm", "state", "add", *_state_args(state, window))
         self.states[state.handle] = state
-        self._events.append(StateResult(now, state.handle, "add", 0, Offload.SOFTWARE))
+        note = None
+        if window < state.replay_window:
+            note = f"replay window {state.replay_window} is above Linux's {window}: {window}"
+        self._events.append(StateResult(now, state.handle, "add", 0, Offload.SOFTWARE, note))
 
     def delete_state(self, handle: int, now: float) -> None:
         """`ip xfrm state delete`, and the policies that name the state go too (as a software
@@ -327,7 +334,7 @@ class LinuxPeer:
                 }
                 for s in self.states.values()
             ],
-            "guest_sas": [vars_of(sa) for sa in self.guest_sas()],
+            "guest_sas": [guest_sa_fields(sa) for sa in self.guest_sas()],
             "counters": {
                 "tx_sends": self.counters.tx_plain,
                 "rx_delivered": self.counters.rx_delivered,
@@ -466,13 +473,13 @@ class LinuxWire:
         return touched
 
 
-def _state_args(state: XfrmState) -> list[str]:
-    """`ip xfrm state add`'s arguments for a state."""
+def _state_args(state: XfrmState, window: int) -> list[str]:
+    """`ip xfrm state add`'s arguments for a state, with a replay window of `window`."""
     args = [
         "src", ip_to_str(state.src), "dst", ip_to_str(state.dst), "proto", "esp",
         "spi", f"0x{state.spi:08x}", "reqid", str(state.reqid),
         "mode", "tunnel" if state.mode == Mode.TUNNEL else "transport",
-        "replay-window", str(state.replay_window),
+        "replay-window", str(window),
     ]  # fmt: skip
     if state.esn:
         args += ["flag", "esn"]
@@ -507,7 +514,8 @@ def _selector(policy: XfrmPolicy) -> list[str]:
     return [*args, "dir", "out" if policy.direction == Direction.OUTBOUND else "in"]
 
 
-def vars_of(sa: GuestSa) -> dict[str, Any]:
+def guest_sa_fields(sa: GuestSa) -> dict[str, Any]:
+    """A guest SA as plain data (report.json)."""
     return {
         "src": sa.src,
         "dst": sa.dst,
