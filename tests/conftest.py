@@ -11,11 +11,13 @@ so that the run under AddressSanitizer stays within its time (see the Makefile).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tools import require_built, require_fast_path, require_tool
+from ipsec_offload.sim.linux.guest import LinuxGuest
+from tools import require_built, require_fast_path, require_linux_guest, require_tool
 
 settings.register_profile("project", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("sanitize", settings.get_profile("project"), max_examples=50)
@@ -68,3 +70,15 @@ def host_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     else:
         monkeypatch.setattr(fastpath, "RxPath", None)
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def linux_guest() -> Iterator[LinuxGuest]:
+    """The Linux guest, booted once for the tests of a worker (the image is built first if
+    the cache has none); the tests that use it share one xdist group, so one worker boots it."""
+    require_linux_guest()
+    guest = LinuxGuest.boot()
+    try:
+        yield guest
+    finally:
+        guest.close()

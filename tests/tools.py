@@ -81,6 +81,17 @@ def require_tool(name: str) -> str:
     return path
 
 
+def require_linux_guest() -> None:
+    """Skip the test when this machine cannot build or boot the Linux guest (QEMU, a static
+    busybox, apt, gcc), saying what to install; with ``IPSEC_OFFLOAD_REQUIRE_TOOLS=1`` fail
+    instead."""
+    from ipsec_offload.sim.linux.image import missing_tools
+
+    missing = missing_tools()
+    if missing:
+        _missing_tool("the Linux guest needs " + "; ".join(missing))
+
+
 EspSaSource = Iterable[EspSaEntry] | str | os.PathLike[str] | None
 """What :func:`tshark_decode` takes as SAs: entries, the path of an esp_sa file, or nothing."""
 

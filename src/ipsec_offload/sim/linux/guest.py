@@ -194,11 +194,17 @@ class LinuxGuest:
 
     def reset(self) -> None:
         """Remove every peer's namespace (their interfaces, states and policies go with
-        them), so that the next testbed starts from a guest with no peer."""
-        listing = self.ip("netns", "list")
-        for line in listing.splitlines():
+        them) and the VLAN devices, so that the next testbed starts from a guest with no
+        peer."""
+        for line in self.ip("netns", "list").splitlines():
             if line.strip():
-                self.ip("netns", "delete", line.split()[0])
+                netns = line.split()[0]
+                # the interface first: a namespace is torn down in the background, and its
+                # macvlan's MAC would stay taken on eth0 a while
+                self.ip("link", "delete", "eth0", netns=netns, check=False)
+                self.ip("netns", "delete", netns)
+        for line in self.ip("-o", "link", "show", "type", "vlan").splitlines():
+            self.ip("link", "delete", line.split(":")[1].strip().split("@")[0], check=False)
         self.exchange([])
 
     # -- frames -----------------------------------------------------------------------------

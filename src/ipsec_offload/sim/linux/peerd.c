@@ -5,7 +5,8 @@
  * event; every field is a decimal number, a word, or bytes in hex:
  *
  *   X id hex-arg...            run a program (argv[0] a path), answer R id status hex-output
- *   O id netns                 open the sockets of a peer's network namespace, answer R id 0 -
+ *   O id netns                 open the sockets of a peer's network namespace (anew, if it
+ *                              was opened before), answer R id 0 -
  *   S id netns dst proto hex   send an upper-layer segment (proto 6/17/1/58, checksummed by
  *                              the sender) to dst (4 or 16 bytes), through the namespace's
  *                              xfrm policies; answer R id 0 - (or R id errno hex-message)
@@ -191,8 +192,14 @@ static void run_program(const char *id, int argc, char **argv) {
     put("\n");
 }
 
+/* Open the sockets of namespace `name`; a name opened before (a namespace since deleted
+ * and made again) gets new sockets in place of its old ones. */
 static int open_ns(const char *name) {
-    if (find_ns(name) != NULL) return 0;
+    struct netns *old = find_ns(name);
+    if (old != NULL) {
+        for (int i = 0; i < NSOCK; i++) close(old->fd[i]);
+        *old = spaces[--nspaces];
+    }
     if (nspaces == MAX_NS || strlen(name) >= sizeof spaces[0].name) return ENOSPC;
     char path[128];
     snprintf(path, sizeof path, "/run/netns/%s", name);
