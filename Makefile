@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= out
 
-.PHONY: demo test lint typecheck unit bench campaign sanitize clean
+.PHONY: demo test lint typecheck unit bench campaign sanitize linux-guest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test: lint typecheck unit
 
 bench: $(VENV)/.installed
 	$(BIN)/ipsec-offload bench
+
+# The Linux peer's guest (docs/linux-peer.md): build its image from Debian's packages (cached;
+# rebuilt when the kernel package or an input changes) and boot it once. Needs QEMU and a static
+# busybox: apt-get install --no-install-recommends qemu-system-x86 busybox-static.
+linux-guest: $(VENV)/.installed
+	$(BIN)/ipsec-offload linux-guest build --boot
 
 # The 100,000-step fault campaign (spec section 9; tests/test_fault_campaign.py), minutes long.
 campaign: $(VENV)/.installed-test
