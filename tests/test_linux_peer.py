@@ -27,7 +27,7 @@ from ipsec_offload.sim.linux.peer import LinuxPeer, parse_xfrm_state
 from ipsec_offload.sim.observer import WireObserver
 from ipsec_offload.sim.report import build_report
 from ipsec_offload.sim.runner import prepare
-from ipsec_offload.sim.scenario import resolve_scenario
+from ipsec_offload.sim.scenario import NAIVE_SWITCHES, resolve_scenario
 from ipsec_offload.sim.testbed import Testbed
 from ipsec_offload.wire.config import Algorithm
 from ipsec_offload.wire.metadata import RxStatus
@@ -227,6 +227,36 @@ def test_scenarios_tell_the_same_story(linux_guest: LinuxGuest, name: str) -> No
             ours["replay"],
             ours["failed"],
         ), row
+
+
+def _outcomes(report: dict) -> tuple:  # type: ignore[type-arg]
+    return report["challenges"], report["invariants"], report["flows"]
+
+
+@pytest.mark.parametrize("switch", NAIVE_SWITCHES)
+def test_faults_under_each_switch(linux_guest: LinuxGuest, switch: str) -> None:
+    """The integrity issue's `faults` story under each switch that breaks a fix: with Linux
+    peers every line comes out as with software peers (HELD, or FAILED with the same
+    numbers). Where a switch makes segments or a re-install reuse sequence numbers (ivdb,
+    seq-handover), the kernel drops the repeats, and its own `replay` counter says how many:
+    what it accepted and what it dropped make what the host sent."""
+    spec, source = resolve_scenario("faults")
+    software = prepare(spec, source, (switch,))
+    software.run()
+    run = prepare(spec, source, (switch,), linux_peers=True, linux_guest=linux_guest)
+    run.run()
+    report = build_report(run)
+    assert _outcomes(report) == _outcomes(build_report(software))
+    rows = [row for peer in report["linux_peers"]["peers"].values() for row in peer["sas"]]
+    replays = sum(row["guest"]["replay"] for row in rows)
+    if switch in ("ivdb", "seq-handover"):
+        assert replays > 0
+        for row in rows:
+            guest, ours = row["guest"], row["ours"]
+            if guest["replay"]:
+                assert guest["packets"] + guest["replay"] == ours["packets"], row
+    else:
+        assert replays == 0
 
 
 def test_run_linux_peers_command(tmp_path: Path) -> None:

@@ -32,8 +32,10 @@ from pathlib import Path
 from ipsec_offload.errors import LinuxGuestError
 from ipsec_offload.sim.linux.image import GuestImage, build_image, missing_tools
 
-MARK_ETHERTYPE = 0x88B5
-"""The EtherType of the synchronisation markers (IEEE's local experimental one)."""
+MARK_ETHERTYPE = 0x9000
+"""The EtherType of the synchronisation markers (the loopback test protocol: no other part of
+the model sends it), followed by `MARK_MAGIC` and the token."""
+MARK_MAGIC = b"ipsec-offload mark"
 GUEST_MAC = bytes.fromhex("020000fe0001")
 """The guest's eth0 (it sends nothing from it but the markers)."""
 BOOT_TIMEOUT = 180.0
@@ -41,6 +43,8 @@ BOOT_TIMEOUT = 180.0
 ANSWER_TIMEOUT = 30.0
 """Seconds a command or an exchange may take."""
 _TOKEN = 8
+_TOKEN_AT = 14 + len(MARK_MAGIC)
+_MARKER_SOURCE = bytes.fromhex("020000fe00ff")
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +225,7 @@ class LinuxGuest:
         self.frames_in += sent
         self._token += 1
         token = self._token.to_bytes(_TOKEN, "big")
-        marker = GUEST_MAC + GUEST_MAC[:5] + b"\xff" + MARK_ETHERTYPE.to_bytes(2, "big") + token
+        marker = GUEST_MAC + _MARKER_SOURCE + MARK_ETHERTYPE.to_bytes(2, "big") + MARK_MAGIC + token
         self._frames.send(marker + bytes(60 - len(marker)))
         out = Exchange(deliveries=self._pending)
         self._pending = []
@@ -236,7 +240,7 @@ class LinuxGuest:
                     except BlockingIOError:
                         break
                     if _is_marker(frame):
-                        seen_frame = seen_frame or frame[14 : 14 + _TOKEN] == token
+                        seen_frame = seen_frame or frame[_TOKEN_AT : _TOKEN_AT + _TOKEN] == token
                         continue
                     out.frames.append(frame)
                     self.frames_out += 1
@@ -386,7 +390,7 @@ def shared_guest() -> LinuxGuest:
 
 
 def _is_marker(frame: bytes) -> bool:
-    return len(frame) >= 14 + _TOKEN and frame[12:14] == MARK_ETHERTYPE.to_bytes(2, "big")
+    return frame[12:_TOKEN_AT] == MARK_ETHERTYPE.to_bytes(2, "big") + MARK_MAGIC
 
 
 def _free_udp_port() -> int:

@@ -15,7 +15,8 @@
  * copy of every such packet the namespace's stack accepts (after ESP input and the inbound
  * policy check): peerd writes each as  D netns src dst proto hex-segment.
  *
- * Synchronisation: the testbed sends a marker frame (EtherType 0x88B5, an 8-byte token) to
+ * Synchronisation: the testbed sends a marker frame (EtherType 0x9000, the loopback test
+ * protocol, which no other part of the model sends; "ipsec-offload mark" and an 8-byte token) to
  * eth0 after the frames it wants processed. The stack handles eth0's frames in order, so when
  * the marker reaches peerd's packet socket the frames before it have been through the stack:
  * peerd drains its raw sockets (their D lines), writes  M token, and sends the marker back out
@@ -46,7 +47,10 @@
 #include <termios.h>
 #include <unistd.h>
 
-#define MARK_ETHERTYPE 0x88B5
+#define MARK_ETHERTYPE 0x9000
+#define MARK_MAGIC "ipsec-offload mark"
+#define MARK_MAGIC_LEN 18
+#define MARK_TOKEN (14 + MARK_MAGIC_LEN)
 #define MAX_NS 16
 #define MAX_LINE (1 << 20)
 #define MAX_OUTPUT (1 << 20)
@@ -332,10 +336,10 @@ static void marker(void) {
     for (;;) {
         ssize_t n = recv(mark_sock, frame, sizeof frame, MSG_DONTWAIT);
         if (n < 0) return;
-        if (n < 22) continue;
+        if (n < MARK_TOKEN + 8 || memcmp(frame + 14, MARK_MAGIC, MARK_MAGIC_LEN) != 0) continue;
         report_all();
         put("M ");
-        put_hex(frame + 14, 8);
+        put_hex(frame + MARK_TOKEN, 8);
         put("\n");
         flush_out();
         unsigned char back[60];
@@ -344,7 +348,7 @@ static void marker(void) {
         memcpy(back + 6, eth_mac, 6);
         back[12] = MARK_ETHERTYPE >> 8;
         back[13] = MARK_ETHERTYPE & 0xff;
-        memcpy(back + 14, frame + 14, 8);
+        memcpy(back + 14, frame + 14, MARK_MAGIC_LEN + 8);
         struct sockaddr_ll to = {0};
         to.sll_family = AF_PACKET;
         to.sll_ifindex = eth_index;
