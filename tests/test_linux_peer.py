@@ -17,22 +17,25 @@ from pathlib import Path
 
 import pytest
 
+import agent_frames as af
+from ipsec_offload.agent.agent import AgentConfig, IpsecAgent
 from ipsec_offload.errors import LinuxGuestError
-from ipsec_offload.host.xfrm import Mode
+from ipsec_offload.host.events import Delivered
+from ipsec_offload.host.xfrm import Mode, XfrmPolicy, XfrmState
 from ipsec_offload.sim.linux import guest as guest_module
 from ipsec_offload.sim.linux import image as image_module
 from ipsec_offload.sim.linux.guest import LinuxGuest
 from ipsec_offload.sim.linux.image import _cpio_entry, missing_tools
-from ipsec_offload.sim.linux.peer import LinuxPeer, parse_xfrm_state
+from ipsec_offload.sim.linux.peer import LinuxPeer, LinuxWire, parse_xfrm_state
 from ipsec_offload.sim.observer import WireObserver
 from ipsec_offload.sim.report import build_report
 from ipsec_offload.sim.runner import prepare
 from ipsec_offload.sim.scenario import NAIVE_SWITCHES, resolve_scenario
 from ipsec_offload.sim.testbed import Testbed
-from ipsec_offload.wire.config import Algorithm
+from ipsec_offload.wire.config import Algorithm, Direction
 from ipsec_offload.wire.metadata import RxStatus
 from ipsec_offload.wire.packet import find_esp
-from ipsec_offload.wire.transport import TcpFlags
+from ipsec_offload.wire.transport import TcpFlags, UdpHeader, build_udp
 
 pytestmark = pytest.mark.xdist_group("linux-guest")
 
@@ -98,6 +101,56 @@ def test_both_directions(
     assert bundle.a_out.packets == 8 and bundle.a_in.packets == 6
     assert bed.agent.counters.rx_status[RxStatus.OK] == (6 if offload else 0)
     WireObserver(bed).assert_clean()
+
+
+@pytest.mark.parametrize("algorithm", [Algorithm.AES_GCM_128, Algorithm.AES_GCM_256])
+def test_agent_alone(linux_guest: LinuxGuest, algorithm: Algorithm) -> None:
+    """The agent on its own, driven with the tests' own frames (spec sections 2-5) as the
+    golden model is: its wire output opens in Linux's esp4, and Linux's ESP comes out of it
+    decrypted with Rx status OK."""
+    key = af.KEY128 if algorithm == Algorithm.AES_GCM_128 else af.KEY256
+    agent = IpsecAgent(AgentConfig())
+    out_spi, in_spi = 0x5001, 0x5002
+    af.add_sa(agent, Direction.OUTBOUND, out_spi, af.PEER4, key=key, alg=algorithm)
+    index = af.add_sa(agent, Direction.INBOUND, in_spi, af.LOCAL4, key=key, alg=algorithm)
+    wire = LinuxWire(linux_guest)
+    peer = LinuxPeer(wire, "peer", af.PEER_MAC, {4: af.PEER4}, ())
+    peer.neighbors[af.LOCAL4] = af.HOST_MAC
+    for handle, direction, spi, src, dst in (
+        (1, Direction.INBOUND, out_spi, af.LOCAL4, af.PEER4),
+        (2, Direction.OUTBOUND, in_spi, af.PEER4, af.LOCAL4),
+    ):
+        peer.add_state(XfrmState(handle, direction, spi, src, dst, algorithm, key, reqid=1), 0.0)
+        peer.add_policy(XfrmPolicy(direction, _net(src), _net(dst), handle))
+
+    sent = []
+    for n in range(1, 4):
+        udp = build_udp(UdpHeader(4000, 5000), b"agent says %d" % n, af.LOCAL4, af.PEER4)
+        sent += agent.from_host([af.offload_frame(out_spi, n, udp, src_mac=af.HOST_MAC)]).to_wire
+    assert len(sent) == 3
+    wire.receive(sent, 0.0)
+    got = [(d.src_port, d.payload) for d in peer.events() if isinstance(d, Delivered)]
+    assert got == [(4000, b"agent says %d" % n) for n in range(1, 4)]
+
+    peer.send_udp(af.LOCAL4, 4001, 5001, b"linux says hello", 0.0)
+    frames, _ = wire.take_frames(0.0)
+    assert len(frames) == 1
+    out = agent.from_wire(frames)
+    assert len(out.to_host) == 1
+    word, frame = af.split_tag(out.to_host[0])
+    rx = af.rx_word(word)
+    assert (rx.ipsec, rx.status, rx.sa_index) == (True, RxStatus.OK, index)
+    # decrypted in place (spec section 4): the datagram, then Linux's padding (1, 2), the
+    # pad length and the next header (UDP)
+    assert frame.endswith(b"linux says hello\x01\x02\x02\x11")
+    sas = {sa.spi: sa for sa in peer.guest_sas()}
+    assert (sas[out_spi].packets, sas[out_spi].failed, sas[in_spi].packets) == (3, 0, 1)
+
+
+def _net(addr: bytes):  # type: ignore[no-untyped-def]
+    import ipaddress
+
+    return ipaddress.ip_network(ipaddress.ip_address(addr))
 
 
 def test_vm_on_a_vf(linux_guest: LinuxGuest) -> None:
