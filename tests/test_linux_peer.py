@@ -226,6 +226,35 @@ def test_tso_segments(linux_guest: LinuxGuest) -> None:
     WireObserver(bed).assert_clean()
 
 
+def test_rekey_make_before_break(linux_guest: LinuxGuest) -> None:
+    """The key manager rekeys at the agent's soft expiry: new states in the guest (the same
+    reqid, new SPIs), the old ones deleted after the grace, nothing lost either way."""
+    bed = Testbed(linux_guest=linux_guest, key_manager=True)
+    host = bed.add_pf_host("host", HOST_MAC, ipv4="192.0.2.1")
+    peer = bed.add_linux_peer("peer", PEER_MAC, ipv4="192.0.2.2")
+    first = bed.secure(host, peer, soft_lifetime_packets=5, lifetime_packets=40)
+
+    def send(n: int) -> None:
+        host.send_udp("192.0.2.2", 1, 2, b"up %d" % n, bed.now)
+        peer.send_udp("192.0.2.1", 3, 4, b"down %d" % n, bed.now)
+        bed.settle(host, peer)
+
+    for n in range(12):
+        bed.at(n * 0.001, lambda n=n: send(n))  # type: ignore[misc]
+    bed.run(until=0.02)
+    bed.run()
+    assert bed.rekeys >= 1
+    assert sorted(d.payload for d in bed.delivered(peer)) == sorted(b"up %d" % n for n in range(12))
+    assert sorted(d.payload for d in bed.delivered(host)) == sorted(
+        b"down %d" % n for n in range(12)
+    )
+    now = bed.current(first)
+    spis = {sa.spi for sa in peer.guest_sas()}
+    assert spis == {now.a_out.spi, now.b_out.spi}  # the first generation is gone
+    assert first.a_out.reqid == now.a_out.reqid
+    WireObserver(bed).assert_clean()
+
+
 def test_replay_and_tampering(linux_guest: LinuxGuest) -> None:
     """An attacker replays frames the agent sent toward the peer, and sends one with a byte of
     its ciphertext flipped: the guest's `replay` and `failed` counters move, nothing more is

@@ -60,7 +60,8 @@ APT_PACKAGES = ("qemu-system-x86", "busybox-static")
 are on any Debian machine that builds the package)."""
 _INSTALL = "apt-get install --no-install-recommends " + " ".join(APT_PACKAGES)
 _CPIO_HEADER = "070701" + "{:08X}" * 13
-_ELF_PHDR = struct.Struct("<IIQQQQQQ")
+_PEERD_CFLAGS = ("gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror")
+"""peerd's compile: static (the initramfs has no libraries for it), and no warning let by."""
 _PT_INTERP = 3
 
 
@@ -160,7 +161,7 @@ def build_image(
         _run(["busybox", "depmod", "-b", str(root), release], "busybox depmod")
         peerd = work / "peerd"
         _run(
-            ["gcc", "-static", "-O2", "-o", str(peerd), str(_resource_path(work, "peerd.c"))],
+            [*_PEERD_CFLAGS, "-o", str(peerd), str(_resource_path(work, "peerd.c"))],
             "compile peerd (gcc -static: Debian's libc6-dev has the static C library)",
         )
         entries = _initramfs_entries(root, release, busybox, ip, peerd)

@@ -168,9 +168,10 @@ class LinuxPeer:
         state = self.states.pop(handle, None)
         if state is None:
             raise UsageError(f"{self.name} has no state with handle {handle}")
+        # the kernel may have deleted it already, at its hard lifetime (ESRCH: gone is gone)
         self._ip(
             "xfrm", "state", "delete", "src", ip_to_str(state.src), "dst", ip_to_str(state.dst),
-            "proto", "esp", "spi", f"0x{state.spi:08x}",
+            "proto", "esp", "spi", f"0x{state.spi:08x}", absent_ok=True,
         )  # fmt: skip
         for policy in [p for p in self.policies if p.state == handle]:
             self.policies.remove(policy)
@@ -384,9 +385,14 @@ class LinuxPeer:
                 )  # fmt: skip
                 self._pushed[address] = mac
 
-    def _ip(self, *args: str) -> None:
+    def _ip(self, *args: str, absent_ok: bool = False) -> None:
         self._wire.check_owner()
-        self._wire.guest.ip(*args, netns=self.netns)
+        status, output = self._wire.guest.run("/sbin/ip", "-n", self.netns, *args, check=False)
+        if status and not (absent_ok and "No such process" in output):
+            raise LinuxGuestError(
+                f"in the Linux guest, `ip -n {self.netns} {' '.join(args)}` failed: "
+                + output.strip()
+            )
 
 
 class LinuxWire:
