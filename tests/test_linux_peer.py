@@ -26,7 +26,8 @@ from ipsec_offload.sim.linux import guest as guest_module
 from ipsec_offload.sim.linux import image as image_module
 from ipsec_offload.sim.linux.guest import LinuxGuest
 from ipsec_offload.sim.linux.image import _cpio_entry, missing_tools
-from ipsec_offload.sim.linux.peer import LinuxPeer, LinuxWire, parse_xfrm_state
+from ipsec_offload.sim.linux.peer import LinuxPeer, LinuxWire
+from ipsec_offload.sim.linux.xfrm_words import parse_xfrm_state
 from ipsec_offload.sim.observer import WireObserver
 from ipsec_offload.sim.report import build_report
 from ipsec_offload.sim.runner import prepare
@@ -202,16 +203,18 @@ def test_esn_across_2_32(linux_guest: LinuxGuest, family: int) -> None:
     WireObserver(bed).assert_clean()
 
 
-def test_tso_segments(linux_guest: LinuxGuest) -> None:
+@pytest.mark.parametrize("family", [4, 6])
+def test_tso_segments(linux_guest: LinuxGuest, family: int) -> None:
     """A TSO send of 20,000 bytes of TCP and a large UDP send: the NIC cuts them, the agent
     numbers each segment, Linux opens every one (its count is the segments')."""
     bed, host, peer = _bed(linux_guest)
-    bundle = bed.secure(host, peer)
+    bundle = bed.secure(host, peer, family=family)
+    there = ADDRESSES[family][1]
     data = bytes(range(256)) * 78 + b"end"
-    host.send_tcp("192.0.2.2", 40000, 5000, data, bed.now, seq=1000, mss=1400,
+    host.send_tcp(there, 40000, 5000, data, bed.now, seq=1000, mss=1400,
                   flags=TcpFlags.ACK | TcpFlags.PSH)  # fmt: skip
     datagrams = b"".join(bytes([65 + n]) * 1000 for n in range(4))
-    host.send_udp("192.0.2.2", 40001, 5001, datagrams, bed.now, mss=1000)
+    host.send_udp(there, 40001, 5001, datagrams, bed.now, mss=1000)
     bed.settle(host)
     bed.run()
     assert host.counters.tx_tso_sends == 2

@@ -21,7 +21,8 @@ from ipsec_offload.host.xfrm import Offload, XfrmState
 from ipsec_offload.sim.agent_options import agent_argv
 from ipsec_offload.sim.espsa import write_esp_sa
 from ipsec_offload.sim.iproute import xfrm_state_text
-from ipsec_offload.sim.linux.peer import LinuxPeer, guest_sa_fields
+from ipsec_offload.sim.linux.peer import LinuxPeer
+from ipsec_offload.sim.linux.xfrm_words import guest_sa_fields
 from ipsec_offload.sim.observer import ObserverSummary, WireObserver
 from ipsec_offload.sim.outputs import write_text
 from ipsec_offload.sim.pcap import Interface, PcapRecord, write_pcap, write_pcapng

@@ -24,17 +24,26 @@ either peer. Echo requests are answered, by both.
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from ipsec_offload.errors import LinuxGuestError, ParseError, UsageError
 from ipsec_offload.host.events import Delivered, StackCounters, StackEvent, StateResult
 from ipsec_offload.host.transport import upper_layer
-from ipsec_offload.host.xfrm import Mode, Offload, XfrmPolicy, XfrmState
+from ipsec_offload.host.xfrm import Offload, XfrmPolicy, XfrmState
 from ipsec_offload.nic.tso import segment_l4
 from ipsec_offload.sim.linux.guest import Exchange, LinuxGuest
+from ipsec_offload.sim.linux.xfrm_words import (
+    LINUX_MAX_REPLAY_WINDOW,
+    PRIORITY_BLOCK,
+    PRIORITY_SA,
+    QUIET,
+    GuestSa,
+    guest_sa_fields,
+    parse_xfrm_state,
+    selector_args,
+    state_args,
+)
 from ipsec_offload.wire.addr import ip_to_str
 from ipsec_offload.wire.config import Direction
 from ipsec_offload.wire.ethernet import VlanTag
@@ -49,66 +58,9 @@ from ipsec_offload.wire.transport import (
     build_icmp_echo,
 )
 
-_PRIORITY_BLOCK = 10
-"""The quiet policies' priority (lower first): before the SAs' policies."""
-_PRIORITY_SA = 100
-LINUX_MAX_REPLAY_WINDOW = 4096
-"""The largest replay window Linux's xfrm takes (XFRMA_REPLAY_ESN_MAX, in bits); a larger
-one asked of a Linux peer is clamped to it, as a key manager would have to."""
 _TPID_QINQ = 0x88A8
-_ICV_BITS = 128
-_AEAD = "rfc4106(gcm(aes))"
 _ECHO_REQUEST = {4: IcmpType.ECHO_REQUEST, 16: Icmpv6Type.ECHO_REQUEST}
 _ICMP = {4: IpProto.ICMP, 16: IpProto.ICMPV6}
-_QUIET = (
-    # ICMP destination unreachable (v4 type 3, v6 type 1): no answer to a closed port
-    ("proto", "1", "type", "3"),
-    ("proto", "58", "type", "1"),
-    # TCP the kernel sends itself (mark 0; peerd's segments carry 1): no reset
-    ("proto", "6", "mark", "0", "mask", "0xffffffff"),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class GuestSa:
-    """One SA as the guest's `ip -s xfrm state` shows it."""
-
-    src: str
-    dst: str
-    spi: int
-    packets: int
-    bytes: int
-    replay: int
-    """Packets dropped as replayed."""
-    replay_window: int
-    """Packets dropped as outside the window."""
-    failed: int
-    """Packets whose ICV did not verify."""
-
-
-def parse_xfrm_state(text: str) -> list[GuestSa]:
-    """The SAs of `ip -s xfrm state` output, with their counters."""
-    found = []
-    for block in re.split(r"\n(?=src )", text.strip()):
-        head = re.match(r"src (\S+) dst (\S+)", block)
-        spi = re.search(r"proto esp spi 0x([0-9a-f]+)", block)
-        current = re.search(r"lifetime current:\s*\n\s*(\d+)\(bytes\), (\d+)\(packets\)", block)
-        stats = re.search(r"stats:\s*\n\s*replay-window (\d+) replay (\d+) failed (\d+)", block)
-        if head is None or spi is None or current is None or stats is None:
-            continue
-        found.append(
-            GuestSa(
-                head.group(1),
-                head.group(2),
-                int(spi.group(1), 16),
-                int(current.group(2)),
-                int(current.group(1)),
-                int(stats.group(2)),
-                int(stats.group(1)),
-                int(stats.group(3)),
-            )
-        )
-    return found
 
 
 class LinuxPeer:
@@ -155,7 +107,7 @@ class LinuxPeer:
         del offload
         self._neighbours()
         window = min(state.replay_window, LINUX_MAX_REPLAY_WINDOW)
-        self._ip("xfrm", "state", "add", *_state_args(state, window))
+        self._ip("xfrm", "state", "add", *state_args(state, window))
         self.states[state.handle] = state
         note = None
         if window < state.replay_window:
@@ -175,7 +127,7 @@ class LinuxPeer:
         )  # fmt: skip
         for policy in [p for p in self.policies if p.state == handle]:
             self.policies.remove(policy)
-            self._ip("xfrm", "policy", "delete", *_selector(policy))
+            self._ip("xfrm", "policy", "delete", *selector_args(policy))
         self._events.append(StateResult(now, handle, "delete", 0, None))
 
     def add_policy(self, policy: XfrmPolicy) -> None:
@@ -189,7 +141,7 @@ class LinuxPeer:
             "reqid", str(state.reqid), "mode", state.mode.name.lower(),
         ]  # fmt: skip
         self._ip(
-            "xfrm", "policy", "update", *_selector(policy), "priority", str(_PRIORITY_SA),
+            "xfrm", "policy", "update", *selector_args(policy), "priority", str(PRIORITY_SA),
             *template,
         )  # fmt: skip
         self.policies = [p for p in self.policies if p.selector != policy.selector]
@@ -365,12 +317,12 @@ class LinuxPeer:
             extra = () if size == 4 else ("nodad",)
             guest.ip(family, "addr", "add", f"{text}/{size * 8}", "dev", "eth0", *extra, netns=ns)
             guest.ip(family, "route", "add", "default", "dev", "eth0", netns=ns)
-            for quiet in _QUIET:
-                if (size == 4) == (quiet[1] != "58"):
-                    any_net = "0.0.0.0/0" if size == 4 else "::/0"
+            any_net = "0.0.0.0/0" if size == 4 else "::/0"
+            for sizes, selector in QUIET:
+                if size in sizes:
                     guest.ip(
-                        "xfrm", "policy", "add", "src", any_net, "dst", any_net, *quiet,
-                        "dir", "out", "priority", str(_PRIORITY_BLOCK), "action", "block",
+                        "xfrm", "policy", "add", "src", any_net, "dst", any_net, *selector,
+                        "dir", "out", "priority", str(PRIORITY_BLOCK), "action", "block",
                         netns=ns,
                     )  # fmt: skip
         guest.open_netns(ns)
@@ -477,61 +429,6 @@ class LinuxWire:
                 peer.deliver(delivery.src, delivery.dst, delivery.protocol, delivery.segment, now)
                 touched.add(peer)
         return touched
-
-
-def _state_args(state: XfrmState, window: int) -> list[str]:
-    """`ip xfrm state add`'s arguments for a state, with a replay window of `window`."""
-    args = [
-        "src", ip_to_str(state.src), "dst", ip_to_str(state.dst), "proto", "esp",
-        "spi", f"0x{state.spi:08x}", "reqid", str(state.reqid),
-        "mode", "tunnel" if state.mode == Mode.TUNNEL else "transport",
-        "replay-window", str(window),
-    ]  # fmt: skip
-    if state.esn:
-        args += ["flag", "esn"]
-    if state.direction == Direction.OUTBOUND:
-        start = state.oseq
-        names = ("replay-oseq", "replay-oseq-hi")
-    else:
-        assert state.replay is not None
-        start = state.replay.highest
-        names = ("replay-seq", "replay-seq-hi")
-    if start:
-        args += [names[0], f"0x{start & 0xFFFFFFFF:x}"]
-        if state.esn:
-            args += [names[1], f"0x{start >> 32:x}"]
-    args += ["aead", _AEAD, "0x" + state.key_material.hex(), str(_ICV_BITS)]
-    limits = (
-        ("packet-soft", state.soft_lifetime_packets),
-        ("packet-hard", state.lifetime_packets),
-        ("byte-soft", state.soft_lifetime_bytes),
-        ("byte-hard", state.lifetime_bytes),
-    )
-    for word, value in limits:
-        if value:
-            args += ["limit", word, str(value)]
-    return args
-
-
-def _selector(policy: XfrmPolicy) -> list[str]:
-    args = ["src", str(policy.src), "dst", str(policy.dst)]
-    if policy.protocol is not None:
-        args += ["proto", str(policy.protocol)]
-    return [*args, "dir", "out" if policy.direction == Direction.OUTBOUND else "in"]
-
-
-def guest_sa_fields(sa: GuestSa) -> dict[str, Any]:
-    """A guest SA as plain data (report.json)."""
-    return {
-        "src": sa.src,
-        "dst": sa.dst,
-        "spi": f"0x{sa.spi:08x}",
-        "packets": sa.packets,
-        "bytes": sa.bytes,
-        "replay": sa.replay,
-        "replay_window": sa.replay_window,
-        "failed": sa.failed,
-    }
 
 
 def _addr(value: str | bytes) -> bytes:
