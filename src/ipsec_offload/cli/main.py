@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from ipsec_offload.bench.cli import bench
 from ipsec_offload.cli.compare import compare
+from ipsec_offload.cli.ctl import ctl
 from ipsec_offload.cli.progress import Progress
-from ipsec_offload.errors import IpsecOffloadError
+from ipsec_offload.errors import IpsecOffloadError, UsageError
+from ipsec_offload.live.agent import LiveAgent
 from ipsec_offload.sim.agent_options import AGENT_OPTIONS, agent_config
 from ipsec_offload.sim.golden import run_golden
 from ipsec_offload.sim.linux.guest import LinuxGuest
@@ -174,7 +179,6 @@ def _agent_options(command: Callable[..., None]) -> Callable[..., None]:
     "--host-in",
     "host_in",
     type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
     help="Frames reaching the agent from the NIC (pcap).",
 )
 @click.option(
@@ -187,14 +191,12 @@ def _agent_options(command: Callable[..., None]) -> Callable[..., None]:
     "--host-out",
     "host_out",
     type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
     help="Where to write the frames the agent emits toward the NIC.",
 )
 @click.option(
     "--wire-out",
     "wire_out",
     type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
     help="Where to write the frames the agent emits toward the wire.",
 )
 @click.option(
@@ -203,23 +205,82 @@ def _agent_options(command: Callable[..., None]) -> Callable[..., None]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the keys of the SAs the agent learned, in Wireshark's esp_sa format.",
 )
+@click.option(
+    "--live",
+    is_flag=True,
+    help="Run the agent between two real interfaces (--host-if, --wire-if) instead of pcaps;"
+    " root or CAP_NET_RAW (docs/live.md).",
+)
+@click.option("--host-if", "host_if", metavar="IF", help="--live: the interface toward the NIC.")
+@click.option("--wire-if", "wire_if", metavar="IF", help="--live: the interface toward the wire.")
+@click.option(
+    "--pcap-dir",
+    "pcap_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="--live: capture the four links there (nic-to-agent.pcap and so on, as `run` names"
+    " them), complete at the stop.",
+)
+@click.option(
+    "--stats-interval",
+    type=click.FloatRange(min=0.001),
+    default=5.0,
+    show_default=True,
+    help="--live: seconds between statistics lines on stderr (SIGUSR1: all counters now).",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0.0),
+    help="--live: stop after these seconds (default: at SIGINT or SIGTERM).",
+)
 @_agent_options
 def agent(
-    host_in: Path,
+    host_in: Path | None,
     wire_in: Path | None,
-    host_out: Path,
-    wire_out: Path,
+    host_out: Path | None,
+    wire_out: Path | None,
     esp_sa: Path | None,
+    live: bool,
+    host_if: str | None,
+    wire_if: str | None,
+    pcap_dir: Path | None,
+    stats_interval: float,
+    duration: float | None,
     **settings: str | tuple[str, ...] | None,
 ) -> None:
-    """The agent alone as a frame-level golden model, driven by pcap files.
+    """The agent alone: a frame-level golden model driven by pcap files, or (--live) the
+    agent between two real interfaces.
 
-    The options after --esp-sa set the agent; a run writes the command that replays it, with
-    its agent's settings, into report.json ("golden").
+    The options after --duration set the agent; a run writes the command that replays it,
+    with its agent's settings, into report.json ("golden").
     """
     values = {option.name: _texts(settings[option.param]) for option in AGENT_OPTIONS}
     try:
         config = agent_config(values)
+        if live:
+            given = _given(
+                ("--host-in", host_in), ("--wire-in", wire_in), ("--host-out", host_out),
+                ("--wire-out", wire_out), ("--esp-sa", esp_sa),
+            )  # fmt: skip
+            if given:
+                raise UsageError(f"--live reads interfaces, not files: drop {', '.join(given)}")
+            if host_if is None or wire_if is None:
+                raise UsageError("--live needs --host-if IF and --wire-if IF")
+            if not settings["boot_id"]:
+                # a real agent's BOOT_ID differs at every start (spec 9), so the PF can tell
+                config = replace(config, boot_id=int.from_bytes(os.urandom(8)) or 1)
+            stats = LiveAgent(
+                config, host_if, wire_if, pcap_dir=pcap_dir, stats_interval=stats_interval
+            ).run(duration)
+            click.echo(json.dumps(stats, indent=2, sort_keys=True))
+            return
+        live_only = _given(
+            ("--host-if", host_if), ("--wire-if", wire_if), ("--pcap-dir", pcap_dir),
+            ("--duration", duration),
+        )  # fmt: skip
+        if live_only:
+            raise UsageError(f"{', '.join(live_only)} go with --live")
+        if host_in is None or host_out is None or wire_out is None:
+            raise UsageError("give --host-in, --host-out and --wire-out (or --live)")
         with Progress("replaying") as progress:
             summary = run_golden(
                 host_in=host_in,
@@ -235,6 +296,11 @@ def agent(
     click.echo(summary)
 
 
+def _given(*options: tuple[str, object]) -> list[str]:
+    """The names of the options that were given (not None)."""
+    return [name for name, value in options if value is not None]
+
+
 def _texts(value: str | tuple[str, ...] | None) -> tuple[str, ...]:
     """An option's values as given: none, one, or (repeatable) several."""
     if value is None:
@@ -244,3 +310,4 @@ def _texts(value: str | tuple[str, ...] | None) -> tuple[str, ...]:
 
 main.add_command(bench)
 main.add_command(compare)
+main.add_command(ctl)

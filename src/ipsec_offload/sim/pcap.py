@@ -40,6 +40,7 @@ __all__ = [
     "Interface",
     "PcapRecord",
     "PcapSink",
+    "PcapStream",
     "read_pcap",
     "write_pcap",
     "write_pcapng",
@@ -302,6 +303,49 @@ class PcapSink:
     def write(self, path: str | os.PathLike[str]) -> None:
         """Write the records collected so far to ``path`` (see :func:`write_pcap`)."""
         write_pcap(path, self._records)
+
+
+class PcapStream:
+    """A classic pcap file written as frames come (a live capture): records go to a file
+    beside `path` as they are added, and `close` renames it to `path` once complete, so that
+    an interrupted run leaves no half file under the name (`abort` removes it)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        if os.path.isdir(self.path) or (
+            os.path.exists(self.path) and not os.path.isfile(self.path)
+        ):
+            raise UsageError(f"{self.path}: cannot write a pcap file there")
+        directory, base = os.path.split(self.path)
+        self._temporary = os.path.join(directory, f".{base}.{os.getpid()}.tmp")
+        try:
+            self._writer: Any = RawPcapWriter(
+                self._temporary, linktype=LINKTYPE_ETHERNET, endianness="<", snaplen=_SNAPLEN,
+                nano=True,
+            )  # fmt: skip
+            self._writer.write_header(None)
+        except OSError as exc:
+            raise UsageError(
+                f"{self.path}: cannot write pcap file: {exc.strerror or exc}"
+            ) from None
+        self.count = 0
+
+    def add(self, time_ns: int, frame: bytes) -> None:
+        """Append one record at `time_ns` nanoseconds (since the capture's start)."""
+        sec, sub = _split_time(time_ns, NS_PER_S)
+        self._writer.write_packet(frame[:MAX_FRAME], sec=sec, usec=sub)
+        self.count += 1
+
+    def close(self) -> None:
+        """Finish the file and give it its name."""
+        self._writer.close()
+        os.replace(self._temporary, self.path)
+
+    def abort(self) -> None:
+        """Drop what was written."""
+        self._writer.close()
+        if os.path.lexists(self._temporary):
+            os.unlink(self._temporary)
 
 
 # -- pcapng --------------------------------------------------------------------------------

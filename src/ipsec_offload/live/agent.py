@@ -1,0 +1,251 @@
+"""The agent on real interfaces: the sans-IO `IpsecAgent` between a host-side and a wire-side
+packet socket, in real time (docs/live.md).
+
+Theory of operation: one loop waits on both sockets and the agent's next timer, and each time
+it wakes takes a burst from each side that has frames, hands it to the agent with the time
+since the start, and sends what the agent gives back, before it reads again: a frame is
+either wholly handled (its output sent and, with `pcap_dir`, recorded) or not read at all. A
+stop (SIGINT, SIGTERM, `stop()`, or `duration`) takes effect between bursts, so the counters
+and the captures agree to the frame. Captures are the simulator's four links, named as a
+`run` names them (nic-to-agent.pcap, agent-to-nic.pcap, wire-to-agent.pcap,
+agent-to-wire.pcap), so the golden model replays a live run as it replays a simulated one.
+Statistics go to `report` every `stats_interval` seconds and on SIGUSR1.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from ipsec_offload.agent.agent import AgentConfig, AgentOutput, IpsecAgent
+from ipsec_offload.errors import UsageError
+from ipsec_offload.live.packet_socket import PacketSocket
+from ipsec_offload.sim.clock import NS_PER_S
+from ipsec_offload.sim.pcap import PcapStream
+
+LINKS = ("nic-to-agent", "agent-to-nic", "wire-to-agent", "agent-to-wire")
+"""The captures, named as the simulator's links."""
+
+
+@dataclass(slots=True)
+class LiveCounters:
+    """What crossed the agent's two interfaces, beside the agent's own counters."""
+
+    frames: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LINKS, 0))
+    bursts: int = 0
+    send_errors: int = 0
+    seconds: float = 0.0
+
+
+class LiveAgent:
+    """The agent between two real interfaces. `run` returns when stopped."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        host_if: str,
+        wire_if: str,
+        *,
+        pcap_dir: Path | None = None,
+        stats_interval: float = 5.0,
+        burst: int = 64,
+        report: Callable[[str], None] | None = None,
+    ) -> None:
+        if host_if == wire_if:
+            raise UsageError(f"--host-if and --wire-if are both {host_if}: give two interfaces")
+        if not stats_interval > 0:
+            raise UsageError(f"stats interval {stats_interval}: give seconds above 0")
+        if pcap_dir is not None and not pcap_dir.is_dir():
+            raise UsageError(f"{pcap_dir}: no such folder for the captures")
+        self.agent = IpsecAgent(config)
+        self.host = PacketSocket(host_if)
+        try:
+            self.wire = PacketSocket(wire_if)
+        except BaseException:
+            self.host.close()
+            raise
+        self.pcap_dir = pcap_dir
+        self.stats_interval = stats_interval
+        self.burst = burst
+        self.report = report or _to_stderr
+        self.counters = LiveCounters()
+        self._stopping = False
+        self._dump_asked = False
+        self._captures: dict[str, PcapStream] = {}
+
+    def stop(self) -> None:
+        """Stop after the burst in hand (safe from a signal handler)."""
+        self._stopping = True
+
+    def run(self, duration: float | None = None) -> dict[str, Any]:
+        """Move frames until stopped (or for `duration` seconds); returns the final
+        statistics (`stats`)."""
+        captures = self._open_captures()
+        started = time.monotonic()
+        wake_read, wake_write = socket.socketpair()
+        wake_read.setblocking(False)
+        wake_write.setblocking(False)
+        try:
+            with _signals(self, wake_write):
+                self._loop(started, duration, wake_read)
+        except BaseException:
+            for capture in captures.values():
+                capture.abort()
+            raise
+        finally:
+            wake_read.close()
+            wake_write.close()
+            self.host.close()
+            self.wire.close()
+        for capture in captures.values():
+            capture.close()
+        self.counters.seconds = time.monotonic() - started
+        return self.stats()
+
+    def _loop(self, started: float, duration: float | None, wake: socket.socket) -> None:
+        agent, host, wire = self.agent, self.host, self.wire
+        self._emit(agent.start(0.0), 0)
+        next_stats = self.stats_interval
+        watched: list[PacketSocket | socket.socket] = [host, wire, wake]
+        while not self._stopping:
+            now = time.monotonic() - started
+            if duration is not None and now >= duration:
+                break
+            deadline = next_stats
+            timer = agent.next_timer()
+            if timer is not None:
+                deadline = min(deadline, timer)
+            if duration is not None:
+                deadline = min(deadline, duration)
+            ready, _, _ = select.select(watched, [], [], max(0.0, deadline - now))
+            now = time.monotonic() - started
+            now_ns = int(now * NS_PER_S)
+            if host in ready:
+                frames = host.recv_burst(self.burst)
+                if frames:
+                    self._record("nic-to-agent", now_ns, frames)
+                    self._emit(agent.from_host(frames, now), now_ns)
+            if wire in ready:
+                frames = wire.recv_burst(self.burst)
+                if frames:
+                    self._record("wire-to-agent", now_ns, frames)
+                    self._emit(agent.from_wire(frames, now), now_ns)
+            if wake in ready:
+                _drain(wake)
+            timer = agent.next_timer()
+            if timer is not None and timer <= now:
+                self._emit(agent.on_timer(now), now_ns)
+            if now >= next_stats:
+                self.report(self.stats_line())
+                next_stats = now + self.stats_interval
+            if self._dump_asked:
+                self._dump_asked = False
+                self.report(json.dumps(self.stats(), sort_keys=True))
+
+    def _emit(self, out: AgentOutput, now_ns: int) -> None:
+        if out.to_host:
+            self._record("agent-to-nic", now_ns, out.to_host)
+            self.host.send(out.to_host)
+        if out.to_wire:
+            self._record("agent-to-wire", now_ns, out.to_wire)
+            self.wire.send(out.to_wire)
+        self.counters.bursts += 1
+        self.counters.send_errors = self.host.send_errors + self.wire.send_errors
+
+    def _record(self, link: str, now_ns: int, frames: list[bytes]) -> None:
+        self.counters.frames[link] += len(frames)
+        capture = self._captures.get(link)
+        if capture is not None:
+            for frame in frames:
+                capture.add(now_ns, frame)
+
+    def _open_captures(self) -> dict[str, PcapStream]:
+        if self.pcap_dir is not None:
+            for link in LINKS:
+                self._captures[link] = PcapStream(self.pcap_dir / f"{link}.pcap")
+        return self._captures
+
+    def stats(self) -> dict[str, Any]:
+        """The frames on each link, send errors, and the agent's counters and SAD size."""
+        dump = self.agent.dump()
+        return {
+            "links": dict(self.counters.frames),
+            "send_errors": self.counters.send_errors,
+            "seconds": round(self.counters.seconds, 3),
+            "sad_used": dump["sad_used"],
+            "agent": dump["counters"],
+        }
+
+    def stats_line(self) -> str:
+        """One line for the log: frames in and out on each side, the SAD, the drops."""
+        f = self.counters.frames
+        drops = sum(self.agent.counters.drops.values())
+        return (
+            f"host in {f['nic-to-agent']} out {f['agent-to-nic']}, wire in"
+            f" {f['wire-to-agent']} out {f['agent-to-wire']}, SAD {len(self.agent.sad)},"
+            f" drops {drops}, send errors {self.counters.send_errors}"
+        )
+
+    def ask_dump(self) -> None:
+        self._dump_asked = True
+
+
+@contextmanager
+def _signals(live: LiveAgent, wake: socket.socket) -> Iterator[None]:
+    """SIGINT and SIGTERM stop the loop, SIGUSR1 asks for the statistics; each wakes it
+    (signal.set_wakeup_fd). Only from the main thread; elsewhere the caller stops it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        live.stop()
+
+    def dump(_signum: int, _frame: FrameType | None) -> None:
+        live.ask_dump()
+
+    saved = {
+        signal.SIGINT: signal.signal(signal.SIGINT, stop),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, stop),
+        signal.SIGUSR1: signal.signal(signal.SIGUSR1, dump),
+    }
+    old_fd = signal.set_wakeup_fd(wake.fileno())
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(old_fd)
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def _drain(sock: socket.socket) -> None:
+    while True:
+        try:
+            if not sock.recv(4096):
+                return
+        except BlockingIOError:
+            return
+
+
+def _to_stderr(line: str) -> None:
+    print(f"ipsec-offload agent: {line}", file=sys.stderr, flush=True)
+
+
+def interface_mac(ifname: str) -> bytes:
+    """An interface's MAC address (sysfs)."""
+    try:
+        text = Path(f"/sys/class/net/{ifname}/address").read_text().strip()
+    except OSError:
+        raise UsageError(f"no interface named {ifname!r} here (ip link shows them)") from None
+    return bytes.fromhex(text.replace(":", ""))
