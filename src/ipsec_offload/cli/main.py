@@ -14,6 +14,7 @@ import click
 from ipsec_offload.bench.cli import bench
 from ipsec_offload.cli.compare import compare
 from ipsec_offload.cli.ctl import ctl
+from ipsec_offload.cli.live import live, live_host
 from ipsec_offload.cli.progress import Progress
 from ipsec_offload.errors import IpsecOffloadError, UsageError
 from ipsec_offload.live.agent import LiveAgent
@@ -311,3 +312,5 @@ def _texts(value: str | tuple[str, ...] | None) -> tuple[str, ...]:
 main.add_command(bench)
 main.add_command(compare)
 main.add_command(ctl)
+main.add_command(live)
+main.add_command(live_host)

@@ -64,7 +64,22 @@ class StateExpire:
     hard: bool
 
 
-StackEvent = Delivered | StateResult | StateExpire
+@dataclass(frozen=True, slots=True)
+class SegmentReceived:
+    """A received upper-layer segment, whole, for a stack whose applications are a real
+    kernel's (a TUN device in live mode: `HostStack(segments=True)`): after the policy and
+    checksum checks, in place of a `Delivered`."""
+
+    time: float
+    src: bytes
+    dst: bytes
+    protocol: int
+    segment: bytes
+    state: int | None
+    offloaded: bool
+
+
+StackEvent = Delivered | StateResult | StateExpire | SegmentReceived
 
 
 @dataclass(slots=True)

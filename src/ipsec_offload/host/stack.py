@@ -90,7 +90,10 @@ class HostStack:
     `addresses` (by length: 4 IPv4, 16 IPv6), `neighbors` (IP address -> MAC address, a
     static table), `states` (by handle), `policies` (in order) and `counters` are
     the layers' own tables: change them in place. `mac`, `vlans` and `own_sequence` may be
-    set at any time; `name` and `device` are fixed.
+    set at any time; `name` and `device` are fixed. With `segments`, the stack's applications
+    are a real kernel's (live mode's TUN device): what it receives goes up whole, as
+    `SegmentReceived` events, with no echo answered (the kernel answers), and the compiled
+    receive path is off.
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class HostStack:
         ipv6: str | None = None,
         vlans: tuple[VlanTag, ...] = (),
         own_sequence: bool = True,
+        segments: bool = False,
     ) -> None:
         counters = StackCounters()
         events: list[StackEvent] = []
@@ -133,8 +137,9 @@ class HostStack:
         self.states = sad.states
         self.policies = spd.policies
         self.counters = counters
+        transport.segments = segments
         self._rx_fast: fastpath.RxPath | None = None
-        if fastpath.RxPath is not None:
+        if fastpath.RxPath is not None and not segments:
             self._rx_fast = fastpath.RxPath(
                 inbound=sad.inbound,
                 addresses=ip.addresses,

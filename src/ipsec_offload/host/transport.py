@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from ipsec_offload.errors import ParseError, UsageError
 from ipsec_offload.host.esp_output import EspOutput
-from ipsec_offload.host.events import Delivered, StackCounters, StackEvent
+from ipsec_offload.host.events import Delivered, SegmentReceived, StackCounters, StackEvent
 from ipsec_offload.host.ip import IpLayer
 from ipsec_offload.host.spd import Spd
 from ipsec_offload.host.xfrm import SendRefused, XfrmState
@@ -70,6 +70,7 @@ class Transport:
         "_source",
         "_spd",
         "_xmit",
+        "segments",
     )
 
     def __init__(
@@ -90,6 +91,8 @@ class Transport:
         self._xmit = ip.xmit
         self._output_state = spd.output_state
         self._esp_output = esp.output
+        self.segments = False
+        """Hand received segments up whole (`SegmentReceived`), not parsed and delivered."""
 
     # -- sending --------------------------------------------------------------------------
 
@@ -240,6 +243,12 @@ class Transport:
             self._counters.drop("bad_checksum")
             return
         handle = None if state is None else state.handle
+        if self.segments:
+            self._counters.rx_delivered += 1
+            self._events.append(
+                SegmentReceived(now, src, dst, protocol, bytes(segment), handle, offloaded)
+            )
+            return
         try:
             found = upper_layer(protocol, segment)
         except ParseError:

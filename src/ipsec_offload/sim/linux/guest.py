@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ipsec_offload.errors import LinuxGuestError
+from ipsec_offload.errors import LinuxGuestError, UsageError
 from ipsec_offload.sim.linux.image import GuestImage, build_image, missing_tools
 
 MARK_ETHERTYPE = 0x9000
@@ -72,9 +72,21 @@ class Exchange:
 class LinuxGuest:
     """A booted guest. `boot` starts one; `close` (or the with block) stops it."""
 
-    def __init__(self, image: GuestImage, *, memory_mib: int = 128) -> None:
+    def __init__(
+        self,
+        image: GuestImage,
+        *,
+        memory_mib: int = 128,
+        tap: str | None = None,
+        netns: str | None = None,
+    ) -> None:
         self.image = image
         self.memory_mib = memory_mib
+        self.tap = tap
+        """eth0 on this TAP device (live mode) instead of the UDP socket pair: frames then
+        come and go in real time, with no `exchange`."""
+        self.netns = netns
+        """The network namespace QEMU runs in (where `tap` is)."""
         self._scratch = Path(tempfile.mkdtemp(prefix="ipsec-offload-qemu-"))
         self.console_log = self._scratch / "console.log"
         self._frames = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -97,13 +109,20 @@ class LinuxGuest:
         self._process: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def boot(cls, image: GuestImage | None = None, *, memory_mib: int = 128) -> LinuxGuest:
+    def boot(
+        cls,
+        image: GuestImage | None = None,
+        *,
+        memory_mib: int = 128,
+        tap: str | None = None,
+        netns: str | None = None,
+    ) -> LinuxGuest:
         """Boot the guest from `image` (default: build or reuse the cached one) and wait for
-        peerd."""
+        peerd; with `tap`, its eth0 is that TAP device (of `netns`, if given)."""
         missing = missing_tools()
         if missing:
             raise LinuxGuestError("cannot run the Linux guest, missing: " + "; ".join(missing))
-        guest = cls(image or build_image(), memory_mib=memory_mib)
+        guest = cls(image or build_image(), memory_mib=memory_mib, tap=tap, netns=netns)
         try:
             guest._start()
         except BaseException:
@@ -129,13 +148,17 @@ class LinuxGuest:
             "-initrd", str(self.image.initramfs),
             "-append", "console=ttyS0 panic=-1 quiet loglevel=4",
             "-serial", f"file:{self.console_log}",
-            "-netdev", f"socket,id=wire,udp=127.0.0.1:{frames_port},"
-            f"localaddr=127.0.0.1:{self._qemu_port}",
+            "-netdev", (
+                f"tap,id=wire,ifname={self.tap},script=no,downscript=no" if self.tap else
+                f"socket,id=wire,udp=127.0.0.1:{frames_port},localaddr=127.0.0.1:{self._qemu_port}"
+            ),
             "-device", f"virtio-net-pci,netdev=wire,mac={_mac_text(GUEST_MAC)}",
             "-device", "virtio-serial-pci",
             "-chardev", f"socket,id=ctl,path={control},server=on,wait=off",
             "-device", "virtserialport,chardev=ctl,name=ctl",
         ]  # fmt: skip
+        if self.netns is not None:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         started = time.monotonic()
         self._process = subprocess.Popen(
             argv,
@@ -209,7 +232,8 @@ class LinuxGuest:
                 self.ip("netns", "delete", netns)
         for line in self.ip("-o", "link", "show", "type", "vlan").splitlines():
             self.ip("link", "delete", line.split(":")[1].strip().split("@")[0], check=False)
-        self.exchange([])
+        if self.tap is None:
+            self.exchange([])
 
     # -- frames -----------------------------------------------------------------------------
 
@@ -217,6 +241,8 @@ class LinuxGuest:
         """Send `frames` into the guest and wait until it has handled them: what it sent
         meanwhile (its answers, and anything it sent by itself since the last exchange) and
         what its peers' sockets received."""
+        if self.tap is not None:
+            raise UsageError("a guest on a TAP device exchanges frames in real time, not here")
         self._check_alive("exchanging frames")
         sent = 0
         for frame in frames:

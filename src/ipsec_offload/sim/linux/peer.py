@@ -75,9 +75,14 @@ class LinuxPeer:
         mac: bytes,
         addresses: dict[int, bytes],
         vlans: tuple[VlanTag, ...],
+        *,
+        quiet: bool = True,
     ) -> None:
         self._wire = wire
         self._name = name
+        self.quiet = quiet
+        """Hold back what the software peer never sends (the quiet policies; see above).
+        False for real applications in the peer (live mode), whose TCP is the kernel's."""
         self.mac = mac
         self.vlans = vlans
         self.addresses = addresses
@@ -319,7 +324,7 @@ class LinuxPeer:
             guest.ip(family, "route", "add", "default", "dev", "eth0", netns=ns)
             any_net = "0.0.0.0/0" if size == 4 else "::/0"
             for sizes, selector in QUIET:
-                if size in sizes:
+                if self.quiet and size in sizes:
                     guest.ip(
                         "xfrm", "policy", "add", "src", any_net, "dst", any_net, *selector,
                         "dir", "out", "priority", str(PRIORITY_BLOCK), "action", "block",

@@ -150,7 +150,9 @@ static struct netns *find_ns(const char *name) {
 
 static void run_program(const char *id, int argc, char **argv) {
     int pipefd[2];
-    if (argc < 1 || pipe(pipefd) < 0) {
+    /* close-on-exec: the program gets the pipe as its stdout and stderr only, so that one it
+     * leaves running in the background with those elsewhere does not hold the pipe open */
+    if (argc < 1 || pipe2(pipefd, O_CLOEXEC) < 0) {
         answer(id, 127, "no program");
         return;
     }
@@ -393,7 +395,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: peerd CONTROL-DEVICE INTERFACE\n");
         return 2;
     }
-    ctl = open(argv[1], O_RDWR | O_NOCTTY);
+    ctl = open(argv[1], O_RDWR | O_NOCTTY | O_CLOEXEC);
     if (ctl < 0) {
         perror(argv[1]);
         return 1;

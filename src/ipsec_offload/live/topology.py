@@ -1,0 +1,251 @@
+"""`ipsec-offload live`: real applications over the model (docs/live.md).
+
+Theory of operation: three network namespaces, made here and removed on the way out,
+whatever happens:
+
+- **app**: the emulated host. Its applications (ping, curl, iperf3) use `tun0`, behind which
+  the model's host stack, PF driver and NIC run (`live-host --kind pf`); the NIC's port is
+  the veth `nic0`.
+- **agent**: the live agent between `ah0` (the far end of `nic0`) and `aw0`.
+- **wire**: the remote peer on `w0` (the far end of `aw0`): the model's software stack behind
+  its own `tun0` (`live-host --kind peer`), so that its applications are real too.
+
+Each part is a process of its own in its namespace; this one starts them, waits for each to
+say it is ready (bounded), writes the SAs' keys in Wireshark's esp_sa format, and stops them
+(SIGTERM, then SIGKILL) before it removes the namespaces. Only addresses and names it made
+are touched: the namespaces carry a prefix of their own (`iol` and a random tag).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ipsec_offload.errors import UsageError
+from ipsec_offload.host.xfrm import XfrmPolicy, XfrmState
+from ipsec_offload.sim.espsa import EspSaEntry, write_esp_sa
+from ipsec_offload.sim.linux.guest import LinuxGuest
+from ipsec_offload.sim.linux.peer import LinuxPeer, LinuxWire
+from ipsec_offload.wire.config import Algorithm, Direction
+
+HOST_V4, PEER_V4 = "10.99.0.1", "10.99.0.2"
+HOST_MAC, PEER_MAC = "02:00:00:99:00:01", "02:00:00:99:00:02"
+TUN_MTU = 1400
+"""The applications' MTU: room under the veths' 1500 for ESP and the metadata tag."""
+READY_TIMEOUT = 30.0
+
+
+@dataclass
+class LiveTopology:
+    """The namespaces, links and processes of one live run."""
+
+    out: Path
+    peer: str = "software"
+    """software: the model's stack behind a TUN device; linux: the Linux guest on a TAP
+    device bridged to `w0`, its ESP configured with ip xfrm (sim/linux)."""
+    capture: bool = False
+    """The live agent captures its four links into out/pcaps."""
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    guest: LinuxGuest | None = None
+    processes: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
+    linux_peer: LinuxPeer | None = None
+    made: list[str] = field(default_factory=list)
+
+    @property
+    def app(self) -> str:
+        return f"iol{self.tag}-app"
+
+    @property
+    def agent(self) -> str:
+        return f"iol{self.tag}-agent"
+
+    @property
+    def wire(self) -> str:
+        return f"iol{self.tag}-wire"
+
+    def __enter__(self) -> LiveTopology:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def up(self) -> None:
+        """Make the namespaces and links, start the agent, the host and the peer."""
+        if os.geteuid() != 0:
+            raise UsageError("ipsec-offload live makes network namespaces: run it as root")
+        self.out.mkdir(parents=True, exist_ok=True)
+        for netns in (self.app, self.agent, self.wire):
+            _ip("netns", "add", netns)
+            self.made.append(netns)
+            _ip("-n", netns, "link", "set", "lo", "up")
+        for (ns_a, a), (ns_b, b) in (
+            ((self.app, "nic0"), (self.agent, "ah0")),
+            ((self.agent, "aw0"), (self.wire, "w0")),
+        ):
+            _ip("-n", ns_a, "link", "add", a, "type", "veth", "peer", "name", b, "netns", ns_b)
+            for netns, name in ((ns_a, a), (ns_b, b)):
+                _sysctl(netns, f"net.ipv6.conf.{name}.disable_ipv6=1")
+                _ip("-n", netns, "link", "set", name, "up")
+        sa = _new_sa()
+        sa_file = self.out / "sas.json"
+        sa_file.write_text(json.dumps(sa, indent=2) + "\n")
+        write_esp_sa(self.out / "esp_sa", _esp_sa_entries(sa))
+        capture: list[str] = []
+        if self.capture:
+            (self.out / "pcaps").mkdir(exist_ok=True)
+            capture = ["--pcap-dir", str(self.out / "pcaps")]
+        self._start("agent", self.agent, [
+            "agent", "--live", "--host-if", "ah0", "--wire-if", "aw0", *capture,
+            "--stats-interval", "5",
+        ], ready=None)  # fmt: skip
+        if self.peer == "linux":
+            self._linux_peer(sa)
+        else:
+            self._start("peer", self.wire, [
+                "live-host", "--kind", "peer", "--name", "peer", "--mac", PEER_MAC,
+                "--ipv4", PEER_V4, "--iface", "w0", "--neighbor", f"{HOST_V4}={HOST_MAC}",
+                "--sa-file", str(sa_file), "--reverse",
+            ])  # fmt: skip
+        self._start("host", self.app, [
+            "live-host", "--kind", "pf", "--name", "host", "--mac", HOST_MAC,
+            "--ipv4", HOST_V4, "--iface", "nic0", "--neighbor", f"{PEER_V4}={PEER_MAC}",
+            "--sa-file", str(sa_file), "--offload",
+        ])  # fmt: skip
+
+    def _linux_peer(self, sa: dict[str, str]) -> None:
+        """The Linux guest on `tap0`, bridged to `w0` in the wire namespace, with a peer
+        namespace holding the SA's mirror (ip xfrm), as the Linux peer of the simulator."""
+        for args in (
+            ("tuntap", "add", "dev", "tap0", "mode", "tap"),
+            ("link", "add", "br0", "type", "bridge"),
+            ("link", "set", "w0", "master", "br0"),
+            ("link", "set", "tap0", "master", "br0"),
+        ):
+            _ip("-n", self.wire, *args)
+        for name in ("tap0", "br0"):
+            _sysctl(self.wire, f"net.ipv6.conf.{name}.disable_ipv6=1")
+            _ip("-n", self.wire, "link", "set", name, "up")
+        self.guest = LinuxGuest.boot(tap="tap0", netns=self.wire)
+        wire = LinuxWire(self.guest)
+        host, peer = (ipaddress.ip_address(sa[k]).packed for k in ("local", "remote"))
+        linux = LinuxPeer(wire, "peer", _mac(PEER_MAC), {4: peer}, (), quiet=False)
+        linux.neighbors[host] = _mac(HOST_MAC)
+        for handle, direction, spi, key, src, dst in (
+            (1, Direction.INBOUND, sa["spi_out"], sa["key_out"], host, peer),
+            (2, Direction.OUTBOUND, sa["spi_in"], sa["key_in"], peer, host),
+        ):
+            state = XfrmState(handle, direction, int(spi, 16), src, dst, Algorithm.AES_GCM_128,
+                              bytes.fromhex(key), reqid=1)  # fmt: skip
+            linux.add_state(state, 0.0)
+            linux.add_policy(XfrmPolicy(direction, _net(src), _net(dst), handle))
+        self.linux_peer = linux
+
+    def _start(self, name: str, netns: str, args: list[str], ready: str | None = "ready") -> None:
+        command = [str(Path(sys.executable).parent / "ipsec-offload"), *args]
+        log = (self.out / f"{name}.log").open("w")
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", netns, *command],
+            stdout=subprocess.PIPE, stderr=log, text=True,
+        )  # fmt: skip
+        self.processes[name] = process
+        if ready is None:
+            return
+        assert process.stdout is not None
+        deadline = time.monotonic() + READY_TIMEOUT
+        line = ""
+        while time.monotonic() < deadline:
+            line = process.stdout.readline().strip()
+            if line == ready or process.poll() is not None:
+                break
+        if line != ready:
+            tail = (self.out / f"{name}.log").read_text().strip().splitlines()[-3:]
+            raise UsageError(f"the live {name} did not start: {' / '.join(tail) or 'no output'}")
+
+    def run_in(
+        self, where: str, *command: str, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command in the app or wire namespace."""
+        netns = {"app": self.app, "wire": self.wire}[where]
+        return subprocess.run(
+            ["ip", "netns", "exec", netns, *command],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+
+    def down(self) -> dict[str, str]:
+        """Stop the processes (their last words, by name) and remove the namespaces."""
+        said = {}
+        for name, process in reversed(self.processes.items()):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            try:
+                out, _ = process.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                out, _ = process.communicate()
+            said[name] = out or ""
+        self.processes.clear()
+        if self.guest is not None:
+            self.guest.close()
+            self.guest = None
+        for netns in reversed(self.made):
+            subprocess.run(["ip", "netns", "delete", netns], check=False, capture_output=True)
+        self.made.clear()
+        return said
+
+
+def _new_sa() -> dict[str, str]:
+    """The one SA pair of the topology: random SPIs and AES-GCM-128 keys."""
+    return {
+        "spi_out": hex(0x1000 + secrets.randbelow(0xE000)),
+        "spi_in": hex(0xF000 + secrets.randbelow(0xFFF)),
+        "key_out": secrets.token_bytes(20).hex(),
+        "key_in": secrets.token_bytes(20).hex(),
+        "local": HOST_V4,
+        "remote": PEER_V4,
+    }
+
+
+def _esp_sa_entries(sa: dict[str, str]) -> list[EspSaEntry]:
+    host, peer = (ipaddress.ip_address(a).packed for a in (sa["local"], sa["remote"]))
+    algorithm = int(Algorithm.AES_GCM_128)
+    return [
+        EspSaEntry(
+            host, peer, int(sa["spi_out"], 16), bytes.fromhex(sa["key_out"]), algorithm, False
+        ),
+        EspSaEntry(
+            peer, host, int(sa["spi_in"], 16), bytes.fromhex(sa["key_in"]), algorithm, False
+        ),
+    ]
+
+
+def _mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def _net(addr: bytes) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(ipaddress.ip_address(addr))
+
+
+def _ip(*args: str) -> None:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise UsageError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+
+
+def _sysctl(netns: str, setting: str) -> None:
+    subprocess.run(
+        ["ip", "netns", "exec", netns, "sysctl", "-qw", setting], check=False, capture_output=True
+    )
