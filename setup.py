@@ -31,6 +31,7 @@ setup(
             "agent._datapath",
             "nic._nicpath",
             "host._rxpath",
+            "live._pktio",
         )
     ]
 )

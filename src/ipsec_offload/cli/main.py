@@ -233,6 +233,12 @@ def _agent_options(command: Callable[..., None]) -> Callable[..., None]:
     type=click.FloatRange(min=0.0),
     help="--live: stop after these seconds (default: at SIGINT or SIGTERM).",
 )
+@click.option(
+    "--forward-only",
+    is_flag=True,
+    hidden=True,
+    help="--live: carry frames across untouched (the benchmark's plain forwarder).",
+)
 @_agent_options
 def agent(
     host_in: Path | None,
@@ -246,6 +252,7 @@ def agent(
     pcap_dir: Path | None,
     stats_interval: float,
     duration: float | None,
+    forward_only: bool,
     **settings: str | tuple[str, ...] | None,
 ) -> None:
     """The agent alone: a frame-level golden model driven by pcap files, or (--live) the
@@ -270,8 +277,9 @@ def agent(
                 # a real agent's BOOT_ID differs at every start (spec 9), so the PF can tell
                 config = replace(config, boot_id=int.from_bytes(os.urandom(8)) or 1)
             stats = LiveAgent(
-                config, host_if, wire_if, pcap_dir=pcap_dir, stats_interval=stats_interval
-            ).run(duration)
+                config, host_if, wire_if, pcap_dir=pcap_dir, stats_interval=stats_interval,
+                forward_only=forward_only,
+            ).run(duration)  # fmt: skip
             click.echo(json.dumps(stats, indent=2, sort_keys=True))
             return
         live_only = _given(

@@ -46,6 +46,10 @@ class LiveCounters:
     bursts: int = 0
     send_errors: int = 0
     seconds: float = 0.0
+    first_frame: float | None = None
+    """When the first frame was read (seconds since the start)."""
+    last_frame: float | None = None
+    """When the last frame read was handled, its output sent."""
 
 
 class LiveAgent:
@@ -61,6 +65,7 @@ class LiveAgent:
         stats_interval: float = 5.0,
         burst: int = 64,
         report: Callable[[str], None] | None = None,
+        forward_only: bool = False,
     ) -> None:
         if host_if == wire_if:
             raise UsageError(f"--host-if and --wire-if are both {host_if}: give two interfaces")
@@ -69,6 +74,11 @@ class LiveAgent:
         if pcap_dir is not None and not pcap_dir.is_dir():
             raise UsageError(f"{pcap_dir}: no such folder for the captures")
         self.agent = IpsecAgent(config)
+        self.forward_only = forward_only
+        """Carry frames across untouched, the agent left out: the I/O's own ceiling (the
+        benchmark's plain forwarder)."""
+        self._from_host = _forward("to_wire") if forward_only else self.agent.from_host
+        self._from_wire = _forward("to_host") if forward_only else self.agent.from_wire
         self.host = PacketSocket(host_if)
         try:
             self.wire = PacketSocket(wire_if)
@@ -116,6 +126,7 @@ class LiveAgent:
     def _loop(self, started: float, duration: float | None, wake: socket.socket) -> None:
         agent, host, wire = self.agent, self.host, self.wire
         self._emit(agent.start(0.0), 0)
+        self.report(f"listening on {host.ifname} and {wire.ifname}")
         next_stats = self.stats_interval
         watched: list[PacketSocket | socket.socket] = [host, wire, wake]
         while not self._stopping:
@@ -131,16 +142,23 @@ class LiveAgent:
             ready, _, _ = select.select(watched, [], [], max(0.0, deadline - now))
             now = time.monotonic() - started
             now_ns = int(now * NS_PER_S)
+            handled = False
             if host in ready:
                 frames = host.recv_burst(self.burst)
                 if frames:
+                    handled = True
                     self._record("nic-to-agent", now_ns, frames)
-                    self._emit(agent.from_host(frames, now), now_ns)
+                    self._emit(self._from_host(frames, now), now_ns)
             if wire in ready:
                 frames = wire.recv_burst(self.burst)
                 if frames:
+                    handled = True
                     self._record("wire-to-agent", now_ns, frames)
-                    self._emit(agent.from_wire(frames, now), now_ns)
+                    self._emit(self._from_wire(frames, now), now_ns)
+            if handled:
+                if self.counters.first_frame is None:
+                    self.counters.first_frame = now
+                self.counters.last_frame = time.monotonic() - started
             if wake in ready:
                 _drain(wake)
             timer = agent.next_timer()
@@ -179,10 +197,12 @@ class LiveAgent:
     def stats(self) -> dict[str, Any]:
         """The frames on each link, send errors, and the agent's counters and SAD size."""
         dump = self.agent.dump()
+        first, last = self.counters.first_frame, self.counters.last_frame
         return {
             "links": dict(self.counters.frames),
             "send_errors": self.counters.send_errors,
             "seconds": round(self.counters.seconds, 3),
+            "busy_seconds": None if first is None or last is None else round(last - first, 6),
             "sad_used": dump["sad_used"],
             "agent": dump["counters"],
         }
@@ -227,6 +247,15 @@ def _signals(live: LiveAgent, wake: socket.socket) -> Iterator[None]:
         signal.set_wakeup_fd(old_fd)
         for signum, handler in saved.items():
             signal.signal(signum, handler)
+
+
+def _forward(side: str) -> Callable[[list[bytes], float], AgentOutput]:
+    """The plain forwarder's 'agent': each frame out of the other side as it came."""
+
+    def forward(frames: list[bytes], _now: float) -> AgentOutput:
+        return AgentOutput(**{side: frames})
+
+    return forward
 
 
 def _drain(sock: socket.socket) -> None:
