@@ -63,7 +63,8 @@ ASAN_BIN   := $(ASAN_VENV)/bin
 ASAN_STAGE := $(ASAN_VENV)/stage
 SANITIZERS := -fsanitize=address,undefined
 # the fast-path and differential tests, the fuzz of each compiled path (test_*_fast_path.py,
-# test_agent_fuzz.py, test_agent_sad.py, test_wire_frames.py, test_wire_ip.py), and the agent,
+# test_agent_fuzz.py, test_agent_sad.py, test_wire_frames.py, test_wire_ip.py, test_pktio.py:
+# the live mode's batched packet I/O), and the agent,
 # TSO and end-to-end tests that run the compiled paths both ways (tshark's are left out: the
 # preloaded runtimes would run in tshark too)
 SANITIZE_TESTS := tests/test_agent_fast_path.py tests/test_agent_fuzz.py tests/test_agent_sad.py \
@@ -71,7 +72,8 @@ SANITIZE_TESTS := tests/test_agent_fast_path.py tests/test_agent_fuzz.py tests/t
 	tests/test_agent_hairpin.py tests/test_agent_lifecycle.py tests/test_host_fast_path.py \
 	tests/test_host_send_burst.py tests/test_nic_fast_path.py tests/test_wire_frames.py \
 	tests/test_wire_ip.py tests/test_tso.py tests/test_tso_e2e.py tests/test_end_to_end.py \
-	tests/test_expiry.py tests/test_integrity.py tests/test_compiled_robustness.py
+	tests/test_expiry.py tests/test_integrity.py tests/test_compiled_robustness.py \
+	tests/test_pktio.py
 SANITIZE_SELECT ?= not tshark
 SANITIZE_EXAMPLES ?= 1000
 
