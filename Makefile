@@ -51,7 +51,7 @@ campaign: $(VENV)/.installed-test
 # package is installed there from a copy of the sources, not in place; -fno-wrapv undoes the
 # -fwrapv of Python's own flags, so that UBSan checks signed overflow too), then the fast-path and
 # differential tests and a bounded fuzz of every compiled path (agent Tx/Rx and its SAD table,
-# host receive, NIC Tx and receive filter, frame builder, checksum), the Python interpreter
+# host receive, NIC Tx and receive filter, frame builder, checksum, live packet I/O), the Python interpreter
 # uninstrumented with the sanitizers' runtimes preloaded. PYTHONMALLOC=malloc gives each Python
 # object its own malloc block, so that a read past a bytes object's end is seen (Python's small
 # object allocator would hide it in its pools). Any sanitizer report ends the process with a

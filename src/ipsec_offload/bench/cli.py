@@ -49,6 +49,8 @@ def bench(out: Path, quick: bool, markdown: bool, strict: bool) -> None:
         f" fast paths {machine['fast paths']}"
     )
     click.echo(table(results, markdown))
+    for note in results.notes:
+        click.echo(note)
     with_target = targets(results)
     met = sum(1 for _, ratio in with_target if ratio.met)
     click.echo(f"\n{met} of {len(with_target)} targets met; {results.seconds:.0f} s; JSON: {out}")

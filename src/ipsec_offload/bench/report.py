@@ -22,6 +22,7 @@ def to_json(results: Results) -> dict[str, Any]:
         "settings": settings,
         "seconds": round(results.seconds, 1),
         "figures": [_figure_json(f) for f in results.figures],
+        "notes": list(results.notes),
     }
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 
 from ipsec_offload.agent.fastpath import FAST_PATH_BUILT
-from ipsec_offload.bench import workloads
+from ipsec_offload.bench import live, workloads
 from ipsec_offload.bench.traffic import BenchError, agent_with_sa, packet
 from ipsec_offload.bench.workloads import Prepare
 from ipsec_offload.host.fastpath import RX_PATH_BUILT
@@ -61,6 +61,11 @@ class Settings:
     golden_repeats: int = 50
     """Runs of the small trace (at least 2; half the large trace's frames, so that both are
     timed over seconds): half of them just before the large one, half just after."""
+    live_sizes: tuple[int, ...] = (64, 1400)
+    live_packets: int = 200_000
+    """Tx offload frames sent to the live agent per run (more than it takes in the time)."""
+    live_rounds: int = 3
+    """Runs of the live agent, and of the plain forwarder, per size: the best counts."""
 
 
 FULL = Settings()
@@ -76,6 +81,8 @@ QUICK = Settings(
     memory_sas=20,
     golden_frames=(400, 4000),
     golden_repeats=10,
+    live_packets=2000,
+    live_rounds=1,
 )
 
 
@@ -135,6 +142,8 @@ class Results:
     settings: Settings
     seconds: float = 0.0
     figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """What was not measured here, and why."""
 
     def figure(self, figure_id: str) -> Figure:
         for figure in self.figures:
@@ -230,6 +239,12 @@ def run_benchmark(
     small, large = settings.golden_frames
     progress(f"golden model: mixed traces of {small:,} and {large:,} frames")
     results.figures.extend(_golden(settings))
+    why = live.cannot_run()
+    if why is None:
+        progress("live: the agent on veth, the plain forwarder, the agent in process")
+        results.figures.extend(_live(settings))
+    else:
+        results.notes.append(f"live figures not measured: {why}")
     results.seconds = time.perf_counter() - started
     return results
 
@@ -419,6 +434,41 @@ def _config_plane(settings: Settings) -> list[Figure]:
             ratios=(ratio,),
         ),
     ]
+
+
+def _live(settings: Settings) -> list[Figure]:
+    """The live agent on veth (`bench.live`) against the same agent in process and against
+    the plain forwarder of the same I/O, at each of `live_sizes`, AES-GCM-128."""
+    algorithm = Algorithm.AES_GCM_128
+    figures = []
+    with live.veth_namespace() as (netns, host_if):
+        for size in settings.live_sizes:
+            packets = [packet(size, seq, algorithm) for seq in range(1, settings.live_packets + 1)]
+            in_process = race(
+                {"in_process": workloads.agent_tx(algorithm, packets[:4096], live.BURST)},
+                settings.rounds,
+            )["in_process"]
+            agent = max(
+                live.live_rate(netns, host_if, packets, algorithm)
+                for _ in range(settings.live_rounds)
+            )
+            forwarder = max(
+                live.live_rate(netns, host_if, packets, algorithm, forward_only=True)
+                for _ in range(settings.live_rounds)
+            )
+            tag = f"{algorithm.name.lower()}/{size}"
+            figures += [
+                Figure(f"live_in_process/{tag}", "agent Tx in process, bursts of 64",
+                       in_process, PACKETS, size, algorithm),
+                Figure(f"live_forwarder/{tag}", "plain forwarder on veth (I/O ceiling)",
+                       forwarder, PACKETS, size, algorithm),
+                Figure(f"live_agent/{tag}", "live agent Tx on veth", agent, PACKETS, size,
+                       algorithm, (
+                           Ratio(f"live_in_process/{tag}", agent / in_process, Target(0.5)),
+                           Ratio(f"live_forwarder/{tag}", agent / forwarder),
+                       )),
+            ]  # fmt: skip
+    return figures
 
 
 def _golden(settings: Settings) -> list[Figure]:
