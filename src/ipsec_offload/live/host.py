@@ -237,26 +237,34 @@ class LiveHost:
             self.driver.receive(descs, self.now)
 
     def _pump(self) -> None:
-        """Let the stack take its device's events, send what the driver queued, and write
-        what the stack received into the TUN device."""
-        now = self.now
-        self.stack.poll(now)
-        for event in self.stack.events():
-            if isinstance(event, SegmentReceived):
-                self.tun.write(_ip_packet(event.src, event.dst, event.protocol, event.segment))
+        """Let the stack take its device's events and write what it received into the TUN
+        device, and send what the driver queued, until neither has more (what the NIC
+        switches back to the host's own VSI comes round again)."""
+        for _ in range(16):
+            now = self.now
+            self.stack.poll(now)
+            for event in self.stack.events():
+                if isinstance(event, SegmentReceived):
+                    self.tun.write(_ip_packet(event.src, event.dst, event.protocol, event.segment))
+            if not self._transmit(now):
+                return
+
+    def _transmit(self, now: float) -> bool:
+        """Send what the driver queued; whether the host's own VSI got anything back."""
         driver = self.driver
         if isinstance(driver, PlainDriver):
             self.port.send(driver.take_frames())
-            return
+            return False
         assert self.nic is not None
         for command in driver.admin_commands():
             self.nic.execute(command)
         descs = driver.tx_descriptors()
-        if descs:
-            out = self.nic.transmit(driver.vsi_id, descs, now)
-            self.port.send(out.to_agent)
-            self._rx(out)
-            self.stack.poll(now)
+        if not descs:
+            return False
+        out = self.nic.transmit(driver.vsi_id, descs, now)
+        self.port.send(out.to_agent)
+        self._rx(out)
+        return bool(out.rx)
 
     def close(self) -> None:
         self.port.close()
