@@ -32,7 +32,7 @@ from pathlib import Path
 from ipsec_offload.errors import UsageError
 from ipsec_offload.host.xfrm import XfrmPolicy, XfrmState
 from ipsec_offload.sim.espsa import EspSaEntry, write_esp_sa
-from ipsec_offload.sim.linux.guest import LinuxGuest
+from ipsec_offload.sim.linux.guest import LinuxGuest, die_with_parent
 from ipsec_offload.sim.linux.peer import LinuxPeer, LinuxWire
 from ipsec_offload.wire.config import Algorithm, Direction
 
@@ -158,7 +158,7 @@ class LiveTopology:
         log = (self.out / f"{name}.log").open("w")
         process = subprocess.Popen(
             ["ip", "netns", "exec", netns, *command],
-            stdout=subprocess.PIPE, stderr=log, text=True,
+            stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=die_with_parent,
         )  # fmt: skip
         self.processes[name] = process
         if ready is None:

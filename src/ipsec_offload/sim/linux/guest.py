@@ -17,6 +17,7 @@ in a network namespace of its own, removed with `reset`.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import select
 import shutil
@@ -43,6 +44,7 @@ BOOT_TIMEOUT = 180.0
 ANSWER_TIMEOUT = 30.0
 """Seconds a command or an exchange may take."""
 _TOKEN = 8
+_PR_SET_PDEATHSIG = 1
 _TOKEN_AT = 14 + len(MARK_MAGIC)
 _MARKER_SOURCE = bytes.fromhex("020000fe00ff")
 
@@ -166,6 +168,7 @@ class LinuxGuest:
             stdout=subprocess.DEVNULL,
             stderr=(self._scratch / "qemu.log").open("wb"),
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         deadline = started + BOOT_TIMEOUT
         while self._ctl is None:
@@ -413,6 +416,12 @@ def shared_guest() -> LinuxGuest:
     _shared.append(guest)
     atexit.register(guest.close)
     return guest
+
+
+def die_with_parent() -> None:
+    """In QEMU's process before it starts: a SIGKILL when this process ends, however it ends
+    (prctl PR_SET_PDEATHSIG), so that no guest outlives the testbed that booted it."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _is_marker(frame: bytes) -> bool:
