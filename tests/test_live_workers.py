@@ -409,6 +409,20 @@ def test_config_reaches_every_worker(two_workers: LivePort) -> None:
     )
 
 
+def test_a_worker_that_dies_ends_the_run(two_workers: LivePort) -> None:
+    """A worker killed under the supervisor: the run ends with an error naming it, and the
+    other worker goes too."""
+    port = two_workers
+    pids = subprocess.run(["ip", "netns", "pids", port.netns], capture_output=True, text=True)
+    workers = [int(pid) for pid in pids.stdout.split() if int(pid) != port.process.pid]
+    assert len(workers) == 2
+    os.kill(max(workers), signal.SIGKILL)
+    _, err = port.process.communicate(timeout=40)
+    assert port.process.returncode == 1
+    assert f"(pid {max(workers)}) was killed by signal 9" in err
+    _no_process_left(port)
+
+
 def test_sigterm_mid_traffic_with_two_workers(two_workers: LivePort) -> None:
     """SIGTERM while frames stream in both ways on SAs of both workers: exit status 0, no
     process left, and the summed statistics are what the sniffer saw leave the agent, each

@@ -352,10 +352,7 @@ class LiveWorkers:
             host.send(reply)
             self.counters.send_errors = host.send_errors
         if self._ended[index] and not self._stopping:
-            raise LiveError(
-                f"worker {index} (pid {self._pids[index]}) ended while the agent ran: its error"
-                " is above"
-            )
+            raise LiveError(f"worker {index} (pid {self._pids[index]}) ended while the agent ran")
 
     def _finish(self, host: PacketSocket, ends: list[socket.socket]) -> None:
         """Stop the workers, collect their final statistics and their last answers, and
@@ -377,10 +374,15 @@ class LiveWorkers:
             if not self._ended[index]:
                 os.kill(pid, signal.SIGKILL)
             status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-            if status != 0 or self._finals[index] is None:
-                failed.append(f"worker {index} (pid {pid}) ended with status {status}")
+            if status < 0:
+                failed.append(f"worker {index} (pid {pid}) was killed by signal {-status}")
+            elif status != 0 or self._finals[index] is None:
+                failed.append(
+                    f"worker {index} (pid {pid}) ended with status {status} (its error is on"
+                    " stderr above)"
+                )
         if failed:
-            raise LiveError("; ".join(failed) + ": its error is above")
+            raise LiveError("; ".join(failed))
 
     # -- statistics -----------------------------------------------------------------------
 
