@@ -37,6 +37,7 @@ from agent_frames import (
 )
 from ipsec_offload.agent.agent import AgentConfig, IpsecAgent
 from ipsec_offload.agent.counters import DropReason, EventCounter
+from ipsec_offload.agent.events import TxnSpace
 from ipsec_offload.errors import UsageError
 from ipsec_offload.wire.config import (
     ConfigStatus,
@@ -245,6 +246,31 @@ def test_the_pf_answer_completes_the_event() -> None:
     assert agent.next_timer() is None
     agent.from_host([_ack(1)])  # answered twice: the second is no request either
     assert agent.counters.drops[DropReason.CONFIG_NOT_REQUEST] == 2
+
+
+def test_agents_of_one_link_draw_disjoint_txn_ids() -> None:
+    """Agents given TxnSpace(i, 3) number their events i, i + 3, ..., and leave the PF's
+    answers to the others' events alone (no drop counted); an answer in their own space that
+    completes nothing is still no request."""
+    config = AgentConfig(pf_mac=PF_MAC, boot_id=BOOT)
+    agents = [IpsecAgent(config, txns=TxnSpace(first, 3)) for first in (1, 2, 3)]
+    for agent in agents:
+        add_sa(agent, OUT, 0x70, PEER4, lifetime_packets=3, soft_lifetime_packets=1)
+        out = agent.from_host([offload_frame(0x70, 0, b"p") for _ in range(3)])
+        assert without_events(out.to_host) == []
+    drawn = [sorted(agent.events.pending) for agent in agents]
+    assert drawn == [[1, 4], [2, 5], [3, 6]]
+    for agent in agents:
+        for txn_id in range(1, 7):
+            agent.from_host([_ack(txn_id)])
+        assert agent.events.pending == {}
+        assert agent.counters.events[EventCounter.ACKNOWLEDGED] == 2
+        assert agent.counters.drops[DropReason.CONFIG_NOT_REQUEST] == 0
+    agents[0].from_host([_ack(7)])
+    assert agents[0].counters.drops[DropReason.CONFIG_NOT_REQUEST] == 1
+    assert TxnSpace(3, 3).after(0xFFFF_FFFF - 1) == 3
+    with pytest.raises(UsageError, match="first <= step"):
+        TxnSpace(4, 3)
 
 
 def test_an_answer_from_another_mac_is_not_the_pf_s() -> None:

@@ -120,7 +120,13 @@ def test_quick_run_writes_every_figure_with_its_ratio(tmp_path: Path) -> None:
     if cannot_run() is None:  # root, namespaces, the compiled packet I/O: the live figures
         expected += [
             f"{name}/aes_gcm_128/{size}"
-            for name in ("live_in_process", "live_forwarder", "live_agent")
+            for name in (
+                "live_in_process",
+                "live_forwarder",
+                "live_agent",
+                "live_one_worker",
+                "live_two_workers",
+            )
             for size in QUICK.live_sizes
         ]
         assert report["notes"] == []
@@ -139,7 +145,7 @@ def test_quick_run_writes_every_figure_with_its_ratio(tmp_path: Path) -> None:
     measured = [f for f in figures.values() if not f["baseline"]]
     assert all(f["ratios"] for f in measured)
     targeted = {f["id"].split("/")[0] for f in measured if any(r["target"] for r in f["ratios"])}
-    live = {"live_agent"} if cannot_run() is None else set()
+    live = {"live_agent", "live_two_workers"} if cannot_run() is None else set()
     assert targeted == {
         "agent_tx", "agent_rx", "full_path", "sad_lookup", "sa_memory", "golden", *live
     }  # fmt: skip

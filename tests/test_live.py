@@ -12,13 +12,10 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,6 +28,7 @@ import agent_frames as af
 from ipsec_offload.live.topology import PEER_V4, LiveTopology
 from ipsec_offload.sim.pcap import read_pcap
 from ipsec_offload.wire.metadata import RxStatus
+from live_port import CLI, LivePort, raw, require_namespaces, running_agent
 from tools import (
     _missing_tool,
     require_linux_guest,
@@ -43,97 +41,16 @@ from tools import (
 pytestmark = pytest.mark.xdist_group("live")
 
 KEY = af.KEY128
-CLI = str(Path(sys.executable).parent / "ipsec-offload")
-
-
-def _require_namespaces() -> None:
-    if os.geteuid() != 0:
-        _missing_tool("the live agent's tests need root (network namespaces, packet sockets)")
-    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, check=False)
-    if probe.returncode != 0:
-        _missing_tool("the live agent's tests need iproute2's ip with network namespaces")
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
-@dataclass
-class LivePort:
-    netns: str
-    host_if: str
-    """The test's end of the host-side veth (the agent's is in its namespace)."""
-    wire_if: str
-    pcap_dir: Path
-    process: subprocess.Popen[str]
-
-    def ctl(self, *args: str) -> dict:  # type: ignore[type-arg]
-        done = subprocess.run(
-            [CLI, "ctl", "--dev", self.host_if, "--json", *args],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)  # type: ignore[no-any-return]
-
-    def stop(self) -> dict:  # type: ignore[type-arg]
-        self.process.send_signal(signal.SIGTERM)
-        out, err = self.process.communicate(timeout=30)
-        assert self.process.returncode == 0, err
-        return json.loads(out)  # type: ignore[no-any-return]
 
 
 @pytest.fixture
 def live_port(tmp_path: Path) -> Iterator[LivePort]:
-    """The live agent between two veth pairs, in a namespace of its own; both removed after."""
-    _require_namespaces()
-    tag = uuid.uuid4().hex[:6]
-    netns, host_if, wire_if = f"iol{tag}", f"ioh{tag}", f"iow{tag}"
-    _ip("netns", "add", netns)
-    try:
-        for mine, theirs in ((host_if, "ah0"), (wire_if, "aw0")):
-            _ip("link", "add", mine, "type", "veth", "peer", "name", theirs, "netns", netns)
-            subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{mine}.disable_ipv6=1"], check=True)
-            subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw",
-                            f"net.ipv6.conf.{theirs}.disable_ipv6=1"], check=True)  # fmt: skip
-            _ip("-n", netns, "link", "set", theirs, "up")
-            _ip("link", "set", mine, "up")
-        pcaps = tmp_path / "pcaps"
-        pcaps.mkdir()
-        process = subprocess.Popen(
-            ["ip", "netns", "exec", netns, CLI, "agent", "--live", "--host-if", "ah0",
-             "--wire-if", "aw0", "--pcap-dir", str(pcaps), "--stats-interval", "0.5"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        port = LivePort(netns, host_if, wire_if, pcaps, process)
-        _wait_ready(port)
+    """The live agent between two veth pairs, in a namespace of its own, capturing its links
+    into tmp_path/pcaps; both removed after."""
+    pcaps = tmp_path / "pcaps"
+    pcaps.mkdir()
+    with running_agent("--pcap-dir", str(pcaps), "--stats-interval", "0.5") as port:
         yield port
-    finally:
-        if "process" in locals() and process.poll() is None:
-            process.kill()
-            process.wait()
-        subprocess.run(["ip", "netns", "delete", netns], check=False)
-        for name in (host_if, wire_if):
-            subprocess.run(["ip", "link", "delete", name], check=False, capture_output=True)
-
-
-def _wait_ready(port: LivePort) -> None:
-    """GET_CAPS until the agent answers (it is up once it does)."""
-    deadline = time.monotonic() + 20
-    while True:
-        done = subprocess.run(
-            [CLI, "ctl", "--dev", port.host_if, "--timeout", "0.2", "--retries", "0", "caps"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if done.returncode == 0:
-            return
-        assert port.process.poll() is None, port.process.communicate()[1]
-        assert time.monotonic() < deadline, done.stderr
-
-
-def _raw(ifname: str) -> socket.socket:
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-    sock.bind((ifname, 0))
-    return sock
 
 
 def test_ctl_commands(live_port: LivePort) -> None:
@@ -177,7 +94,7 @@ def test_esp_both_ways_checked_by_scapy(live_port: LivePort) -> None:
     host_sniffer.start()
     time.sleep(0.5)
     payloads = [b"live payload %d" % n for n in range(5)]
-    with _raw(live_port.host_if) as host, _raw(live_port.wire_if) as wire:
+    with raw(live_port.host_if) as host, raw(live_port.wire_if) as wire:
         for n, payload in enumerate(payloads, 1):
             udp = bytes(UDP(sport=4000, dport=5000) / payload)
             host.send(af.offload_frame(0x2001, n, udp))
@@ -218,7 +135,7 @@ def test_sigterm_mid_traffic(live_port: LivePort, tmp_path: Path) -> None:
     sniffer.start()
     time.sleep(0.5)
     sent = 0
-    with _raw(live_port.host_if) as host:
+    with raw(live_port.host_if) as host:
         deadline = time.monotonic() + 0.6
         while time.monotonic() < deadline or sent < 200:
             sent += 1
@@ -235,7 +152,8 @@ def test_sigterm_mid_traffic(live_port: LivePort, tmp_path: Path) -> None:
     on_wire = [bytes(p) for p in sniffer.stop() if Ether(bytes(p)).haslayer(ESP)]
     assert all(Ether(f)[ESP].spi == 0x3001 for f in on_wire)
     links = stats["links"]
-    captures = {name: read_pcap(live_port.pcap_dir / f"{name}.pcap") for name in links}
+    pcaps = tmp_path / "pcaps"
+    captures = {name: read_pcap(pcaps / f"{name}.pcap") for name in links}
     for name, count in links.items():
         assert len(captures[name]) == count, name
     assert 0 < links["agent-to-wire"] < sent  # it stopped mid-stream
@@ -243,8 +161,8 @@ def test_sigterm_mid_traffic(live_port: LivePort, tmp_path: Path) -> None:
     assert stats["agent"]["paths"]["TX_ENCRYPTED"] == links["agent-to-wire"]
 
     golden = subprocess.run(
-        [CLI, "agent", "--host-in", str(live_port.pcap_dir / "nic-to-agent.pcap"),
-         "--wire-in", str(live_port.pcap_dir / "wire-to-agent.pcap"),
+        [CLI, "agent", "--host-in", str(pcaps / "nic-to-agent.pcap"),
+         "--wire-in", str(pcaps / "wire-to-agent.pcap"),
          "--host-out", str(tmp_path / "g-nic.pcap"), "--wire-out", str(tmp_path / "g-wire.pcap"),
          "--boot-id", str(_boot_id(captures["agent-to-nic"]))],
         capture_output=True, text=True, timeout=120, check=False,
@@ -276,7 +194,7 @@ def _boot_id(replies: list) -> int:  # type: ignore[type-arg]
 
 
 def _require_apps() -> None:
-    _require_namespaces()
+    require_namespaces()
     for tool in ("ping", "curl"):
         if shutil.which(tool) is None:
             _missing_tool(f"the live path's tests run {tool}: apt-get install iputils-ping curl")

@@ -53,3 +53,8 @@ class LinuxGuestError(IpsecOffloadError):
     """The Linux guest (the Linux peer's kernel under QEMU) cannot be built, booted or driven:
     a tool or package is missing, the guest did not answer in time, or a command in it
     failed. The message says which and what to do."""
+
+
+class LiveError(IpsecOffloadError):
+    """The live agent cannot go on: one of its worker processes failed or vanished. The
+    message says which and how."""

@@ -36,7 +36,7 @@ from cryptography.exceptions import InvalidTag
 from ipsec_offload.agent import fastpath
 from ipsec_offload.agent.config_channel import ConfigChannel
 from ipsec_offload.agent.counters import AgentCounters, DropReason, Path
-from ipsec_offload.agent.events import EventChannel
+from ipsec_offload.agent.events import EventChannel, TxnSpace
 from ipsec_offload.agent.fastpath import FAST_PATH_BUILT
 from ipsec_offload.agent.replay import MAX_WINDOW_SIZE, ReplayWindow
 from ipsec_offload.agent.sad import Domain, SecurityAssociation, SecurityAssociationDatabase
@@ -158,7 +158,9 @@ _Burst = Callable[[list[bytes], int, list[bytes]], int]
 class IpsecAgent:
     """The bump-in-the-wire ESP engine; see the module docstring."""
 
-    def __init__(self, config: AgentConfig | None = None) -> None:
+    def __init__(self, config: AgentConfig | None = None, *, txns: TxnSpace | None = None) -> None:
+        """`txns`: the txn_ids of its EVENT frames (default 1, 2, ...); agents that share a
+        link with the PF, the live agent's workers, each get their own (`TxnSpace`)."""
         self.config = config or AgentConfig()
         self.sad = SecurityAssociationDatabase(self.config.sad_size)
         self.counters = AgentCounters()
@@ -170,6 +172,7 @@ class IpsecAgent:
             self.local_addrs,
             self.counters,
             _META_TAG.pack(self._meta, _NOT_ESP_WORD),
+            txns,
         )
         self.events: EventChannel = self.channel.events
         self._now = 0.0

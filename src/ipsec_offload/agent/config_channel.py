@@ -6,8 +6,8 @@ read, a repeated txn_id from the same source gets the remembered reply again (a 
 memory of `txn_memory` replies, oldest forgotten first), and otherwise the request is
 validated and executed by its opcode's handler; every request gets a reply with a status. A
 frame with the reply bit set is no request: an EVENT reply (0x89) completes the pending
-event of its txn_id (`events.EventChannel`), any other is dropped and counted
-(CONFIG_NOT_REQUEST).
+event of its txn_id (`events.EventChannel`), or is left alone when that txn_id is another
+agent's (`events.TxnSpace`); any other is dropped and counted (CONFIG_NOT_REQUEST).
 
 The handlers change the SAD and the hairpin table that the data path reads; LIST_SAS
 (spec 9) reads the SAD back a frame at a time, with a cursor.
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from ipsec_offload.agent.counters import AgentCounters, DropReason, Path
-from ipsec_offload.agent.events import EventChannel
+from ipsec_offload.agent.events import EventChannel, TxnSpace
 from ipsec_offload.agent.replay import ReplayWindow
 from ipsec_offload.agent.sad import (
     Domain,
@@ -78,6 +78,7 @@ class ConfigChannel:
         local_addrs: set[Domain],
         counters: AgentCounters,
         tag: bytes,
+        txns: TxnSpace | None = None,
     ) -> None:
         self.config = config
         self.sad = sad
@@ -96,6 +97,7 @@ class ConfigChannel:
             tag=tag,
             slots=config.event_slots,
             counters=counters.events,
+            txns=txns,
         )
 
     def frame(self, frame: bytes, src: bytes, l2_len: int, to_host: list[bytes]) -> None:
@@ -107,7 +109,10 @@ class ConfigChannel:
             self.counters.drops[DropReason.CONFIG_MALFORMED] += 1
             return
         if header.is_reply:
-            if header.opcode == _EVENT_REPLY and self.events.acknowledge(header.txn_id):
+            if header.opcode == _EVENT_REPLY and (
+                self.events.acknowledge(header.txn_id) or not self.events.txns.mine(header.txn_id)
+            ):
+                # an answer to one of its events, or to another agent's (TxnSpace)
                 return
             self.counters.drops[DropReason.CONFIG_NOT_REQUEST] += 1
             return

@@ -6,7 +6,9 @@ when an SA reaches a threshold. An event goes to the PF's MAC where the agent wa
 otherwise to the source MAC of the last request it accepted; with neither, there is nowhere
 to send it and it is counted (NO_DESTINATION) and forgotten.
 
-Each event has a txn_id of the agent's own (1, 2, ... per agent start) and stays pending in a
+Each event has a txn_id of the agent's own (1, 2, ... per agent start; `TxnSpace` gives an
+agent every step-th number instead, so that agents answered on one link, the live agent's
+workers, never draw the same one) and stays pending in a
 fixed table of `slots` entries (a hardware limit: a new event finding it full is counted,
 TABLE_FULL, and not sent) until the PF answers with opcode 0x89 and the same txn_id. An
 unanswered event is sent again every 10 ms of simulated time, at most 5 times; 10 ms after
@@ -21,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ipsec_offload.agent.counters import EventCounter
+from ipsec_offload.errors import UsageError
 from ipsec_offload.wire.config import (
     ConfigMessage,
     Event,
@@ -35,6 +38,33 @@ EVENT_RESEND_INTERVAL = 0.010
 """Seconds between two transmissions of an unanswered event (spec 9)."""
 EVENT_RESENDS = 5
 """Resends of an unanswered event before the agent gives it up (spec 9)."""
+_TXN_MAX = 0xFFFF_FFFF
+
+
+@dataclass(frozen=True, slots=True)
+class TxnSpace:
+    """The EVENT txn_ids an agent draws: `first`, `first` + `step`, ... (the default: 1, 2,
+    ...), from `first` again past 2^32 - 1. Agents given the same `step` and different
+    `first` (1 .. `step`) never draw the same id, so each knows the PF's answers to the
+    others' events (`mine`) and leaves them alone."""
+
+    first: int = 1
+    step: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.first <= self.step < 1 << 16:
+            raise UsageError(
+                f"TxnSpace(first={self.first}, step={self.step}): give 1 <= first <= step < 2^16"
+            )
+
+    def after(self, txn_id: int) -> int:
+        """The id drawn after `txn_id`."""
+        following = txn_id + self.step
+        return following if following <= _TXN_MAX else self.first
+
+    def mine(self, txn_id: int) -> bool:
+        """Whether this space draws `txn_id`."""
+        return txn_id % self.step == self.first % self.step
 
 
 @dataclass(slots=True)
@@ -62,6 +92,7 @@ class EventChannel:
         tag: bytes,
         slots: int,
         counters: dict[EventCounter, int],
+        txns: TxnSpace | None = None,
     ) -> None:
         self.mac = mac
         self.pf_mac = pf_mac
@@ -76,7 +107,8 @@ class EventChannel:
         """First transmissions of the events just raised, for the caller to send."""
         self._config_ethertype = config_ethertype
         self._tag = tag
-        self._next_txn = 1
+        self.txns = txns or TxnSpace()
+        self._next_txn = self.txns.first
 
     @property
     def destination(self) -> bytes | None:
@@ -94,7 +126,7 @@ class EventChannel:
             counters[EventCounter.TABLE_FULL] += 1
             return
         txn_id = self._next_txn
-        self._next_txn = txn_id % 0xFFFFFFFF + 1
+        self._next_txn = self.txns.after(txn_id)
         event = Event(kind, self.boot_id, sa_index)
         message = ConfigMessage(
             opcode=Opcode.EVENT, txn_id=txn_id, tlvs=encode_event(event), port=port
@@ -149,4 +181,4 @@ class EventChannel:
         ]
 
 
-__all__ = ["EVENT_RESENDS", "EVENT_RESEND_INTERVAL", "EventChannel", "PendingEvent"]
+__all__ = ["EVENT_RESENDS", "EVENT_RESEND_INTERVAL", "EventChannel", "PendingEvent", "TxnSpace"]

@@ -1,8 +1,10 @@
 """The live agent's figures (docs/performance.md, "Live"): the agent on a veth pair against the
-same agent in process, and against a plain forwarder of the same I/O code.
+same agent in process, and against a plain forwarder of the same I/O code; and the agent with
+two workers against one.
 
 Each run starts `ipsec-offload agent --live` in a network namespace of the bench's own, between
-two veth pairs, gives it an outbound SA with `ctl`'s client (the plain forwarder needs none),
+two veth pairs, gives it an outbound SA for each SPI of the frames with `ctl`'s client (the
+plain forwarder needs none),
 and sends it Tx offload frames as fast as the compiled packet I/O can (sendmmsg), more than
 the agent can take, so that it runs saturated. Its rate is the frames it sent toward the wire
 over the time from the first frame it read to the last it sent (the live statistics'
@@ -24,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from ipsec_offload.bench.traffic import BenchError, Packet, sa_request
+from ipsec_offload.bench.traffic import SPI, BenchError, Packet, sa_request
 from ipsec_offload.live.ctl import ConfigClient
 from ipsec_offload.live.packet_socket import PKTIO_BUILT
 from ipsec_offload.wire.config import Algorithm, ConfigStatus, Direction, Opcode, encode_add_sa
@@ -74,10 +76,14 @@ def live_rate(
     algorithm: Algorithm,
     *,
     forward_only: bool = False,
+    spis: Sequence[int] = (SPI,),
+    workers: int = 1,
 ) -> float:
-    """Frames per second the live agent (or the plain forwarder) moved, saturated."""
+    """Frames per second the live agent with `workers` workers (or the plain forwarder)
+    moved, saturated; it is given an outbound SA for each of `spis`, the packets' SPIs."""
     command = [str(Path(sys.executable).parent / "ipsec-offload"), "agent", "--live",
-               "--host-if", "ah0", "--wire-if", "aw0", "--stats-interval", "3600"]  # fmt: skip
+               "--host-if", "ah0", "--wire-if", "aw0", "--stats-interval", "3600",
+               "--workers", str(workers)]  # fmt: skip
     if forward_only:
         command.append("--forward-only")
     process = subprocess.Popen(
@@ -91,11 +97,11 @@ def live_rate(
                 raise BenchError(f"the live agent did not start: {process.communicate()[1]}")
         if not forward_only:
             with ConfigClient(host_if) as client:
-                reply = client.request(
-                    Opcode.ADD_SA, encode_add_sa(sa_request(Direction.OUTBOUND, algorithm))
-                )
-            if reply.status != ConfigStatus.OK:
-                raise BenchError("the live agent refused the bench's SA")
+                for spi in spis:
+                    request = sa_request(Direction.OUTBOUND, algorithm, spi)
+                    reply = client.request(Opcode.ADD_SA, encode_add_sa(request))
+                    if reply.status != ConfigStatus.OK:
+                        raise BenchError("the live agent refused the bench's SA")
         _blast(host_if, [p.offload for p in packets])
         time.sleep(0.5)  # what is queued drains
         process.send_signal(signal.SIGTERM)

@@ -21,7 +21,7 @@ from importlib.metadata import version
 
 from ipsec_offload.agent.fastpath import FAST_PATH_BUILT
 from ipsec_offload.bench import live, workloads
-from ipsec_offload.bench.traffic import BenchError, agent_with_sa, packet
+from ipsec_offload.bench.traffic import SPI, BenchError, agent_with_sa, packet
 from ipsec_offload.bench.workloads import Prepare
 from ipsec_offload.host.fastpath import RX_PATH_BUILT
 from ipsec_offload.nic.fastpath import NIC_PATH_BUILT
@@ -438,7 +438,8 @@ def _config_plane(settings: Settings) -> list[Figure]:
 
 def _live(settings: Settings) -> list[Figure]:
     """The live agent on veth (`bench.live`) against the same agent in process and against
-    the plain forwarder of the same I/O, at each of `live_sizes`, AES-GCM-128."""
+    the plain forwarder of the same I/O; and with two workers against one, on the frames of
+    two SAs (one for each worker, in turn); at each of `live_sizes`, AES-GCM-128."""
     algorithm = Algorithm.AES_GCM_128
     figures = []
     with live.veth_namespace() as (netns, host_if):
@@ -456,6 +457,18 @@ def _live(settings: Settings) -> list[Figure]:
                 live.live_rate(netns, host_if, packets, algorithm, forward_only=True)
                 for _ in range(settings.live_rounds)
             )
+            spis = (SPI, SPI + 1)
+            both = [
+                packet(size, n // 2 + 1, algorithm, spis[n % 2])
+                for n in range(settings.live_packets)
+            ]
+            by_workers: dict[int, list[float]] = {1: [], 2: []}
+            for _ in range(settings.live_rounds):  # in turn, so that both see the same machine
+                for workers, rates in by_workers.items():
+                    rates.append(
+                        live.live_rate(netns, host_if, both, algorithm, spis=spis, workers=workers)
+                    )
+            one, two = max(by_workers[1]), max(by_workers[2])
             tag = f"{algorithm.name.lower()}/{size}"
             figures += [
                 Figure(f"live_in_process/{tag}", "agent Tx in process, bursts of 64",
@@ -467,6 +480,11 @@ def _live(settings: Settings) -> list[Figure]:
                            Ratio(f"live_in_process/{tag}", agent / in_process, Target(0.5)),
                            Ratio(f"live_forwarder/{tag}", agent / forwarder),
                        )),
+                Figure(f"live_one_worker/{tag}", "live agent Tx on veth, 2 SAs, 1 worker", one,
+                       PACKETS, size, algorithm),
+                Figure(f"live_two_workers/{tag}", "live agent Tx on veth, 2 SAs, 2 workers", two,
+                       PACKETS, size, algorithm,
+                       (Ratio(f"live_one_worker/{tag}", two / one, Target(1.6)),)),
             ]  # fmt: skip
     return figures
 

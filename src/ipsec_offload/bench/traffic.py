@@ -90,8 +90,9 @@ def udp_data(size: int, seq: int) -> bytes:
     return (_RAMP * (length // 256 + 2))[start : start + length]
 
 
-def packet(size: int, seq: int, algorithm: Algorithm) -> Packet:
-    """Packet `seq` (1, 2, ...: the ESP sequence number and IV it gets) of `size` bytes."""
+def packet(size: int, seq: int, algorithm: Algorithm, spi: int = SPI) -> Packet:
+    """Packet `seq` (1, 2, ...: the ESP sequence number and IV it gets) of `size` bytes, of
+    the SA `spi`."""
     udp = build_udp(UdpHeader(1000, 2000), udp_data(size, seq), HOST_IP, PEER_IP)
     clear_ip = build_ipv4(IPv4Header(HOST_IP, PEER_IP, IpProto.UDP, 20 + len(udp)))
     esp_len = ESP_HEADER_LEN + ESP_IV_LEN + len(udp)
@@ -102,10 +103,10 @@ def packet(size: int, seq: int, algorithm: Algorithm) -> Packet:
     return Packet(
         seq=seq,
         ip=clear_ip + udp,
-        offload=l2 + esp_ip + _ESP.pack(SPI, seq) + iv + udp,
+        offload=l2 + esp_ip + _ESP.pack(spi, seq) + iv + udp,
         nonce=key_material(algorithm)[-4:] + iv,
         plaintext=udp + build_esp_trailer(len(udp), IpProto.UDP),
-        aad=_ESP.pack(SPI, seq),
+        aad=_ESP.pack(spi, seq),
     )
 
 

@@ -18,6 +18,7 @@ from ipsec_offload.cli.live import live, live_host
 from ipsec_offload.cli.progress import Progress
 from ipsec_offload.errors import IpsecOffloadError, UsageError
 from ipsec_offload.live.agent import LiveAgent
+from ipsec_offload.live.workers import LiveWorkers
 from ipsec_offload.sim.agent_options import AGENT_OPTIONS, agent_config
 from ipsec_offload.sim.golden import run_golden
 from ipsec_offload.sim.linux.guest import LinuxGuest
@@ -234,6 +235,14 @@ def _agent_options(command: Callable[..., None]) -> Callable[..., None]:
     help="--live: stop after these seconds (default: at SIGINT or SIGTERM).",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="--live: worker processes over the kernel's packet fanout, each SA in one of them"
+    ' (docs/live.md, "Workers").',
+)
+@click.option(
     "--forward-only",
     is_flag=True,
     hidden=True,
@@ -252,6 +261,7 @@ def agent(
     pcap_dir: Path | None,
     stats_interval: float,
     duration: float | None,
+    workers: int,
     forward_only: bool,
     **settings: str | tuple[str, ...] | None,
 ) -> None:
@@ -276,15 +286,30 @@ def agent(
             if not settings["boot_id"]:
                 # a real agent's BOOT_ID differs at every start (spec 9), so the PF can tell
                 config = replace(config, boot_id=int.from_bytes(os.urandom(8)) or 1)
-            stats = LiveAgent(
-                config, host_if, wire_if, pcap_dir=pcap_dir, stats_interval=stats_interval,
-                forward_only=forward_only,
-            ).run(duration)  # fmt: skip
+            if workers > 1:
+                for name, given_with in (
+                    ("--pcap-dir", pcap_dir),
+                    ("--forward-only", forward_only),
+                ):
+                    if given_with:
+                        raise UsageError(
+                            f"{name} goes with --workers 1: with more, each worker's agent sees"
+                            " only its own SAs' frames and answers no config request itself"
+                            " (capture the two interfaces instead)"
+                        )
+                stats = LiveWorkers(
+                    config, host_if, wire_if, workers=workers, stats_interval=stats_interval,
+                ).run(duration)  # fmt: skip
+            else:
+                stats = LiveAgent(
+                    config, host_if, wire_if, pcap_dir=pcap_dir, stats_interval=stats_interval,
+                    forward_only=forward_only,
+                ).run(duration)  # fmt: skip
             click.echo(json.dumps(stats, indent=2, sort_keys=True))
             return
         live_only = _given(
             ("--host-if", host_if), ("--wire-if", wire_if), ("--pcap-dir", pcap_dir),
-            ("--duration", duration),
+            ("--duration", duration), ("--workers", None if workers == 1 else workers),
         )  # fmt: skip
         if live_only:
             raise UsageError(f"{', '.join(live_only)} go with --live")

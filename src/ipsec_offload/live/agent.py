@@ -26,9 +26,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from ipsec_offload.agent.agent import AgentConfig, AgentOutput, IpsecAgent
+from ipsec_offload.agent.events import TxnSpace
 from ipsec_offload.errors import UsageError
 from ipsec_offload.live.packet_socket import PacketSocket
 from ipsec_offload.sim.clock import NS_PER_S
@@ -36,6 +37,7 @@ from ipsec_offload.sim.pcap import PcapStream
 
 LINKS = ("nic-to-agent", "agent-to-nic", "wire-to-agent", "agent-to-wire")
 """The captures, named as the simulator's links."""
+_Readable = PacketSocket | socket.socket
 
 
 @dataclass(slots=True)
@@ -66,48 +68,56 @@ class LiveAgent:
         burst: int = 64,
         report: Callable[[str], None] | None = None,
         forward_only: bool = False,
+        sockets: tuple[PacketSocket, PacketSocket] | None = None,
+        txns: TxnSpace | None = None,
     ) -> None:
-        if host_if == wire_if:
-            raise UsageError(f"--host-if and --wire-if are both {host_if}: give two interfaces")
-        if not stats_interval > 0:
-            raise UsageError(f"stats interval {stats_interval}: give seconds above 0")
+        """`sockets`: the host side's and the wire side's, already open on `host_if` and
+        `wire_if` (a worker's fanout members); by default the agent opens its own. `txns`:
+        its agent's EVENT txn_ids (`IpsecAgent`)."""
+        check_settings(host_if, wire_if, stats_interval)
         if pcap_dir is not None and not pcap_dir.is_dir():
             raise UsageError(f"{pcap_dir}: no such folder for the captures")
-        self.agent = IpsecAgent(config)
+        self.agent = IpsecAgent(config, txns=txns)
         self.forward_only = forward_only
         """Carry frames across untouched, the agent left out: the I/O's own ceiling (the
         benchmark's plain forwarder)."""
         self._from_host = _forward("to_wire") if forward_only else self.agent.from_host
         self._from_wire = _forward("to_host") if forward_only else self.agent.from_wire
-        self.host = PacketSocket(host_if)
-        try:
-            self.wire = PacketSocket(wire_if)
-        except BaseException:
-            self.host.close()
-            raise
+        if sockets is None:
+            self.host = PacketSocket(host_if)
+            try:
+                self.wire = PacketSocket(wire_if)
+            except BaseException:
+                self.host.close()
+                raise
+        else:
+            self.host, self.wire = sockets
         self.pcap_dir = pcap_dir
         self.stats_interval = stats_interval
         self.burst = burst
-        self.report = report or _to_stderr
+        self.report = report or to_stderr
         self.counters = LiveCounters()
         self._stopping = False
         self._dump_asked = False
         self._captures: dict[str, PcapStream] = {}
+        self._started = 0.0
 
     def stop(self) -> None:
         """Stop after the burst in hand (safe from a signal handler)."""
         self._stopping = True
 
-    def run(self, duration: float | None = None) -> dict[str, Any]:
+    def run(self, duration: float | None = None, *, started: float | None = None) -> dict[str, Any]:
         """Move frames until stopped (or for `duration` seconds); returns the final
-        statistics (`stats`)."""
+        statistics (`stats`). Times count from `started` (a `time.monotonic()`; default:
+        now), the workers' from their supervisor's start."""
         captures = self._open_captures()
-        started = time.monotonic()
+        started = time.monotonic() if started is None else started
+        self._started = started
         wake_read, wake_write = socket.socketpair()
         wake_read.setblocking(False)
         wake_write.setblocking(False)
         try:
-            with _signals(self, wake_write):
+            with signals(self, wake_write):
                 self._loop(started, duration, wake_read)
         except BaseException:
             for capture in captures.values():
@@ -124,11 +134,12 @@ class LiveAgent:
         return self.stats()
 
     def _loop(self, started: float, duration: float | None, wake: socket.socket) -> None:
-        agent, host, wire = self.agent, self.host, self.wire
-        self._emit(agent.start(0.0), 0)
-        self.report(f"listening on {host.ifname} and {wire.ifname}")
-        next_stats = self.stats_interval
-        watched: list[PacketSocket | socket.socket] = [host, wire, wake]
+        agent = self.agent
+        now = time.monotonic() - started
+        self._emit(self._start(now), int(now * NS_PER_S))
+        self.report(f"listening on {self.host.ifname} and {self.wire.ifname}")
+        next_stats = now + self.stats_interval
+        watched: list[_Readable] = [self.host, self.wire, *self._inputs(), wake]
         while not self._stopping:
             now = time.monotonic() - started
             if duration is not None and now >= duration:
@@ -142,25 +153,10 @@ class LiveAgent:
             ready, _, _ = select.select(watched, [], [], max(0.0, deadline - now))
             now = time.monotonic() - started
             now_ns = int(now * NS_PER_S)
-            handled = False
-            if host in ready:
-                frames = host.recv_burst(self.burst)
-                if frames:
-                    handled = True
-                    self._record("nic-to-agent", now_ns, frames)
-                    self._emit(self._from_host(frames, now), now_ns)
-            if wire in ready:
-                frames = wire.recv_burst(self.burst)
-                if frames:
-                    handled = True
-                    self._record("wire-to-agent", now_ns, frames)
-                    self._emit(self._from_wire(frames, now), now_ns)
-            if handled:
-                if self.counters.first_frame is None:
-                    self.counters.first_frame = now
-                self.counters.last_frame = time.monotonic() - started
+            for kind, frames in self._read(ready):
+                self._take(kind, frames, now, now_ns)
             if wake in ready:
-                _drain(wake)
+                drain(wake)
             timer = agent.next_timer()
             if timer is not None and timer <= now:
                 self._emit(agent.on_timer(now), now_ns)
@@ -170,6 +166,40 @@ class LiveAgent:
             if self._dump_asked:
                 self._dump_asked = False
                 self.report(json.dumps(self.stats(), sort_keys=True))
+
+    # -- what a worker (live/workers.py) does otherwise ----------------------------------------
+
+    def _start(self, now: float) -> AgentOutput:
+        """The agent starts: AGENT_STARTED."""
+        return self.agent.start(now)
+
+    def _inputs(self) -> list[_Readable]:
+        """What the loop waits on besides the two sockets."""
+        return []
+
+    def _read(self, ready: list[_Readable]) -> list[tuple[str, list[bytes]]]:
+        """The bursts to handle now, in order, each with its kind ("host" or "wire")."""
+        bursts = []
+        for kind, sock in (("host", self.host), ("wire", self.wire)):
+            if sock in ready:
+                frames = sock.recv_burst(self.burst)
+                if frames:
+                    bursts.append((kind, frames))
+        return bursts
+
+    def _take(self, kind: str, frames: list[bytes], now: float, now_ns: int) -> None:
+        """Hand a burst to the agent and send what it gives back."""
+        if kind == "host":
+            self._record("nic-to-agent", now_ns, frames)
+            self._emit(self._from_host(frames, now), now_ns)
+        else:
+            self._record("wire-to-agent", now_ns, frames)
+            self._emit(self._from_wire(frames, now), now_ns)
+        if self.counters.first_frame is None:
+            self.counters.first_frame = now
+        self.counters.last_frame = time.monotonic() - self._started
+
+    # -- output, captures, statistics -----------------------------------------------------------
 
     def _emit(self, out: AgentOutput, now_ns: int) -> None:
         if out.to_host:
@@ -218,13 +248,24 @@ class LiveAgent:
         )
 
     def ask_dump(self) -> None:
+        """Report the statistics after the burst in hand (safe from a signal handler)."""
         self._dump_asked = True
 
 
+class Stoppable(Protocol):
+    """What `signals` drives: a loop that stops, and that reports its statistics."""
+
+    def stop(self) -> None: ...
+
+    def ask_dump(self) -> None: ...
+
+
 @contextmanager
-def _signals(live: LiveAgent, wake: socket.socket) -> Iterator[None]:
+def signals(live: Stoppable, wake: socket.socket) -> Iterator[None]:
     """SIGINT and SIGTERM stop the loop, SIGUSR1 asks for the statistics; each wakes it
-    (signal.set_wakeup_fd). Only from the main thread; elsewhere the caller stops it."""
+    (signal.set_wakeup_fd). Only from the main thread; elsewhere the caller stops it. The
+    three are let in (unblocked) once the handlers are in place: a worker is forked with
+    them blocked, so that none comes before."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -241,12 +282,22 @@ def _signals(live: LiveAgent, wake: socket.socket) -> Iterator[None]:
         signal.SIGUSR1: signal.signal(signal.SIGUSR1, dump),
     }
     old_fd = signal.set_wakeup_fd(wake.fileno())
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, saved)
     try:
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         signal.set_wakeup_fd(old_fd)
         for signum, handler in saved.items():
             signal.signal(signum, handler)
+
+
+def check_settings(host_if: str, wire_if: str, stats_interval: float) -> None:
+    """UsageError unless the interfaces are two and the statistics interval is above 0."""
+    if host_if == wire_if:
+        raise UsageError(f"--host-if and --wire-if are both {host_if}: give two interfaces")
+    if not stats_interval > 0:
+        raise UsageError(f"stats interval {stats_interval}: give seconds above 0")
 
 
 def _forward(side: str) -> Callable[[list[bytes], float], AgentOutput]:
@@ -258,7 +309,8 @@ def _forward(side: str) -> Callable[[list[bytes], float], AgentOutput]:
     return forward
 
 
-def _drain(sock: socket.socket) -> None:
+def drain(sock: socket.socket) -> None:
+    """Read a non-blocking socket until it has nothing more."""
     while True:
         try:
             if not sock.recv(4096):
@@ -267,7 +319,8 @@ def _drain(sock: socket.socket) -> None:
             return
 
 
-def _to_stderr(line: str) -> None:
+def to_stderr(line: str) -> None:
+    """The live agent's log line."""
     print(f"ipsec-offload agent: {line}", file=sys.stderr, flush=True)
 
 

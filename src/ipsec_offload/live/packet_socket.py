@@ -80,6 +80,21 @@ class PacketSocket:
     def fileno(self) -> int:
         return self._sock.fileno()
 
+    def setsockopt(self, level: int, option: int, value: int | bytes) -> None:
+        """Set a socket option (a fanout group, its program)."""
+        self._sock.setsockopt(level, option, value)
+
+    def getsockopt(self, level: int, option: int) -> int:
+        """An integer socket option."""
+        return self._sock.getsockopt(level, option)
+
+    def drain(self) -> int:
+        """Drop the frames queued now; returns how many."""
+        dropped = 0
+        while frames := self.recv_burst():
+            dropped += len(frames)
+        return dropped
+
     def recv_burst(self, limit: int = 64) -> list[bytes]:
         """The frames queued now (up to `limit`, at most 64), VLAN tags restored; never
         waits."""
