@@ -26,6 +26,15 @@ done
 # the kernel's default, would interleave flows)
 sysctl -qw net.core.default_qdisc=pfifo
 ip link set lo up
+# peerd's probe (peerd.c, flush_deferred): its datagrams to itself on loopback port 9 go
+# through ESP, so that their delivery queues behind every decrypted packet's (loopback skips
+# xfrm unless told not to)
+sysctl -qw net.ipv4.conf.lo.disable_xfrm=0
+sysctl -qw net.ipv4.conf.lo.disable_policy=0
+/sbin/ip xfrm state add src 127.0.0.1 dst 127.0.0.1 proto esp spi 0x9 mode transport \
+    aead 'rfc4106(gcm(aes))' 0x0909090909090909090909090909090909090909 128
+/sbin/ip xfrm policy add src 127.0.0.1/32 dst 127.0.0.1/32 proto 17 dport 9 dir out \
+    tmpl proto esp mode transport
 sysctl -qw net.ipv6.conf.eth0.disable_ipv6=1
 ip link set eth0 promisc on up
 port=""

@@ -18,8 +18,10 @@
  * Synchronisation: the testbed sends a marker frame (EtherType 0x9000, the loopback test
  * protocol, which no other part of the model sends; "ipsec-offload mark" and an 8-byte token) to
  * eth0 after the frames it wants processed. The stack handles eth0's frames in order, so when
- * the marker reaches peerd's packet socket the frames before it have been through the stack:
- * peerd drains its raw sockets (their D lines), writes  M token, and sends the marker back out
+ * the marker reaches peerd's packet socket the frames before it have been through the stack,
+ * but for the delivery of what they decrypted, which the kernel queues (flush_deferred
+ * waits it out with a probe through the same queue); then peerd drains its raw sockets
+ * (their D lines), writes  M token, and sends the marker back out
  * of eth0, behind whatever the stack sent meanwhile, so that the testbed knows it has every
  * frame the guest sent so far. peerd runs as SCHED_IDLE: it runs when the stack has nothing
  * left to do.
@@ -51,6 +53,7 @@
 #define MARK_MAGIC "ipsec-offload mark"
 #define MARK_MAGIC_LEN 18
 #define MARK_TOKEN (14 + MARK_MAGIC_LEN)
+#define PROBE_PORT 9
 #define MAX_NS 16
 #define MAX_LINE (1 << 20)
 #define MAX_OUTPUT (1 << 20)
@@ -333,12 +336,45 @@ static void report_all(void) {
         for (int s = 0; s < NSOCK; s++) report(&spaces[i], s);
 }
 
+/* A decrypted packet is not delivered where it was opened: the kernel queues it for the
+ * xfrm tasklet (xfrm_trans_queue; a tunnel's inner packet to the gro_cells NAPI), which may
+ * run after peerd has seen the marker. The probe flushes that queue: a datagram from peerd to
+ * itself on loopback, which init protects with an ESP SA of its own, goes through the same
+ * queue, behind what is in it; when it arrives, everything queued before it is delivered. */
+static int probe_rx = -1, probe_tx = -1;
+static unsigned int probe_seq;
+
+static void open_probe(void) {
+    struct sockaddr_in here = {.sin_family = AF_INET, .sin_port = htons(PROBE_PORT)};
+    here.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    probe_rx = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    probe_tx = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (probe_rx < 0 || probe_tx < 0 || bind(probe_rx, (struct sockaddr *)&here, sizeof here) < 0 ||
+        connect(probe_tx, (struct sockaddr *)&here, sizeof here) < 0) {
+        perror("peerd: probe");
+        _exit(1);
+    }
+}
+
+static void flush_deferred(void) {
+    probe_seq++;
+    if (send(probe_tx, &probe_seq, sizeof probe_seq, 0) < 0) return;
+    for (;;) {
+        struct pollfd p = {probe_rx, POLLIN, 0};
+        if (poll(&p, 1, 2000) <= 0) return; /* bounded: the marker goes back regardless */
+        unsigned int got;
+        while (recv(probe_rx, &got, sizeof got, 0) == (ssize_t)sizeof got)
+            if (got == probe_seq) return;
+    }
+}
+
 static void marker(void) {
     unsigned char frame[2048];
     for (;;) {
         ssize_t n = recv(mark_sock, frame, sizeof frame, MSG_DONTWAIT);
         if (n < 0) return;
         if (n < MARK_TOKEN + 8 || memcmp(frame + 14, MARK_MAGIC, MARK_MAGIC_LEN) != 0) continue;
+        flush_deferred();
         report_all();
         put("M ");
         put_hex(frame + MARK_TOKEN, 8);
@@ -425,6 +461,7 @@ int main(int argc, char **argv) {
         perror("bind");
         return 1;
     }
+    open_probe();
     static char line[MAX_LINE];
     size_t have = 0;
     put("READY\n");
