@@ -312,7 +312,8 @@ def agent(
             ("--duration", duration), ("--workers", None if workers == 1 else workers),
         )  # fmt: skip
         if live_only:
-            raise UsageError(f"{', '.join(live_only)} go with --live")
+            verb = "goes" if len(live_only) == 1 else "go"
+            raise UsageError(f"{', '.join(live_only)} {verb} with --live")
         if host_in is None or host_out is None or wire_out is None:
             raise UsageError("give --host-in, --host-out and --wire-out (or --live)")
         with Progress("replaying") as progress:
