@@ -251,7 +251,7 @@ def test_options_of_one_agent_are_refused_with_workers(extra: list[str], named: 
 
 def test_workers_go_with_live() -> None:
     result = CliRunner().invoke(main, ["agent", "--host-in", "x", "--workers", "2"])
-    assert result.exit_code != 0 and "--workers go with --live" in result.output
+    assert result.exit_code != 0 and "--workers goes with --live" in result.output
 
 
 # -- two workers on veth ------------------------------------------------------------------------
