@@ -7,6 +7,7 @@ Needs root and iproute2 (network namespaces); elsewhere the tests skip saying so
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -113,3 +114,27 @@ def raw(ifname: str) -> socket.socket:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     sock.bind((ifname, 0))
     return sock
+
+
+class Capture:
+    """An independent capture of an interface (both directions): a plain packet socket with
+    room for every frame of a test, read once the run is over, so that nothing is lost to a
+    reader that falls behind while frames stream in."""
+
+    def __init__(self, ifname: str) -> None:
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        self._sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 64 << 20)
+        self._sock.bind((ifname, 0))
+
+    def frames(self) -> list[bytes]:
+        """Every frame captured so far; the capture ends."""
+        self._sock.setblocking(False)
+        seen = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                seen.append(self._sock.recv(65535))
+        self._sock.close()
+        return seen
+
+
+_SO_RCVBUFFORCE = 33

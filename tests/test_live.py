@@ -28,7 +28,7 @@ import agent_frames as af
 from ipsec_offload.live.topology import PEER_V4, LiveTopology
 from ipsec_offload.sim.pcap import read_pcap
 from ipsec_offload.wire.metadata import RxStatus
-from live_port import CLI, LivePort, raw, require_namespaces, running_agent
+from live_port import CLI, Capture, LivePort, raw, require_namespaces, running_agent
 from tools import (
     _missing_tool,
     require_linux_guest,
@@ -131,9 +131,7 @@ def test_sigterm_mid_traffic(live_port: LivePort, tmp_path: Path) -> None:
     golden model, replaying the live captures' inputs, makes the live outputs byte for byte."""
     live_port.ctl("add-sa", "--dir", "out", "--spi", "0x3001", "--dst", "192.0.2.2",
                   "--key", KEY.hex())  # fmt: skip
-    sniffer = AsyncSniffer(iface=live_port.wire_if, store=True)
-    sniffer.start()
-    time.sleep(0.5)
+    wire = Capture(live_port.wire_if)
     sent = 0
     with raw(live_port.host_if) as host:
         deadline = time.monotonic() + 0.6
@@ -145,11 +143,10 @@ def test_sigterm_mid_traffic(live_port: LivePort, tmp_path: Path) -> None:
                 live_port.process.send_signal(signal.SIGTERM)
             if sent >= 600:
                 break
-    out, err = live_port.process.communicate(timeout=30)
-    assert live_port.process.returncode == 0, err
-    stats = json.loads(out)
-    time.sleep(0.5)
-    on_wire = [bytes(p) for p in sniffer.stop() if Ether(bytes(p)).haslayer(ESP)]
+        out, err = live_port.process.communicate(timeout=30)
+        assert live_port.process.returncode == 0, err
+        stats = json.loads(out)
+    on_wire = [f for f in wire.frames() if Ether(f).haslayer(ESP)]
     assert all(Ether(f)[ESP].spi == 0x3001 for f in on_wire)
     links = stats["links"]
     pcaps = tmp_path / "pcaps"

@@ -26,7 +26,6 @@ from click.testing import CliRunner
 from scapy.layers.inet import IP, UDP
 from scapy.layers.ipsec import ESP
 from scapy.layers.l2 import Ether
-from scapy.sendrecv import AsyncSniffer
 
 import agent_frames as af
 from ipsec_offload.agent.agent import AgentConfig, IpsecAgent
@@ -44,7 +43,7 @@ from ipsec_offload.wire.config import (
     encode_sa_index,
 )
 from ipsec_offload.wire.metadata import RxStatus
-from live_port import LivePort, raw, running_agent
+from live_port import Capture, LivePort, raw, running_agent
 from tools import _missing_tool, scapy_sa
 
 pytestmark = pytest.mark.xdist_group("live")
@@ -270,15 +269,9 @@ def _add(port: LivePort, direction: str, spi: int, dst: str) -> int:
     return int(reply["sa_index"])
 
 
-def _sniffers(port: LivePort) -> tuple[AsyncSniffer, AsyncSniffer]:
-    sniffers = (
-        AsyncSniffer(iface=port.host_if, store=True),
-        AsyncSniffer(iface=port.wire_if, store=True),
-    )
-    for sniffer in sniffers:
-        sniffer.start()
-    time.sleep(0.5)
-    return sniffers
+def _captures(port: LivePort) -> tuple[Capture, Capture]:
+    """Independent captures of the host and the wire side."""
+    return Capture(port.host_if), Capture(port.wire_if)
 
 
 def _agent_esp(frames: list[bytes], spis: tuple[int, ...]) -> dict[int, list[Ether]]:
@@ -314,7 +307,7 @@ def test_each_sa_in_one_worker(two_workers: LivePort) -> None:
     in_index = {spi: _add(port, "in", spi, V4_IN) for spi in ins}
     v6_spi = 0x6003
     in_index[v6_spi] = _add(port, "in", v6_spi, LOCAL6_TEXT)
-    host_sniffer, wire_sniffer = _sniffers(port)
+    host_capture, wire_capture = _captures(port)
     count = 20
     sent_wire: dict[int, list[bytes]] = {spi: [] for spi in in_index}
     with raw(port.host_if) as host, raw(port.wire_if) as wire:
@@ -332,8 +325,8 @@ def test_each_sa_in_one_worker(two_workers: LivePort) -> None:
         for spi in in_index:
             wire.send(sent_wire[spi][4])  # seq 5 again: a replay
         time.sleep(1.0)
-    host_frames = [bytes(p) for p in host_sniffer.stop()]
-    wire_frames = [bytes(p) for p in wire_sniffer.stop()]
+    host_frames = host_capture.frames()
+    wire_frames = wire_capture.frames()
 
     esp = _agent_esp(wire_frames, outs)
     for spi in outs:
@@ -436,12 +429,11 @@ def test_sigterm_mid_traffic_with_two_workers(two_workers: LivePort) -> None:
         af.wire_frame(af.esp_packet(KEY, ins[n % 2], n // 2 + 1, b"stream %06d" % n))
         for n in range(800)
     ]
-    host_sniffer, wire_sniffer = _sniffers(port)
+    host_capture, wire_capture = _captures(port)
     with raw(port.host_if) as host, raw(port.wire_if) as wire:
         for n in range(800):
             host.send(af.offload_frame(outs[n % 2], 0, b"stream %06d" % n))
             wire.send(wire_frames[n])
-            time.sleep(0.001)  # what scapy's sniffer keeps up with
             if n == 400:
                 port.process.send_signal(signal.SIGTERM)
     out, err = port.process.communicate(timeout=30)
@@ -449,8 +441,8 @@ def test_sigterm_mid_traffic_with_two_workers(two_workers: LivePort) -> None:
     _no_process_left(port)
     stats = json.loads(out)
     time.sleep(0.5)
-    esp = _agent_esp([bytes(p) for p in wire_sniffer.stop()], outs)
-    to_host = _from_agent_to_host([bytes(p) for p in host_sniffer.stop()])
+    esp = _agent_esp(wire_capture.frames(), outs)
+    to_host = _from_agent_to_host(host_capture.frames())
     links = stats["links"]
     for spi in outs:
         assert [p[ESP].seq for p in esp[spi]] == list(range(1, len(esp[spi]) + 1))
