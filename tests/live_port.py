@@ -138,3 +138,21 @@ class Capture:
 
 
 _SO_RCVBUFFORCE = 33
+
+
+@contextmanager
+def veth_pair(prefix: str, why: str) -> Iterator[tuple[str, str]]:
+    """A veth pair in this namespace (root), IPv6 off so the kernel sends nothing itself;
+    without root the test skips (or fails, in CI) saying `why` it needs it."""
+    if os.geteuid() != 0:
+        _missing_tool(f"{why} need root (packet sockets, a veth pair)")
+    tag = uuid.uuid4().hex[:6]
+    a, b = f"{prefix}a{tag}", f"{prefix}b{tag}"
+    subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b], check=True)
+    try:
+        for name in (a, b):
+            subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{name}.disable_ipv6=1"], check=True)
+            subprocess.run(["ip", "link", "set", name, "up"], check=True)
+        yield a, b
+    finally:
+        subprocess.run(["ip", "link", "delete", a], check=False)

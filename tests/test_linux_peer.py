@@ -21,7 +21,7 @@ import agent_frames as af
 from ipsec_offload.agent.agent import AgentConfig, IpsecAgent
 from ipsec_offload.errors import LinuxGuestError
 from ipsec_offload.host.events import Delivered
-from ipsec_offload.host.xfrm import Mode, XfrmPolicy, XfrmState
+from ipsec_offload.host.xfrm import Mode, XfrmPolicy, XfrmState, host_network
 from ipsec_offload.sim.linux import guest as guest_module
 from ipsec_offload.sim.linux import image as image_module
 from ipsec_offload.sim.linux.guest import LinuxGuest
@@ -122,7 +122,7 @@ def test_agent_alone(linux_guest: LinuxGuest, algorithm: Algorithm) -> None:
         (2, Direction.OUTBOUND, in_spi, af.PEER4, af.LOCAL4),
     ):
         peer.add_state(XfrmState(handle, direction, spi, src, dst, algorithm, key, reqid=1), 0.0)
-        peer.add_policy(XfrmPolicy(direction, _net(src), _net(dst), handle))
+        peer.add_policy(XfrmPolicy(direction, host_network(src), host_network(dst), handle))
 
     sent = []
     for n in range(1, 4):
@@ -146,12 +146,6 @@ def test_agent_alone(linux_guest: LinuxGuest, algorithm: Algorithm) -> None:
     assert frame.endswith(b"linux says hello\x01\x02\x02\x11")
     sas = {sa.spi: sa for sa in peer.guest_sas()}
     assert (sas[out_spi].packets, sas[out_spi].failed, sas[in_spi].packets) == (3, 0, 1)
-
-
-def _net(addr: bytes):  # type: ignore[no-untyped-def]
-    import ipaddress
-
-    return ipaddress.ip_network(ipaddress.ip_address(addr))
 
 
 def test_vm_on_a_vf(linux_guest: LinuxGuest) -> None:

@@ -18,7 +18,6 @@ import signal
 import struct
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -43,8 +42,8 @@ from ipsec_offload.wire.config import (
     encode_sa_index,
 )
 from ipsec_offload.wire.metadata import RxStatus
-from live_port import Capture, LivePort, raw, running_agent
-from tools import _missing_tool, scapy_sa
+from live_port import Capture, LivePort, raw, running_agent, veth_pair
+from tools import scapy_sa
 
 pytestmark = pytest.mark.xdist_group("live")
 
@@ -57,19 +56,8 @@ LOCAL6_TEXT, V4_OUT, V4_IN = "2001:db8::1", "192.0.2.2", "192.0.2.1"
 
 @pytest.fixture
 def veth() -> Iterator[tuple[str, str]]:
-    """A veth pair in this namespace (root), IPv6 off so the kernel sends nothing itself."""
-    if os.geteuid() != 0:
-        _missing_tool("the fanout tests need root (packet sockets, a veth pair)")
-    tag = uuid.uuid4().hex[:6]
-    a, b = f"foa{tag}", f"fob{tag}"
-    subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b], check=True)
-    try:
-        for name in (a, b):
-            subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{name}.disable_ipv6=1"], check=True)
-            subprocess.run(["ip", "link", "set", name, "up"], check=True)
-        yield a, b
-    finally:
-        subprocess.run(["ip", "link", "delete", a], check=False)
+    with veth_pair("fo", "the fanout tests") as pair:
+        yield pair
 
 
 def _udp4(n: int) -> bytes:

@@ -106,7 +106,7 @@ class Transport:
         mss: int = 0,
     ) -> None:
         """`HostStack.send_udp`."""
-        self._send_l4(_addr(dst), _UDP, UdpHeader(src_port, dst_port), payload, mss, now)
+        self._send_l4(address_bytes(dst), _UDP, UdpHeader(src_port, dst_port), payload, mss, now)
 
     def send_udp_burst(
         self,
@@ -117,7 +117,7 @@ class Transport:
         now: float,
     ) -> None:
         """`HostStack.send_udp_burst`."""
-        dst_b = _addr(dst)
+        dst_b = address_bytes(dst)
         src = self._source(dst_b)
         ip = self._ip
         mac = ip.neighbors.get(dst_b)
@@ -168,13 +168,12 @@ class Transport:
     ) -> int:
         """`HostStack.send_tcp`."""
         header = TcpHeader(src_port, dst_port, seq, ack, flags, window)
-        self._send_l4(_addr(dst), _TCP, header, data, mss, now)
-        consumed = len(data) + bool(flags & TcpFlags.SYN) + bool(flags & TcpFlags.FIN)
-        return (seq + consumed) & _SEQ_MASK
+        self._send_l4(address_bytes(dst), _TCP, header, data, mss, now)
+        return next_tcp_seq(seq, data, flags)
 
     def send_echo(self, dst: str | bytes, ident: int, seq: int, payload: bytes, now: float) -> None:
         """`HostStack.send_echo`."""
-        dst_b = _addr(dst)
+        dst_b = address_bytes(dst)
         self._send_icmp(dst_b, _ECHO_REQUEST[len(dst_b)], ident, seq, payload, now)
 
     def send_ip(self, dst: bytes, protocol: int, segment: bytes, now: float) -> None:
@@ -257,25 +256,11 @@ class Transport:
         if found is None:
             self._counters.drop("unknown_protocol")
             return
-        ports, payload, tcp = found
+        ports, payload, _tcp = found
         if protocol in (_ICMP4, _ICMP6) and segment[0] == _ECHO_REQUEST[len(src)]:
             self._send_icmp(src, _ECHO_REPLY[len(src)], ports[0], ports[1], payload, now)
         self._counters.rx_delivered += 1
-        self._events.append(
-            Delivered(
-                now,
-                protocol,
-                src,
-                dst,
-                ports[0],
-                ports[1],
-                payload,
-                handle,
-                offloaded,
-                None if tcp is None else tcp.seq,
-                None if tcp is None else tcp.flags,
-            )
-        )
+        self._events.append(delivery(now, protocol, src, dst, found, handle, offloaded))
 
 
 def upper_layer(
@@ -296,5 +281,39 @@ def upper_layer(
     return None
 
 
-def _addr(value: str | bytes) -> bytes:
+def delivery(
+    now: float,
+    protocol: int,
+    src: bytes,
+    dst: bytes,
+    found: tuple[tuple[int, int], bytes, TcpHeader | None],
+    state: int | None,
+    offloaded: bool,
+) -> Delivered:
+    """The `Delivered` event of a segment `upper_layer` read (`found`)."""
+    ports, payload, tcp = found
+    return Delivered(
+        now,
+        protocol,
+        src,
+        dst,
+        ports[0],
+        ports[1],
+        payload,
+        state,
+        offloaded,
+        None if tcp is None else tcp.seq,
+        None if tcp is None else tcp.flags,
+    )
+
+
+def next_tcp_seq(seq: int, data: bytes, flags: TcpFlags) -> int:
+    """The sequence number that follows a send of `data` from `seq` (SYN and FIN count one
+    each)."""
+    consumed = len(data) + bool(flags & TcpFlags.SYN) + bool(flags & TcpFlags.FIN)
+    return (seq + consumed) & _SEQ_MASK
+
+
+def address_bytes(value: str | bytes) -> bytes:
+    """An IP address as 4 or 16 bytes, from its bytes or its text."""
     return value if isinstance(value, bytes) else ipaddress.ip_address(value).packed

@@ -226,3 +226,8 @@ class XfrmPolicy:
             and int.from_bytes(dst) & dst_mask == dst_net
             and (self.protocol is None or self.protocol == protocol)
         )
+
+
+def host_network(addr: bytes) -> IpNetwork:
+    """The network of one address (/32 or /128): a policy's selector between two hosts."""
+    return ipaddress.ip_network(ipaddress.ip_address(addr))

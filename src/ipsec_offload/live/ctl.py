@@ -20,6 +20,7 @@ from ipsec_offload.agent.agent import DEFAULT_AGENT_MAC
 from ipsec_offload.errors import IpsecOffloadError, ParseError, UsageError
 from ipsec_offload.live.agent import interface_mac
 from ipsec_offload.live.packet_socket import PacketSocket
+from ipsec_offload.wire.addr import mac_to_str
 from ipsec_offload.wire.config import (
     ConfigMessage,
     ConfigStatus,
@@ -86,7 +87,7 @@ class ConfigClient:
             if reply is not None:
                 return reply
         raise ConfigTimeout(
-            f"no reply from the agent {_mac_text(self.agent_mac)} on {self.dev} to"
+            f"no reply from the agent {mac_to_str(self.agent_mac)} on {self.dev} to"
             f" {opcode.name} after {self.retries + 1} tries {self.timeout:g} s apart (is the"
             " agent running on the other end, and is it configured with this interface's"
             " MAC as its PF MAC, or with none?)"
@@ -145,7 +146,3 @@ class ConfigClient:
         if self._socket is None:
             raise UsageError("this ConfigClient is closed")
         return self._socket
-
-
-def _mac_text(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)

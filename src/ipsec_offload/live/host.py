@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import ipaddress
 import os
 import select
 import struct
@@ -30,7 +29,7 @@ from ipsec_offload.driver.plain import PlainDriver
 from ipsec_offload.errors import ParseError, SimulationError, UsageError
 from ipsec_offload.host.events import SegmentReceived
 from ipsec_offload.host.stack import HostStack
-from ipsec_offload.host.xfrm import XfrmPolicy, XfrmState
+from ipsec_offload.host.xfrm import XfrmPolicy, XfrmState, host_network
 from ipsec_offload.live.packet_socket import PacketSocket
 from ipsec_offload.nic.nic import Nic, NicOutput, SwitchMode, VsiKind
 from ipsec_offload.wire.config import Algorithm, Direction
@@ -159,7 +158,9 @@ class LiveHost:
                 algorithm = Algorithm.AES_GCM_128 if len(key) == 20 else Algorithm.AES_GCM_256
                 state = XfrmState(next(numbers), direction, spi, src, dst, algorithm, key)
                 self.stack.add_state(state, self.now, offload=offload)
-                self.stack.add_policy(XfrmPolicy(direction, _net(src), _net(dst), state.handle))
+                self.stack.add_policy(
+                    XfrmPolicy(direction, host_network(src), host_network(dst), state.handle)
+                )
                 self._pump()
 
     def stop(self) -> None:
@@ -275,7 +276,3 @@ def _ip_packet(src: bytes, dst: bytes, protocol: int, segment: bytes) -> bytes:
     if len(src) == 4:
         return build_ipv4(IPv4Header(src, dst, protocol, 20 + len(segment))) + segment
     return build_ipv6(IPv6Header(src, dst, protocol, len(segment))) + segment
-
-
-def _net(addr: bytes) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    return ipaddress.ip_network(ipaddress.ip_address(addr))

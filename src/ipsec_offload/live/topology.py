@@ -30,10 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ipsec_offload.errors import UsageError
-from ipsec_offload.host.xfrm import XfrmPolicy, XfrmState
+from ipsec_offload.host.xfrm import XfrmPolicy, XfrmState, host_network
 from ipsec_offload.sim.espsa import EspSaEntry, write_esp_sa
 from ipsec_offload.sim.linux.guest import LinuxGuest, die_with_parent
 from ipsec_offload.sim.linux.peer import LinuxPeer, LinuxWire
+from ipsec_offload.wire.addr import mac_from_str
 from ipsec_offload.wire.config import Algorithm, Direction
 
 HOST_V4, PEER_V4 = "10.99.0.1", "10.99.0.2"
@@ -141,8 +142,8 @@ class LiveTopology:
         self.guest = LinuxGuest.boot(tap="tap0", netns=self.wire)
         wire = LinuxWire(self.guest)
         host, peer = (ipaddress.ip_address(sa[k]).packed for k in ("local", "remote"))
-        linux = LinuxPeer(wire, "peer", _mac(PEER_MAC), {4: peer}, (), quiet=False)
-        linux.neighbors[host] = _mac(HOST_MAC)
+        linux = LinuxPeer(wire, "peer", mac_from_str(PEER_MAC), {4: peer}, (), quiet=False)
+        linux.neighbors[host] = mac_from_str(HOST_MAC)
         for handle, direction, spi, key, src, dst in (
             (1, Direction.INBOUND, sa["spi_out"], sa["key_out"], host, peer),
             (2, Direction.OUTBOUND, sa["spi_in"], sa["key_in"], peer, host),
@@ -150,7 +151,7 @@ class LiveTopology:
             state = XfrmState(handle, direction, int(spi, 16), src, dst, Algorithm.AES_GCM_128,
                               bytes.fromhex(key), reqid=1)  # fmt: skip
             linux.add_state(state, 0.0)
-            linux.add_policy(XfrmPolicy(direction, _net(src), _net(dst), handle))
+            linux.add_policy(XfrmPolicy(direction, host_network(src), host_network(dst), handle))
         self.linux_peer = linux
 
     def _start(self, name: str, netns: str, args: list[str], ready: str | None = "ready") -> None:
@@ -229,14 +230,6 @@ def _esp_sa_entries(sa: dict[str, str]) -> list[EspSaEntry]:
             peer, host, int(sa["spi_in"], 16), bytes.fromhex(sa["key_in"]), algorithm, False
         ),
     ]
-
-
-def _mac(text: str) -> bytes:
-    return bytes.fromhex(text.replace(":", ""))
-
-
-def _net(addr: bytes) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    return ipaddress.ip_network(ipaddress.ip_address(addr))
 
 
 def _ip(*args: str) -> None:

@@ -26,7 +26,6 @@ on the wire injects frames as a peer's (`wire_inject`); `secure` records every S
 from __future__ import annotations
 
 import heapq
-import ipaddress
 import math
 import os
 import random
@@ -45,7 +44,7 @@ from ipsec_offload.driver.vf import Kek, VfDriver
 from ipsec_offload.errors import ParseError, SimulationError, UsageError
 from ipsec_offload.host.ip import host_addresses
 from ipsec_offload.host.stack import Delivered, HostStack, StackEvent, StateExpire, StateResult
-from ipsec_offload.host.xfrm import Mode, XfrmPolicy, XfrmState
+from ipsec_offload.host.xfrm import Mode, XfrmPolicy, XfrmState, host_network
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
 from ipsec_offload.nic.nic import Nic, SwitchMode, VsiKind
 from ipsec_offload.sim.clock import NS_PER_S, Order, deadline_ns, seconds, to_ns
@@ -748,10 +747,22 @@ class Testbed:
             stack.add_state(inn, self.now, offload=offload)
             own = stack.addresses[size]
             stack.add_policy(
-                XfrmPolicy(Direction.OUTBOUND, _net(own), _net(peer), out.handle, pair.protocol)
+                XfrmPolicy(
+                    Direction.OUTBOUND,
+                    host_network(own),
+                    host_network(peer),
+                    out.handle,
+                    pair.protocol,
+                )
             )
             stack.add_policy(
-                XfrmPolicy(Direction.INBOUND, _net(peer), _net(own), inn.handle, pair.protocol)
+                XfrmPolicy(
+                    Direction.INBOUND,
+                    host_network(peer),
+                    host_network(own),
+                    inn.handle,
+                    pair.protocol,
+                )
             )
             self.settle(stack)
         return bundle
@@ -1271,7 +1282,3 @@ def _mac(text: str, what: str) -> bytes:
     if len(value) != 6:
         raise UsageError(f"{what}: {text!r} is not a MAC address (write it as 02:00:00:00:00:10)")
     return check_unicast_mac(value, what)
-
-
-def _net(addr: bytes) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    return ipaddress.ip_network(ipaddress.ip_address(addr))

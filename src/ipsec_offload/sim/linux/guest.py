@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ipsec_offload.errors import LinuxGuestError, UsageError
 from ipsec_offload.sim.linux.image import GuestImage, build_image, missing_tools
+from ipsec_offload.wire.addr import mac_to_str
 
 MARK_ETHERTYPE = 0x9000
 """The EtherType of the synchronisation markers (the loopback test protocol: no other part of
@@ -154,7 +155,7 @@ class LinuxGuest:
                 f"tap,id=wire,ifname={self.tap},script=no,downscript=no" if self.tap else
                 f"socket,id=wire,udp=127.0.0.1:{frames_port},localaddr=127.0.0.1:{self._qemu_port}"
             ),
-            "-device", f"virtio-net-pci,netdev=wire,mac={_mac_text(GUEST_MAC)}",
+            "-device", f"virtio-net-pci,netdev=wire,mac={mac_to_str(GUEST_MAC)}",
             "-device", "virtio-serial-pci",
             "-chardev", f"socket,id=ctl,path={control},server=on,wait=off",
             "-device", "virtserialport,chardev=ctl,name=ctl",
@@ -436,7 +437,3 @@ def _free_udp_port() -> int:
         return port
     finally:
         probe.close()
-
-
-def _mac_text(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)

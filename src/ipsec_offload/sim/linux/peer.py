@@ -23,13 +23,12 @@ either peer. Echo requests are answered, by both.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
 from ipsec_offload.errors import LinuxGuestError, ParseError, UsageError
-from ipsec_offload.host.events import Delivered, StackCounters, StackEvent, StateResult
-from ipsec_offload.host.transport import upper_layer
+from ipsec_offload.host.events import StackCounters, StackEvent, StateResult
+from ipsec_offload.host.transport import address_bytes, delivery, next_tcp_seq, upper_layer
 from ipsec_offload.host.xfrm import Offload, XfrmPolicy, XfrmState
 from ipsec_offload.nic.tso import segment_l4
 from ipsec_offload.sim.linux.guest import Exchange, LinuxGuest
@@ -44,7 +43,7 @@ from ipsec_offload.sim.linux.xfrm_words import (
     selector_args,
     state_args,
 )
-from ipsec_offload.wire.addr import ip_to_str
+from ipsec_offload.wire.addr import ip_to_str, mac_to_str
 from ipsec_offload.wire.config import Direction
 from ipsec_offload.wire.ethernet import VlanTag
 from ipsec_offload.wire.ip import IpProto
@@ -174,7 +173,7 @@ class LinuxPeer:
     ) -> None:
         """Send a UDP datagram from the peer (with `mss`, datagrams of `mss` bytes each)."""
         del now
-        self._send_l4(_addr(dst), IpProto.UDP, UdpHeader(src_port, dst_port), payload, mss)
+        self._send_l4(address_bytes(dst), IpProto.UDP, UdpHeader(src_port, dst_port), payload, mss)
 
     def send_tcp(
         self,
@@ -194,14 +193,13 @@ class LinuxPeer:
         the sequence number that follows."""
         del now
         header = TcpHeader(src_port, dst_port, seq, ack, flags, window)
-        self._send_l4(_addr(dst), IpProto.TCP, header, data, mss)
-        consumed = len(data) + bool(flags & TcpFlags.SYN) + bool(flags & TcpFlags.FIN)
-        return (seq + consumed) & 0xFFFF_FFFF
+        self._send_l4(address_bytes(dst), IpProto.TCP, header, data, mss)
+        return next_tcp_seq(seq, data, flags)
 
     def send_echo(self, dst: str | bytes, ident: int, seq: int, payload: bytes, now: float) -> None:
         """Send an ICMP (ICMPv6) echo request from the peer."""
         del now
-        dst_b = _addr(dst)
+        dst_b = address_bytes(dst)
         src = self._source(dst_b)
         header = IcmpEcho(_ECHO_REQUEST[len(dst_b)], 0, ident, seq)
         echo = build_icmp_echo(header, payload, src, dst_b)
@@ -239,24 +237,9 @@ class LinuxPeer:
             return
         if found is None:
             return
-        ports, payload, tcp = found
         state = self._inbound_state(src, dst, protocol)
         self.counters.rx_delivered += 1
-        self._events.append(
-            Delivered(
-                now,
-                protocol,
-                src,
-                dst,
-                ports[0],
-                ports[1],
-                payload,
-                state,
-                False,
-                None if tcp is None else tcp.seq,
-                None if tcp is None else tcp.flags,
-            )
-        )
+        self._events.append(delivery(now, protocol, src, dst, found, state, False))
 
     def _inbound_state(self, src: bytes, dst: bytes, protocol: int) -> int | None:
         """The state the inbound policy selecting the packet names now (the guest accepted the
@@ -309,7 +292,7 @@ class LinuxPeer:
         temporary = f"mv{ns}"
         guest.ip("netns", "add", ns)
         guest.ip(
-            "link", "add", "link", lower, "name", temporary, "address", _mac_text(self.mac),
+            "link", "add", "link", lower, "name", temporary, "address", mac_to_str(self.mac),
             "type", "macvlan", "mode", "vepa",
         )  # fmt: skip
         guest.ip("link", "set", temporary, "netns", ns)
@@ -337,7 +320,7 @@ class LinuxPeer:
         for address, mac in self.neighbors.items():
             if self._pushed.get(address) != mac:
                 self._ip(
-                    "neigh", "replace", ip_to_str(address), "lladdr", _mac_text(mac),
+                    "neigh", "replace", ip_to_str(address), "lladdr", mac_to_str(mac),
                     "dev", "eth0", "nud", "permanent",
                 )  # fmt: skip
                 self._pushed[address] = mac
@@ -428,17 +411,9 @@ class LinuxWire:
             else:
                 self._frames.append(frame)
         touched = set()
-        for delivery in exchange.deliveries:
-            peer = self.peers.get(delivery.netns)
+        for got in exchange.deliveries:
+            peer = self.peers.get(got.netns)
             if peer is not None:
-                peer.deliver(delivery.src, delivery.dst, delivery.protocol, delivery.segment, now)
+                peer.deliver(got.src, got.dst, got.protocol, got.segment, now)
                 touched.add(peer)
         return touched
-
-
-def _addr(value: str | bytes) -> bytes:
-    return value if isinstance(value, bytes) else ipaddress.ip_address(value).packed
-
-
-def _mac_text(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)
