@@ -122,9 +122,10 @@ class Capture:
     reader that falls behind while frames stream in."""
 
     def __init__(self, ifname: str) -> None:
-        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        # protocol 0 until bound: no other interface's frame comes in before the bind
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         self._sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 64 << 20)
-        self._sock.bind((ifname, 0))
+        self._sock.bind((ifname, 0x0003))
 
     def frames(self) -> list[bytes]:
         """Every frame captured so far; the capture ends."""

@@ -44,12 +44,13 @@ KEY = af.KEY128
 
 
 @pytest.fixture
-def live_port(tmp_path: Path) -> Iterator[LivePort]:
+def live_port(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LivePort]:
     """The live agent between two veth pairs, in a namespace of its own, capturing its links
-    into tmp_path/pcaps; both removed after."""
+    into tmp_path/pcaps; both removed after. Parametrized indirectly: its --ring-frames."""
     pcaps = tmp_path / "pcaps"
     pcaps.mkdir()
-    with running_agent("--pcap-dir", str(pcaps), "--stats-interval", "0.5") as port:
+    ring = ("--ring-frames", request.param) if hasattr(request, "param") else ()
+    with running_agent("--pcap-dir", str(pcaps), "--stats-interval", "0.5", *ring) as port:
         yield port
 
 
@@ -81,9 +82,11 @@ def test_ctl_commands(live_port: LivePort) -> None:
     assert stats["agent"]["paths"]["CONFIG_REQUEST"] == stats["links"]["nic-to-agent"]
 
 
+@pytest.mark.parametrize("live_port", ["64", "0"], ids=["ring", "no-ring"], indirect=True)
 def test_esp_both_ways_checked_by_scapy(live_port: LivePort) -> None:
     """Offload frames in on the host side leave as ESP that scapy's SecurityAssociation
-    opens; ESP that scapy seals on the wire side comes out decrypted, tagged OK."""
+    opens; ESP that scapy seals on the wire side comes out decrypted, tagged OK; through
+    receive rings and through one recvmsg a frame."""
     live_port.ctl("add-sa", "--dir", "out", "--spi", "0x2001", "--dst", "192.0.2.2",
                   "--key", KEY.hex())  # fmt: skip
     index = live_port.ctl("add-sa", "--dir", "in", "--spi", "0x2002", "--dst", "192.0.2.1",
@@ -123,6 +126,7 @@ def test_esp_both_ways_checked_by_scapy(live_port: LivePort) -> None:
     stats = live_port.stop()
     assert stats["agent"]["rx_status"]["OK"] == 3
     assert stats["agent"]["paths"]["TX_ENCRYPTED"] == 5
+    assert (stats["kernel_drops"], stats["truncated"]) == (0, 0)
 
 
 def test_sigterm_mid_traffic(live_port: LivePort, tmp_path: Path) -> None:

@@ -3,13 +3,15 @@ same agent in process, and against a plain forwarder of the same I/O code; and t
 two workers against one.
 
 Each run starts `ipsec-offload agent --live` in a network namespace of the bench's own, between
-two veth pairs, gives it an outbound SA for each SPI of the frames with `ctl`'s client (the
-plain forwarder needs none),
-and sends it Tx offload frames as fast as the compiled packet I/O can (sendmmsg), more than
-the agent can take, so that it runs saturated. Its rate is the frames it sent toward the wire
-over the time from the first frame it read to the last it sent (the live statistics'
-`busy_seconds`). The in-process figure is `IpsecAgent.from_host` on the same frames in bursts
-of 64, the live agent's burst.
+two veth pairs, and gives it an outbound SA for each SPI of the frames with `ctl`'s client (the
+plain forwarder needs none). Then the bench stops the agent's processes (SIGSTOP), sends all
+its Tx offload frames into the agent's receive rings, which are sized to hold them, and lets
+the agent go on (SIGCONT): the agent drains a full ring, as a NIC's DMA would have filled it,
+with the machine's cores to itself, and never waits for the sender. Its rate is the frames it
+sent toward the wire over the time from the SIGCONT to the end of its last burst (the live
+statistics' clock). The run fails if the kernel dropped a frame or the agent encrypted fewer
+than it was sent. The in-process figure is `IpsecAgent.from_host` on the same frames in
+bursts of 64, the live agent's burst.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from ipsec_offload.bench.traffic import SPI, BenchError, Packet, sa_request
@@ -47,10 +50,19 @@ def cannot_run() -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Bed:
+    """The bench's namespace for the agent, and the bench's ends of the two veth pairs."""
+
+    netns: str
+    host_if: str
+    wire_if: str
+
+
 @contextmanager
-def veth_namespace() -> Iterator[tuple[str, str]]:
-    """A namespace with the agent's ends of two veth pairs (ah0, aw0); yields the namespace
-    and the bench's end of the host-side pair. Removed on the way out."""
+def veth_namespace() -> Iterator[Bed]:
+    """A namespace with the agent's ends of two veth pairs (ah0, aw0), the bench's ends
+    outside it. Removed on the way out."""
     tag = secrets.token_hex(3)
     netns, host_if, wire_if = f"iolb{tag}", f"ibh{tag}", f"ibw{tag}"
     _ip("netns", "add", netns)
@@ -62,7 +74,7 @@ def veth_namespace() -> Iterator[tuple[str, str]]:
                                check=False, capture_output=True)  # fmt: skip
             _ip("link", "set", mine, "up")
             _ip("-n", netns, "link", "set", theirs, "up")
-        yield netns, host_if
+        yield Bed(netns, host_if, wire_if)
     finally:
         subprocess.run(["ip", "netns", "delete", netns], check=False, capture_output=True)
         for name in (host_if, wire_if):
@@ -70,8 +82,7 @@ def veth_namespace() -> Iterator[tuple[str, str]]:
 
 
 def live_rate(
-    netns: str,
-    host_if: str,
+    bed: Bed,
     packets: Sequence[Packet],
     algorithm: Algorithm,
     *,
@@ -80,15 +91,17 @@ def live_rate(
     workers: int = 1,
 ) -> float:
     """Frames per second the live agent with `workers` workers (or the plain forwarder)
-    moved, saturated; it is given an outbound SA for each of `spis`, the packets' SPIs."""
+    moved, draining its rings; it is given an outbound SA for each of `spis`, the packets'
+    SPIs."""
+    ring = len(packets) // workers + len(packets) // 8
     command = [str(Path(sys.executable).parent / "ipsec-offload"), "agent", "--live",
                "--host-if", "ah0", "--wire-if", "aw0", "--stats-interval", "3600",
-               "--workers", str(workers)]  # fmt: skip
+               "--workers", str(workers), "--ring-frames", str(ring)]  # fmt: skip
     if forward_only:
         command.append("--forward-only")
     process = subprocess.Popen(
-        ["ip", "netns", "exec", netns, *command],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ["ip", "netns", "exec", bed.netns, *command],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     try:
         assert process.stderr is not None
@@ -96,14 +109,20 @@ def live_rate(
             if not line:
                 raise BenchError(f"the live agent did not start: {process.communicate()[1]}")
         if not forward_only:
-            with ConfigClient(host_if) as client:
+            with ConfigClient(bed.host_if) as client:
                 for spi in spis:
                     request = sa_request(Direction.OUTBOUND, algorithm, spi)
                     reply = client.request(Opcode.ADD_SA, encode_add_sa(request))
                     if reply.status != ConfigStatus.OK:
                         raise BenchError("the live agent refused the bench's SA")
-        _blast(host_if, [p.offload for p in packets])
-        time.sleep(0.5)  # what is queued drains
+        before = _wire_received(bed)
+        os.killpg(process.pid, signal.SIGSTOP)
+        try:
+            _blast(bed.host_if, [p.offload for p in packets])
+        finally:
+            resumed = time.monotonic()
+            os.killpg(process.pid, signal.SIGCONT)
+        _wait_for(bed, before + len(packets))
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=60)
     finally:
@@ -114,12 +133,34 @@ def live_rate(
         raise BenchError(f"the live agent failed: {err.strip()}")
     stats = json.loads(out)
     moved = stats["links"]["agent-to-wire"]
-    busy = stats["busy_seconds"]
-    if not moved or not busy:
-        raise BenchError("the live agent moved no frame")
+    if stats["kernel_drops"] or moved != len(packets):
+        raise BenchError(
+            f"the live agent moved {moved} of {len(packets)} frames (the kernel dropped"
+            f" {stats['kernel_drops']}): its rings were too small"
+        )
     if not forward_only and stats["agent"]["paths"]["TX_ENCRYPTED"] != moved:
         raise BenchError("the live agent did not encrypt every frame it sent")
-    return float(moved / busy)
+    return float(moved / (stats["clock"]["last_frame"] - resumed))
+
+
+def _wire_received(bed: Bed) -> int:
+    """Frames the bench's end of the wire pair has received."""
+    path = Path(f"/sys/class/net/{bed.wire_if}/statistics/rx_packets")
+    return int(path.read_text())
+
+
+def _wait_for(bed: Bed, count: int, *, timeout: float = 60.0, still: float = 1.0) -> None:
+    """Until the wire's end has received `count` frames, or has received none for `still`
+    seconds (what the agent has not sent by then it will not), at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last, moved_at = _wire_received(bed), time.monotonic()
+    while (now := time.monotonic()) < deadline and now - moved_at < still:
+        time.sleep(0.02)
+        received = _wire_received(bed)
+        if received >= count:
+            return
+        if received != last:
+            last, moved_at = received, time.monotonic()
 
 
 def _blast(ifname: str, frames: list[bytes]) -> None:

@@ -62,8 +62,9 @@ class Settings:
     """Runs of the small trace (at least 2; half the large trace's frames, so that both are
     timed over seconds): half of them just before the large one, half just after."""
     live_sizes: tuple[int, ...] = (64, 1400)
-    live_packets: int = 200_000
-    """Tx offload frames sent to the live agent per run (more than it takes in the time)."""
+    live_packets: int = 65_536
+    """Tx offload frames queued for the live agent per run: its rings are sized to hold
+    them (2 KiB a frame, in each of its sockets)."""
     live_rounds: int = 3
     """Runs of the live agent, and of the plain forwarder, per size: the best counts."""
 
@@ -442,7 +443,7 @@ def _live(settings: Settings) -> list[Figure]:
     two SAs (one for each worker, in turn); at each of `live_sizes`, AES-GCM-128."""
     algorithm = Algorithm.AES_GCM_128
     figures = []
-    with live.veth_namespace() as (netns, host_if):
+    with live.veth_namespace() as bed:
         for size in settings.live_sizes:
             packets = [packet(size, seq, algorithm) for seq in range(1, settings.live_packets + 1)]
             in_process = race(
@@ -450,11 +451,10 @@ def _live(settings: Settings) -> list[Figure]:
                 settings.rounds,
             )["in_process"]
             agent = max(
-                live.live_rate(netns, host_if, packets, algorithm)
-                for _ in range(settings.live_rounds)
+                live.live_rate(bed, packets, algorithm) for _ in range(settings.live_rounds)
             )
             forwarder = max(
-                live.live_rate(netns, host_if, packets, algorithm, forward_only=True)
+                live.live_rate(bed, packets, algorithm, forward_only=True)
                 for _ in range(settings.live_rounds)
             )
             spis = (SPI, SPI + 1)
@@ -465,9 +465,7 @@ def _live(settings: Settings) -> list[Figure]:
             by_workers: dict[int, list[float]] = {1: [], 2: []}
             for _ in range(settings.live_rounds):  # in turn, so that both see the same machine
                 for workers, rates in by_workers.items():
-                    rates.append(
-                        live.live_rate(netns, host_if, both, algorithm, spis=spis, workers=workers)
-                    )
+                    rates.append(live.live_rate(bed, both, algorithm, spis=spis, workers=workers))
             one, two = max(by_workers[1]), max(by_workers[2])
             tag = f"{algorithm.name.lower()}/{size}"
             figures += [

@@ -17,7 +17,7 @@ from ipsec_offload.cli.ctl import ctl
 from ipsec_offload.cli.live import live, live_host
 from ipsec_offload.cli.progress import Progress
 from ipsec_offload.errors import IpsecOffloadError, UsageError
-from ipsec_offload.live.agent import LiveAgent
+from ipsec_offload.live.agent import RING_FRAMES, LiveAgent
 from ipsec_offload.live.workers import LiveWorkers
 from ipsec_offload.sim.agent_options import AGENT_OPTIONS, agent_config
 from ipsec_offload.sim.golden import run_golden
@@ -243,6 +243,14 @@ def _agent_options(command: Callable[..., None]) -> Callable[..., None]:
     ' (docs/live.md, "Workers").',
 )
 @click.option(
+    "--ring-frames",
+    type=click.IntRange(min=0),
+    default=RING_FRAMES,
+    show_default=True,
+    help="--live: each packet socket's receive ring, in frames of up to 2 KiB (0: no ring,"
+    ' one recvmsg a frame; docs/live.md, "Receive rings").',
+)
+@click.option(
     "--forward-only",
     is_flag=True,
     hidden=True,
@@ -262,6 +270,7 @@ def agent(
     stats_interval: float,
     duration: float | None,
     workers: int,
+    ring_frames: int,
     forward_only: bool,
     **settings: str | tuple[str, ...] | None,
 ) -> None:
@@ -299,17 +308,19 @@ def agent(
                         )
                 stats = LiveWorkers(
                     config, host_if, wire_if, workers=workers, stats_interval=stats_interval,
+                    ring_frames=ring_frames,
                 ).run(duration)  # fmt: skip
             else:
                 stats = LiveAgent(
                     config, host_if, wire_if, pcap_dir=pcap_dir, stats_interval=stats_interval,
-                    forward_only=forward_only,
+                    forward_only=forward_only, ring_frames=ring_frames,
                 ).run(duration)  # fmt: skip
             click.echo(json.dumps(stats, indent=2, sort_keys=True))
             return
         live_only = _given(
             ("--host-if", host_if), ("--wire-if", wire_if), ("--pcap-dir", pcap_dir),
             ("--duration", duration), ("--workers", None if workers == 1 else workers),
+            ("--ring-frames", None if ring_frames == RING_FRAMES else ring_frames),
         )  # fmt: skip
         if live_only:
             verb = "goes" if len(live_only) == 1 else "go"

@@ -35,6 +35,8 @@ from ipsec_offload.live.packet_socket import PacketSocket
 from ipsec_offload.sim.clock import NS_PER_S
 from ipsec_offload.sim.pcap import PcapStream
 
+RING_FRAMES = 4096
+"""Each socket's receive ring by default: 4096 frames (8 MiB)."""
 LINKS = ("nic-to-agent", "agent-to-nic", "wire-to-agent", "agent-to-wire")
 """The captures, named as the simulator's links."""
 _Readable = PacketSocket | socket.socket
@@ -47,6 +49,10 @@ class LiveCounters:
     frames: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LINKS, 0))
     bursts: int = 0
     send_errors: int = 0
+    kernel_drops: int = 0
+    """Frames the kernel dropped before the agent read them: its ring or queue was full."""
+    truncated: int = 0
+    """Frames too long for a ring slot whose whole copy found no room (dropped)."""
     seconds: float = 0.0
     first_frame: float | None = None
     """When the first frame was read (seconds since the start)."""
@@ -68,12 +74,14 @@ class LiveAgent:
         burst: int = 64,
         report: Callable[[str], None] | None = None,
         forward_only: bool = False,
+        ring_frames: int = RING_FRAMES,
         sockets: tuple[PacketSocket, PacketSocket] | None = None,
         txns: TxnSpace | None = None,
     ) -> None:
-        """`sockets`: the host side's and the wire side's, already open on `host_if` and
-        `wire_if` (a worker's fanout members); by default the agent opens its own. `txns`:
-        its agent's EVENT txn_ids (`IpsecAgent`)."""
+        """`ring_frames`: each socket's receive ring, in frames (0: none, one recvmsg a
+        frame). `sockets`: the host side's and the wire side's, already open on `host_if`
+        and `wire_if` (a worker's fanout members); by default the agent opens its own.
+        `txns`: its agent's EVENT txn_ids (`IpsecAgent`)."""
         check_settings(host_if, wire_if, stats_interval)
         if pcap_dir is not None and not pcap_dir.is_dir():
             raise UsageError(f"{pcap_dir}: no such folder for the captures")
@@ -84,9 +92,9 @@ class LiveAgent:
         self._from_host = _forward("to_wire") if forward_only else self.agent.from_host
         self._from_wire = _forward("to_host") if forward_only else self.agent.from_wire
         if sockets is None:
-            self.host = PacketSocket(host_if)
+            self.host = PacketSocket(host_if, ring_frames=ring_frames)
             try:
-                self.wire = PacketSocket(wire_if)
+                self.wire = PacketSocket(wire_if, ring_frames=ring_frames)
             except BaseException:
                 self.host.close()
                 raise
@@ -126,6 +134,7 @@ class LiveAgent:
         finally:
             wake_read.close()
             wake_write.close()
+            self._count_kernel_drops()
             self.host.close()
             self.wire.close()
         for capture in captures.values():
@@ -161,6 +170,7 @@ class LiveAgent:
             if timer is not None and timer <= now:
                 self._emit(agent.on_timer(now), now_ns)
             if now >= next_stats:
+                self._count_kernel_drops()
                 self.report(self.stats_line())
                 next_stats = now + self.stats_interval
             if self._dump_asked:
@@ -211,6 +221,9 @@ class LiveAgent:
         self.counters.bursts += 1
         self.counters.send_errors = self.host.send_errors + self.wire.send_errors
 
+    def _count_kernel_drops(self) -> None:
+        count_losses(self.counters, (self.host, self.wire))
+
     def _record(self, link: str, now_ns: int, frames: list[bytes]) -> None:
         self.counters.frames[link] += len(frames)
         capture = self._captures.get(link)
@@ -231,8 +244,11 @@ class LiveAgent:
         return {
             "links": dict(self.counters.frames),
             "send_errors": self.counters.send_errors,
+            "kernel_drops": self.counters.kernel_drops,
+            "truncated": self.counters.truncated,
             "seconds": round(self.counters.seconds, 3),
             "busy_seconds": None if first is None or last is None else round(last - first, 6),
+            "clock": clock_stats(self._started, last),
             "sad_used": dump["sad_used"],
             "agent": dump["counters"],
         }
@@ -244,7 +260,8 @@ class LiveAgent:
         return (
             f"host in {f['nic-to-agent']} out {f['agent-to-nic']}, wire in"
             f" {f['wire-to-agent']} out {f['agent-to-wire']}, SAD {len(self.agent.sad)},"
-            f" drops {drops}, send errors {self.counters.send_errors}"
+            f" drops {drops}, send errors {self.counters.send_errors}, kernel drops"
+            f" {self.counters.kernel_drops}"
         )
 
     def ask_dump(self) -> None:
@@ -307,6 +324,18 @@ def _forward(side: str) -> Callable[[list[bytes], float], AgentOutput]:
         return AgentOutput(**{side: frames})
 
     return forward
+
+
+def count_losses(counters: LiveCounters, sockets: tuple[PacketSocket, ...]) -> None:
+    """The sockets' frames lost before the agent read them, into `counters`."""
+    counters.kernel_drops = sum(sock.read_kernel_drops() for sock in sockets)
+    counters.truncated = sum(sock.ring.truncated for sock in sockets if sock.ring)
+
+
+def clock_stats(started: float, last: float | None) -> dict[str, float | None]:
+    """The start and the last frame's end on this machine's monotonic clock (seconds), so
+    that another process (the benchmark) can place them against its own times."""
+    return {"started": started, "last_frame": None if last is None else started + last}
 
 
 def drain(sock: socket.socket) -> None:

@@ -55,9 +55,12 @@ from ipsec_offload.agent.events import TxnSpace
 from ipsec_offload.errors import LiveError, ParseError, UsageError
 from ipsec_offload.live.agent import (
     LINKS,
+    RING_FRAMES,
     LiveAgent,
     LiveCounters,
     check_settings,
+    clock_stats,
+    count_losses,
     drain,
     signals,
     to_stderr,
@@ -128,7 +131,9 @@ class LiveWorkers:
         stats_interval: float = 5.0,
         burst: int = 64,
         report: Callable[[str], None] | None = None,
+        ring_frames: int = RING_FRAMES,
     ) -> None:
+        """`ring_frames`: each fanout member's receive ring (`LiveAgent`)."""
         check_settings(host_if, wire_if, stats_interval)
         if not 2 <= workers <= MAX_WORKERS:
             raise UsageError(
@@ -138,6 +143,7 @@ class LiveWorkers:
         self.host_if = host_if
         self.wire_if = wire_if
         self.workers = workers
+        self.ring_frames = ring_frames
         self.stats_interval = stats_interval
         self.burst = burst
         self.report = report or to_stderr
@@ -152,6 +158,7 @@ class LiveWorkers:
         self._ended = [False] * workers
         self._stopping = False
         self._dump_asked = False
+        self._started = 0.0
 
     def stop(self) -> None:
         """Stop after the burst in hand (safe from a signal handler)."""
@@ -164,7 +171,7 @@ class LiveWorkers:
     def run(self, duration: float | None = None) -> dict[str, Any]:
         """Start the workers, place and forward frames and config until stopped (or for
         `duration` seconds), stop the workers; returns the final statistics."""
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         with ExitStack() as stack:
             host = self._group(self.host_if, "host", stack)
             wire = self._group(self.wire_if, "wire", stack)
@@ -192,6 +199,7 @@ class LiveWorkers:
                     )
                     self._loop(host[0], wire[0], ends, started, duration, wake_read)
                 finally:
+                    count_losses(self.counters, (host[0], wire[0]))
                     self._finish(host[0], ends)
         self.counters.seconds = time.monotonic() - started
         return self.stats()
@@ -202,7 +210,7 @@ class LiveWorkers:
         """The side's fanout group: the supervisor's socket, then each worker's."""
         sockets = []
         for _ in range(self.workers + 1):
-            sock = PacketSocket(ifname)
+            sock = PacketSocket(ifname, ring_frames=self.ring_frames)
             stack.callback(sock.close)
             sockets.append(sock)
         config = self.config
@@ -396,10 +404,13 @@ class LiveWorkers:
         return {
             "links": {link: mine[link] + sum(w["links"][link] for w in workers) for link in LINKS},
             "send_errors": self.counters.send_errors + sum(w["send_errors"] for w in workers),
+            "kernel_drops": self.counters.kernel_drops + sum(w["kernel_drops"] for w in workers),
+            "truncated": self.counters.truncated + sum(w["truncated"] for w in workers),
             "seconds": round(self.counters.seconds, 3),
             "busy_seconds": round(max(s[1] for s in spans) - min(s[0] for s in spans), 6)
             if spans
             else None,
+            "clock": clock_stats(self._started, max(s[1] for s in spans) if spans else None),
             "sad_used": workers[0]["sad_used"],
             "agent": _agent_totals([w["agent"] for w in workers]),
             "workers": workers,
@@ -407,6 +418,7 @@ class LiveWorkers:
                 "links": dict(mine),
                 "forwarded": list(self.forwarded),
                 "send_errors": self.counters.send_errors,
+                "kernel_drops": self.counters.kernel_drops,
             },
         }
 
