@@ -25,7 +25,7 @@ from scapy.layers.l2 import Ether
 from scapy.sendrecv import AsyncSniffer
 
 import agent_frames as af
-from ipsec_offload.live.topology import PEER_V4, LiveTopology
+from ipsec_offload.live.topology import PEER_V4, PEER_V6, LiveTopology
 from ipsec_offload.sim.pcap import read_pcap
 from ipsec_offload.wire.metadata import RxStatus
 from live_port import CLI, Capture, LivePort, raw, require_namespaces, running_agent
@@ -208,16 +208,18 @@ def _fetch_and_hash(topology: LiveTopology, url: str) -> str:
 
 
 def _ping(topology: LiveTopology) -> None:
-    done = topology.run_in("app", "ping", "-c", "3", "-W", "5", PEER_V4)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "3 packets transmitted, 3 received" in done.stdout
+    """Three pings to each of the peer's addresses, IPv4 and IPv6, all answered."""
+    for address in (PEER_V4, PEER_V6):
+        done = topology.run_in("app", "ping", "-c", "3", "-W", "5", address)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "3 packets transmitted, 3 received" in done.stdout
 
 
 def test_applications_over_the_model_software_peer(tmp_path: Path) -> None:
-    """ping and an HTTP download between the host's and the peer's namespaces: the kernel's
-    ICMP and TCP through the model's stack, PF driver, NIC, the live agent and the software
-    peer. tshark, capturing on the agent's wire side, decrypts the ESP with the esp_sa file
-    the run wrote."""
+    """ping and HTTP downloads between the host's and the peer's namespaces, over IPv4 and
+    IPv6: the kernel's ICMP and TCP through the model's stack, PF driver, NIC, the live agent
+    and the software peer. tshark, capturing on the agent's wire side, decrypts the ESP of
+    both families with the esp_sa file the run wrote."""
     _require_apps()
     tshark = require_tool("tshark")
     served = tmp_path / "served"
@@ -233,13 +235,16 @@ def test_applications_over_the_model_software_peer(tmp_path: Path) -> None:
         )  # fmt: skip
         server = subprocess.Popen(
             ["ip", "netns", "exec", topology.wire, sys.executable, "-m", "http.server",
-             "8080", "--bind", PEER_V4, "--directory", str(served)],
+             "8080", "--bind", "::", "--directory", str(served)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
             time.sleep(2.0)  # tshark and the server start
             _ping(topology)
-            digest = _fetch_and_hash(topology, f"http://{PEER_V4}:8080/blob")
+            digests = [
+                _fetch_and_hash(topology, f"http://{PEER_V4}:8080/blob"),
+                _fetch_and_hash(topology, f"http://[{PEER_V6}]:8080/blob"),
+            ]
         finally:
             server.terminate()
             server.wait()
@@ -247,22 +252,26 @@ def test_applications_over_the_model_software_peer(tmp_path: Path) -> None:
             sniffer.send_signal(signal.SIGINT)
             sniffer.wait(timeout=30)
         said = topology.down()
-    assert digest == hashlib.sha256(blob).hexdigest()
+    assert digests == [hashlib.sha256(blob).hexdigest()] * 2
     host = json.loads(said["host"].strip().splitlines()[-1])
-    # the download's 2 MB came in through the agent's decryption, the acks out through its
-    # encryption
-    assert host["counters"]["rx_esp_offloaded"] > 1400
-    assert host["counters"]["tx_esp_offloaded"] > 100
+    # the downloads' 2 MB each came in through the agent's decryption, the acks out through
+    # its encryption
+    assert host["counters"]["rx_esp_offloaded"] > 2 * 1400
+    assert host["counters"]["tx_esp_offloaded"] > 200
     rows = tshark_decode(
-        capture, tmp_path / "live" / "esp_sa", fields=["esp.spi", "icmp.type", "esp.icv_good"]
-    )
-    assert len(rows) > 1400 and all(row["esp.icv_good"] == "1" for row in rows)
+        capture, tmp_path / "live" / "esp_sa",
+        fields=["ip.version", "esp.spi", "icmp.type", "icmpv6.type", "esp.icv_good"],
+    )  # fmt: skip
+    assert len(rows) > 2 * 1400 and all(row["esp.icv_good"] == "1" for row in rows)
+    assert {row["ip.version"] for row in rows} == {"4", "6"}
     assert {row["icmp.type"] for row in rows} >= {"8", "0"}  # requests and replies, opened
+    assert {row["icmpv6.type"] for row in rows} >= {"128", "129"}
 
 
 def test_applications_over_the_model_linux_peer(tmp_path: Path) -> None:
-    """The same with the Linux guest as the peer, on a TAP device: ping answered by its
-    kernel, and a file its busybox httpd serves arrives whole (the guest's own hash)."""
+    """The same with the Linux guest as the peer, on a TAP device: pings answered by its
+    kernel, and a file its busybox httpd serves arrives whole (the guest's own hash), over
+    IPv4 and IPv6, each through its own SA pair."""
     _require_apps()
     require_linux_guest()
     with LiveTopology(tmp_path / "live", peer="linux") as topology:
@@ -275,5 +284,7 @@ def test_applications_over_the_model_linux_peer(tmp_path: Path) -> None:
         guest.run("/bin/nsenter", f"--net=/run/netns/{peer.netns}", "/bin/sh", "-c", serve)
         _ping(topology)
         assert _fetch_and_hash(topology, f"http://{PEER_V4}:8080/blob") == expected
+        assert _fetch_and_hash(topology, f"http://[{PEER_V6}]:8080/blob") == expected
         sas = {sa.spi: sa for sa in peer.guest_sas()}
+        assert len(sas) == 4  # each family's pair
         assert all(sa.packets > 100 and sa.failed == 0 and sa.replay == 0 for sa in sas.values())

@@ -19,7 +19,14 @@ import click
 
 from ipsec_offload.errors import IpsecOffloadError
 from ipsec_offload.live.host import LiveHost, LiveSa
-from ipsec_offload.live.topology import HOST_V4, PEER_V4, TUN_MTU, LiveTopology
+from ipsec_offload.live.topology import (
+    HOST_V4,
+    HOST_V6,
+    PEER_V4,
+    PEER_V6,
+    TUN_MTU,
+    LiveTopology,
+)
 
 
 @click.command()
@@ -88,8 +95,10 @@ def live(
 
 def _wait_for_ctrl_c(topology: LiveTopology) -> None:
     click.echo(
-        f"host {HOST_V4} in namespace {topology.app}, peer {PEER_V4} in {topology.wire}:\n"
+        f"host {HOST_V4} and {HOST_V6} in namespace {topology.app}, peer {PEER_V4} and"
+        f" {PEER_V6} in {topology.wire}:\n"
         f"  ip netns exec {topology.app} ping {PEER_V4}\n"
+        f"  ip netns exec {topology.app} ping {PEER_V6}\n"
         f"  ip netns exec {topology.agent} tcpdump -i aw0 -w wire.pcap   # ESP; keys in"
         f" {topology.out / 'esp_sa'}\n"
         "Ctrl-C takes it all down."
@@ -110,6 +119,7 @@ def _wait_for_ctrl_c(topology: LiveTopology) -> None:
 @click.option("--name", required=True)
 @click.option("--mac", required=True)
 @click.option("--ipv4", required=True)
+@click.option("--ipv6", default=None)
 @click.option("--iface", required=True)
 @click.option("--tun", default="tun0", show_default=True)
 @click.option("--neighbor", "neighbors", multiple=True, help="ADDRESS=MAC")
@@ -121,6 +131,7 @@ def live_host(
     name: str,
     mac: str,
     ipv4: str,
+    ipv6: str | None,
     iface: str,
     tun: str,
     neighbors: tuple[str, ...],
@@ -134,21 +145,27 @@ def live_host(
         for item in neighbors:
             address, _, neighbor_mac = item.partition("=")
             table[ipaddress.ip_address(address).packed] = _mac(neighbor_mac)
+        addresses = {"ipv4": ipv4} if ipv6 is None else {"ipv4": ipv4, "ipv6": ipv6}
         host = LiveHost(
-            "pf" if kind == "pf" else "peer", name, _mac(mac), {"ipv4": ipv4}, iface, tun,
+            "pf" if kind == "pf" else "peer", name, _mac(mac), addresses, iface, tun,
             neighbors=table,
         )  # fmt: skip
-        subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{tun}.disable_ipv6=1"], check=False)
-        for args in (
-            ["addr", "add", f"{ipv4}/24", "dev", tun],
-            ["link", "set", tun, "mtu", str(TUN_MTU), "up"],
-        ):
+        # IPv6 on the TUN device only with an address for it, and then no router
+        # solicitation: the model's stack routes nothing but its peer's prefix
+        ipv6_sysctls = ["disable_ipv6=1"] if ipv6 is None else ["disable_ipv6=0", "accept_ra=0"]
+        for setting in ipv6_sysctls:
+            subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{tun}.{setting}"], check=False)
+        commands = [["addr", "add", f"{ipv4}/24", "dev", tun]]
+        if ipv6 is not None:
+            commands.append(["-6", "addr", "add", f"{ipv6}/64", "dev", tun, "nodad"])
+        commands.append(["link", "set", tun, "mtu", str(TUN_MTU), "up"])
+        for args in commands:
             subprocess.run(["ip", *args], check=True, capture_output=True)
         signal.signal(signal.SIGTERM, lambda *_: host.stop())
         signal.signal(signal.SIGINT, lambda *_: host.stop())
         host.start()
-        host.secure([_sa(json.loads(sa_file.read_text()), reverse)], itertools.count(1),
-                    offload=offload)  # fmt: skip
+        sas = [_sa(sa, reverse) for sa in json.loads(sa_file.read_text())]
+        host.secure(sas, itertools.count(1), offload=offload)
         print("ready", flush=True)
         host.run()
         counters = dataclasses.asdict(host.stack.counters)

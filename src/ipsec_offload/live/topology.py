@@ -5,7 +5,8 @@ whatever happens:
 
 - **app**: the emulated host. Its applications (ping, curl, iperf3) use `tun0`, behind which
   the model's host stack, PF driver and NIC run (`live-host --kind pf`); the NIC's port is
-  the veth `nic0`.
+  the veth `nic0`. It has an IPv4 and an IPv6 address, each with an SA pair of its own to
+  the peer's.
 - **agent**: the live agent between `ah0` (the far end of `nic0`) and `aw0`.
 - **wire**: the remote peer on `w0` (the far end of `aw0`): the model's software stack behind
   its own `tun0` (`live-host --kind peer`), so that its applications are real too.
@@ -38,6 +39,9 @@ from ipsec_offload.wire.addr import mac_from_str
 from ipsec_offload.wire.config import Algorithm, Direction
 
 HOST_V4, PEER_V4 = "10.99.0.1", "10.99.0.2"
+HOST_V6, PEER_V6 = "fd99::1", "fd99::2"
+"""The host's and the peer's addresses: a private IPv4 network and an IPv6 unique local
+prefix (RFC 4193), only ever in the namespaces made here."""
 HOST_MAC, PEER_MAC = "02:00:00:99:00:01", "02:00:00:99:00:02"
 TUN_MTU = 1400
 """The applications' MTU: room under the veths' 1500 for ESP and the metadata tag."""
@@ -100,10 +104,10 @@ class LiveTopology:
             for netns, name in ((ns_a, a), (ns_b, b)):
                 _sysctl(netns, f"net.ipv6.conf.{name}.disable_ipv6=1")
                 _ip("-n", netns, "link", "set", name, "up")
-        sa = _new_sa()
+        sas = [_new_sa(HOST_V4, PEER_V4), _new_sa(HOST_V6, PEER_V6)]
         sa_file = self.out / "sas.json"
-        sa_file.write_text(json.dumps(sa, indent=2) + "\n")
-        write_esp_sa(self.out / "esp_sa", _esp_sa_entries(sa))
+        sa_file.write_text(json.dumps(sas, indent=2) + "\n")
+        write_esp_sa(self.out / "esp_sa", [e for sa in sas for e in _esp_sa_entries(sa)])
         capture: list[str] = []
         if self.capture:
             (self.out / "pcaps").mkdir(exist_ok=True)
@@ -113,22 +117,24 @@ class LiveTopology:
             "--stats-interval", "5",
         ], ready=None)  # fmt: skip
         if self.peer == "linux":
-            self._linux_peer(sa)
+            self._linux_peer(sas)
         else:
             self._start("peer", self.wire, [
                 "live-host", "--kind", "peer", "--name", "peer", "--mac", PEER_MAC,
-                "--ipv4", PEER_V4, "--iface", "w0", "--neighbor", f"{HOST_V4}={HOST_MAC}",
+                "--ipv4", PEER_V4, "--ipv6", PEER_V6, "--iface", "w0",
+                "--neighbor", f"{HOST_V4}={HOST_MAC}", "--neighbor", f"{HOST_V6}={HOST_MAC}",
                 "--sa-file", str(sa_file), "--reverse",
             ])  # fmt: skip
         self._start("host", self.app, [
             "live-host", "--kind", "pf", "--name", "host", "--mac", HOST_MAC,
-            "--ipv4", HOST_V4, "--iface", "nic0", "--neighbor", f"{PEER_V4}={PEER_MAC}",
+            "--ipv4", HOST_V4, "--ipv6", HOST_V6, "--iface", "nic0",
+            "--neighbor", f"{PEER_V4}={PEER_MAC}", "--neighbor", f"{PEER_V6}={PEER_MAC}",
             "--sa-file", str(sa_file), "--offload",
         ])  # fmt: skip
 
-    def _linux_peer(self, sa: dict[str, str]) -> None:
+    def _linux_peer(self, sas: list[dict[str, str]]) -> None:
         """The Linux guest on `tap0`, bridged to `w0` in the wire namespace, with a peer
-        namespace holding the SA's mirror (ip xfrm), as the Linux peer of the simulator."""
+        namespace holding the SAs' mirrors (ip xfrm), as the Linux peer of the simulator."""
         for args in (
             ("tuntap", "add", "dev", "tap0", "mode", "tap"),
             ("link", "add", "br0", "type", "bridge"),
@@ -141,17 +147,25 @@ class LiveTopology:
             _ip("-n", self.wire, "link", "set", name, "up")
         self.guest = LinuxGuest.boot(tap="tap0", netns=self.wire)
         wire = LinuxWire(self.guest)
-        host, peer = (ipaddress.ip_address(sa[k]).packed for k in ("local", "remote"))
-        linux = LinuxPeer(wire, "peer", mac_from_str(PEER_MAC), {4: peer}, (), quiet=False)
-        linux.neighbors[host] = mac_from_str(HOST_MAC)
-        for handle, direction, spi, key, src, dst in (
-            (1, Direction.INBOUND, sa["spi_out"], sa["key_out"], host, peer),
-            (2, Direction.OUTBOUND, sa["spi_in"], sa["key_in"], peer, host),
-        ):
-            state = XfrmState(handle, direction, int(spi, 16), src, dst, Algorithm.AES_GCM_128,
-                              bytes.fromhex(key), reqid=1)  # fmt: skip
-            linux.add_state(state, 0.0)
-            linux.add_policy(XfrmPolicy(direction, host_network(src), host_network(dst), handle))
+        ends = [
+            tuple(ipaddress.ip_address(sa[k]).packed for k in ("local", "remote")) for sa in sas
+        ]
+        addresses = {4 if len(peer) == 4 else 6: peer for _, peer in ends}
+        linux = LinuxPeer(wire, "peer", mac_from_str(PEER_MAC), addresses, (), quiet=False)
+        handles = iter(range(1, 2 * len(sas) + 1))
+        for reqid, (sa, (host, peer)) in enumerate(zip(sas, ends, strict=True), 1):
+            linux.neighbors[host] = mac_from_str(HOST_MAC)
+            for direction, spi, key, src, dst in (
+                (Direction.INBOUND, sa["spi_out"], sa["key_out"], host, peer),
+                (Direction.OUTBOUND, sa["spi_in"], sa["key_in"], peer, host),
+            ):
+                key_bytes = bytes.fromhex(key)
+                state = XfrmState(next(handles), direction, int(spi, 16), src, dst,
+                                  Algorithm.AES_GCM_128, key_bytes, reqid=reqid)  # fmt: skip
+                linux.add_state(state, 0.0)
+                linux.add_policy(
+                    XfrmPolicy(direction, host_network(src), host_network(dst), state.handle)
+                )
         self.linux_peer = linux
 
     def _start(self, name: str, netns: str, args: list[str], ready: str | None = "ready") -> None:
@@ -207,15 +221,16 @@ class LiveTopology:
         return said
 
 
-def _new_sa() -> dict[str, str]:
-    """The one SA pair of the topology: random SPIs and AES-GCM-128 keys."""
+def _new_sa(local: str, remote: str) -> dict[str, str]:
+    """An SA pair between two addresses of the topology: random SPIs and AES-GCM-128
+    keys."""
     return {
         "spi_out": hex(0x1000 + secrets.randbelow(0xE000)),
         "spi_in": hex(0xF000 + secrets.randbelow(0xFFF)),
         "key_out": secrets.token_bytes(20).hex(),
         "key_in": secrets.token_bytes(20).hex(),
-        "local": HOST_V4,
-        "remote": PEER_V4,
+        "local": local,
+        "remote": remote,
     }
 
 
