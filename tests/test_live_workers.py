@@ -19,6 +19,7 @@ import struct
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -29,6 +30,7 @@ from scapy.layers.l2 import Ether
 import agent_frames as af
 from ipsec_offload.agent.agent import AgentConfig, IpsecAgent
 from ipsec_offload.cli.main import main
+from ipsec_offload.live.agent import parse_cpus
 from ipsec_offload.live.fanout import SUPERVISOR, demux_program, join_group, owner
 from ipsec_offload.live.packet_socket import PacketSocket
 from ipsec_offload.live.workers import merge_replies
@@ -239,6 +241,49 @@ def test_options_of_one_agent_are_refused_with_workers(extra: list[str], named: 
 def test_workers_go_with_live() -> None:
     result = CliRunner().invoke(main, ["agent", "--host-in", "x", "--workers", "2"])
     assert result.exit_code != 0 and "--workers goes with --live" in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus"), [("0", (0,)), ("0,2", (0, 2)), ("0-3", (0, 1, 2, 3)), ("1-2, 5", (1, 2, 5))]
+)
+def test_cpu_lists_read_as_taskset_writes_them(text: str, cpus: tuple[int, ...]) -> None:
+    assert parse_cpus(text) == cpus
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cpus", "x"], "--cpus 'x': give CPU numbers and ranges, as 0,2 or 0-3"),
+        (["--cpus", "3-1"], "--cpus '3-1': '3-1' is not a range of CPUs"),
+        (["--cpus", "0"], "--cpus names 1 CPUs for 2 workers: give one each"),
+        (["--cpus", "0,0"], "--cpus 0,0: a CPU twice; give one per worker"),
+        (["--cpus", "0,4095"], "--cpus: CPU 4095 is not one this process may run on"),
+    ],
+)
+def test_bad_cpu_lists_are_refused(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(
+        main, ["agent", "--live", "--host-if", "a", "--wire-if", "b", "--workers", "2", *args]
+    )
+    assert result.exit_code != 0 and message in result.output
+
+
+def test_cpus_go_with_live() -> None:
+    result = CliRunner().invoke(main, ["agent", "--host-in", "x", "--cpus", "0"])
+    assert result.exit_code != 0 and "--cpus goes with --live" in result.output
+
+
+def test_each_worker_on_its_cpu() -> None:
+    """--cpus 0,1: each worker may run on its CPU alone; the supervisor where it was."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs")
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    with running_agent("--workers", "2", "--cpus", f"{first},{second}") as port:
+        supervisor = port.process.pid
+        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+        assert [os.sched_getaffinity(int(pid)) for pid in children] == [{first}, {second}]
+        assert os.sched_getaffinity(supervisor) == os.sched_getaffinity(0)
+        stats = port.stop()
+    assert stats["kernel_drops"] == 0
 
 
 # -- two workers on veth ------------------------------------------------------------------------

@@ -97,6 +97,9 @@ def live_rate(
     command = [str(Path(sys.executable).parent / "ipsec-offload"), "agent", "--live",
                "--host-if", "ah0", "--wire-if", "aw0", "--stats-interval", "3600",
                "--workers", str(workers), "--ring-frames", str(ring)]  # fmt: skip
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= workers:  # each worker a core of its own from the start
+        command += ["--cpus", ",".join(map(str, cpus[:workers]))]
     if forward_only:
         command.append("--forward-only")
     process = subprocess.Popen(

@@ -17,7 +17,7 @@ from ipsec_offload.cli.ctl import ctl
 from ipsec_offload.cli.live import live, live_host
 from ipsec_offload.cli.progress import Progress
 from ipsec_offload.errors import IpsecOffloadError, UsageError
-from ipsec_offload.live.agent import RING_FRAMES, LiveAgent
+from ipsec_offload.live.agent import RING_FRAMES, LiveAgent, check_cpus, parse_cpus
 from ipsec_offload.live.workers import LiveWorkers
 from ipsec_offload.sim.agent_options import AGENT_OPTIONS, agent_config
 from ipsec_offload.sim.golden import run_golden
@@ -243,6 +243,12 @@ def _agent_options(command: Callable[..., None]) -> Callable[..., None]:
     ' (docs/live.md, "Workers").',
 )
 @click.option(
+    "--cpus",
+    metavar="LIST",
+    help="--live: run worker i on the i-th CPU of LIST alone (0,1 or 0-3; one per worker);"
+    " default: where the scheduler puts them.",
+)
+@click.option(
     "--ring-frames",
     type=click.IntRange(min=0),
     default=RING_FRAMES,
@@ -270,6 +276,7 @@ def agent(
     stats_interval: float,
     duration: float | None,
     workers: int,
+    cpus: str | None,
     ring_frames: int,
     forward_only: bool,
     **settings: str | tuple[str, ...] | None,
@@ -295,6 +302,7 @@ def agent(
             if not settings["boot_id"]:
                 # a real agent's BOOT_ID differs at every start (spec 9), so the PF can tell
                 config = replace(config, boot_id=int.from_bytes(os.urandom(8)) or 1)
+            pinned = check_cpus(parse_cpus(cpus) if cpus else (), workers)
             if workers > 1:
                 for name, given_with in (
                     ("--pcap-dir", pcap_dir),
@@ -308,9 +316,11 @@ def agent(
                         )
                 stats = LiveWorkers(
                     config, host_if, wire_if, workers=workers, stats_interval=stats_interval,
-                    ring_frames=ring_frames,
+                    ring_frames=ring_frames, cpus=pinned,
                 ).run(duration)  # fmt: skip
             else:
+                if pinned:
+                    os.sched_setaffinity(0, set(pinned))
                 stats = LiveAgent(
                     config, host_if, wire_if, pcap_dir=pcap_dir, stats_interval=stats_interval,
                     forward_only=forward_only, ring_frames=ring_frames,
@@ -321,6 +331,7 @@ def agent(
             ("--host-if", host_if), ("--wire-if", wire_if), ("--pcap-dir", pcap_dir),
             ("--duration", duration), ("--workers", None if workers == 1 else workers),
             ("--ring-frames", None if ring_frames == RING_FRAMES else ring_frames),
+            ("--cpus", cpus),
         )  # fmt: skip
         if live_only:
             verb = "goes" if len(live_only) == 1 else "go"

@@ -15,6 +15,7 @@ Statistics go to `report` every `stats_interval` seconds and on SIGUSR1.
 from __future__ import annotations
 
 import json
+import os
 import select
 import signal
 import socket
@@ -315,6 +316,43 @@ def check_settings(host_if: str, wire_if: str, stats_interval: float) -> None:
         raise UsageError(f"--host-if and --wire-if are both {host_if}: give two interfaces")
     if not stats_interval > 0:
         raise UsageError(f"stats interval {stats_interval}: give seconds above 0")
+
+
+def check_cpus(cpus: tuple[int, ...], workers: int) -> tuple[int, ...]:
+    """`cpus` (one for each worker, each a CPU this process may run on, no two alike) or a
+    UsageError saying what to fix; () stays ()."""
+    if not cpus:
+        return cpus
+    allowed = os.sched_getaffinity(0)
+    if len(cpus) != workers:
+        raise UsageError(f"--cpus names {len(cpus)} CPUs for {workers} workers: give one each")
+    if len(set(cpus)) != len(cpus):
+        raise UsageError(f"--cpus {','.join(map(str, cpus))}: a CPU twice; give one per worker")
+    outside = sorted(set(cpus) - allowed)
+    if outside:
+        raise UsageError(
+            f"--cpus: CPU {outside[0]} is not one this process may run on"
+            f" ({','.join(map(str, sorted(allowed)))})"
+        )
+    return cpus
+
+
+def parse_cpus(text: str) -> tuple[int, ...]:
+    """A CPU list as taskset and cgroups write it: "0,2", "0-3", "0-1,4"."""
+    cpus: list[int] = []
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        try:
+            low = int(first)
+            high = int(last) if dash else low
+        except ValueError:
+            raise UsageError(
+                f"--cpus {text!r}: give CPU numbers and ranges, as 0,2 or 0-3"
+            ) from None
+        if high < low:
+            raise UsageError(f"--cpus {text!r}: {part.strip()!r} is not a range of CPUs")
+        cpus.extend(range(low, high + 1))
+    return tuple(cpus)
 
 
 def _forward(side: str) -> Callable[[list[bytes], float], AgentOutput]:

@@ -58,6 +58,7 @@ from ipsec_offload.live.agent import (
     RING_FRAMES,
     LiveAgent,
     LiveCounters,
+    check_cpus,
     check_settings,
     clock_stats,
     count_losses,
@@ -132,8 +133,10 @@ class LiveWorkers:
         burst: int = 64,
         report: Callable[[str], None] | None = None,
         ring_frames: int = RING_FRAMES,
+        cpus: tuple[int, ...] = (),
     ) -> None:
-        """`ring_frames`: each fanout member's receive ring (`LiveAgent`)."""
+        """`ring_frames`: each fanout member's receive ring (`LiveAgent`). `cpus`: worker i
+        runs on CPU `cpus[i]` alone (`check_cpus`); none: where the scheduler puts it."""
         check_settings(host_if, wire_if, stats_interval)
         if not 2 <= workers <= MAX_WORKERS:
             raise UsageError(
@@ -143,6 +146,7 @@ class LiveWorkers:
         self.host_if = host_if
         self.wire_if = wire_if
         self.workers = workers
+        self.cpus = check_cpus(cpus, workers)
         self.ring_frames = ring_frames
         self.stats_interval = stats_interval
         self.burst = burst
@@ -263,6 +267,8 @@ class LiveWorkers:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
             if os.getppid() != supervisor:
                 os._exit(status)
+            if self.cpus:
+                os.sched_setaffinity(0, {self.cpus[index]})
             mine = (host[index + 1], wire[index + 1])
             for sock in (*host, *wire):
                 if sock not in mine:
