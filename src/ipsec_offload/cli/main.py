@@ -254,7 +254,7 @@ def _agent_options(command: Callable[..., None]) -> Callable[..., None]:
     default=RING_FRAMES,
     show_default=True,
     help="--live: each packet socket's receive ring, in frames of up to 2 KiB (0: no ring,"
-    ' one recvmsg a frame; docs/live.md, "Receive rings").',
+    ' one recvmsg a frame; docs/live.md, "The live agent").',
 )
 @click.option(
     "--forward-only",
