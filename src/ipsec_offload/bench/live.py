@@ -31,6 +31,7 @@ from pathlib import Path
 
 from ipsec_offload.bench.traffic import SPI, BenchError, Packet, sa_request
 from ipsec_offload.live.ctl import ConfigClient
+from ipsec_offload.live.leftovers import claim, reap
 from ipsec_offload.live.packet_socket import PKTIO_BUILT
 from ipsec_offload.wire.config import Algorithm, ConfigStatus, Direction, Opcode, encode_add_sa
 
@@ -65,6 +66,14 @@ def veth_namespace() -> Iterator[Bed]:
     outside it. Removed on the way out."""
     tag = secrets.token_hex(3)
     netns, host_if, wire_if = f"iolb{tag}", f"ibh{tag}", f"ibw{tag}"
+    reap()
+    with claim([netns]), _made(netns, host_if, wire_if):
+        yield Bed(netns, host_if, wire_if)
+
+
+@contextmanager
+def _made(netns: str, host_if: str, wire_if: str) -> Iterator[None]:
+    """The namespace and the two veth pairs, removed on the way out."""
     _ip("netns", "add", netns)
     try:
         for mine, theirs in ((host_if, "ah0"), (wire_if, "aw0")):
@@ -74,7 +83,7 @@ def veth_namespace() -> Iterator[Bed]:
                                check=False, capture_output=True)  # fmt: skip
             _ip("link", "set", mine, "up")
             _ip("-n", netns, "link", "set", theirs, "up")
-        yield Bed(netns, host_if, wire_if)
+        yield
     finally:
         subprocess.run(["ip", "netns", "delete", netns], check=False, capture_output=True)
         for name in (host_if, wire_if):

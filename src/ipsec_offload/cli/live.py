@@ -27,6 +27,7 @@ from ipsec_offload.live.topology import (
     TUN_MTU,
     LiveTopology,
 )
+from ipsec_offload.sim.linux.guest import die_with_parent
 
 
 @click.command()
@@ -65,6 +66,11 @@ def live(
     try:
         topology = LiveTopology(out, "linux" if linux_peer else "software", capture)
         with topology:
+            if topology.reaped:
+                click.echo(
+                    f"removed {', '.join(topology.reaped)}, left by an earlier run that was killed",
+                    err=True,
+                )
             server = None
             if peer_run and topology.guest is not None and topology.linux_peer is not None:
                 netns = f"--net=/run/netns/{topology.linux_peer.netns}"
@@ -75,6 +81,7 @@ def live(
                 server = subprocess.Popen(
                     ["ip", "netns", "exec", topology.wire, *shlex.split(peer_run)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    preexec_fn=die_with_parent,
                 )  # fmt: skip
                 time.sleep(0.5)
             try:

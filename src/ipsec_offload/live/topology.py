@@ -14,7 +14,9 @@ whatever happens:
 Each part is a process of its own in its namespace; this one starts them, waits for each to
 say it is ready (bounded), writes the SAs' keys in Wireshark's esp_sa format, and stops them
 (SIGTERM, then SIGKILL) before it removes the namespaces. Only addresses and names it made
-are touched: the namespaces carry a prefix of their own (`iol` and a random tag).
+are touched: the namespaces carry a prefix of their own (`iol` and a random tag), and are
+claimed (`leftovers`) while they exist, so that a run killed before it could remove them
+(SIGKILL) has them removed by the next run.
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ipsec_offload.errors import UsageError
 from ipsec_offload.host.xfrm import XfrmPolicy, XfrmState, host_network
+from ipsec_offload.live.leftovers import claim, reap
 from ipsec_offload.sim.espsa import EspSaEntry, write_esp_sa
 from ipsec_offload.sim.linux.guest import LinuxGuest, die_with_parent
 from ipsec_offload.sim.linux.peer import LinuxPeer, LinuxWire
@@ -63,6 +67,9 @@ class LiveTopology:
     processes: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
     linux_peer: LinuxPeer | None = None
     made: list[str] = field(default_factory=list)
+    reaped: list[str] = field(default_factory=list, init=False)
+    """Namespaces of earlier runs, killed before they removed them, that `up` removed."""
+    _claim: ExitStack = field(default_factory=ExitStack, init=False, repr=False)
 
     @property
     def app(self) -> str:
@@ -92,6 +99,8 @@ class LiveTopology:
         if os.geteuid() != 0:
             raise UsageError("ipsec-offload live makes network namespaces: run it as root")
         self.out.mkdir(parents=True, exist_ok=True)
+        self.reaped = reap()
+        self._claim.enter_context(claim([self.app, self.agent, self.wire]))
         for netns in (self.app, self.agent, self.wire):
             _ip("netns", "add", netns)
             self.made.append(netns)
@@ -192,11 +201,11 @@ class LiveTopology:
     def run_in(
         self, where: str, *command: str, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        """Run a command in the app or wire namespace."""
+        """Run a command in the app or wire namespace (it ends with this process)."""
         netns = {"app": self.app, "wire": self.wire}[where]
         return subprocess.run(
-            ["ip", "netns", "exec", netns, *command],
-            capture_output=True, text=True, timeout=timeout, check=False,
+            ["ip", "netns", "exec", netns, *command], capture_output=True, text=True,
+            timeout=timeout, check=False, preexec_fn=die_with_parent,
         )  # fmt: skip
 
     def down(self) -> dict[str, str]:
@@ -218,6 +227,7 @@ class LiveTopology:
         for netns in reversed(self.made):
             subprocess.run(["ip", "netns", "delete", netns], check=False, capture_output=True)
         self.made.clear()
+        self._claim.close()
         return said
 
 
