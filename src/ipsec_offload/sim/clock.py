@@ -23,6 +23,7 @@ Within one class, first scheduled runs first; a pcap's records keep that order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import IntEnum
 
 NS_PER_S = 1_000_000_000
@@ -53,3 +54,21 @@ def deadline_ns(deadline: float) -> int:
     nearest nanosecond, one more where that one reads as before the deadline."""
     ns = round(deadline * NS_PER_S)
     return ns if seconds(ns) >= deadline else ns + 1
+
+
+class Timer:
+    """A timer in the testbed's event queue; a re-armed one cancels the old, which then
+    leaves the queue without moving simulated time."""
+
+    __slots__ = ("at", "cancelled", "fire", "periodic")
+
+    def __init__(self, at: int, fire: Callable[[], None], *, periodic: bool = False) -> None:
+        self.at = at
+        self.fire = fire
+        self.cancelled = False
+        self.periodic = periodic
+        """A housekeeping poll that re-arms itself for ever (the PF's GET_CAPS probe) and that
+        nothing waits on: a run until idle stops with only such timers left."""
+
+    def __call__(self) -> None:
+        self.fire()
