@@ -19,6 +19,10 @@ model alike, so that fed a run's inputs the golden model reproduces its outputs 
    actions), in the order they were scheduled.
 
 Within one class, first scheduled runs first; a pcap's records keep that order.
+
+A part with a timer (a driver, the agent) keeps one event in the queue at its next deadline:
+`rearm` leaves its `Timer` where the deadline is the same, else cancels it and has the caller
+queue a new one (a cancelled timer leaves the queue without moving simulated time).
 """
 
 from __future__ import annotations
@@ -72,3 +76,26 @@ class Timer:
 
     def __call__(self) -> None:
         self.fire()
+
+
+def rearm(
+    timer: Timer | None,
+    next_timer: float | None,
+    fire: Callable[[], None],
+    queue: Callable[[Timer], None],
+    *,
+    periodic: bool = False,
+) -> Timer | None:
+    """A part's timer after its core's `next_timer()` (seconds; None: nothing due): `timer`
+    itself where it is for that deadline already (and as `periodic`); else `timer` cancelled
+    and, with a deadline, a new one that calls `fire`, handed to `queue` to be queued."""
+    deadline = None if next_timer is None else deadline_ns(next_timer)
+    if timer is not None:
+        if timer.at == deadline and timer.periodic == periodic:
+            return timer
+        timer.cancelled = True
+    if deadline is None:
+        return None
+    timer = Timer(deadline, fire, periodic=periodic)
+    queue(timer)
+    return timer

@@ -36,7 +36,7 @@ from ipsec_offload.errors import SimulationError, UsageError
 from ipsec_offload.host.stack import Delivered
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
 from ipsec_offload.nic.nic import Nic, SwitchMode
-from ipsec_offload.sim.clock import Order, Timer, deadline_ns, seconds, to_ns
+from ipsec_offload.sim.clock import Order, Timer, rearm, seconds, to_ns
 from ipsec_offload.sim.keymanager import KeyManager
 from ipsec_offload.sim.keymanager import SaBundle as SaBundle
 from ipsec_offload.sim.keymanager import SaKey as SaKey
@@ -418,19 +418,17 @@ class Testbed:
                 self.nic.execute(command)
             for vf, data in driver.mailbox_messages():
                 self.links.pf_to_vf(vf, data)
-        next_timer = driver.next_timer()
-        deadline = None if next_timer is None else deadline_ns(next_timer)
-        periodic = isinstance(driver, PfDriver) and not driver.waiting
-        timer = ep.timer
-        if timer is not None and timer.at == deadline and timer.periodic == periodic:
-            return
-        if timer is not None:
-            timer.cancelled = True
-            ep.timer = None
-        if deadline is not None:
-            ep.timer = Timer(deadline, lambda: self._timer(ep), periodic=periodic)
-            self._periodic_queued += periodic
-            self._schedule(max(0, deadline - self.now_ns), Order.OTHER, ep.timer)
+        ep.timer = rearm(
+            ep.timer,
+            driver.next_timer(),
+            lambda: self._timer(ep),
+            self._queue_driver_timer,
+            periodic=isinstance(driver, PfDriver) and not driver.waiting,
+        )
+
+    def _queue_driver_timer(self, timer: Timer) -> None:
+        self._periodic_queued += timer.periodic
+        self._schedule(max(0, timer.at - self.now_ns), Order.OTHER, timer)
 
     def _pf_mailbox(self, vf: int, messages: list[bytes]) -> None:
         pf = self.topology.pf_driver()
@@ -487,21 +485,16 @@ class Testbed:
 
     def _arm_agent_timer(self) -> None:
         """Keep one event in the queue at the agent's `next_timer()` (its event resends)."""
-        next_timer = self.agent.next_timer()
-        deadline = None if next_timer is None else deadline_ns(next_timer)
-        timer = self._agent_timer
-        if timer is not None and timer.at == deadline:
-            return
-        if timer is not None:
-            timer.cancelled = True
-            self._agent_timer = None
-        if deadline is not None:
-            self._agent_timer = fire = Timer(deadline, self._agent_tick)
-            action: Callable[[], None] = fire
-            self._seq += 1
-            self._agent_timers_queued += 1
-            # at the agent's own time, not now + a difference, so that it fires exactly then
-            heapq.heappush(self._queue, (deadline, Order.AGENT_TIMER, self._seq, action))
+        self._agent_timer = rearm(
+            self._agent_timer, self.agent.next_timer(), self._agent_tick, self._queue_agent_timer
+        )
+
+    def _queue_agent_timer(self, timer: Timer) -> None:
+        action: Callable[[], None] = timer
+        self._seq += 1
+        self._agent_timers_queued += 1
+        # at the agent's own time, not now + a difference, so that it fires exactly then
+        heapq.heappush(self._queue, (timer.at, Order.AGENT_TIMER, self._seq, action))
 
     def _from_agent(self, frames: list[bytes]) -> None:
         self._nic_rx(self.nic.from_agent(frames, self.now).rx)
