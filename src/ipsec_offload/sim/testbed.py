@@ -8,15 +8,16 @@ rest, first scheduled first), the order the golden model shares, so a run is the
 time and its replay exact. The testbed is the only place where the sans-IO cores meet: it moves
 descriptors from drivers to the NIC, frames from the NIC to the agent and on to the wire, and
 back; it fires the drivers' retransmission timers and the agent's event resends (before the
-frames that reach the agent at the same time, as the golden model does); it starts the agent
-when the first frame reaches it and can restart it (`restart_agent`).
+frames that reach the agent at the same time, as the golden model does).
 
-It owns three parts, along the real system's seams, and offers their API as its own: the
-hosts and what the hypervisor does to them (`sim/topology.py`), the links between the parts
-with their faults and captures (`sim/links.py`: spec sections 8 and 9; an attacker on the wire
-is `wire_inject`), and the key manager, an IKE daemon's stand-in (`sim/keymanager.py`: `secure`
-records every SA's keys in `sa_keys` so that an observer can check the wire,
-`sim/observer.py`). The parts reach the loop only through the callables it hands them.
+It owns four parts, along the real system's seams, and offers their API as its own: the
+agent between the NIC's link and the wire, started by the first frame that reaches it and
+restarted by `restart_agent` (`sim/agent_slot.py`), the hosts and what the hypervisor does to
+them (`sim/topology.py`), the links between the parts with their faults and captures
+(`sim/links.py`: spec sections 8 and 9; an attacker on the wire is `wire_inject`), and the key
+manager, an IKE daemon's stand-in (`sim/keymanager.py`: `secure` records every SA's keys in
+`sa_keys` so that an observer can check the wire, `sim/observer.py`). The parts reach the loop
+only through the callables it hands them.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 
-from ipsec_offload.agent.agent import AgentConfig, AgentOutput, IpsecAgent
+from ipsec_offload.agent.agent import AgentConfig, IpsecAgent
 from ipsec_offload.driver.pf import PfDriver
 from ipsec_offload.driver.plain import PlainDriver
 from ipsec_offload.driver.ring import RingDriver
@@ -36,6 +37,7 @@ from ipsec_offload.errors import SimulationError, UsageError
 from ipsec_offload.host.stack import Delivered
 from ipsec_offload.nic.descriptors import RxDescriptor, TxDescriptor
 from ipsec_offload.nic.nic import Nic, SwitchMode
+from ipsec_offload.sim.agent_slot import AgentSlot
 from ipsec_offload.sim.clock import Order, Timer, rearm, seconds, to_ns
 from ipsec_offload.sim.keymanager import KeyManager
 from ipsec_offload.sim.keymanager import SaBundle as SaBundle
@@ -87,12 +89,18 @@ class Testbed:
         if agent is not None and not isinstance(agent, AgentConfig):
             raise UsageError(f"Testbed(agent=...) takes an AgentConfig, not {agent!r}")
         self.rng = random.Random(seed)
-        self.agent = IpsecAgent(self._with_boot_id(agent or AgentConfig()))
-        self._agent_started = False
-        self._agent_timer: Timer | None = None
+        self.agent_slot = AgentSlot(
+            agent or AgentConfig(),
+            self.rng,
+            now=lambda: self.now,
+            record=lambda name, frames: self.links.record(name, frames),
+            send=lambda out: self.links.from_agent(out),
+            queue=self._queue_agent_timer,
+            settle=self.settle,
+        )
+        """The agent's place (`sim/agent_slot.py`)."""
         self._agent_timers_queued = 0
         self._periodic_queued = 0
-        self.agent_restarts = 0
         self.nic = Nic(mode=mode, meta_ethertype=self.agent.config.meta_ethertype)
         self.now_ns = 0
         """The clock, in integer nanoseconds."""
@@ -120,8 +128,8 @@ class Testbed:
         )
         """The hosts (`sim/topology.py`)."""
         ends = LinkEnds(
-            self._host_side_in,
-            self._wire_side_in,
+            self.agent_slot.host_side_in,
+            self.agent_slot.wire_side_in,
             self._from_agent,
             self._peers_rx,
             self._pf_mailbox,
@@ -151,6 +159,7 @@ class Testbed:
         # The parts' API as the testbed's own: the same methods and containers (each
         # documented where it is defined), so that a signature is written once.
         topology, links, keys = self.topology, self.links, self.keys
+        self.restart_agent = self.agent_slot.restart
         self.endpoints = topology.endpoints
         self.retired = topology.retired
         self.add_pf_host = topology.add_pf_host
@@ -186,6 +195,16 @@ class Testbed:
         self.current = keys.current
         self.rekey = keys.rekey
         self.esp_sa_entries = keys.esp_sa_entries
+
+    @property
+    def agent(self) -> IpsecAgent:
+        """The agent now running (`restart_agent` replaces it)."""
+        return self.agent_slot.agent
+
+    @property
+    def agent_restarts(self) -> int:
+        """The agent's restarts (`restart_agent`)."""
+        return self.agent_slot.restarts
 
     @property
     def pf(self) -> PfDriver | None:
@@ -242,26 +261,6 @@ class Testbed:
     @rekey_grace.setter
     def rekey_grace(self, value: float) -> None:
         self.keys.rekey_grace = value
-
-    # -- the agent ------------------------------------------------------------------------
-
-    def restart_agent(self) -> None:
-        """The agent restarts (spec 9): it loses its SAD, hairpin table, txn memory and
-        pending events, and comes up with a new BOOT_ID from the testbed's generator and the
-        same configuration otherwise; the NIC's links stay. It starts at once (AGENT_STARTED
-        where it has a destination: the PF's MAC, if it was given it)."""
-        if self._agent_timer is not None:
-            self._agent_timer.cancelled = True
-            self._agent_timer = None
-        self.agent = IpsecAgent(self._with_boot_id(self.agent.config))
-        self.agent_restarts += 1
-        self._agent_started = True
-        self._agent_out(self.agent.start(self.now))
-        self.settle()
-
-    def _with_boot_id(self, config: AgentConfig) -> AgentConfig:
-        """`config` with a new BOOT_ID (u64) drawn from the testbed's seeded generator."""
-        return replace(config, boot_id=self.rng.getrandbits(64))
 
     # -- running --------------------------------------------------------------------------
 
@@ -456,38 +455,6 @@ class Testbed:
         self._nic_rx(out.rx)
         if out.to_agent:
             self.links.host_to_agent(out.to_agent)
-
-    def _host_side_in(self, frames: list[bytes]) -> None:
-        self._start_agent()
-        self.links.record("nic-to-agent", frames)
-        self._agent_out(self.agent.from_host(frames, self.now))
-
-    def _wire_side_in(self, frames: list[bytes]) -> None:
-        self._start_agent()
-        self.links.record("wire-to-agent", frames)
-        self._agent_out(self.agent.from_wire(frames, self.now))
-
-    def _start_agent(self) -> None:
-        """The agent starts when the first frame reaches it, as the golden model's does
-        (before the first input record): AGENT_STARTED where it has a destination."""
-        if not self._agent_started:
-            self._agent_started = True
-            self._agent_out(self.agent.start(self.now))
-
-    def _agent_tick(self) -> None:
-        self._agent_timer = None
-        self._agent_out(self.agent.on_timer(self.now))
-
-    def _agent_out(self, out: AgentOutput) -> None:
-        if out.to_host or out.to_wire or out.hairpin:
-            self.links.from_agent(out)
-        self._arm_agent_timer()
-
-    def _arm_agent_timer(self) -> None:
-        """Keep one event in the queue at the agent's `next_timer()` (its event resends)."""
-        self._agent_timer = rearm(
-            self._agent_timer, self.agent.next_timer(), self._agent_tick, self._queue_agent_timer
-        )
 
     def _queue_agent_timer(self, timer: Timer) -> None:
         action: Callable[[], None] = timer
