@@ -15,6 +15,7 @@ from ipsec_offload.cli.main import main
         (["agent", "--live", "--host-if", "lo", "--wire-if", "lo"], "are both lo"),
         (["agent", "--host-if", "lo"], "--host-if goes with --live"),
         (["agent", "--ring-frames", "64"], "--ring-frames goes with --live"),
+        (["agent", "--cpus", "0"], "--cpus goes with --live"),
         (["agent", "--host-if", "lo", "--wire-if", "x"], "--host-if, --wire-if go with --live"),
         (["agent", "--live", "--host-if", "a", "--wire-if", "b", "--host-in", "x.pcap"],
          "--live reads interfaces, not files: drop --host-in"),

@@ -229,9 +229,16 @@ def test_merged_answers_take_the_owners_figures() -> None:
     [
         (["--pcap-dir", "."], "--pcap-dir goes with --workers 1"),
         (["--forward-only"], "--forward-only goes with --workers 1"),
+        (["--cpus", "x"], "--cpus 'x': give CPU numbers and ranges, as 0,2 or 0-3"),
+        (["--cpus", "3-1"], "--cpus '3-1': '3-1' is not a range of CPUs"),
+        (["--cpus", "0"], "--cpus names 1 CPUs for 2 workers: give one each"),
+        (["--cpus", "0,0"], "--cpus 0,0: a CPU twice; give one per worker"),
+        (["--cpus", "0,4095"], "--cpus: CPU 4095 is not one this process may run on"),
     ],
 )
-def test_options_of_one_agent_are_refused_with_workers(extra: list[str], named: str) -> None:
+def test_bad_worker_options_are_refused(extra: list[str], named: str) -> None:
+    """Options of one agent alone, and CPU lists that do not give each worker a CPU of its
+    own this process may run on."""
     result = CliRunner().invoke(
         main, ["agent", "--live", "--host-if", "a", "--wire-if", "b", "--workers", "2", *extra]
     )
@@ -248,28 +255,6 @@ def test_workers_go_with_live() -> None:
 )
 def test_cpu_lists_read_as_taskset_writes_them(text: str, cpus: tuple[int, ...]) -> None:
     assert parse_cpus(text) == cpus
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--cpus", "x"], "--cpus 'x': give CPU numbers and ranges, as 0,2 or 0-3"),
-        (["--cpus", "3-1"], "--cpus '3-1': '3-1' is not a range of CPUs"),
-        (["--cpus", "0"], "--cpus names 1 CPUs for 2 workers: give one each"),
-        (["--cpus", "0,0"], "--cpus 0,0: a CPU twice; give one per worker"),
-        (["--cpus", "0,4095"], "--cpus: CPU 4095 is not one this process may run on"),
-    ],
-)
-def test_bad_cpu_lists_are_refused(args: list[str], message: str) -> None:
-    result = CliRunner().invoke(
-        main, ["agent", "--live", "--host-if", "a", "--wire-if", "b", "--workers", "2", *args]
-    )
-    assert result.exit_code != 0 and message in result.output
-
-
-def test_cpus_go_with_live() -> None:
-    result = CliRunner().invoke(main, ["agent", "--host-in", "x", "--cpus", "0"])
-    assert result.exit_code != 0 and "--cpus goes with --live" in result.output
 
 
 def test_each_worker_on_its_cpu() -> None:

@@ -128,18 +128,14 @@ class LiveTopology:
         if self.peer == "linux":
             self._linux_peer(sas)
         else:
-            self._start("peer", self.wire, [
-                "live-host", "--kind", "peer", "--name", "peer", "--mac", PEER_MAC,
-                "--ipv4", PEER_V4, "--ipv6", PEER_V6, "--iface", "w0",
-                "--neighbor", f"{HOST_V4}={HOST_MAC}", "--neighbor", f"{HOST_V6}={HOST_MAC}",
-                "--sa-file", str(sa_file), "--reverse",
-            ])  # fmt: skip
-        self._start("host", self.app, [
-            "live-host", "--kind", "pf", "--name", "host", "--mac", HOST_MAC,
-            "--ipv4", HOST_V4, "--ipv6", HOST_V6, "--iface", "nic0",
-            "--neighbor", f"{PEER_V4}={PEER_MAC}", "--neighbor", f"{PEER_V6}={PEER_MAC}",
-            "--sa-file", str(sa_file), "--offload",
-        ])  # fmt: skip
+            self._start("peer", self.wire, _live_host(
+                "peer", "w0", (PEER_MAC, PEER_V4, PEER_V6), (HOST_MAC, HOST_V4, HOST_V6),
+                sa_file, "--reverse",
+            ))  # fmt: skip
+        self._start("host", self.app, _live_host(
+            "pf", "nic0", (HOST_MAC, HOST_V4, HOST_V6), (PEER_MAC, PEER_V4, PEER_V6),
+            sa_file, "--offload",
+        ))  # fmt: skip
 
     def _linux_peer(self, sas: list[dict[str, str]]) -> None:
         """The Linux guest on `tap0`, bridged to `w0` in the wire namespace, with a peer
@@ -229,6 +225,22 @@ class LiveTopology:
         self.made.clear()
         self._claim.close()
         return said
+
+
+def _live_host(
+    kind: str, iface: str, me: tuple[str, str, str], other: tuple[str, str, str],
+    sa_file: Path, end: str,
+) -> list[str]:  # fmt: skip
+    """The `live-host` command of one end: `me` and `other` are (MAC, IPv4, IPv6), `end` is
+    "--reverse" (the peer, the SA file's remote end) or "--offload" (the PF host)."""
+    mac, v4, v6 = me
+    other_mac, other_v4, other_v6 = other
+    return [
+        "live-host", "--kind", kind, "--name", "host" if kind == "pf" else "peer",
+        "--mac", mac, "--ipv4", v4, "--ipv6", v6, "--iface", iface,
+        "--neighbor", f"{other_v4}={other_mac}", "--neighbor", f"{other_v6}={other_mac}",
+        "--sa-file", str(sa_file), end,
+    ]  # fmt: skip
 
 
 def _new_sa(local: str, remote: str) -> dict[str, str]:
